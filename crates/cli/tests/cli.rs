@@ -1,0 +1,141 @@
+//! The `clearclip` binary end to end on the bundled photo with the tiny
+//! fixture model: the files it writes, and its refusals of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use clearclip_fixtures::{assert_close, fixtures_dir, Reference, CHECKPOINTS};
+
+fn clearclip(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clearclip")).args(args).output().expect("run clearclip")
+}
+
+fn fixture(name: &str) -> String {
+    fixtures_dir().join(name).to_string_lossy().into_owned()
+}
+
+fn segment_args<'a>(weights: &'a str, image: &'a str, labels: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec!["segment", "--weights", weights, "--labels", labels, "--image", image, "--out", out]
+}
+
+/// Shape and data of a float32 `.npy` file.
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
+    assert!(header.contains("'descr': '<f4'") && header.contains("'fortran_order': False"), "{header}");
+    let shape_text = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
+    let shape: Vec<usize> = shape_text.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let data = bytes[10 + len..].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    (shape, data)
+}
+
+#[test]
+fn segments_the_bundled_photo_and_writes_every_file() {
+    let reference = Reference::load();
+    let out = tempfile::tempdir().unwrap();
+    let out_dir: PathBuf = out.path().join("result");
+    let (weights, image) = (fixture(CHECKPOINTS[0]), fixture("chelsea.png"));
+    let labels = reference.meta["pipeline"]["default"]["classes"].as_str().unwrap().to_string();
+    let output = clearclip(&segment_args(&weights, &image, &labels, out_dir.to_str().unwrap()));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("3 windows") && stderr.contains("text ") && stderr.contains("total"), "{stderr}");
+
+    let (shape, probs) = read_npy(&out_dir.join("probs.npy"));
+    assert_eq!(shape, vec![4, 300, 451]);
+    let (expected, _) = reference.f32("pipeline.default.probs");
+    assert_close("CLI probs.npy vs reference", &probs, &expected, 1e-4);
+
+    let labels_png = image::open(out_dir.join("labels.png")).unwrap();
+    assert_eq!(labels_png.color(), image::ColorType::L8);
+    assert_eq!((labels_png.width(), labels_png.height()), (451, 300));
+    assert!(labels_png.to_luma8().pixels().all(|p| p[0] < 4));
+    let overlay = image::open(out_dir.join("overlay.png")).unwrap();
+    assert_eq!((overlay.width(), overlay.height()), (451, 300));
+    for i in 0..4 {
+        let heatmap = image::open(out_dir.join(format!("heatmap_{i}.png"))).unwrap();
+        assert_eq!((heatmap.width(), heatmap.height()), (451, 300));
+    }
+    assert!(!out_dir.join("heatmap_4.png").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&out_dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.')).collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn synonyms_threshold_and_mode_flags_are_applied() {
+    let reference = Reference::load();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("r");
+    let (weights, image) = (fixture(CHECKPOINTS[1]), fixture("chelsea.png"));
+    let meta = &reference.meta["pipeline"]["padded"];
+    let mut args = segment_args(&weights, &image, meta["classes"].as_str().unwrap(), dir.to_str().unwrap());
+    args.extend(["--short-side", "100", "--crop", "72", "--stride", "40", "--background-threshold", "0.4"]);
+    let output = clearclip(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (shape, probs) = read_npy(&dir.join("probs.npy"));
+    assert_eq!(shape, vec![3, 300, 451]);
+    let (expected, _) = reference.f32("pipeline.padded.probs");
+    assert_close("CLI padded/synonyms/threshold", &probs, &expected, 1e-4);
+}
+
+fn assert_refused(args: &[&str], message: &str, out_dir: &Path) {
+    let output = clearclip(args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "should fail: {args:?}");
+    assert!(stderr.contains(message), "expected {message:?} in: {stderr}");
+    assert!(!out_dir.exists(), "nothing may be written on failure ({args:?})");
+}
+
+#[test]
+fn bad_input_gets_a_clear_message_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let out_s = out.to_str().unwrap();
+    let (weights, image) = (fixture(CHECKPOINTS[0]), fixture("chelsea.png"));
+
+    let not_image = tmp.path().join("notes.png");
+    std::fs::write(&not_image, b"these are not pixels").unwrap();
+    assert_refused(&segment_args(&weights, not_image.to_str().unwrap(), "cat", out_s), "not an image", &out);
+
+    let corrupt = tmp.path().join("corrupt.png");
+    let png = std::fs::read(&image).unwrap();
+    std::fs::write(&corrupt, &png[..png.len() / 3]).unwrap();
+    assert_refused(&segment_args(&weights, corrupt.to_str().unwrap(), "cat", out_s), "cannot decode", &out);
+
+    assert_refused(&segment_args(&weights, &image, " ; ", out_s), "no classes given", &out);
+    assert_refused(&segment_args(&weights, &image, "cat;;dog", out_s), "class 2 is empty", &out);
+    assert_refused(&segment_args("/nonexistent/w.safetensors", &image, "cat", out_s), "cannot read weights", &out);
+
+    let truncated = tmp.path().join("truncated.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    assert_refused(&segment_args(truncated.to_str().unwrap(), &image, "cat", out_s), "truncated", &out);
+    assert_refused(&segment_args(&image, &image, "cat", out_s), "not a readable safetensors file", &out);
+
+    let small = tmp.path().join("small.png");
+    image::RgbImage::new(12, 30).save(&small).unwrap();
+    assert_refused(&segment_args(&weights, small.to_str().unwrap(), "cat", out_s), "at least one patch", &out);
+}
+
+#[test]
+fn duplicate_classes_warn_but_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("dup");
+    let (weights, image) = (fixture(CHECKPOINTS[0]), fixture("chelsea.png"));
+    let args = segment_args(&weights, &image, "cat;dog;cat", out.to_str().unwrap());
+    let output = clearclip(&[&args[..], &["--short-side", "64", "--crop", "64", "--stride", "64", "--templates", "single"]].concat());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: \"cat\" is in class 1 and class 3"), "{stderr}");
+    assert_eq!(read_npy(&out.join("probs.npy")).0, vec![3, 300, 451]);
+}
+
+#[test]
+fn inspect_prints_the_architecture() {
+    let output = clearclip(&["inspect", "--weights", &fixture(CHECKPOINTS[1])]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(stdout.contains("OpenClip layout") && stdout.contains("patch_size: 16"), "{stdout}");
+}

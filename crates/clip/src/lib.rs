@@ -1,0 +1,42 @@
+//! CLIP ViT image and text towers in burn, with the dense (per-patch) features
+//! of ClearCLIP (Lan et al., ECCV 2024) and the related training-free methods.
+//!
+//! The crate is backend-generic and knows nothing of images on disk, browsers
+//! or segmentation: it loads a checkpoint from safetensors bytes, encodes token
+//! ids and image tensors, and returns tensors.
+//!
+//! - [`load_clip`]: safetensors bytes (Hugging Face or OpenAI/open_clip layout,
+//!   f32/f16/bf16) to a [`Clip`] model, architecture read from tensor shapes.
+//! - [`ClipTokenizer`]: the CLIP BPE through the `tokenizers` crate.
+//! - [`LastBlock`] / [`DenseMode`]: how the last vision block is run for dense
+//!   features (plain CLIP, MaskCLIP, SCLIP, ClearCLIP, and the knobs between).
+
+mod config;
+mod dense;
+mod loader;
+mod nn;
+mod pos_embed;
+mod text;
+mod tokenizer;
+mod vision;
+
+pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
+pub use dense::{AttentionKind, DenseMode, LastBlock, Residual};
+pub use loader::{inspect_config, load_clip, Layout, LoadError, LoadOptions};
+pub use pos_embed::{bicubic_scale_factor_weights, resize_patch_positions};
+pub use text::TextTransformer;
+pub use tokenizer::{ClipTokenizer, TokenBatch, TokenizerError};
+pub use vision::VisionTransformer;
+
+/// A CLIP model: image tower, text tower and the learned logit scale.
+#[derive(Debug, Clone)]
+pub struct Clip {
+    pub config: ClipConfig,
+    pub vision: VisionTransformer,
+    pub text: TextTransformer,
+    /// `exp(logit_scale)` as stored in the checkpoint (100 for OpenAI CLIP).
+    /// ClearCLIP does not use it for segmentation (it uses a fixed 50).
+    pub logit_scale: f32,
+    /// Which tensor-name layout the weights were read from.
+    pub layout: Layout,
+}

@@ -1,0 +1,153 @@
+//! The few layers CLIP needs, as plain tensors (inference only).
+
+use burn::tensor::{activation, Tensor};
+
+use crate::config::Activation;
+
+/// `y = x W + b`, with `W` stored input-major (`[in, out]`).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor<2>,
+    pub bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    /// # Shapes
+    /// - `x`: `[batch, tokens, in]` -> `[batch, tokens, out]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [batch, tokens, width] = x.dims();
+        let out = self.weight.dims()[1];
+        let y = x.reshape([batch * tokens, width]).matmul(self.weight.clone());
+        let y = match &self.bias {
+            Some(bias) => y + bias.clone().unsqueeze::<2>(),
+            None => y,
+        };
+        y.reshape([batch, tokens, out])
+    }
+}
+
+/// Layer normalisation over the last dimension (eps 1e-5, as CLIP).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub gamma: Tensor<1>,
+    pub beta: Tensor<1>,
+}
+
+pub const LAYER_NORM_EPS: f64 = 1e-5;
+
+impl LayerNorm {
+    /// # Shapes
+    /// - `x`: `[..., width]` -> same
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let x = (x - mean) / (var + LAYER_NORM_EPS).sqrt();
+        x * self.gamma.clone().unsqueeze::<D>() + self.beta.clone().unsqueeze::<D>()
+    }
+}
+
+/// `c_proj(act(c_fc(x)))`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub activation: Activation,
+}
+
+impl Mlp {
+    /// # Shapes
+    /// - `x`: `[batch, tokens, width]` -> same
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = self.fc1.forward(x);
+        let h = match self.activation {
+            // open_clip/transformer.py QuickGELU: x * sigmoid(1.702 * x)
+            Activation::QuickGelu => h.clone() * activation::sigmoid(h * 1.702),
+            Activation::Gelu => activation::gelu(h),
+        };
+        self.fc2.forward(h)
+    }
+}
+
+/// Multi-head attention weights with a fused q, k, v projection
+/// (`in_proj` of `torch.nn.MultiheadAttention`: q, k, v thirds in that order).
+#[derive(Debug, Clone)]
+pub struct Attention {
+    /// `[width, 3 * width]`.
+    pub qkv: Linear,
+    pub out: Linear,
+    pub heads: usize,
+}
+
+/// Per-head queries, keys and values.
+pub struct HeadProjections {
+    /// Each `[batch, heads, tokens, head_dim]`.
+    pub q: Tensor<4>,
+    pub k: Tensor<4>,
+    pub v: Tensor<4>,
+}
+
+impl Attention {
+    fn head_dim(&self) -> usize {
+        self.out.weight.dims()[0] / self.heads
+    }
+
+    /// `head_dim^-0.5`, the scale of every attention kind in the reference.
+    pub fn scale(&self) -> f64 {
+        (self.head_dim() as f64).powf(-0.5)
+    }
+
+    /// # Shapes
+    /// - `x`: `[batch, tokens, width]` -> q, k, v each `[batch, heads, tokens, head_dim]`
+    pub fn project(&self, x: Tensor<3>) -> HeadProjections {
+        let [batch, tokens, width] = x.dims();
+        let qkv = self.qkv.forward(x);
+        let split = |i: usize| {
+            qkv.clone()
+                .narrow(2, i * width, width)
+                .reshape([batch, tokens, self.heads, self.head_dim()])
+                .swap_dims(1, 2)
+        };
+        HeadProjections { q: split(0), k: split(1), v: split(2) }
+    }
+
+    /// Merge heads and apply the output projection.
+    ///
+    /// # Shapes
+    /// - `heads`: `[batch, heads, tokens, head_dim]` -> `[batch, tokens, width]`
+    pub fn merge(&self, heads: Tensor<4>) -> Tensor<3> {
+        let [batch, n_heads, tokens, head_dim] = heads.dims();
+        self.out.forward(heads.swap_dims(1, 2).reshape([batch, tokens, n_heads * head_dim]))
+    }
+
+    /// Standard scaled dot-product attention, with an optional additive mask.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, tokens, width]` -> same
+    /// - `mask`: `[tokens, tokens]`, added to the scores
+    pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<2>>) -> Tensor<3> {
+        let HeadProjections { q, k, v } = self.project(x);
+        let scores = q.matmul(k.swap_dims(2, 3)) * self.scale();
+        let scores = match mask {
+            Some(mask) => scores + mask.unsqueeze::<4>(),
+            None => scores,
+        };
+        self.merge(activation::softmax(scores, 3).matmul(v))
+    }
+}
+
+/// A pre-LN transformer block: `x + attn(ln_1(x))`, then `+ mlp(ln_2(.))`.
+#[derive(Debug, Clone)]
+pub struct ResidualAttentionBlock {
+    pub ln_1: LayerNorm,
+    pub attn: Attention,
+    pub ln_2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+impl ResidualAttentionBlock {
+    /// # Shapes
+    /// - `x`: `[batch, tokens, width]` -> same
+    pub fn forward(&self, x: Tensor<3>, mask: Option<Tensor<2>>) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), mask);
+        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+    }
+}

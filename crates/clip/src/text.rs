@@ -1,0 +1,60 @@
+//! The CLIP text tower. Reference: `CLIP.encode_text` in open_clip
+//! (`open_clip/model.py`): token + position embedding, causal transformer,
+//! `ln_final`, features at the end-of-text token, `text_projection`.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::config::TextConfig;
+use crate::nn::{LayerNorm, ResidualAttentionBlock};
+use crate::tokenizer::TokenBatch;
+
+#[derive(Debug, Clone)]
+pub struct TextTransformer {
+    pub config: TextConfig,
+    /// `[vocab, width]`.
+    pub token_embedding: Tensor<2>,
+    /// `[context, width]`.
+    pub position_embedding: Tensor<2>,
+    pub blocks: Vec<ResidualAttentionBlock>,
+    pub ln_final: LayerNorm,
+    /// `[width, embed_dim]`.
+    pub projection: Tensor<2>,
+}
+
+impl TextTransformer {
+    pub fn device(&self) -> Device {
+        self.projection.device()
+    }
+
+    /// Text embeddings (not normalised) of a batch of token sequences.
+    ///
+    /// The batch needs to be only as long as its longest sequence: with the
+    /// causal mask, later (padding) tokens cannot change the end-of-text feature.
+    ///
+    /// # Shapes
+    /// - returns `[batch.rows, embed_dim]`
+    pub fn encode(&self, batch: &TokenBatch) -> Tensor<2> {
+        let device = self.device();
+        let (rows, len) = (batch.rows(), batch.len);
+        assert!(len <= self.config.context_length, "token batch longer than the context");
+        let width = self.config.width;
+        let ids: Tensor<1, Int> = Tensor::from_data(TensorData::new(batch.ids.clone(), [rows * len]), &device);
+        let x = self.token_embedding.clone().select(0, ids).reshape([rows, len, width]);
+        let x = x + self.position_embedding.clone().narrow(0, 0, len).unsqueeze::<3>();
+        let mask = causal_mask(len, &device);
+        let x = self.blocks.iter().fold(x, |x, block| block.forward(x, Some(mask.clone())));
+        let x = self.ln_final.forward(x).reshape([rows * len, width]);
+        let eot: Vec<i64> = batch.eot.iter().enumerate().map(|(row, &pos)| (row * len + pos) as i64).collect();
+        let eot: Tensor<1, Int> = Tensor::from_data(TensorData::new(eot, [rows]), &device);
+        x.select(0, eot).matmul(self.projection.clone())
+    }
+}
+
+/// Additive causal mask: 0 on and below the diagonal, a large negative above.
+/// A finite value (not -inf) keeps every backend's softmax free of NaN.
+fn causal_mask(len: usize, device: &Device) -> Tensor<2> {
+    let data: Vec<f32> = (0..len * len)
+        .map(|i| if i % len > i / len { -1e30 } else { 0.0 })
+        .collect();
+    Tensor::from_data(TensorData::new(data, [len, len]), device)
+}

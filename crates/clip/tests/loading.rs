@@ -1,0 +1,128 @@
+//! Loading: dtypes, and clear errors (never panics) for files that are not
+//! usable CLIP checkpoints.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use clearclip_fixtures::{read_fixture, CHECKPOINTS};
+use clearclip_model::{inspect_config, load_clip, Clip, DenseMode, LoadError, LoadOptions};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+fn load(bytes: &[u8]) -> Result<Clip, LoadError> {
+    load_clip(bytes, LoadOptions::default(), &Device::flex())
+}
+
+/// Re-serialise a checkpoint, changing tensors through `edit` (None drops it).
+fn rewrite(bytes: &[u8], edit: impl Fn(&str, Dtype, &[usize], &[u8]) -> Option<(Dtype, Vec<usize>, Vec<u8>)>) -> Vec<u8> {
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let mut kept: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        if let Some((dtype, shape, data)) = edit(&name, view.dtype(), view.shape(), view.data()) {
+            kept.push((name, dtype, shape, data));
+        }
+    }
+    let views: Vec<(String, TensorView)> =
+        kept.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    safetensors::serialize(views, None).unwrap()
+}
+
+fn to_f32_bytes(dtype: Dtype, data: &[u8]) -> Vec<u8> {
+    data.chunks_exact(2)
+        .flat_map(|b| {
+            let v = match dtype {
+                Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                _ => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+            };
+            v.to_le_bytes()
+        })
+        .collect()
+}
+
+fn features(model: &Clip) -> Vec<f32> {
+    let device = model.vision.device();
+    let input: Vec<f32> = (0..3 * 48 * 80).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let pixels: Tensor<4> = Tensor::from_data(TensorData::new(input, [1, 3, 48, 80]), &device);
+    model.vision.dense_features(pixels, &DenseMode::ClearClip.last_block()).into_data().try_into_vec::<f32>().unwrap()
+}
+
+#[test]
+fn f32_f16_and_bf16_files_give_identical_models() {
+    for checkpoint in CHECKPOINTS {
+        let bytes = read_fixture(checkpoint);
+        let as_f32 = rewrite(&bytes, |_, dtype, shape, data| match dtype {
+            Dtype::F16 | Dtype::BF16 => Some((Dtype::F32, shape.to_vec(), to_f32_bytes(dtype, data))),
+            _ => Some((dtype, shape.to_vec(), data.to_vec())),
+        });
+        // The fixture weights are exactly representable in f16 and bf16.
+        assert_eq!(features(&load(&bytes).unwrap()), features(&load(&as_f32).unwrap()), "{checkpoint}");
+    }
+}
+
+#[test]
+fn truncated_and_foreign_files_are_refused_with_a_reason() {
+    let bytes = read_fixture(CHECKPOINTS[0]);
+    for cut in [0, 7, 100, bytes.len() / 2, bytes.len() - 1] {
+        let err = load(&bytes[..cut]).err().expect("truncated file must fail");
+        assert!(matches!(err, LoadError::NotSafetensors(_)), "cut at {cut}: {err}");
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+    let png = read_fixture("chelsea.png");
+    assert!(matches!(load(&png), Err(LoadError::NotSafetensors(_))));
+    let other = rewrite(&bytes, |name, dtype, shape, data| {
+        name.starts_with("text_model").then(|| (dtype, shape.to_vec(), data.to_vec()))
+    });
+    let err = load(&other).err().expect("a text-only file is not CLIP");
+    assert!(matches!(err, LoadError::NotClip { .. }), "{err}");
+    assert!(err.to_string().contains("visual.class_embedding"), "{err}");
+}
+
+#[test]
+fn missing_tensors_are_all_named() {
+    for checkpoint in CHECKPOINTS {
+        let bytes = read_fixture(checkpoint);
+        let dropped = |name: &str| name.contains(".1.") && (name.contains("mlp") || name.contains("ln_2") || name.contains("layer_norm2"));
+        let partial = rewrite(&bytes, |name, dtype, shape, data| (!dropped(name)).then(|| (dtype, shape.to_vec(), data.to_vec())));
+        let expected: Vec<String> = SafeTensors::deserialize(&bytes).unwrap().names().into_iter().filter(|n| dropped(n)).map(str::to_string).collect();
+        assert!(expected.len() >= 12, "{expected:?}");
+        match load(&partial) {
+            Err(LoadError::MissingTensors { names, .. }) => {
+                let mut names = names.clone();
+                names.sort();
+                let mut expected = expected.clone();
+                expected.sort();
+                assert_eq!(names, expected, "{checkpoint}");
+            }
+            other => panic!("{checkpoint}: expected MissingTensors, got {:?}", other.err()),
+        }
+    }
+}
+
+#[test]
+fn wrong_shapes_and_dtypes_are_reported() {
+    let bytes = read_fixture(CHECKPOINTS[1]);
+    let wrong_shape = rewrite(&bytes, |name, dtype, shape, data| {
+        if name == "visual.transformer.resblocks.2.mlp.c_fc.bias" {
+            Some((dtype, vec![shape[0] - 1], data[..data.len() - 2].to_vec()))
+        } else {
+            Some((dtype, shape.to_vec(), data.to_vec()))
+        }
+    });
+    let err = load(&wrong_shape).err().expect("shape mismatch");
+    assert!(matches!(err, LoadError::Shape { .. }), "{err}");
+    assert!(err.to_string().contains("resblocks.2.mlp.c_fc.bias"), "{err}");
+
+    let wrong_dtype = rewrite(&bytes, |name, dtype, shape, data| {
+        if name == "ln_final.weight" {
+            Some((Dtype::I16, shape.to_vec(), data.to_vec()))
+        } else {
+            Some((dtype, shape.to_vec(), data.to_vec()))
+        }
+    });
+    let err = load(&wrong_dtype).err().expect("dtype");
+    assert!(matches!(err, LoadError::DType { .. }), "{err}");
+}
+
+#[test]
+fn inspect_reads_the_architecture_without_building() {
+    let (config, _) = inspect_config(&read_fixture(CHECKPOINTS[0])).unwrap();
+    assert_eq!(config.vision.patch_size, 16);
+    assert_eq!(config.text.context_length, 77);
+}

@@ -1,0 +1,16 @@
+//! Open-vocabulary semantic segmentation with ClearCLIP, following the
+//! official protocol (mc-lan/ClearCLIP `clearclip_segmentor.py` and its mmseg
+//! test pipeline). Shared by the `clearclip` CLI and the browser app; it knows
+//! nothing of files or of the browser.
+
+pub mod classes;
+pub mod preprocess;
+pub mod prompts;
+pub mod render;
+pub mod resample;
+pub mod segmenter;
+pub mod windows;
+
+pub use classes::{ClassError, ClassList, ClassSpec};
+pub use prompts::Templates;
+pub use segmenter::{Progress, SegmentError, SegmentParams, Segmentation, Segmenter, MAX_IMAGE_PIXELS};

@@ -1,0 +1,395 @@
+//! The segmentation pipeline of mc-lan/ClearCLIP `clearclip_segmentor.py`,
+//! shared by the CLI and the browser:
+//!
+//! 1. class embeddings: every name in the prompt templates, encoded,
+//!    normalised, averaged, renormalised (`__init__`), cached by name;
+//! 2. resize + normalise the image ([`crate::preprocess`]);
+//! 3. per sliding window: dense features, cosine similarity with the classes,
+//!    bilinear upsampling to the crop, padding cut off, summed (`forward_slide`);
+//! 4. average of overlaps, bilinear resize to the original size, softmax of
+//!    `logit_scale * logits`, max over synonyms, argmax and background
+//!    threshold (`postprocess_result`).
+//!
+//! Device work is `async` (browsers only allow asynchronous reads); natively a
+//! trivial executor such as `pollster::block_on` drives it.
+
+use std::collections::HashMap;
+
+use burn::tensor::{Tensor, TensorData};
+use clearclip_model::{Clip, ClipTokenizer, DenseMode, LastBlock, TokenizerError};
+use image::RgbImage;
+
+use crate::classes::ClassList;
+use crate::preprocess::{normalize, rescaled_size, resize_like_opencv};
+use crate::prompts::Templates;
+use crate::resample::{linear_taps, upsample_crop_add};
+use crate::windows::{sliding_windows, Window};
+
+/// Every knob of the pipeline; defaults are the reference's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentParams {
+    /// Short side after resizing (`Resize(scale=(2048, 448))`).
+    pub short_side: u32,
+    /// Cap on the long side after resizing.
+    pub long_side_cap: u32,
+    /// Sliding-window crop and stride (`slide_crop`, `slide_stride`).
+    pub crop: usize,
+    pub stride: usize,
+    /// Multiplies the cosine similarities before the softmax (`logit_scale`).
+    pub logit_scale: f32,
+    /// Pixels whose top probability is below this get class 0 (`prob_thd`).
+    pub background_threshold: f32,
+    pub templates: Templates,
+    pub last_block: LastBlock,
+}
+
+impl Default for SegmentParams {
+    fn default() -> Self {
+        Self {
+            short_side: 448,
+            long_side_cap: 2048,
+            crop: 448,
+            stride: 224,
+            logit_scale: 50.0,
+            background_threshold: 0.0,
+            templates: Templates::OpenAiImageNet,
+            last_block: DenseMode::ClearClip.last_block(),
+        }
+    }
+}
+
+/// Images above this many pixels are refused: the probability maps are kept
+/// at the original size (`classes x pixels` floats).
+pub const MAX_IMAGE_PIXELS: u64 = 40_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("the image is {width}x{height}; it must be at least one patch ({patch} px) on each side")]
+    TooSmall { width: u32, height: u32, patch: usize },
+    #[error("the image is {width}x{height} ({} megapixels); the limit is {} megapixels: downscale it first", (*.width as u64 * *.height as u64) / 1_000_000, MAX_IMAGE_PIXELS / 1_000_000)]
+    TooLarge { width: u32, height: u32 },
+    #[error("invalid settings: {0}")]
+    Params(String),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("the GPU/CPU device failed: {0}")]
+    Device(String),
+}
+
+/// Progress of the two long phases, for progress bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Class names encoded (cached ones count as done at once).
+    Text { done: usize, total: usize },
+    /// Sliding windows processed.
+    Window { done: usize, total: usize },
+}
+
+/// Result of one segmentation, at the original image size.
+#[derive(Debug, Clone)]
+pub struct Segmentation {
+    pub width: u32,
+    pub height: u32,
+    /// Display name of each class.
+    pub class_names: Vec<String>,
+    /// `[classes, height, width]`: softmax probabilities, max over synonyms.
+    pub probs: Vec<f32>,
+    /// `[height, width]`: class index per pixel (0 where below the threshold).
+    pub labels: Vec<u8>,
+    /// Size the model saw (after the resize), and the windows it ran.
+    pub resized: (u32, u32),
+    pub windows: usize,
+    /// Non-fatal notes (truncated prompts, ...).
+    pub warnings: Vec<String>,
+}
+
+impl Segmentation {
+    /// Share of pixels labelled with each class.
+    pub fn class_shares(&self) -> Vec<f32> {
+        let mut counts = vec![0usize; self.class_names.len()];
+        for &l in &self.labels {
+            counts[l as usize] += 1;
+        }
+        counts.iter().map(|&c| c as f32 / self.labels.len().max(1) as f32).collect()
+    }
+}
+
+/// A loaded model, its tokenizer and the class embeddings computed so far.
+pub struct Segmenter {
+    pub model: Clip,
+    tokenizer: ClipTokenizer,
+    text_cache: HashMap<(String, Templates), Vec<f32>>,
+}
+
+fn device_error(e: impl std::fmt::Debug) -> SegmentError {
+    SegmentError::Device(format!("{e:?}"))
+}
+
+fn l2_normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= norm);
+}
+
+impl Segmenter {
+    pub fn new(model: Clip, tokenizer: ClipTokenizer) -> Self {
+        Self { model, tokenizer, text_cache: HashMap::new() }
+    }
+
+    pub fn embed_dim(&self) -> usize {
+        self.model.config.vision.embed_dim
+    }
+
+    /// Normalised class embedding of each name, `[names, embed_dim]`
+    /// row-major, computed once per (name, templates) and then cached.
+    pub async fn class_embeddings(
+        &mut self,
+        names: &[&str],
+        templates: Templates,
+        progress: &mut dyn FnMut(Progress),
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<f32>, SegmentError> {
+        let total = names.len();
+        let mut out = Vec::with_capacity(total * self.embed_dim());
+        for (done, name) in names.iter().enumerate() {
+            let key = (name.to_string(), templates);
+            if !self.text_cache.contains_key(&key) {
+                let embedding = self.encode_class(name, templates, warnings).await?;
+                self.text_cache.insert(key.clone(), embedding);
+            }
+            out.extend_from_slice(&self.text_cache[&key]);
+            progress(Progress::Text { done: done + 1, total });
+        }
+        Ok(out)
+    }
+
+    /// Whether a name's embedding is already cached.
+    pub fn is_cached(&self, name: &str, templates: Templates) -> bool {
+        self.text_cache.contains_key(&(name.to_string(), templates))
+    }
+
+    async fn encode_class(&self, name: &str, templates: Templates, warnings: &mut Vec<String>) -> Result<Vec<f32>, SegmentError> {
+        let prompts = templates.prompts(name);
+        let batch = self.tokenizer.encode_batch(&prompts)?;
+        if batch.truncated.iter().any(|&t| t) {
+            warnings.push(format!(
+                "\"{name}\" is too long: its prompts were cut to {} tokens",
+                self.tokenizer.context_length()
+            ));
+        }
+        let features = self.model.text.encode(&batch);
+        let data = features.into_data_async().await.map_err(device_error)?;
+        let features: Vec<f32> = data.try_into_vec::<f32>().map_err(device_error)?;
+        // clearclip_segmentor.py: feature /= norm; feature.mean(0); feature /= norm
+        let dim = self.embed_dim();
+        let mut mean = vec![0.0f32; dim];
+        for row in features.chunks_exact(dim) {
+            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            for (m, x) in mean.iter_mut().zip(row) {
+                *m += x / norm;
+            }
+        }
+        let rows = features.len() / dim;
+        mean.iter_mut().for_each(|m| *m /= rows as f32);
+        l2_normalize(&mut mean);
+        Ok(mean)
+    }
+
+    /// Segment `image` into `classes`.
+    pub async fn segment(
+        &mut self,
+        image: &RgbImage,
+        classes: &ClassList,
+        params: &SegmentParams,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Segmentation, SegmentError> {
+        let (width, height) = image.dimensions();
+        let patch = self.model.config.vision.patch_size;
+        validate(width, height, patch, params)?;
+        let mut warnings = Vec::new();
+        let (names, class_of_query) = classes.queries();
+        let queries = self.class_embeddings(&names, params.templates, progress, &mut warnings).await?;
+
+        let (rw, rh) = rescaled_size(width, height, params.short_side, params.long_side_cap);
+        let resized = if (rw, rh) == (width, height) { image.clone() } else { resize_like_opencv(image, rw, rh) };
+        let pixels = normalize(&resized);
+        let logits = self.sliding_window_logits(&pixels, (rw as usize, rh as usize), &queries, names.len(), params, progress).await?;
+        let (probs, labels) = probabilities(
+            &logits,
+            names.len(),
+            (rh as usize, rw as usize),
+            (height as usize, width as usize),
+            &class_of_query,
+            classes.len(),
+            params,
+        );
+        Ok(Segmentation {
+            width,
+            height,
+            class_names: classes.classes.iter().map(|c| c.display_name().to_string()).collect(),
+            probs,
+            labels,
+            resized: (rw, rh),
+            windows: sliding_windows(rw as usize, rh as usize, params.crop, params.stride, patch).len(),
+            warnings,
+        })
+    }
+
+    /// Averaged window logits over the resized image, `[queries, height, width]`.
+    async fn sliding_window_logits(
+        &self,
+        pixels: &[f32],
+        (width, height): (usize, usize),
+        queries: &[f32],
+        n_queries: usize,
+        params: &SegmentParams,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Vec<f32>, SegmentError> {
+        let device = self.model.vision.device();
+        let dim = self.embed_dim();
+        let patch = self.model.config.vision.patch_size;
+        // [queries, dim] -> [dim, queries] for `features @ queries^T`.
+        let mut queries_t = vec![0.0f32; dim * n_queries];
+        for q in 0..n_queries {
+            for d in 0..dim {
+                queries_t[d * n_queries + q] = queries[q * dim + d];
+            }
+        }
+        let queries_t: Tensor<2> = Tensor::from_data(TensorData::new(queries_t, [dim, n_queries]), &device);
+
+        let windows = sliding_windows(width, height, params.crop, params.stride, patch);
+        let mut sum = vec![0.0f32; n_queries * height * width];
+        let mut count = vec![0u16; height * width];
+        for (i, window) in windows.iter().enumerate() {
+            let crop = crop_padded(pixels, (width, height), window);
+            let (ph, pw) = (window.padded_height(), window.padded_width());
+            let input: Tensor<4> = Tensor::from_data(TensorData::new(crop, [1, 3, ph, pw]), &device);
+            let features = self.model.vision.dense_features(input, &params.last_block);
+            let [_, n, _] = features.dims();
+            let features = features.reshape([n, dim]);
+            let norm = features.clone().square().sum_dim(1).sqrt();
+            let logits = (features / norm).matmul(queries_t.clone());
+            let logits: Vec<f32> = logits.into_data_async().await.map_err(device_error)?.try_into_vec::<f32>().map_err(device_error)?;
+            let (gh, gw) = (ph / patch, pw / patch);
+            // [patches, queries] -> [queries, grid_h, grid_w]
+            let mut planes = vec![0.0f32; n_queries * gh * gw];
+            for p in 0..gh * gw {
+                for q in 0..n_queries {
+                    planes[q * gh * gw + p] = logits[p * n_queries + q];
+                }
+            }
+            upsample_crop_add(
+                &planes,
+                n_queries,
+                (gh, gw),
+                (ph, pw),
+                (window.pad_top, window.pad_left),
+                (window.height, window.width),
+                &mut sum,
+                (height, width),
+                (window.y, window.x),
+            );
+            for y in window.y..window.y + window.height {
+                count[y * width + window.x..][..window.width].iter_mut().for_each(|c| *c += 1);
+            }
+            progress(Progress::Window { done: i + 1, total: windows.len() });
+        }
+        for plane in sum.chunks_exact_mut(height * width) {
+            for (s, &c) in plane.iter_mut().zip(&count) {
+                *s /= c as f32;
+            }
+        }
+        Ok(sum)
+    }
+}
+
+fn validate(width: u32, height: u32, patch: usize, params: &SegmentParams) -> Result<(), SegmentError> {
+    if (width as usize) < patch || (height as usize) < patch {
+        return Err(SegmentError::TooSmall { width, height, patch });
+    }
+    if width as u64 * height as u64 > MAX_IMAGE_PIXELS {
+        return Err(SegmentError::TooLarge { width, height });
+    }
+    if params.crop < patch || params.stride == 0 || params.short_side == 0 || params.long_side_cap < params.short_side {
+        return Err(SegmentError::Params(format!(
+            "crop {} (at least the patch, {patch}), stride {} (> 0), short side {} (> 0, at most the long-side cap {})",
+            params.crop, params.stride, params.short_side, params.long_side_cap
+        )));
+    }
+    if params.stride > params.crop {
+        return Err(SegmentError::Params(format!("stride {} larger than the crop {} would leave gaps", params.stride, params.crop)));
+    }
+    Ok(())
+}
+
+/// Copy one window of `[3, height, width]` pixels into a zero-padded buffer
+/// (`F.pad` of the normalised image).
+///
+/// # Shapes
+/// - returns `[3, padded_height, padded_width]`
+fn crop_padded(pixels: &[f32], (width, height): (usize, usize), w: &Window) -> Vec<f32> {
+    let (ph, pw) = (w.padded_height(), w.padded_width());
+    let mut out = vec![0.0f32; 3 * ph * pw];
+    for c in 0..3 {
+        for r in 0..w.height {
+            let src = &pixels[c * height * width + (w.y + r) * width + w.x..][..w.width];
+            out[c * ph * pw + (r + w.pad_top) * pw + w.pad_left..][..w.width].copy_from_slice(src);
+        }
+    }
+    out
+}
+
+/// Resize the averaged logits to the original size, softmax over queries of
+/// `logit_scale * logits`, max over each class's synonyms, argmax with the
+/// background threshold. Row by row, so only the outputs are held in memory.
+///
+/// # Shapes
+/// - `logits`: `[queries, in_h, in_w]`
+/// - returns probabilities `[classes, out_h, out_w]` and labels `[out_h, out_w]`
+pub fn probabilities(
+    logits: &[f32],
+    n_queries: usize,
+    (in_h, in_w): (usize, usize),
+    (out_h, out_w): (usize, usize),
+    class_of_query: &[usize],
+    n_classes: usize,
+    params: &SegmentParams,
+) -> (Vec<f32>, Vec<u8>) {
+    let plane = in_h * in_w;
+    let ty = linear_taps(in_h, out_h);
+    let tx = linear_taps(in_w, out_w);
+    let mut probs = vec![0.0f32; n_classes * out_h * out_w];
+    let mut labels = vec![0u8; out_h * out_w];
+    let mut scores = vec![0.0f32; n_queries];
+    let mut class_probs = vec![0.0f32; n_classes];
+    for (y, t) in ty.iter().enumerate() {
+        for (x, s) in tx.iter().enumerate() {
+            for (q, score) in scores.iter_mut().enumerate() {
+                let a = &logits[q * plane + t.i0 * in_w..][..in_w];
+                let b = &logits[q * plane + t.i1 * in_w..][..in_w];
+                let v = t.w0 * (s.w0 * a[s.i0] + s.w1 * a[s.i1]) + t.w1 * (s.w0 * b[s.i0] + s.w1 * b[s.i1]);
+                *score = v * params.logit_scale;
+            }
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0.0;
+            for score in scores.iter_mut() {
+                *score = (*score - max).exp();
+                total += *score;
+            }
+            class_probs.iter_mut().for_each(|p| *p = f32::NEG_INFINITY);
+            for (q, score) in scores.iter().enumerate() {
+                let c = class_of_query[q];
+                class_probs[c] = class_probs[c].max(score / total);
+            }
+            let pixel = y * out_w + x;
+            let mut best = 0;
+            for (c, &p) in class_probs.iter().enumerate() {
+                probs[c * out_h * out_w + pixel] = p;
+                if p > class_probs[best] {
+                    best = c;
+                }
+            }
+            labels[pixel] = if class_probs[best] < params.background_threshold { 0 } else { best as u8 };
+        }
+    }
+    (probs, labels)
+}

@@ -1,0 +1,141 @@
+//! The whole pipeline against the reference (official ClearCLIP code run in
+//! PyTorch by `scripts/gen_fixtures.py`): prompts, class embeddings, the mmseg
+//! resize, and the final probability maps of a real photo through the sliding
+//! window, for both checkpoint layouts on every test device.
+
+use burn::tensor::Device;
+use clearclip_fixtures::{assert_close, read_fixture, test_devices, tokenizer_json, Reference, CHECKPOINTS};
+use clearclip_model::{load_clip, ClipTokenizer, DenseMode, LoadOptions};
+use clearclip_segment::preprocess::{rescaled_size, resize_like_opencv};
+use clearclip_segment::prompts::OPENAI_IMAGENET_TEMPLATES;
+use clearclip_segment::{ClassList, SegmentParams, Segmenter, Templates};
+use image::RgbImage;
+
+/// Tolerances: class embeddings are unit vectors; probabilities are in [0, 1].
+const EMBEDDING_TOLERANCE: f32 = 1e-5;
+const PROBABILITY_TOLERANCE: f32 = 1e-4;
+
+fn segmenter(checkpoint: &str, device: &Device) -> Segmenter {
+    let model = load_clip(&read_fixture(checkpoint), LoadOptions::default(), device).unwrap();
+    let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json(), 77).unwrap();
+    Segmenter::new(model, tokenizer)
+}
+
+fn chelsea() -> RgbImage {
+    image::load_from_memory(&read_fixture("chelsea.png")).unwrap().to_rgb8()
+}
+
+#[test]
+fn templates_are_the_reference_80() {
+    let reference = Reference::load();
+    let expected: Vec<&str> = reference.meta["templates"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(OPENAI_IMAGENET_TEMPLATES.to_vec(), expected);
+}
+
+#[test]
+fn class_embeddings_match_reference() {
+    let reference = Reference::load();
+    let names: Vec<&str> = reference.meta["text_names"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    for (device_name, device) in test_devices() {
+        for checkpoint in CHECKPOINTS {
+            let mut seg = segmenter(checkpoint, &device);
+            for (templates, key) in [(Templates::OpenAiImageNet, "text.templates80"), (Templates::Single, "text.single")] {
+                let mut warnings = Vec::new();
+                let ours = pollster::block_on(seg.class_embeddings(&names, templates, &mut |_| {}, &mut warnings)).unwrap();
+                let (expected, _) = reference.f32(key);
+                assert_close(&format!("{device_name} {checkpoint} {key}"), &ours, &expected, EMBEDDING_TOLERANCE);
+                // The last name is longer than the context in every template.
+                assert_eq!(warnings.len(), 1, "{warnings:?}");
+                assert!(warnings[0].contains("cut to 77 tokens"), "{warnings:?}");
+                assert!(seg.is_cached(names[0], templates));
+            }
+        }
+    }
+}
+
+#[test]
+fn resize_is_bit_exact_with_opencv() {
+    let reference = Reference::load();
+    let image = chelsea();
+    for case in ["default", "padded", "vanilla"] {
+        let short = reference.meta["pipeline"][case]["short_side"].as_u64().unwrap_or(448) as u32;
+        let (w, h) = rescaled_size(image.width(), image.height(), short, 2048);
+        let ours = resize_like_opencv(&image, w, h);
+        let (expected, shape) = reference.u8(&format!("pipeline.{case}.resized"));
+        assert_eq!(shape, vec![h as usize, w as usize, 3], "{case}");
+        let differing = ours.as_raw().iter().zip(&expected).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 0, "{case}: {differing} bytes differ from cv2.resize");
+    }
+}
+
+fn params_for(meta: &serde_json::Value) -> SegmentParams {
+    let defaults = SegmentParams::default();
+    let mode = meta["mode"].as_str().map(|m| DenseMode::from_name(m).unwrap()).unwrap_or(DenseMode::ClearClip);
+    SegmentParams {
+        short_side: meta["short_side"].as_u64().map_or(defaults.short_side, |v| v as u32),
+        crop: meta["crop"].as_u64().map_or(defaults.crop, |v| v as usize),
+        stride: meta["stride"].as_u64().map_or(defaults.stride, |v| v as usize),
+        background_threshold: meta["prob_thd"].as_f64().map_or(0.0, |v| v as f32),
+        last_block: mode.last_block(),
+        ..defaults
+    }
+}
+
+#[test]
+fn whole_image_probabilities_match_reference() {
+    let reference = Reference::load();
+    let image = chelsea();
+    for (device_name, device) in test_devices() {
+        for checkpoint in CHECKPOINTS {
+            let mut seg = segmenter(checkpoint, &device);
+            for case in ["default", "padded", "vanilla"] {
+                let meta = &reference.meta["pipeline"][case];
+                let (classes, _) = ClassList::parse(meta["classes"].as_str().unwrap()).unwrap();
+                let params = params_for(meta);
+                let mut windows_seen = 0;
+                let result = pollster::block_on(seg.segment(&image, &classes, &params, &mut |p| {
+                    if let clearclip_segment::Progress::Window { done, .. } = p {
+                        windows_seen = done;
+                    }
+                }))
+                .unwrap();
+                assert_eq!((result.width, result.height), image.dimensions());
+                assert_eq!(windows_seen, result.windows);
+                let (expected, shape) = reference.f32(&format!("pipeline.{case}.probs"));
+                assert_eq!(shape, vec![classes.len(), 300, 451]);
+                let what = format!("{device_name} {checkpoint} {case} ({} windows)", result.windows);
+                assert_close(&what, &result.probs, &expected, PROBABILITY_TOLERANCE);
+
+                // Labels agree wherever the decision is not a near tie.
+                let (labels, _) = reference.u8(&format!("pipeline.{case}.labels"));
+                let plane = 300 * 451;
+                let mut compared = 0;
+                for (i, (&ours, &theirs)) in result.labels.iter().zip(&labels).enumerate() {
+                    let mut p: Vec<f32> = (0..classes.len()).map(|c| expected[c * plane + i]).collect();
+                    p.sort_by(|a, b| b.total_cmp(a));
+                    let near_threshold = (p[0] - params.background_threshold).abs() < 1e-3;
+                    if p[0] - p[1] > 1e-3 && !near_threshold {
+                        assert_eq!(ours, theirs, "{what}: label of pixel {i}");
+                        compared += 1;
+                    }
+                }
+                assert!(compared > plane * 9 / 10, "{what}: only {compared} clear pixels");
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_images_and_settings_are_refused() {
+    let mut seg = segmenter(CHECKPOINTS[1], &Device::flex());
+    let (classes, _) = ClassList::parse("cat;dog").unwrap();
+    let tiny = RgbImage::new(15, 40);
+    let err = pollster::block_on(seg.segment(&tiny, &classes, &SegmentParams::default(), &mut |_| {})).unwrap_err();
+    assert!(err.to_string().contains("at least one patch"), "{err}");
+    let params = SegmentParams { stride: 500, ..SegmentParams::default() };
+    let err = pollster::block_on(seg.segment(&chelsea(), &classes, &params, &mut |_| {})).unwrap_err();
+    assert!(err.to_string().contains("stride"), "{err}");
+    let huge = RgbImage::new(6400, 6400);
+    let err = pollster::block_on(seg.segment(&huge, &classes, &SegmentParams::default(), &mut |_| {})).unwrap_err();
+    assert!(err.to_string().contains("the limit is 40 megapixels"), "{err}");
+}

@@ -1,20 +1,33 @@
 #!/usr/bin/env bash
 # Runs every test of the project. On a fresh Debian machine it first installs
-# what the tests need (as root): Mesa's lavapipe, so the wgpu (GPU) code path
-# is tested on the CPU; without it those tests print SKIPPED and the CPU
-# backend is still tested.
+# what the tests need (as root): Mesa's lavapipe, so the wgpu code path is
+# tested on the CPU, and Debian's Chromium for the browser tests; then the
+# npm packages (playwright-core drives that Chromium; binaryen's wasm-opt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || need_apt+=(mesa-vulkan-drivers libvulkan1)
+for pkg in mesa-vulkan-drivers libvulkan1 chromium; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
   else
-    echo "note: ${need_apt[*]} not installed (needs root); wgpu tests will be skipped" >&2
+    echo "error: missing Debian packages: ${need_apt[*]} (run as root, or apt-get install them)" >&2
+    exit 1
   fi
 fi
+if [ ! -x node_modules/.bin/wasm-opt ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+fi
 
+echo "== Rust tests (CPU backend and wgpu on lavapipe)"
 cargo test --workspace --locked
+
+echo "== wasm build"
+bash scripts/build-web.sh
+
+echo "== browser tests (headless Chromium, software WebGPU)"
+node --test --test-concurrency=1 web/tests/

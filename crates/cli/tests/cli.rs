@@ -139,3 +139,24 @@ fn inspect_prints_the_architecture() {
     assert!(output.status.success());
     assert!(stdout.contains("OpenClip layout") && stdout.contains("patch_size: 16"), "{stdout}");
 }
+
+#[test]
+fn gpu_device_gives_the_same_numbers_as_cpu() {
+    let reference = Reference::load();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("gpu");
+    let (weights, image) = (fixture(CHECKPOINTS[1]), fixture("chelsea.png"));
+    let labels = reference.meta["pipeline"]["default"]["classes"].as_str().unwrap().to_string();
+    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    args.extend(["--device", "gpu"]);
+    let output = clearclip(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() && stderr.contains("no usable GPU") {
+        eprintln!("SKIPPED: no wgpu adapter on this machine ({stderr})");
+        return;
+    }
+    assert!(output.status.success(), "{stderr}");
+    let (_, probs) = read_npy(&out.join("probs.npy"));
+    let (expected, _) = reference.f32("pipeline.default.probs");
+    assert_close("CLI --device gpu vs reference", &probs, &expected, 1e-4);
+}

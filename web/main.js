@@ -1,0 +1,278 @@
+// The page: one state object, one render function, and the worker that owns the GPU.
+import { DEFAULT_WEIGHTS_URL, MSG } from './protocol.js';
+import { drawOverlay, readout, renderHeatmaps, renderLegend } from './render.js';
+
+const params = new URLSearchParams(location.search);
+/** Images with a longer side are downscaled before segmentation. */
+const MAX_SIDE = 2048;
+const EXAMPLE = { url: new URL('./assets/example.png', import.meta.url).href, labels: 'cat; grass, lawn; wall; sky' };
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  weightsUrl: params.get('weights') ? new URL(params.get('weights'), location.href).href : DEFAULT_WEIGHTS_URL,
+  weightsFile: null,
+  preferGpu: params.get('webgpu') !== '0',
+  model: null, // {backend, description, source}
+  loading: null, // {phase, done, total}
+  image: null, // {bitmap, rgba, width, height, note}
+  labels: EXAMPLE.labels,
+  threshold: 0,
+  opacity: 0.55,
+  mode: 'clearclip',
+  requestId: 0,
+  running: false,
+  result: null, // {result, labelColors, heatmaps, id, totalMs}
+  error: null,
+  notes: [],
+};
+window.__clearclip = state; // read by the end-to-end tests
+
+let worker = null;
+let requestStarted = 0;
+
+function startWorker() {
+  worker?.terminate();
+  worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  worker.onmessage = ({ data }) => onWorkerMessage(data);
+  worker.onerror = (e) => {
+    state.error = `the worker failed: ${e.message}`;
+    render();
+  };
+}
+
+function loadModel() {
+  $('weights-url').value = state.weightsFile ? '' : state.weightsUrl;
+  $('weights-url').placeholder = state.weightsFile ? `local file: ${state.weightsFile.name}` : '';
+  // The current model (if any) keeps serving until the new one is ready.
+  state.loading = { phase: 'download', done: 0, total: 0 };
+  state.error = null;
+  worker.postMessage({ type: MSG.LOAD, url: state.weightsUrl, file: state.weightsFile, preferGpu: state.preferGpu,
+    gelu: $('gelu').checked });
+  render();
+}
+
+function onWorkerMessage(msg) {
+  switch (msg.type) {
+    case MSG.PROGRESS:
+      if (['download', 'cache', 'load'].includes(msg.phase)) state.loading = msg;
+      else state.progress = msg;
+      break;
+    case MSG.READY:
+      state.model = msg;
+      state.loading = null;
+      requestSegment();
+      break;
+    case MSG.RESULT:
+      state.running = false;
+      state.progress = null;
+      state.result = { ...msg, totalMs: performance.now() - requestStarted };
+      state.error = null;
+      if (msg.id !== state.requestId) requestSegment(true); // something changed meanwhile
+      break;
+    case MSG.EXPORTED:
+      download(new Blob([msg.bytes], { type: 'image/png' }), msg.what === 'overlay' ? 'overlay.png' : 'labels.png');
+      break;
+    case MSG.ERROR:
+      if (msg.stage === 'load') state.loading = null;
+      if (msg.stage === 'segment') state.running = false;
+      state.error = msg.message;
+      if (msg.fatal) {
+        // The wasm instance is gone (lost GPU device, internal error): start
+        // over, keeping the image and labels; the weights come from the cache.
+        state.error = `${msg.message} — the model is being reloaded`;
+        state.model = null;
+        state.running = false;
+        startWorker();
+        loadModel();
+      }
+      break;
+  }
+  render();
+}
+
+let debounce = 0;
+function requestSegment(now = false) {
+  clearTimeout(debounce);
+  if (!state.model || !state.image) return;
+  const run = () => {
+    if (!state.labels.trim()) {
+      state.error = 'type at least one class name';
+      render();
+      return;
+    }
+    state.requestId += 1;
+    state.running = true;
+    state.error = null;
+    requestStarted = performance.now();
+    const rgba = state.image.rgba.slice();
+    worker.postMessage({ type: MSG.SEGMENT, id: state.requestId, rgba: rgba.buffer, width: state.image.width,
+      height: state.image.height, labels: state.labels, threshold: state.threshold, mode: state.mode,
+      singleTemplate: $('single-template').checked }, [rgba.buffer]);
+    render();
+  };
+  if (now) run();
+  else debounce = setTimeout(run, 350);
+}
+
+async function setImage(blob) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(blob, { imageOrientation: 'from-image' });
+  } catch {
+    state.error = `${blob.name ?? 'that file'} is not an image the browser can read (or it is corrupt)`;
+    render();
+    return;
+  }
+  let note = '';
+  if (Math.max(bitmap.width, bitmap.height) > MAX_SIDE) {
+    const scale = MAX_SIDE / Math.max(bitmap.width, bitmap.height);
+    const [w, h] = [Math.round(bitmap.width * scale), Math.round(bitmap.height * scale)];
+    note = `downscaled from ${bitmap.width}x${bitmap.height} to ${w}x${h}`;
+    const resized = await createImageBitmap(bitmap, { resizeWidth: w, resizeHeight: h, resizeQuality: 'high' });
+    bitmap.close();
+    bitmap = resized;
+  }
+  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+  const ctx = canvas.getContext('2d');
+  ctx.drawImage(bitmap, 0, 0);
+  const rgba = new Uint8Array(ctx.getImageData(0, 0, bitmap.width, bitmap.height).data.buffer);
+  state.image = { bitmap, rgba, width: bitmap.width, height: bitmap.height, note };
+  state.result = null;
+  state.error = null;
+  render();
+  requestSegment(true);
+}
+
+function download(blob, name) {
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+
+function isWeightsFile(file) {
+  return /\.safetensors$/i.test(file.name);
+}
+
+function onFiles(files) {
+  const file = files?.[0];
+  if (!file) return;
+  if (isWeightsFile(file)) {
+    state.weightsFile = file;
+    loadModel();
+  } else {
+    setImage(file);
+  }
+}
+
+const fmtBytes = (n) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MB` : `${(n / 1024).toFixed(0)} kB`);
+
+function render() {
+  const s = state;
+  // Model status and progress bar.
+  const bar = $('progress');
+  if (s.loading) {
+    const { phase, done, total } = s.loading;
+    const verb = { download: 'Downloading weights', cache: 'Reading cached weights', load: 'Loading model' }[phase];
+    $('model-status').textContent = total
+      ? `${verb}: ${fmtBytes(done)} of ${fmtBytes(total)} (${((100 * done) / total).toFixed(0)}%)`
+      : `${verb}…`;
+    bar.hidden = false;
+    bar.max = total || 1;
+    bar.value = total ? done : 0;
+  } else if (s.model) {
+    $('model-status').textContent = `${s.model.description} — on ${s.model.backend === 'webgpu' ? 'WebGPU' : 'the CPU (no WebGPU: slower)'}, weights from ${s.model.source}`;
+    bar.hidden = true;
+  } else {
+    bar.hidden = true;
+  }
+  document.body.dataset.backend = s.model?.backend ?? '';
+  $('retry').hidden = !(s.error && !s.model && !s.loading);
+  $('error').textContent = s.error ?? '';
+  $('error').hidden = !s.error;
+
+  // Run status.
+  let status = '';
+  if (s.running) {
+    const p = s.progress;
+    status = p ? `${p.phase === 'text' ? 'Encoding class names' : 'Segmenting windows'} ${p.done}/${p.total}…` : 'Segmenting…';
+  } else if (s.result) {
+    const r = s.result.result;
+    status = `text ${r.textMs.toFixed(0)} ms · image ${r.imageMs.toFixed(0)} ms · total ${s.result.totalMs.toFixed(0)} ms` +
+      ` (${r.windows} windows at ${r.resized})`;
+  }
+  $('run-status').textContent = status;
+  $('notes').textContent = [s.image?.note, ...(s.result?.result.warnings ?? [])].filter(Boolean).join(' · ');
+
+  // Pictures.
+  const canvas = $('overlay');
+  canvas.hidden = !s.image;
+  $('drop-hint').hidden = !!s.image;
+  if (s.image) drawOverlay(canvas, s.image.bitmap, s.result?.labelColors && new Uint8ClampedArray(s.result.labelColors.buffer), s.opacity);
+  if (s.result) {
+    renderLegend($('legend'), s.result.result);
+    renderHeatmaps($('heatmaps'), s.result.result, s.result.heatmaps.map((h) => new Uint8ClampedArray(h.buffer)));
+  } else {
+    $('legend').replaceChildren();
+    $('heatmaps').replaceChildren();
+  }
+  $('download-overlay').disabled = $('download-labels').disabled = !s.result;
+}
+
+function wire() {
+  $('labels').value = state.labels;
+  $('labels').addEventListener('input', (e) => {
+    state.labels = e.target.value;
+    requestSegment();
+  });
+  $('threshold').addEventListener('input', (e) => {
+    state.threshold = Number(e.target.value);
+    $('threshold-value').textContent = state.threshold.toFixed(2);
+    requestSegment();
+  });
+  $('opacity').addEventListener('input', (e) => {
+    state.opacity = Number(e.target.value);
+    render();
+  });
+  $('mode').addEventListener('change', (e) => {
+    state.mode = e.target.value;
+    requestSegment(true);
+  });
+  $('single-template').addEventListener('change', () => requestSegment(true));
+  $('image-input').addEventListener('change', (e) => onFiles(e.target.files));
+  $('weights-input').addEventListener('change', (e) => onFiles(e.target.files));
+  $('weights-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    state.weightsUrl = $('weights-url').value.trim() || DEFAULT_WEIGHTS_URL;
+    state.weightsFile = null;
+    loadModel();
+  });
+  $('gelu').addEventListener('change', loadModel);
+  $('retry').addEventListener('click', loadModel);
+  $('download-overlay').addEventListener('click', () => worker.postMessage({ type: MSG.EXPORT, what: 'overlay', opacity: state.opacity }));
+  $('download-labels').addEventListener('click', () => worker.postMessage({ type: MSG.EXPORT, what: 'labels' }));
+  document.addEventListener('dragover', (e) => e.preventDefault());
+  document.addEventListener('drop', (e) => {
+    e.preventDefault();
+    onFiles(e.dataTransfer.files);
+  });
+  document.addEventListener('paste', (e) => {
+    const item = [...e.clipboardData.items].find((i) => i.type.startsWith('image/'));
+    if (item) setImage(item.getAsFile());
+  });
+  $('overlay').addEventListener('mousemove', (e) => {
+    const r = state.result?.result;
+    if (!r) return;
+    const rect = e.target.getBoundingClientRect();
+    const x = Math.floor(((e.clientX - rect.left) / rect.width) * r.width);
+    const y = Math.floor(((e.clientY - rect.top) / rect.height) * r.height);
+    const hit = readout(r, x, y);
+    $('hover').textContent = hit ? `${hit.name}: ${(hit.probability * 100).toFixed(1)}% at (${x}, ${y})` : '';
+  });
+}
+
+wire();
+startWorker();
+loadModel();
+fetch(EXAMPLE.url).then((r) => r.blob()).then(setImage);

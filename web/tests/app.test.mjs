@@ -1,0 +1,218 @@
+// End-to-end tests of the app in Debian's Chromium (headless, SwiftShader's
+// software WebGPU adapter), with the tiny fixture model served locally.
+// The page's probabilities are compared with the native CLI's on the same inputs.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { serve } from '../../scripts/serve.mjs';
+
+const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+const WEIGHTS = '/fixtures/tiny_openclip_bf16.safetensors';
+const LABELS = 'cat; grass, lawn; wall; sky';
+/** Probabilities: same pipeline, WebGPU/CPU in wasm vs native CPU, f32. */
+const TOLERANCE = 1e-4;
+/** SwiftShader is slow: a run of the tiny model takes 30-60 s there. */
+const RESULT_TIMEOUT = 400_000;
+
+const CHROMIUM_ARGS = [
+  '--enable-unsafe-webgpu', '--enable-unsafe-swiftshader', '--no-sandbox', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic',
+];
+
+let server;
+let browser;
+let context;
+let cliProbs;
+
+function readNpy(path) {
+  const bytes = readFileSync(path);
+  const headerLength = bytes.readUInt16LE(8);
+  const header = bytes.subarray(10, 10 + headerLength).toString('latin1');
+  const shape = header.match(/'shape': \(([^)]*)\)/)[1].split(',').filter((s) => s.trim()).map(Number);
+  const data = new Float32Array(bytes.buffer.slice(bytes.byteOffset + 10 + headerLength));
+  return { shape, data };
+}
+
+before(async () => {
+  const cli = join(ROOT, 'target', 'debug', 'clearclip');
+  assert.ok(existsSync(cli), 'target/debug/clearclip is missing: run `cargo test --workspace` first');
+  const out = mkdtempSync(join(tmpdir(), 'clearclip-cli-'));
+  execFileSync(cli, ['segment', '--weights', join(ROOT, WEIGHTS), '--labels', LABELS, '--image',
+    join(ROOT, 'web/assets/example.png'), '--out', out], { stdio: 'pipe' });
+  cliProbs = readNpy(join(out, 'probs.npy'));
+  assert.deepEqual(cliProbs.shape, [4, 300, 451]);
+
+  server = await serve();
+  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS });
+  context = await browser.newContext({ viewport: { width: 1200, height: 1100 } });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.server.close();
+});
+
+const appUrl = (query) => `http://127.0.0.1:${server.port}/?${query}`;
+
+async function openApp(query) {
+  const page = await context.newPage();
+  const logs = [];
+  page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
+  await page.goto(appUrl(query));
+  page.logs = logs;
+  return page;
+}
+
+/** Wait until the latest request has a result (or the page shows an error). */
+async function waitForResult(page) {
+  await page.waitForFunction(
+    () => {
+      const s = window.__clearclip;
+      return (s.result && s.result.id === s.requestId && !s.running) || (s.error && !s.running && !s.loading);
+    },
+    null, { timeout: RESULT_TIMEOUT, polling: 250 },
+  ).catch((e) => { throw new Error(`${e.message}\n${page.logs.join('\n')}`); });
+  const error = await page.evaluate(() => window.__clearclip.error);
+  assert.equal(error, null, `page error: ${error}\n${page.logs.join('\n')}`);
+}
+
+/** Do `action` (which must start a new run), then wait for that run's result. */
+async function nextResult(page, action) {
+  const before = await page.evaluate(() => window.__clearclip.requestId);
+  await action();
+  await page.waitForFunction((b) => window.__clearclip.requestId > b, before, { timeout: 30_000 });
+  await waitForResult(page);
+}
+
+async function pageProbs(page) {
+  const base64 = await page.evaluate(() => {
+    const p = window.__clearclip.result.result.probs;
+    let s = '';
+    const bytes = new Uint8Array(p.buffer, p.byteOffset, p.byteLength);
+    for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    return btoa(s);
+  });
+  const bytes = Buffer.from(base64, 'base64');
+  return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
+}
+
+function maxAbsDiff(a, b) {
+  assert.equal(a.length, b.length);
+  let worst = 0;
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+  return worst;
+}
+
+async function dropFile(page, path, name, type) {
+  const base64 = readFileSync(path).toString('base64');
+  await page.evaluate(({ base64, name, type }) => {
+    const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([bytes], name, { type }));
+    document.dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, bubbles: true, cancelable: true }));
+  }, { base64, name, type });
+}
+
+test('segments a dropped image on WebGPU and matches the CLI', async () => {
+  const started = Date.now();
+  const page = await openApp(`weights=${WEIGHTS}`);
+  await waitForResult(page); // the bundled example, on first load
+  const firstResultMs = Date.now() - started;
+  const backend = await page.evaluate(() => window.__clearclip.model.backend);
+  assert.equal(backend, 'webgpu', `expected the WebGPU backend\n${page.logs.join('\n')}`);
+
+  assert.equal(await page.inputValue('#labels'), LABELS, 'labels pre-filled for the example');
+  const exampleDiff = maxAbsDiff(await pageProbs(page), cliProbs.data);
+  console.log(`webgpu (example) vs CLI: max abs diff ${exampleDiff.toExponential(2)}; first result ${firstResultMs} ms after page load`);
+  assert.ok(exampleDiff <= TOLERANCE, `max abs diff ${exampleDiff}`);
+
+  // The same photo dropped as a file runs again (text embeddings cached).
+  await nextResult(page, () => dropFile(page, join(ROOT, 'fixtures/chelsea.png'), 'chelsea.png', 'image/png'));
+  const probs = await pageProbs(page);
+  const diff = maxAbsDiff(probs, cliProbs.data);
+  console.log(`webgpu (dropped) vs CLI: max abs diff ${diff.toExponential(2)}`);
+  assert.ok(diff <= TOLERANCE, `max abs diff ${diff}`);
+
+  assert.equal(await page.locator('#legend li').count(), 4);
+  assert.equal(await page.locator('#heatmaps canvas').count(), 4);
+  const overlay = await page.evaluate(() => {
+    const c = document.getElementById('overlay');
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    const s = window.__clearclip;
+    const raw = new OffscreenCanvas(c.width, c.height).getContext('2d');
+    raw.drawImage(s.image.bitmap, 0, 0);
+    const r = raw.getImageData(0, 0, c.width, c.height).data;
+    let changed = 0;
+    for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - r[i]) + Math.abs(d[i + 1] - r[i + 1]) + Math.abs(d[i + 2] - r[i + 2]) > 6) changed++;
+    return { width: c.width, height: c.height, changed: changed / (d.length / 4) };
+  });
+  assert.deepEqual([overlay.width, overlay.height], [451, 300]);
+  assert.ok(overlay.changed > 0.5, `overlay changed only ${overlay.changed} of the pixels`);
+  const status = await page.textContent('#run-status');
+  assert.match(status, /text \d+ ms · image \d+ ms · total \d+ ms/);
+
+  mkdirSync(join(ROOT, 'test-results'), { recursive: true });
+  await page.screenshot({ path: join(ROOT, 'test-results', 'app.png'), fullPage: true });
+  writeFileSync(join(ROOT, 'test-results', 'timings.json'), JSON.stringify({ firstResultMs, status }, null, 1));
+  await page.close();
+});
+
+test('a second visit reads the weights from the cache, not the network', async () => {
+  const fetched = () => server.requests.filter((p) => p === WEIGHTS).length;
+  const before = fetched();
+  assert.ok(before >= 1, 'the first test downloaded the weights');
+  const page = await openApp(`weights=${WEIGHTS}&webgpu=0`); // the cache, not the GPU, is tested: keep it quick
+  await waitForResult(page);
+  assert.equal(await page.evaluate(() => window.__clearclip.model.source), 'cache');
+  assert.equal(fetched(), before, 'no weight request may reach the server');
+  await page.close();
+});
+
+test('without WebGPU the CPU backend in wasm gives the same answer', async () => {
+  const page = await openApp(`weights=${WEIGHTS}&webgpu=0`);
+  await waitForResult(page);
+  assert.equal(await page.evaluate(() => window.__clearclip.model.backend), 'cpu');
+  assert.match(await page.textContent('#model-status'), /CPU/);
+  const diff = maxAbsDiff(await pageProbs(page), cliProbs.data);
+  console.log(`wasm cpu vs CLI: max abs diff ${diff.toExponential(2)}`);
+  assert.ok(diff <= TOLERANCE, `max abs diff ${diff}`);
+  await page.close();
+});
+
+test('bad files get a visible message and the app keeps its model and result', async () => {
+  const page = await openApp(`weights=${WEIGHTS}&webgpu=0`); // error handling, not the GPU: keep it quick
+  await waitForResult(page);
+  const tmp = mkdtempSync(join(tmpdir(), 'clearclip-bad-'));
+  writeFileSync(join(tmp, 'notes.png'), 'not an image at all');
+  await page.setInputFiles('#image-input', join(tmp, 'notes.png'));
+  await page.waitForFunction(() => window.__clearclip.error);
+  assert.match(await page.textContent('#error'), /not an image/);
+  assert.equal(await page.locator('#legend li').count(), 4, 'the previous result stays');
+
+  writeFileSync(join(tmp, 'fake.safetensors'), readFileSync(join(ROOT, 'fixtures/chelsea.png')));
+  await page.setInputFiles('#weights-input', join(tmp, 'fake.safetensors'));
+  await page.waitForFunction(() => /safetensors/.test(window.__clearclip.error ?? ''), null, { timeout: 60_000 });
+  assert.match(await page.textContent('#error'), /not a readable safetensors file/);
+  // The model loaded before still segments.
+  await nextResult(page, () => page.fill('#labels', 'cat; sky'));
+  assert.equal(await page.locator('#legend li').count(), 2);
+
+  await page.fill('#labels', ' ; ');
+  await page.waitForFunction(() => window.__clearclip.error);
+  assert.match(await page.textContent('#error'), /no classes given/);
+  await page.close();
+});
+
+test('a weights URL that fails says why and offers a retry', async () => {
+  const page = await openApp('weights=/fixtures/missing.safetensors');
+  await page.waitForFunction(() => window.__clearclip.error, null, { timeout: 60_000 });
+  assert.match(await page.textContent('#error'), /not found \(404\)/);
+  assert.ok(await page.isVisible('#retry'));
+  await page.close();
+});

@@ -48,7 +48,8 @@ def cli_run(weights, image_path, out):
     m = re.search(r"text ([\d.]+)(m?s), image ([\d.]+)(m?s), total ([\d.]+)(m?s)", p.stderr)
     sec = lambda v, u: float(v) / (1000 if u == "ms" else 1)
     text, image, total = (sec(m.group(i), m.group(i + 1)) for i in (1, 3, 5))
-    load = float(re.search(r"loaded in ([\d.]+)(m?s)", p.stderr).group(1))
+    m_load = re.search(r"loaded in ([\d.]+)(m?s)", p.stderr)
+    load = sec(m_load.group(1), m_load.group(2))
     return text, image, total, wall, load
 
 

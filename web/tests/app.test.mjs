@@ -39,7 +39,7 @@ function readNpy(path) {
 }
 
 before(async () => {
-  const cli = join(ROOT, 'target', 'debug', 'clearclip');
+  const cli = join(process.env.CARGO_TARGET_DIR ?? join(ROOT, 'target'), 'debug', 'clearclip');
   assert.ok(existsSync(cli), 'target/debug/clearclip is missing: run `cargo test --workspace` first');
   const out = mkdtempSync(join(tmpdir(), 'clearclip-cli-'));
   execFileSync(cli, ['segment', '--weights', join(ROOT, WEIGHTS), '--labels', LABELS, '--image',

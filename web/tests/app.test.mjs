@@ -182,6 +182,9 @@ test('without WebGPU the CPU backend in wasm gives the same answer', async () =>
   const diff = maxAbsDiff(await pageProbs(page), cliProbs.data);
   console.log(`wasm cpu vs CLI: max abs diff ${diff.toExponential(2)}`);
   assert.ok(diff <= TOLERANCE, `max abs diff ${diff}`);
+  // Phone width: nothing overflows sideways.
+  await page.setViewportSize({ width: 390, height: 844 });
+  assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= 390), 'page wider than a phone');
   await page.close();
 });
 

@@ -11,6 +11,15 @@ pub struct LinearTap {
     pub w1: f32,
 }
 
+impl LinearTap {
+    /// Bilinear value between rows `top`/`bottom` at column tap `x`, in
+    /// PyTorch's order: `h0 * (w0 * a00 + w1 * a01) + h1 * (w0 * a10 + w1 * a11)`.
+    #[inline]
+    pub fn blend(&self, x: &LinearTap, top: &[f32], bottom: &[f32]) -> f32 {
+        self.w0 * (x.w0 * top[x.i0] + x.w1 * top[x.i1]) + self.w1 * (x.w0 * bottom[x.i0] + x.w1 * bottom[x.i1])
+    }
+}
+
 pub fn linear_taps(in_size: usize, out_size: usize) -> Vec<LinearTap> {
     let scale = in_size as f32 / out_size as f32;
     (0..out_size)
@@ -52,8 +61,7 @@ pub fn upsample_crop_add(
             let line = &mut out[(dst_y + r) * dst_w + dst_x..][..cols];
             let (a, b) = (&src[y.i0 * in_w..][..in_w], &src[y.i1 * in_w..][..in_w]);
             for (o, x) in line.iter_mut().zip(tx) {
-                // PyTorch order: h0 * (w0 * a00 + w1 * a01) + h1 * (w0 * a10 + w1 * a11)
-                *o += y.w0 * (x.w0 * a[x.i0] + x.w1 * a[x.i1]) + y.w1 * (x.w0 * b[x.i0] + x.w1 * b[x.i1]);
+                *o += y.blend(x, a, b);
             }
         }
     }

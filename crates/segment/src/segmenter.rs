@@ -366,8 +366,7 @@ pub fn probabilities(
             for (q, score) in scores.iter_mut().enumerate() {
                 let a = &logits[q * plane + t.i0 * in_w..][..in_w];
                 let b = &logits[q * plane + t.i1 * in_w..][..in_w];
-                let v = t.w0 * (s.w0 * a[s.i0] + s.w1 * a[s.i1]) + t.w1 * (s.w0 * b[s.i0] + s.w1 * b[s.i1]);
-                *score = v * params.logit_scale;
+                *score = t.blend(s, a, b) * params.logit_scale;
             }
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut total = 0.0;

@@ -203,7 +203,7 @@ function render() {
       ` (${r.windows} windows at ${r.resized})`;
   }
   $('run-status').textContent = status;
-  $('notes').textContent = [s.image?.note, ...(s.result?.result.warnings ?? [])].filter(Boolean).join(' · ');
+  $('notes').textContent = [s.model?.warning, s.image?.note, ...(s.result?.result.warnings ?? [])].filter(Boolean).join(' · ');
 
   // Pictures.
   const canvas = $('overlay');

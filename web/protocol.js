@@ -9,7 +9,7 @@
 //   {type: 'export', what: 'overlay'|'labels', opacity}   PNG bytes of the last result
 // worker -> page
 //   {type: 'progress', phase: 'download'|'cache'|'load'|'text'|'image', done, total}
-//   {type: 'ready', backend: 'webgpu'|'cpu', description, source: 'network'|'cache'|'file', loadMs}
+//   {type: 'ready', backend: 'webgpu'|'cpu', description, source: 'network'|'cache'|'file', warning?, loadMs}
 //   {type: 'result', id, result, labelColors, heatmaps}   typed arrays transferred
 //   {type: 'exported', what, bytes}
 //   {type: 'error', id?, stage: 'load'|'segment'|'export', message, fatal}

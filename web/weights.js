@@ -57,23 +57,32 @@ export async function loadWeightsFromUrl(url, makeBuffer, onProgress) {
     await pump(response, buffer, (d, t) => onProgress('download', d, t));
     return { buffer, source: 'network' };
   }
-  // Tee-free: chunks go to the wasm buffer and into the cache entry as they arrive.
+  // Tee-free: chunks go to the wasm buffer and into the cache entry as they
+  // arrive. Caching is best effort: if the browser refuses (quota, private
+  // mode, an internal error), the model still loads and the page says so.
   const buffer = makeBuffer(total);
   let controller;
+  let cacheError = null;
   const toCache = new ReadableStream({ start(c) { controller = c; } });
   const headers = new Headers({ 'content-type': 'application/octet-stream' });
   if (total) headers.set('content-length', String(total));
-  const stored = cache.put(url, new Response(toCache, { headers }));
+  const stored = cache.put(url, new Response(toCache, { headers })).catch((e) => { cacheError = e; });
+  const toStream = (fn) => { if (!cacheError) try { fn(); } catch (e) { cacheError = e; } };
   try {
-    await pump(response, { push(chunk) { buffer.push(chunk); controller.enqueue(chunk); } },
+    await pump(response, { push(chunk) { buffer.push(chunk); toStream(() => controller.enqueue(chunk)); } },
       (d, t) => onProgress('download', d, t));
-    controller.close();
-    await stored;
   } catch (e) {
-    controller.error(e);
-    await stored.catch(() => {});
+    toStream(() => controller.error(e));
+    await stored;
     await cache.delete(url).catch(() => {});
     throw e instanceof WeightsError ? e : new WeightsError(`downloading the weights failed: ${e.message}`);
+  }
+  toStream(() => controller.close());
+  await stored;
+  if (cacheError) {
+    await cache.delete(url).catch(() => {});
+    const warning = `the weights could not be kept in the browser cache (${cacheError.message}); the next visit downloads them again`;
+    return { buffer, source: 'network', warning };
   }
   return { buffer, source: 'network' };
 }

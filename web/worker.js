@@ -31,7 +31,7 @@ async function load({ url, file, preferGpu, gelu }) {
   try {
     await ready;
     const makeBuffer = (bytes) => new WeightsBuffer(bytes);
-    const { buffer, source } = file
+    const { buffer, source, warning } = file
       ? await loadWeightsFromFile(file, makeBuffer, progress)
       : await loadWeightsFromUrl(url, makeBuffer, progress);
     progress('load', 0, 0);
@@ -47,6 +47,7 @@ async function load({ url, file, preferGpu, gelu }) {
       backend: segmenter.backend(),
       description: segmenter.description() + (preferGpu && !usesGpu ? ' (this browser has no WebGPU)' : ''),
       source,
+      warning,
       loadMs: performance.now() - started,
     });
   } catch (e) {

@@ -81,7 +81,7 @@ pub enum SegmentError {
 pub enum Progress {
     /// Class names encoded (cached ones count as done at once).
     Text { done: usize, total: usize },
-    /// Sliding windows processed.
+    /// Sliding windows processed; `done: 0` is sent before the first starts.
     Window { done: usize, total: usize },
 }
 
@@ -257,6 +257,8 @@ impl Segmenter {
         let queries_t: Tensor<2> = Tensor::from_data(TensorData::new(queries_t, [dim, n_queries]), &device);
 
         let windows = sliding_windows(width, height, params.crop, params.stride, patch);
+        // Marks the end of the text phase for callers timing the two phases.
+        progress(Progress::Window { done: 0, total: windows.len() });
         let mut sum = vec![0.0f32; n_queries * height * width];
         let mut count = vec![0u16; height * width];
         for (i, window) in windows.iter().enumerate() {

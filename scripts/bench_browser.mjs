@@ -1,0 +1,44 @@
+import { chromium } from 'playwright-core';
+import { readFileSync, readdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { serve } from './serve.mjs';
+// Times a segmentation in headless Chromium: node scripts/bench_browser.mjs WEIGHTS IMAGE [cpu,webgpu]
+// WEIGHTS is a path under the repository root (it is served from there), IMAGE a PNG file.
+const [weightsPath, imagePath, backends = 'cpu,webgpu'] = process.argv.slice(2);
+const server = await serve();
+const args = ['--enable-unsafe-webgpu', '--enable-unsafe-swiftshader', '--no-sandbox', '--no-first-run','--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic'];
+function peakRss() {
+  let max = 0, sum = 0;
+  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      if (!cmd.includes('chromium')) continue;
+      const hwm = Number(readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmHWM:\s+(\d+)/)?.[1] ?? 0) / 1024;
+      max = Math.max(max, hwm); sum += hwm;
+    } catch {}
+  }
+  return { maxProcessMB: Math.round(max), sumMB: Math.round(sum) };
+}
+const square = readFileSync(imagePath).toString('base64');
+for (const gpu of backends.split(',')) {
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args });
+  const page = await browser.newPage();
+  const t0 = Date.now();
+  page.on('console', (m) => { if (m.type() === 'error') console.log('console', m.text().slice(0, 200)); });
+  await page.goto(`http://127.0.0.1:${server.port}/?weights=/${weightsPath}&webgpu=${gpu === 'webgpu' ? 1 : 0}`);
+  await page.fill('#labels', 'cat; grass');
+  await page.check('#single-template');
+  await page.waitForFunction(() => window.__clearclip.model, null, { timeout: 600000 });
+  const loadMs = await page.evaluate(() => window.__clearclip.model.loadMs);
+  const memAfterLoad = peakRss();
+  await page.evaluate((b64) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const t = new DataTransfer(); t.items.add(new File([bytes], 'square.png', { type: 'image/png' }));
+    document.dispatchEvent(new DragEvent('drop', { dataTransfer: t, bubbles: true, cancelable: true }));
+  }, square);
+  await page.waitForFunction(() => { const s = window.__clearclip; return s.result && s.image && s.result.result.width === s.image.width && s.result.result.height === s.image.height && s.result.id === s.requestId && !s.running; }, null, { timeout: 1200000, polling: 1000 });
+  const status = await page.textContent('#run-status');
+  console.log(JSON.stringify({ backend: await page.evaluate(() => window.__clearclip.model.backend), loadMs: Math.round(loadMs), status, memAfterLoad, memPeak: peakRss(), wallS: (Date.now() - t0) / 1000 }));
+  await browser.close();
+}
+server.server.close();

@@ -29,6 +29,7 @@ window.__clearclip = state; // read by the end-to-end tests
 
 let worker = null;
 let requestStarted = 0;
+let renderedResult = null;
 
 function startWorker() {
   worker?.terminate();
@@ -210,12 +211,16 @@ function render() {
   canvas.hidden = !s.image;
   $('drop-hint').hidden = !!s.image;
   if (s.image) drawOverlay(canvas, s.image.bitmap, s.result?.labelColors && new Uint8ClampedArray(s.result.labelColors.buffer), s.opacity);
-  if (s.result) {
-    renderLegend($('legend'), s.result.result);
-    renderHeatmaps($('heatmaps'), s.result.result, s.result.heatmaps.map((h) => new Uint8ClampedArray(h.buffer)));
-  } else {
-    $('legend').replaceChildren();
-    $('heatmaps').replaceChildren();
+  // Legend and heatmaps change only with the result, not with progress or opacity.
+  if (s.result !== renderedResult) {
+    renderedResult = s.result;
+    if (s.result) {
+      renderLegend($('legend'), s.result.result);
+      renderHeatmaps($('heatmaps'), s.result.result, s.result.heatmaps.map((h) => new Uint8ClampedArray(h.buffer)));
+    } else {
+      $('legend').replaceChildren();
+      $('heatmaps').replaceChildren();
+    }
   }
   $('download-overlay').disabled = $('download-labels').disabled = !s.result;
 }

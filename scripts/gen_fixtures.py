@@ -8,6 +8,10 @@ following the official ClearCLIP code (github mc-lan/ClearCLIP):
     `forward_slide`, `postprocess_result`, `compute_padsize`;
   - the mmseg test pipeline `Resize(scale=(2048, 448), keep_ratio=True)`, which
     is mmcv.imrescale with cv2 bilinear.
+NACLIP and PAMR follow github sinahmr/NACLIP (commit 0cac3a6): `clip/model.py`
+`custom_attn`, `gaussian_window`, `get_attention_addition` (the "reduced" last
+block: no residual, no FFN), `pamr.py`, and `naclip.py` `predict` (PAMR on the
+logits at the original size, guided by the network input resized there).
 The reference runs in float32 (the official code runs in fp16 on GPU).
 
 Checkpoints are a seeded random `transformers.CLIPModel` (Hugging Face layout)
@@ -187,8 +191,37 @@ def interpolate_pos_encoding(visual, npatch_plus_cls, w, h):
     return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)
 
 
-def custom_attn(attn_layer, x, model_type):
-    """open_clip/transformer.py VisionTransformer.custom_attn (x is L, N, D)."""
+def gaussian_window(dim1, dim2, std=1.0):
+    """NACLIP clip/model.py VisionTransformer.gaussian_window."""
+    constant = 1 / (std * math.sqrt(2))
+    ks = []
+    for dim in [dim1, dim2]:
+        start = -(dim - 1) / 2.0
+        ks.append(torch.linspace(start=start * constant, end=(start + (dim - 1)) * constant, steps=dim,
+                                 dtype=torch.float))
+    return torch.exp(-(torch.stack(torch.meshgrid(*ks, indexing="ij")) ** 2).sum(0))
+
+
+def attention_addition(dim1, dim2, window):
+    """NACLIP clip/model.py get_attention_addition(adjust_for_cls=True): the window
+    convolved ('same') with the one-hot map of every patch."""
+    m = torch.einsum("ij,kl->ijkl", torch.eye(dim1), torch.eye(dim2))
+    m = m.permute((0, 3, 1, 2)).contiguous()
+    out = F.conv2d(m.view(-1, dim1, dim2).unsqueeze(1), window.unsqueeze(0).unsqueeze(1), padding="same").squeeze(1)
+    out = out.view(dim1 * dim2, dim1 * dim2)
+    v_adjusted = torch.vstack([torch.zeros((1, dim1 * dim2)), out])
+    return torch.hstack([torch.zeros((dim1 * dim2 + 1, 1)), v_adjusted])
+
+
+def naclip_omega(n_patches, std):
+    window = gaussian_window(*[side * 2 - 1 for side in n_patches], std=std)
+    return attention_addition(*n_patches, window).unsqueeze(0)
+
+
+def custom_attn(attn_layer, x, model_type, n_patches=None, neighbourhood_std=None):
+    """open_clip/transformer.py VisionTransformer.custom_attn (x is L, N, D), plus
+    NACLIP's strategy ('NACLIP': k-k scores + Gaussian addition, clip/model.py) and,
+    for the knob test, 'KK' (k-k) with an optional neighbourhood addition."""
     num_heads = attn_layer.num_heads
     _, bsz, embed_dim = x.size()
     head_dim = embed_dim // num_heads
@@ -210,16 +243,28 @@ def custom_attn(attn_layer, x, model_type):
         attn_weights = F.softmax(qq, dim=-1) + F.softmax(kk, dim=-1)
     elif model_type == "ClearCLIP":
         attn_weights = F.softmax(torch.bmm(q, q.transpose(1, 2)) * scale, dim=-1)
+    elif model_type == "NACLIP":
+        attn_weights = torch.bmm(k, k.transpose(1, 2)) * scale
+        attn_weights += naclip_omega(n_patches, 5.0)
+        attn_weights = F.softmax(attn_weights, dim=-1)
+    elif model_type == "KK":
+        attn_weights = torch.bmm(k * scale, k.transpose(1, 2))
+        if neighbourhood_std:
+            attn_weights = attn_weights + naclip_omega(n_patches, neighbourhood_std)
+        attn_weights = F.softmax(attn_weights, dim=-1)
     else:
         raise ValueError(model_type)
     out = torch.bmm(attn_weights, v).transpose(0, 1).contiguous().view(-1, bsz, embed_dim)
     return attn_layer.out_proj(out)
 
 
-def dense_features(visual, x, model_type="ClearCLIP", ignore_residual=True):
+def dense_features(visual, x, model_type="ClearCLIP", ignore_residual=True, residual_alpha=1.0,
+                   neighbourhood_std=None):
     """open_clip/transformer.py VisionTransformer.forward as modified by ClearCLIP:
-    returns the projected patch tokens (not normalised), shape [B, n_patches, embed]."""
+    returns the projected patch tokens (not normalised), shape [B, n_patches, embed].
+    `residual_alpha` scales the attention in the kept residual (the paper's ablation)."""
     B, nc, w, h = x.shape
+    n_patches = (w // visual.patch_size[0], h // visual.patch_size[1])
     x = visual.conv1(x)
     x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
     cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
@@ -234,10 +279,11 @@ def dense_features(visual, x, model_type="ClearCLIP", ignore_residual=True):
     for blk in blocks[:-1]:
         x = blk(x.permute(1, 0, 2)).permute(1, 0, 2)
     blk = blocks[-1]
+    attn = custom_attn(blk.attn, blk.ln_1(x), model_type, n_patches, neighbourhood_std)
     if ignore_residual:
-        output = custom_attn(blk.attn, blk.ln_1(x), model_type)
+        output = attn
     else:
-        x_out = x + custom_attn(blk.attn, blk.ln_1(x), model_type)
+        x_out = x + residual_alpha * attn
         output = x_out + blk.mlp(blk.ln_2(x_out))
     x = output.permute(1, 0, 2)
     x = visual.ln_post(x)
@@ -249,7 +295,52 @@ MODES = {  # mode name -> (model_type, ignore_residual) in the official code
     "maskclip": ("MaskCLIP", True),
     "sclip": ("SCLIP", True),
     "clearclip": ("ClearCLIP", True),
+    "naclip": ("NACLIP", True),  # NACLIP arch='reduced': no residual, no FFN
 }
+
+
+# ----------------------------------------------------------------- PAMR (NACLIP)
+
+
+def local_affinity(x, dilations, kernel):
+    """pamr.py LocalAffinity.forward: one conv per dilation, replicate padding."""
+    B, K, H, W = x.size()
+    x = x.reshape(B * K, 1, H, W)
+    outs = []
+    for d in dilations:
+        x_pad = F.pad(x, [d] * 4, mode="replicate")
+        outs.append(F.conv2d(x_pad, kernel, dilation=d))
+    return torch.cat(outs, 1).view(B, K, -1, H, W)
+
+
+def pamr_kernels():
+    """pamr.py _init_aff of LocalAffinity (centre 1, neighbour -1), LocalAffinityCopy
+    (neighbour 1) and LocalStDev (all 9 positions)."""
+    diff = torch.zeros(8, 1, 3, 3)
+    copy = torch.zeros(8, 1, 3, 3)
+    positions = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]
+    for i, (r, c) in enumerate(positions):
+        diff[i, 0, 1, 1] = 1
+        diff[i, 0, r, c] = -1
+        copy[i, 0, r, c] = 1
+    std = torch.zeros(9, 1, 3, 3)
+    for i in range(9):
+        std[i, 0, i // 3, i % 3] = 1
+    return diff, copy, std
+
+
+def pamr(x, mask, num_iter=10, dilations=(8, 16)):
+    """pamr.py PAMR.forward."""
+    diff, copy, std_k = pamr_kernels()
+    mask = F.interpolate(mask, size=x.size()[-2:], mode="bilinear", align_corners=True)
+    x_std = local_affinity(x, dilations, std_k).std(2, keepdim=True)
+    x = -torch.abs(local_affinity(x, dilations, diff)) / (1e-8 + 0.1 * x_std)
+    x = x.mean(1, keepdim=True)
+    x = F.softmax(x, 2)
+    for _ in range(num_iter):
+        m = local_affinity(mask, dilations, copy)
+        mask = (m * x).sum(2)
+    return mask
 
 
 def class_embeddings(model, names, templates):
@@ -287,7 +378,7 @@ def mmcv_rescale(img, short_side, long_cap=2048):
 
 
 def segment(model, img_rgb, query_features, query_idx, *, mode="clearclip", short_side=448,
-            crop=448, stride=224, prob_thd=0.0, logit_scale=50.0):
+            crop=448, stride=224, prob_thd=0.0, logit_scale=50.0, pamr_steps=0):
     visual = model.visual
     patch = visual.patch_size[0]
     resized = mmcv_rescale(img_rgb, short_side)
@@ -335,6 +426,10 @@ def segment(model, img_rgb, query_features, query_idx, *, mode="clearclip", shor
     assert (count_mat == 0).sum() == 0
     preds = preds / count_mat
     seg_logits = F.interpolate(preds, size=img_rgb.shape[:2], mode="bilinear")
+    if pamr_steps:
+        # naclip.py predict: the network input resized to the original size guides PAMR.
+        guide = F.interpolate(img, size=img_rgb.shape[:2], mode="bilinear")
+        seg_logits = pamr(guide, seg_logits, num_iter=pamr_steps)
 
     # postprocess_result
     seg_logits = seg_logits[0] * logit_scale
@@ -428,6 +523,19 @@ def generate_fixtures(out_dir):
         x64 = torch.randn(1, 3, 64, 64)
         ref["dense.input_64x64"] = x64[0]
         ref["dense.clearclip_64x64"] = dense_features(oc.visual, x64, "ClearCLIP", True)[0]
+        # A combination no named mode uses: k-k + neighbourhood (std 2), x + 0.5 * attn, FFN.
+        ref["dense.knobs_kk_std2_alpha0.5_ffn_96x160"] = dense_features(
+            oc.visual, x, "KK", ignore_residual=False, residual_alpha=0.5, neighbourhood_std=2.0)[0]
+
+    # PAMR alone, on a random guide image with a smooth edge and random masks.
+    torch.manual_seed(3)
+    guide = torch.randn(1, 3, 40, 56) * 0.3
+    guide[:, :, :, 28:] += 2.0
+    masks = torch.randn(1, 4, 40, 56)
+    ref["pamr.guide"] = guide[0]
+    ref["pamr.masks"] = masks[0]
+    with torch.no_grad():
+        ref["pamr.refined"] = pamr(guide, masks)[0]
         ref["pos_embed.28x42"] = interpolate_pos_encoding(oc.visual, 28 * 42 + 1, 448, 672)[0]
 
     # Whole pipeline on a real photo (scikit-image's "chelsea", CC0), 451x300.
@@ -437,6 +545,8 @@ def generate_fixtures(out_dir):
         "default": ("cat;grass,lawn;wall;sky", dict()),
         "padded": ("background;cat,kitten;wall", dict(short_side=100, crop=72, stride=40, prob_thd=0.4)),
         "vanilla": ("cat;grass,lawn;wall;sky", dict(mode="vanilla", short_side=160, crop=112, stride=56)),
+        "naclip_pamr": ("cat;grass,lawn;wall;sky", dict(mode="naclip", short_side=160, crop=112, stride=56,
+                                                         pamr_steps=10)),
     }
     meta["pipeline"] = {}
     for name, (spec, settings) in cases.items():

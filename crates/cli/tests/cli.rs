@@ -80,6 +80,67 @@ fn synonyms_threshold_and_mode_flags_are_applied() {
     assert_close("CLI padded/synonyms/threshold", &probs, &expected, 1e-4);
 }
 
+#[test]
+fn several_modes_reuse_the_first_blocks_and_knobs_reproduce_a_mode() {
+    let reference = Reference::load();
+    let tmp = tempfile::tempdir().unwrap();
+    let (weights, image) = (fixture(CHECKPOINTS[1]), fixture("chelsea.png"));
+    let meta = &reference.meta["pipeline"]["naclip_pamr"];
+    let labels = meta["classes"].as_str().unwrap();
+    let geometry = ["--short-side", "160", "--crop", "112", "--stride", "56", "--pamr"];
+
+    // Two modes in one run: the second re-runs only the last block.
+    let both = tmp.path().join("both");
+    let mut args = segment_args(&weights, &image, labels, both.to_str().unwrap());
+    args.extend(geometry);
+    args.extend(["--mode", "clearclip,naclip"]);
+    let output = clearclip(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("last block only").count(), 1, "{stderr}");
+    let (_, naclip) = read_npy(&both.join("naclip").join("probs.npy"));
+    let (expected, _) = reference.f32("pipeline.naclip_pamr.probs");
+    assert_close("CLI naclip + PAMR after clearclip", &naclip, &expected, 1e-4);
+    assert!(both.join("clearclip").join("overlay.png").exists());
+
+    // NACLIP spelled as knobs on top of ClearCLIP gives the same numbers, bit for bit.
+    let knobs = tmp.path().join("knobs");
+    let mut args = segment_args(&weights, &image, labels, knobs.to_str().unwrap());
+    args.extend(geometry);
+    args.extend(["--mode", "clearclip", "--attention", "k-k", "--neighbourhood-std", "5", "--residual-alpha", "none", "--no-ffn"]);
+    let output = clearclip(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(read_npy(&knobs.join("probs.npy")).1, naclip);
+}
+
+#[test]
+fn a_preset_sets_classes_threshold_and_windows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("voc");
+    let (weights, image) = (fixture(CHECKPOINTS[1]), fixture("chelsea.png"));
+    let args = [
+        "segment", "--weights", &weights, "--image", &image, "--out", out.to_str().unwrap(), "--preset", "voc21",
+        "--templates", "single", "--short-side", "112",
+    ];
+    let output = clearclip(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let (shape, probs) = read_npy(&out.join("probs.npy"));
+    assert_eq!(shape, vec![21, 300, 451]);
+    // VOC's threshold 0.5: pixels whose best class is below it are background (0).
+    let labels = image::open(out.join("labels.png")).unwrap().to_luma8();
+    let plane = 300 * 451;
+    for (i, p) in labels.pixels().enumerate() {
+        let best = (0..21).map(|c| probs[c * plane + i]).fold(0.0f32, f32::max);
+        if best < 0.5 - 1e-6 {
+            assert_eq!(p[0], 0, "pixel {i}: best {best}");
+        }
+    }
+    let list = clearclip(&["presets"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("voc21") && text.contains("cityscapes") && text.contains("171 classes"), "{text}");
+}
+
 fn assert_refused(args: &[&str], message: &str, out_dir: &Path) {
     let output = clearclip(args);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -113,6 +174,19 @@ fn bad_input_gets_a_clear_message_and_writes_nothing() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     assert_refused(&segment_args(truncated.to_str().unwrap(), &image, "cat", out_s), "truncated", &out);
     assert_refused(&segment_args(&image, &image, "cat", out_s), "not a readable safetensors file", &out);
+
+    let mut knob = segment_args(&weights, &image, "cat", out_s);
+    knob.extend(["--mode", "maskclip", "--neighbourhood-std", "5"]);
+    assert_refused(&knob, "identity attention has no scores", &out);
+    let mut knob = segment_args(&weights, &image, "cat", out_s);
+    knob.extend(["--mode", "clearclip,sclip", "--no-ffn"]);
+    assert_refused(&knob, "apply to one --mode", &out);
+    let mut knob = segment_args(&weights, &image, "cat", out_s);
+    knob.extend(["--attention", "q-v"]);
+    assert_refused(&knob, "unknown attention", &out);
+    let mut knob = segment_args(&weights, &image, "cat", out_s);
+    knob.extend(["--preset", "imagenet"]);
+    assert_refused(&knob, "unknown preset", &out);
 
     let small = tmp.path().join("small.png");
     image::RgbImage::new(12, 30).save(&small).unwrap();

@@ -1,11 +1,15 @@
 //! How the last vision block is run when computing dense (per-patch) features.
 //!
-//! The training-free segmentation methods differ only here. Reference:
+//! The training-free segmentation methods differ only here. References:
 //! `custom_attn` and `VisionTransformer.forward` in mc-lan/ClearCLIP
-//! `open_clip/transformer.py`. A [`LastBlock`] is a forward argument, not
-//! part of the weights, so one loaded model serves every mode.
+//! `open_clip/transformer.py` (vanilla, MaskCLIP, SCLIP, ClearCLIP), and
+//! `custom_attn` / `gaussian_window` / `get_attention_addition` in
+//! sinahmr/NACLIP `clip/model.py` (NACLIP). A [`LastBlock`] is a forward
+//! argument, not part of the weights, so one loaded model serves every mode.
 
-use burn::tensor::{activation, Tensor};
+use std::fmt;
+
+use burn::tensor::{activation, Tensor, TensorData};
 
 use crate::nn::{HeadProjections, ResidualAttentionBlock};
 
@@ -16,7 +20,7 @@ pub enum AttentionKind {
     QueryKey,
     /// `softmax(q q^T)`: ClearCLIP.
     QueryQuery,
-    /// `softmax(k k^T)`.
+    /// `softmax(k k^T)`: NACLIP (with the neighbourhood bias).
     KeyKey,
     /// `softmax(v v^T)`.
     ValueValue,
@@ -24,6 +28,40 @@ pub enum AttentionKind {
     QueryQueryPlusKeyKey,
     /// Each token attends only to itself, so the output is `out_proj(v)`: MaskCLIP.
     Identity,
+}
+
+impl AttentionKind {
+    pub const ALL: [AttentionKind; 6] = [
+        Self::QueryKey,
+        Self::QueryQuery,
+        Self::KeyKey,
+        Self::ValueValue,
+        Self::QueryQueryPlusKeyKey,
+        Self::Identity,
+    ];
+
+    /// Short name, as the CLI and the page spell it: `q-k`, `q-q`, `k-k`, `v-v`, `q-q+k-k`, `identity`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::QueryKey => "q-k",
+            Self::QueryQuery => "q-q",
+            Self::KeyKey => "k-k",
+            Self::ValueValue => "v-v",
+            Self::QueryQueryPlusKeyKey => "q-q+k-k",
+            Self::Identity => "identity",
+        }
+    }
+
+    /// Parses [`Self::name`], with or without the dashes (`qq`, `qq+kk`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        let squash = |s: &str| s.to_ascii_lowercase().replace(['-', ' '], "");
+        Self::ALL.into_iter().find(|k| squash(k.name()) == squash(name))
+    }
+
+    /// Whether the kind has attention scores a bias can be added to.
+    pub fn has_scores(self) -> bool {
+        self != Self::Identity
+    }
 }
 
 /// Whether the block input is added back: `x + alpha * attn` or `attn` alone.
@@ -39,6 +77,10 @@ pub enum Residual {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LastBlock {
     pub attention: AttentionKind,
+    /// NACLIP's neighbourhood bias: a Gaussian of the distance between two
+    /// patches on the grid, with this standard deviation in patches, added to
+    /// the attention scores before the softmax. `None`: no bias.
+    pub neighbourhood_std: Option<f32>,
     pub residual: Residual,
     /// Apply the feed-forward network: `y + mlp(ln_2(y))`.
     pub ffn: bool,
@@ -56,19 +98,26 @@ pub enum DenseMode {
     /// ClearCLIP (Lan et al. 2024): q-q attention, no residual, no FFN.
     #[default]
     ClearClip,
+    /// NACLIP (Hajimiri et al. 2025): k-k attention plus a Gaussian
+    /// neighbourhood bias (std 5 patches), no residual, no FFN (its "reduced" block).
+    Naclip,
 }
 
+/// NACLIP's default `gaussian_std` (`naclip.py`).
+pub const NACLIP_GAUSSIAN_STD: f32 = 5.0;
+
 impl DenseMode {
-    pub const ALL: [DenseMode; 4] = [Self::Vanilla, Self::MaskClip, Self::Sclip, Self::ClearClip];
+    pub const ALL: [DenseMode; 5] = [Self::Vanilla, Self::MaskClip, Self::Sclip, Self::ClearClip, Self::Naclip];
 
     pub fn last_block(self) -> LastBlock {
-        let (attention, residual, ffn) = match self {
-            Self::Vanilla => (AttentionKind::QueryKey, Residual::Keep { attention_scale: 1.0 }, true),
-            Self::MaskClip => (AttentionKind::Identity, Residual::Skip, false),
-            Self::Sclip => (AttentionKind::QueryQueryPlusKeyKey, Residual::Skip, false),
-            Self::ClearClip => (AttentionKind::QueryQuery, Residual::Skip, false),
+        let (attention, neighbourhood_std, residual, ffn) = match self {
+            Self::Vanilla => (AttentionKind::QueryKey, None, Residual::Keep { attention_scale: 1.0 }, true),
+            Self::MaskClip => (AttentionKind::Identity, None, Residual::Skip, false),
+            Self::Sclip => (AttentionKind::QueryQueryPlusKeyKey, None, Residual::Skip, false),
+            Self::ClearClip => (AttentionKind::QueryQuery, None, Residual::Skip, false),
+            Self::Naclip => (AttentionKind::KeyKey, Some(NACLIP_GAUSSIAN_STD), Residual::Skip, false),
         };
-        LastBlock { attention, residual, ffn }
+        LastBlock { attention, neighbourhood_std, residual, ffn }
     }
 
     pub fn name(self) -> &'static str {
@@ -77,11 +126,17 @@ impl DenseMode {
             Self::MaskClip => "maskclip",
             Self::Sclip => "sclip",
             Self::ClearClip => "clearclip",
+            Self::Naclip => "naclip",
         }
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|m| m.name().eq_ignore_ascii_case(name))
+    }
+
+    /// The named mode this block is exactly, if any.
+    pub fn of(block: &LastBlock) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.last_block() == *block)
     }
 }
 
@@ -91,22 +146,64 @@ impl From<DenseMode> for LastBlock {
     }
 }
 
+impl fmt::Display for LastBlock {
+    /// E.g. `k-k attention + neighbourhood (std 5), no residual, no FFN`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} attention", self.attention.name())?;
+        if let Some(std) = self.neighbourhood_std {
+            write!(f, " + neighbourhood (std {std})")?;
+        }
+        match self.residual {
+            Residual::Skip => write!(f, ", no residual")?,
+            Residual::Keep { attention_scale } => write!(f, ", residual x + {attention_scale} * attn")?,
+        }
+        write!(f, ", {}", if self.ffn { "FFN" } else { "no FFN" })
+    }
+}
+
 impl LastBlock {
+    /// Whether the description can be run; the message says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(std) = self.neighbourhood_std {
+            if !(std.is_finite() && std > 0.0) {
+                return Err(format!("the neighbourhood standard deviation must be a positive number of patches, not {std}"));
+            }
+            if !self.attention.has_scores() {
+                return Err("identity attention has no scores to add a neighbourhood bias to".into());
+            }
+        }
+        if let Residual::Keep { attention_scale } = self.residual {
+            if !attention_scale.is_finite() {
+                return Err(format!("the residual scale must be a finite number, not {attention_scale}"));
+            }
+        }
+        Ok(())
+    }
+
     /// Run `block` as described. Computes only what the description needs
     /// (no FFN when it is off, no q-k scores for q-q attention).
     ///
     /// # Shapes
-    /// - `x`: `[batch, tokens, width]` (output of the first `L-1` blocks) -> same
-    pub fn forward(&self, block: &ResidualAttentionBlock, x: Tensor<3>) -> Tensor<3> {
+    /// - `x`: `[batch, 1 + grid_h * grid_w, width]` (output of the first `L-1` blocks) -> same
+    /// - `grid`: `(grid_h, grid_w)`, the patch grid (for the neighbourhood bias)
+    pub fn forward(&self, block: &ResidualAttentionBlock, x: Tensor<3>, grid: (usize, usize)) -> Tensor<3> {
         let attn = &block.attn;
         let h = block.ln_1.forward(x.clone());
         let HeadProjections { q, k, v } = attn.project(h);
         let scale = attn.scale();
-        let self_softmax = |t: Tensor<4>| activation::softmax(t.clone().matmul(t.swap_dims(2, 3)) * scale, 3);
+        let bias: Option<Tensor<4>> = self.neighbourhood_std.map(|std| {
+            let tokens = 1 + grid.0 * grid.1;
+            assert_eq!(x.dims()[1], tokens, "the token count does not match the {grid:?} patch grid");
+            let bias = neighbourhood_bias(grid, std);
+            Tensor::<2>::from_data(TensorData::new(bias, [tokens, tokens]), &x.device()).unsqueeze::<4>()
+        });
+        let softmax = |scores: Tensor<4>| {
+            let scores = scores * scale;
+            activation::softmax(if let Some(b) = &bias { scores + b.clone() } else { scores }, 3)
+        };
+        let self_softmax = |t: Tensor<4>| softmax(t.clone().matmul(t.swap_dims(2, 3)));
         let mixed = match self.attention {
-            AttentionKind::QueryKey => {
-                activation::softmax(q.matmul(k.swap_dims(2, 3)) * scale, 3).matmul(v)
-            }
+            AttentionKind::QueryKey => softmax(q.matmul(k.swap_dims(2, 3))).matmul(v),
             AttentionKind::QueryQuery => self_softmax(q).matmul(v),
             AttentionKind::KeyKey => self_softmax(k).matmul(v),
             AttentionKind::ValueValue => self_softmax(v.clone()).matmul(v),
@@ -124,5 +221,77 @@ impl LastBlock {
         } else {
             y
         }
+    }
+}
+
+/// NACLIP's attention addition: `exp(-d^2 / (2 std^2))` for two patches at grid
+/// distance `d`, zero in the class token's row and column
+/// (`get_attention_addition` with `adjust_for_cls=True`; its Gaussian window
+/// convolved with one-hot patch maps is exactly this function of the distance).
+///
+/// # Shapes
+/// - returns `[1 + grid_h * grid_w, 1 + grid_h * grid_w]`, row-major
+pub fn neighbourhood_bias((grid_h, grid_w): (usize, usize), std: f32) -> Vec<f32> {
+    let patches = grid_h * grid_w;
+    let tokens = 1 + patches;
+    // gaussian_window: exp(-((dy * c)^2 + (dx * c)^2)) with c = 1 / (std * sqrt(2))
+    let c = 1.0 / (std * std::f32::consts::SQRT_2);
+    let gauss = |d: isize| {
+        let t = d as f32 * c;
+        t * t
+    };
+    let mut bias = vec![0.0f32; tokens * tokens];
+    for p in 0..patches {
+        let (py, px) = ((p / grid_w) as isize, (p % grid_w) as isize);
+        let row = &mut bias[(1 + p) * tokens + 1..][..patches];
+        for (o, value) in row.iter_mut().enumerate() {
+            let (oy, ox) = ((o / grid_w) as isize, (o % grid_w) as isize);
+            *value = (-(gauss(py - oy) + gauss(px - ox))).exp();
+        }
+    }
+    bias
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_named_mode_round_trips_through_its_name_and_its_block() {
+        for mode in DenseMode::ALL {
+            assert_eq!(DenseMode::from_name(mode.name()), Some(mode));
+            assert_eq!(DenseMode::of(&mode.last_block()), Some(mode));
+            mode.last_block().validate().unwrap();
+        }
+        for kind in AttentionKind::ALL {
+            assert_eq!(AttentionKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(AttentionKind::from_name("QQ+KK"), Some(AttentionKind::QueryQueryPlusKeyKey));
+        assert_eq!(AttentionKind::from_name("qv"), None);
+    }
+
+    #[test]
+    fn neighbourhood_bias_is_a_gaussian_of_grid_distance_and_spares_the_class_token() {
+        let (h, w, std) = (3usize, 4usize, 2.0f32);
+        let bias = neighbourhood_bias((h, w), std);
+        let tokens = 1 + h * w;
+        assert!(bias[..tokens].iter().all(|&b| b == 0.0));
+        assert!((0..tokens).all(|t| bias[t * tokens] == 0.0));
+        // patch (0, 1) to patch (2, 3): d^2 = 4 + 4
+        let (a, b) = (1 + 1, 1 + 2 * w + 3);
+        let expected = (-8.0f32 / (2.0 * std * std)).exp();
+        assert!((bias[a * tokens + b] - expected).abs() < 1e-6);
+        assert_eq!(bias[a * tokens + b], bias[b * tokens + a]);
+        assert_eq!(bias[a * tokens + a], 1.0);
+    }
+
+    #[test]
+    fn invalid_blocks_are_refused_with_a_reason() {
+        let mut block = DenseMode::MaskClip.last_block();
+        block.neighbourhood_std = Some(5.0);
+        assert!(block.validate().unwrap_err().contains("identity"));
+        let mut block = DenseMode::ClearClip.last_block();
+        block.neighbourhood_std = Some(0.0);
+        assert!(block.validate().is_err());
     }
 }

@@ -9,7 +9,7 @@
 //!   f32/f16/bf16) to a [`Clip`] model, architecture read from tensor shapes.
 //! - [`ClipTokenizer`]: the CLIP BPE through the `tokenizers` crate.
 //! - [`LastBlock`] / [`DenseMode`]: how the last vision block is run for dense
-//!   features (plain CLIP, MaskCLIP, SCLIP, ClearCLIP, and the knobs between).
+//!   features (plain CLIP, MaskCLIP, SCLIP, ClearCLIP, NACLIP, and the knobs between).
 
 mod config;
 mod dense;
@@ -21,12 +21,12 @@ mod tokenizer;
 mod vision;
 
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
-pub use dense::{AttentionKind, DenseMode, LastBlock, Residual};
+pub use dense::{neighbourhood_bias, AttentionKind, DenseMode, LastBlock, Residual, NACLIP_GAUSSIAN_STD};
 pub use loader::{inspect_config, load_clip, Layout, LoadError, LoadOptions};
 pub use pos_embed::{bicubic_scale_factor_weights, resize_patch_positions};
 pub use text::TextTransformer;
 pub use tokenizer::{ClipTokenizer, TokenBatch, TokenizerError};
-pub use vision::VisionTransformer;
+pub use vision::{LastBlockInput, VisionTransformer};
 
 /// A CLIP model: image tower, text tower and the learned logit scale.
 #[derive(Debug, Clone)]

@@ -8,6 +8,16 @@ use crate::dense::LastBlock;
 use crate::nn::{LayerNorm, ResidualAttentionBlock};
 use crate::pos_embed::resize_patch_positions;
 
+/// The output of the first `L-1` blocks for one input, kept so that a new
+/// [`LastBlock`] re-runs only the last block.
+#[derive(Debug, Clone)]
+pub struct LastBlockInput {
+    /// `[batch, 1 + grid_h * grid_w, width]`.
+    pub tokens: Tensor<3>,
+    /// `(grid_h, grid_w)`.
+    pub grid: (usize, usize),
+}
+
 #[derive(Debug, Clone)]
 pub struct VisionTransformer {
     pub config: VisionConfig,
@@ -33,26 +43,31 @@ impl VisionTransformer {
         self.projection.device()
     }
 
-    /// Patch and position embedding, `ln_pre`, and all blocks but the last.
+    /// Patch and position embedding, `ln_pre`, and all blocks but the last:
+    /// everything a change of [`LastBlock`] does not affect, so callers can
+    /// keep it and re-run only [`Self::dense_from_last_block`].
     ///
     /// # Shapes
     /// - `pixels`: `[batch, 3, height, width]`, normalised, both sides multiples of the patch
-    /// - returns `[batch, 1 + grid_h * grid_w, width]` (class token first)
-    pub fn encode_to_last_block(&self, pixels: Tensor<4>) -> Tensor<3> {
+    /// - returns tokens `[batch, 1 + grid_h * grid_w, width]` (class token first)
+    pub fn encode_to_last_block(&self, pixels: Tensor<4>) -> LastBlockInput {
+        let [_, _, height, width] = pixels.dims();
+        let patch = self.config.patch_size;
         let x = self.embed(pixels);
         let (_last, first) = self.blocks.split_last().expect("a ViT has at least one block");
-        first.iter().fold(x, |x, block| block.forward(x, None))
+        let tokens = first.iter().fold(x, |x, block| block.forward(x, None));
+        LastBlockInput { tokens, grid: (height / patch, width / patch) }
     }
 
     /// Run the last block as `last_block` says, then `ln_post` and the
     /// projection on every patch token (class token dropped). Not normalised.
     ///
     /// # Shapes
-    /// - `x`: `[batch, 1 + patches, width]` from [`Self::encode_to_last_block`]
+    /// - `input.tokens`: `[batch, 1 + patches, width]` from [`Self::encode_to_last_block`]
     /// - returns `[batch, patches, embed_dim]`
-    pub fn dense_from_last_block(&self, x: Tensor<3>, last_block: &LastBlock) -> Tensor<3> {
+    pub fn dense_from_last_block(&self, input: &LastBlockInput, last_block: &LastBlock) -> Tensor<3> {
         let block = self.blocks.last().expect("a ViT has at least one block");
-        let y = self.ln_post.forward(last_block.forward(block, x));
+        let y = self.ln_post.forward(last_block.forward(block, input.tokens.clone(), input.grid));
         let [batch, tokens, width] = y.dims();
         let patches = y.narrow(1, 1, tokens - 1).reshape([batch * (tokens - 1), width]);
         let embed = self.projection.dims()[1];
@@ -64,7 +79,7 @@ impl VisionTransformer {
     /// # Shapes
     /// - `pixels`: `[batch, 3, height, width]` -> `[batch, grid_h * grid_w, embed_dim]`
     pub fn dense_features(&self, pixels: Tensor<4>, last_block: &LastBlock) -> Tensor<3> {
-        self.dense_from_last_block(self.encode_to_last_block(pixels), last_block)
+        self.dense_from_last_block(&self.encode_to_last_block(pixels), last_block)
     }
 
     /// Image embedding as CLIP computes it: all blocks, `ln_post` on the class token, projection.

@@ -4,7 +4,9 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use clearclip_fixtures::{assert_close, read_fixture, test_devices, tokenizer_json, Reference, CHECKPOINTS};
-use clearclip_model::{load_clip, resize_patch_positions, Clip, ClipTokenizer, DenseMode, Layout, LoadOptions};
+use clearclip_model::{
+    load_clip, resize_patch_positions, AttentionKind, Clip, ClipTokenizer, DenseMode, LastBlock, Layout, LoadOptions, Residual,
+};
 
 /// Features reach ~5 in magnitude; f32 on different kernels than PyTorch's.
 const FEATURE_TOLERANCE: f32 = 1e-4;
@@ -53,6 +55,72 @@ fn dense_features_match_reference_for_every_mode() {
             let features = read(model.vision.dense_features(pixels, &DenseMode::ClearClip.last_block()));
             let (expected, _) = reference.f32("dense.clearclip_64x64");
             assert_close(&format!("{device_name} {checkpoint} clearclip 64x64"), &features, &expected, FEATURE_TOLERANCE);
+        }
+    }
+}
+
+#[test]
+fn a_knob_combination_no_mode_uses_matches_reference() {
+    // k-k attention + neighbourhood bias (std 2), x + 0.5 * attn, then the FFN.
+    let block = LastBlock {
+        attention: AttentionKind::KeyKey,
+        neighbourhood_std: Some(2.0),
+        residual: Residual::Keep { attention_scale: 0.5 },
+        ffn: true,
+    };
+    let reference = Reference::load();
+    let (input, shape) = reference.f32("dense.input_96x160");
+    let (expected, _) = reference.f32("dense.knobs_kk_std2_alpha0.5_ffn_96x160");
+    for (device_name, device) in test_devices() {
+        for checkpoint in CHECKPOINTS {
+            let model = load(checkpoint, &device);
+            let pixels: Tensor<4> = Tensor::from_data(TensorData::new(input.clone(), [1, shape[0], shape[1], shape[2]]), &device);
+            let features = read(model.vision.dense_features(pixels, &block));
+            assert_close(&format!("{device_name} {checkpoint} {block}"), &features, &expected, FEATURE_TOLERANCE);
+        }
+    }
+}
+
+/// Each named mode written out as its knobs, the way a user sets them.
+fn knobs_of(mode: DenseMode) -> (&'static str, Option<f32>, Option<f32>, bool) {
+    match mode {
+        DenseMode::Vanilla => ("q-k", None, Some(1.0), true),
+        DenseMode::MaskClip => ("identity", None, None, false),
+        DenseMode::Sclip => ("q-q+k-k", None, None, false),
+        DenseMode::ClearClip => ("q-q", None, None, false),
+        DenseMode::Naclip => ("k-k", Some(5.0), None, false),
+    }
+}
+
+#[test]
+fn knob_settings_reproduce_every_named_mode_exactly() {
+    let device = Device::flex();
+    let model = load(CHECKPOINTS[1], &device);
+    let reference = Reference::load();
+    let (input, shape) = reference.f32("dense.input_96x160");
+    let pixels: Tensor<4> = Tensor::from_data(TensorData::new(input, [1, shape[0], shape[1], shape[2]]), &device);
+    let kept = model.vision.encode_to_last_block(pixels);
+    for mode in DenseMode::ALL {
+        let (attention, std, alpha, ffn) = knobs_of(mode);
+        let block = LastBlock {
+            attention: AttentionKind::from_name(attention).unwrap(),
+            neighbourhood_std: std,
+            residual: alpha.map_or(Residual::Skip, |attention_scale| Residual::Keep { attention_scale }),
+            ffn,
+        };
+        assert_eq!(block, mode.last_block(), "{}", mode.name());
+        assert_eq!(DenseMode::of(&block), Some(mode));
+        // Same description, same numbers, bit for bit.
+        let a = read(model.vision.dense_from_last_block(&kept, &block));
+        let b = read(model.vision.dense_from_last_block(&kept, &mode.last_block()));
+        assert_eq!(a, b, "{}", mode.name());
+    }
+    // The modes really differ from each other on this input.
+    let outputs: Vec<Vec<f32>> = DenseMode::ALL.iter().map(|m| read(model.vision.dense_from_last_block(&kept, &m.last_block()))).collect();
+    for i in 0..outputs.len() {
+        for j in i + 1..outputs.len() {
+            let diff = outputs[i].iter().zip(&outputs[j]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(diff > 1e-2, "{} and {} agree to {diff}", DenseMode::ALL[i].name(), DenseMode::ALL[j].name());
         }
     }
 }

@@ -4,7 +4,9 @@
 //! nothing of files or of the browser.
 
 pub mod classes;
+pub mod pamr;
 pub mod preprocess;
+pub mod presets;
 pub mod prompts;
 pub mod render;
 pub mod resample;
@@ -12,5 +14,7 @@ pub mod segmenter;
 pub mod windows;
 
 pub use classes::{ClassError, ClassList, ClassSpec};
+pub use pamr::Pamr;
+pub use presets::{Preset, PRESETS};
 pub use prompts::Templates;
-pub use segmenter::{Progress, SegmentError, SegmentParams, Segmentation, Segmenter, MAX_IMAGE_PIXELS};
+pub use segmenter::{Progress, SegmentError, SegmentParams, Segmentation, Segmenter, MAX_IMAGE_PIXELS, MAX_PAMR_PIXELS};

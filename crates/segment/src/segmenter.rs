@@ -6,9 +6,14 @@
 //! 2. resize + normalise the image ([`crate::preprocess`]);
 //! 3. per sliding window: dense features, cosine similarity with the classes,
 //!    bilinear upsampling to the crop, padding cut off, summed (`forward_slide`);
-//! 4. average of overlaps, bilinear resize to the original size, softmax of
+//! 4. average of overlaps, bilinear resize to the original size, optionally
+//!    PAMR ([`crate::pamr`], as NACLIP's `predict`), softmax of
 //!    `logit_scale * logits`, max over synonyms, argmax and background
 //!    threshold (`postprocess_result`).
+//!
+//! The output of the first `L-1` vision blocks of every window is kept for
+//! the last image, so a new [`LastBlock`] (another mode, another knob)
+//! re-runs only the last block and what follows.
 //!
 //! Device work is `async` (browsers only allow asynchronous reads); natively a
 //! trivial executor such as `pollster::block_on` drives it.
@@ -16,13 +21,14 @@
 use std::collections::HashMap;
 
 use burn::tensor::{Tensor, TensorData};
-use clearclip_model::{Clip, ClipTokenizer, DenseMode, LastBlock, TokenizerError};
+use clearclip_model::{Clip, ClipTokenizer, DenseMode, LastBlock, LastBlockInput, TokenizerError};
 use image::RgbImage;
 
 use crate::classes::ClassList;
+use crate::pamr::Pamr;
 use crate::preprocess::{normalize, rescaled_size, resize_like_opencv};
 use crate::prompts::Templates;
-use crate::resample::{linear_taps, upsample_crop_add};
+use crate::resample::{linear_taps, resize_bilinear, upsample_crop_add};
 use crate::windows::{sliding_windows, Window};
 
 /// Every knob of the pipeline; defaults are the reference's.
@@ -41,6 +47,9 @@ pub struct SegmentParams {
     pub background_threshold: f32,
     pub templates: Templates,
     pub last_block: LastBlock,
+    /// Refine the class maps with PAMR before the softmax (off in ClearCLIP,
+    /// on in NACLIP's own protocol).
+    pub pamr: Option<Pamr>,
 }
 
 impl Default for SegmentParams {
@@ -54,6 +63,7 @@ impl Default for SegmentParams {
             background_threshold: 0.0,
             templates: Templates::OpenAiImageNet,
             last_block: DenseMode::ClearClip.last_block(),
+            pamr: None,
         }
     }
 }
@@ -62,12 +72,17 @@ impl Default for SegmentParams {
 /// at the original size (`classes x pixels` floats).
 pub const MAX_IMAGE_PIXELS: u64 = 40_000_000;
 
+/// PAMR keeps 8 affinities per pixel and dilation: it is refused above this.
+pub const MAX_PAMR_PIXELS: u64 = 16_000_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
     #[error("the image is {width}x{height}; it must be at least one patch ({patch} px) on each side")]
     TooSmall { width: u32, height: u32, patch: usize },
     #[error("the image is {width}x{height} ({} megapixels); the limit is {} megapixels: downscale it first", (*.width as u64 * *.height as u64) / 1_000_000, MAX_IMAGE_PIXELS / 1_000_000)]
     TooLarge { width: u32, height: u32 },
+    #[error("PAMR is limited to {} megapixels; this image has {}: downscale it or turn PAMR off", MAX_PAMR_PIXELS / 1_000_000, *.0 / 1_000_000)]
+    PamrTooLarge(u64),
     #[error("invalid settings: {0}")]
     Params(String),
     #[error(transparent)]
@@ -99,6 +114,9 @@ pub struct Segmentation {
     /// Size the model saw (after the resize), and the windows it ran.
     pub resized: (u32, u32),
     pub windows: usize,
+    /// The first `L-1` blocks of every window came from the previous run on
+    /// the same image (only the last block and what follows ran).
+    pub reused_windows: bool,
     /// Non-fatal notes (truncated prompts, ...).
     pub warnings: Vec<String>,
 }
@@ -119,6 +137,32 @@ pub struct Segmenter {
     pub model: Clip,
     tokenizer: ClipTokenizer,
     text_cache: HashMap<(String, Templates), Vec<f32>>,
+    window_cache: Option<WindowCache>,
+}
+
+/// Everything of the last run that does not depend on the last block.
+struct WindowCache {
+    image: RgbImage,
+    geometry: Geometry,
+    /// The resized, normalised image, `[3, height, width]`.
+    pixels: Vec<f32>,
+    /// Output of the first `L-1` blocks, one per window, on the device.
+    inputs: Vec<LastBlockInput>,
+}
+
+/// The settings that decide the windows and their pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geometry {
+    short_side: u32,
+    long_side_cap: u32,
+    crop: usize,
+    stride: usize,
+}
+
+impl From<&SegmentParams> for Geometry {
+    fn from(p: &SegmentParams) -> Self {
+        Self { short_side: p.short_side, long_side_cap: p.long_side_cap, crop: p.crop, stride: p.stride }
+    }
 }
 
 fn device_error(e: impl std::fmt::Debug) -> SegmentError {
@@ -132,7 +176,7 @@ fn l2_normalize(v: &mut [f32]) {
 
 impl Segmenter {
     pub fn new(model: Clip, tokenizer: ClipTokenizer) -> Self {
-        Self { model, tokenizer, text_cache: HashMap::new() }
+        Self { model, tokenizer, text_cache: HashMap::new(), window_cache: None }
     }
 
     pub fn embed_dim(&self) -> usize {
@@ -194,7 +238,8 @@ impl Segmenter {
         Ok(mean)
     }
 
-    /// Segment `image` into `classes`.
+    /// Segment `image` into `classes`. When `image` and the window geometry
+    /// are those of the previous call, the first `L-1` blocks are not run again.
     pub async fn segment(
         &mut self,
         image: &RgbImage,
@@ -209,19 +254,36 @@ impl Segmenter {
         let (names, class_of_query) = classes.queries();
         let queries = self.class_embeddings(&names, params.templates, progress, &mut warnings).await?;
 
+        let geometry = Geometry::from(params);
         let (rw, rh) = rescaled_size(width, height, params.short_side, params.long_side_cap);
-        let resized = if (rw, rh) == (width, height) { image.clone() } else { resize_like_opencv(image, rw, rh) };
-        let pixels = normalize(&resized);
-        let logits = self.sliding_window_logits(&pixels, (rw as usize, rh as usize), &queries, names.len(), params, progress).await?;
-        let (probs, labels) = probabilities(
-            &logits,
-            names.len(),
-            (rh as usize, rw as usize),
-            (height as usize, width as usize),
-            &class_of_query,
-            classes.len(),
-            params,
-        );
+        let windows = sliding_windows(rw as usize, rh as usize, params.crop, params.stride, patch);
+        // Take the cache out: it is dropped if this run fails half-way.
+        let cached = self.window_cache.take().filter(|c| c.geometry == geometry && c.image == *image);
+        let reused_windows = cached.is_some();
+        let (pixels, cached_inputs) = match cached {
+            Some(c) => (c.pixels, c.inputs),
+            None => {
+                let resized = if (rw, rh) == (width, height) { image.clone() } else { resize_like_opencv(image, rw, rh) };
+                (normalize(&resized), Vec::new())
+            }
+        };
+        let (logits, inputs) = self
+            .sliding_window_logits(&pixels, (rw as usize, rh as usize), &windows, cached_inputs, &queries, names.len(), params, progress)
+            .await?;
+        let in_size = (rh as usize, rw as usize);
+        let out_size = (height as usize, width as usize);
+        let (probs, labels) = match &params.pamr {
+            None => probabilities(&logits, names.len(), in_size, out_size, &class_of_query, classes.len(), params),
+            Some(pamr) => {
+                // NACLIP.predict: logits and the network input, both resized
+                // bilinearly to the original size, then PAMR, then the softmax.
+                let mut full = resize_bilinear(&logits, names.len(), in_size, out_size);
+                let guide = resize_bilinear(&pixels, 3, in_size, out_size);
+                pamr.refine(&guide, 3, &mut full, names.len(), out_size);
+                probabilities(&full, names.len(), out_size, out_size, &class_of_query, classes.len(), params)
+            }
+        };
+        self.window_cache = Some(WindowCache { image: image.clone(), geometry, pixels, inputs });
         Ok(Segmentation {
             width,
             height,
@@ -229,21 +291,32 @@ impl Segmenter {
             probs,
             labels,
             resized: (rw, rh),
-            windows: sliding_windows(rw as usize, rh as usize, params.crop, params.stride, patch).len(),
+            windows: windows.len(),
+            reused_windows,
             warnings,
         })
     }
 
-    /// Averaged window logits over the resized image, `[queries, height, width]`.
+    /// Forget the kept window features (e.g. before loading another model).
+    pub fn clear_window_cache(&mut self) {
+        self.window_cache = None;
+    }
+
+    /// Averaged window logits over the resized image, `[queries, height, width]`,
+    /// and the first `L-1` blocks' output of every window (`cached` when it
+    /// has one per window, computed otherwise).
+    #[allow(clippy::too_many_arguments)]
     async fn sliding_window_logits(
         &self,
         pixels: &[f32],
         (width, height): (usize, usize),
+        windows: &[Window],
+        cached: Vec<LastBlockInput>,
         queries: &[f32],
         n_queries: usize,
         params: &SegmentParams,
         progress: &mut dyn FnMut(Progress),
-    ) -> Result<Vec<f32>, SegmentError> {
+    ) -> Result<(Vec<f32>, Vec<LastBlockInput>), SegmentError> {
         let device = self.model.vision.device();
         let dim = self.embed_dim();
         let patch = self.model.config.vision.patch_size;
@@ -256,16 +329,24 @@ impl Segmenter {
         }
         let queries_t: Tensor<2> = Tensor::from_data(TensorData::new(queries_t, [dim, n_queries]), &device);
 
-        let windows = sliding_windows(width, height, params.crop, params.stride, patch);
+        let mut cached = if cached.len() == windows.len() { Some(cached.into_iter()) } else { None };
+        let mut inputs = Vec::with_capacity(windows.len());
         // Marks the end of the text phase for callers timing the two phases.
         progress(Progress::Window { done: 0, total: windows.len() });
         let mut sum = vec![0.0f32; n_queries * height * width];
         let mut count = vec![0u16; height * width];
         for (i, window) in windows.iter().enumerate() {
-            let crop = crop_padded(pixels, (width, height), window);
             let (ph, pw) = (window.padded_height(), window.padded_width());
-            let input: Tensor<4> = Tensor::from_data(TensorData::new(crop, [1, 3, ph, pw]), &device);
-            let features = self.model.vision.dense_features(input, &params.last_block);
+            let input = match cached.as_mut().and_then(Iterator::next) {
+                Some(input) => input,
+                None => {
+                    let crop = crop_padded(pixels, (width, height), window);
+                    let crop: Tensor<4> = Tensor::from_data(TensorData::new(crop, [1, 3, ph, pw]), &device);
+                    self.model.vision.encode_to_last_block(crop)
+                }
+            };
+            let features = self.model.vision.dense_from_last_block(&input, &params.last_block);
+            inputs.push(input);
             let [_, n, _] = features.dims();
             let features = features.reshape([n, dim]);
             let norm = features.clone().square().sum_dim(1).sqrt();
@@ -300,7 +381,7 @@ impl Segmenter {
                 *s /= c as f32;
             }
         }
-        Ok(sum)
+        Ok((sum, inputs))
     }
 }
 
@@ -316,6 +397,13 @@ fn validate(width: u32, height: u32, patch: usize, params: &SegmentParams) -> Re
             "crop {} (at least the patch, {patch}), stride {} (> 0), short side {} (> 0, at most the long-side cap {})",
             params.crop, params.stride, params.short_side, params.long_side_cap
         )));
+    }
+    params.last_block.validate().map_err(SegmentError::Params)?;
+    if let Some(pamr) = &params.pamr {
+        pamr.validate().map_err(SegmentError::Params)?;
+        if width as u64 * height as u64 > MAX_PAMR_PIXELS {
+            return Err(SegmentError::PamrTooLarge(width as u64 * height as u64));
+        }
     }
     if params.stride > params.crop {
         return Err(SegmentError::Params(format!("stride {} larger than the crop {} would leave gaps", params.stride, params.crop)));

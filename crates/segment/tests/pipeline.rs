@@ -8,7 +8,7 @@ use clearclip_fixtures::{assert_close, read_fixture, test_devices, tokenizer_jso
 use clearclip_model::{load_clip, ClipTokenizer, DenseMode, LoadOptions};
 use clearclip_segment::preprocess::{rescaled_size, resize_like_opencv};
 use clearclip_segment::prompts::OPENAI_IMAGENET_TEMPLATES;
-use clearclip_segment::{ClassList, SegmentParams, Segmenter, Templates};
+use clearclip_segment::{ClassList, Pamr, SegmentParams, Segmenter, Templates};
 use image::RgbImage;
 
 /// Tolerances: class embeddings are unit vectors; probabilities are in [0, 1].
@@ -77,6 +77,7 @@ fn params_for(meta: &serde_json::Value) -> SegmentParams {
         stride: meta["stride"].as_u64().map_or(defaults.stride, |v| v as usize),
         background_threshold: meta["prob_thd"].as_f64().map_or(0.0, |v| v as f32),
         last_block: mode.last_block(),
+        pamr: meta["pamr_steps"].as_u64().map(|iterations| Pamr { iterations: iterations as usize, ..Pamr::default() }),
         ..defaults
     }
 }
@@ -88,7 +89,7 @@ fn whole_image_probabilities_match_reference() {
     for (device_name, device) in test_devices() {
         for checkpoint in CHECKPOINTS {
             let mut seg = segmenter(checkpoint, &device);
-            for case in ["default", "padded", "vanilla"] {
+            for case in ["default", "padded", "vanilla", "naclip_pamr"] {
                 let meta = &reference.meta["pipeline"][case];
                 let (classes, _) = ClassList::parse(meta["classes"].as_str().unwrap()).unwrap();
                 let params = params_for(meta);
@@ -123,6 +124,46 @@ fn whole_image_probabilities_match_reference() {
             }
         }
     }
+}
+
+#[test]
+fn pamr_matches_reference() {
+    let reference = Reference::load();
+    let (guide, shape) = reference.f32("pamr.guide");
+    let (mut masks, mask_shape) = reference.f32("pamr.masks");
+    let (expected, _) = reference.f32("pamr.refined");
+    let size = (shape[1], shape[2]);
+    Pamr::default().refine(&guide, shape[0], &mut masks, mask_shape[0], size);
+    // Masks are ~N(0, 1); ten averaging steps in f32.
+    assert_close("PAMR (10 iterations, dilations 8 and 16)", &masks, &expected, 1e-5);
+}
+
+#[test]
+fn a_mode_switch_reuses_the_first_blocks_and_gives_the_same_result_as_a_fresh_run() {
+    let device = Device::flex();
+    let image = chelsea();
+    let (classes, _) = ClassList::parse("cat; grass, lawn; wall").unwrap();
+    let base = SegmentParams { short_side: 160, crop: 112, stride: 56, ..SegmentParams::default() };
+    let mut kept = segmenter(CHECKPOINTS[1], &device);
+    let first = pollster::block_on(kept.segment(&image, &classes, &base, &mut |_| {})).unwrap();
+    assert!(!first.reused_windows);
+    for mode in DenseMode::ALL {
+        let params = SegmentParams { last_block: mode.last_block(), ..base.clone() };
+        let reused = pollster::block_on(kept.segment(&image, &classes, &params, &mut |_| {})).unwrap();
+        assert!(reused.reused_windows, "{}", mode.name());
+        let fresh = pollster::block_on(segmenter(CHECKPOINTS[1], &device).segment(&image, &classes, &params, &mut |_| {})).unwrap();
+        assert!(!fresh.reused_windows);
+        assert_eq!(reused.probs, fresh.probs, "{}", mode.name());
+    }
+    // Another crop, or another image, runs every block again.
+    let other_crop = SegmentParams { crop: 96, ..base.clone() };
+    assert!(!pollster::block_on(kept.segment(&image, &classes, &other_crop, &mut |_| {})).unwrap().reused_windows);
+    let mut flipped = image.clone();
+    image::imageops::flip_horizontal_in_place(&mut flipped);
+    assert!(!pollster::block_on(kept.segment(&flipped, &classes, &other_crop, &mut |_| {})).unwrap().reused_windows);
+    // The threshold and PAMR act after the windows: still reused.
+    let pamr = SegmentParams { pamr: Some(Pamr::default()), background_threshold: 0.3, ..other_crop };
+    assert!(pollster::block_on(kept.segment(&flipped, &classes, &pamr, &mut |_| {})).unwrap().reused_windows);
 }
 
 #[test]

@@ -10,8 +10,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use burn::tensor::Device;
-use clearclip_model::{load_clip, Activation, ClipTokenizer, DenseMode, LoadOptions};
-use clearclip_segment::{render, ClassList, Progress, SegmentParams, Segmentation, Segmenter, Templates};
+use clearclip_model::{load_clip, Activation, AttentionKind, ClipTokenizer, DenseMode, LastBlock, LoadOptions, Residual};
+use clearclip_segment::{render, ClassList, Pamr, Preset, Progress, SegmentParams, Segmentation, Segmenter, Templates, PRESETS};
 use image::{GrayImage, RgbImage, RgbaImage};
 use js_sys::{Array, Float32Array, Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
@@ -43,18 +43,101 @@ impl WeightsBuffer {
         self.bytes.extend_from_slice(chunk);
         Ok(())
     }
-
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
 }
 
 fn set(target: &Object, key: &str, value: impl Into<JsValue>) {
     Reflect::set(target, &JsValue::from_str(key), &value.into()).expect("setting a property of a plain object");
+}
+
+fn get(source: &JsValue, key: &str) -> JsValue {
+    Reflect::get(source, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+}
+
+/// A number field; `null`/`undefined` is `None`, anything else not a number an error.
+fn get_number(source: &JsValue, key: &str) -> Result<Option<f64>, JsError> {
+    let value = get(source, key);
+    if value.is_null() || value.is_undefined() {
+        return Ok(None);
+    }
+    value.as_f64().map(Some).ok_or_else(|| JsError::new(&format!("option {key} must be a number")))
+}
+
+/// The settings of one segmentation, from the page's request object:
+/// `{threshold, mode, singleTemplate, pamr, crop?, stride?, attention?,
+/// neighbourhoodStd?, residualAlpha?, ffn?}`. The last-block fields override
+/// the mode's own when present (`residualAlpha: null` keeps the mode's,
+/// `residualAlpha: "none"` drops the residual, `neighbourhoodStd: 0` turns the bias off).
+fn segment_params(options: &JsValue) -> Result<SegmentParams, JsError> {
+    let mode_name = get(options, "mode").as_string().unwrap_or_else(|| "clearclip".into());
+    let mode = DenseMode::from_name(&mode_name).ok_or_else(|| JsError::new(&format!("unknown mode {mode_name}")))?;
+    let mut block: LastBlock = mode.last_block();
+    if let Some(name) = get(options, "attention").as_string() {
+        block.attention = AttentionKind::from_name(&name).ok_or_else(|| JsError::new(&format!("unknown attention {name}")))?;
+    }
+    if let Some(std) = get_number(options, "neighbourhoodStd")? {
+        block.neighbourhood_std = (std > 0.0).then_some(std as f32);
+    }
+    let alpha = get(options, "residualAlpha");
+    if alpha.as_string().is_some_and(|a| a == "none") {
+        block.residual = Residual::Skip;
+    } else if let Some(alpha) = get_number(options, "residualAlpha")? {
+        block.residual = Residual::Keep { attention_scale: alpha as f32 };
+    }
+    if let Some(ffn) = get(options, "ffn").as_bool() {
+        block.ffn = ffn;
+    }
+    let mut params = SegmentParams {
+        background_threshold: get_number(options, "threshold")?.unwrap_or(0.0) as f32,
+        last_block: block,
+        templates: if get(options, "singleTemplate").is_truthy() { Templates::Single } else { Templates::OpenAiImageNet },
+        pamr: get(options, "pamr").is_truthy().then(Pamr::default),
+        ..SegmentParams::default()
+    };
+    if let Some(crop) = get_number(options, "crop")? {
+        params.crop = crop as usize;
+    }
+    if let Some(stride) = get_number(options, "stride")? {
+        params.stride = stride as usize;
+    }
+    Ok(params)
+}
+
+/// The dataset presets for the page: `[{id, title, labels, threshold, crop, stride}]`.
+#[wasm_bindgen]
+pub fn presets() -> Array {
+    PRESETS
+        .iter()
+        .map(|p: &Preset| {
+            let o = Object::new();
+            set(&o, "id", p.id);
+            set(&o, "title", p.title);
+            set(&o, "labels", p.labels());
+            set(&o, "threshold", p.background_threshold);
+            set(&o, "crop", p.crop as u32);
+            set(&o, "stride", p.stride as u32);
+            JsValue::from(o)
+        })
+        .collect()
+}
+
+/// The last block of each named mode, as the page's knobs spell it:
+/// `{mode: {attention, neighbourhoodStd, residualAlpha, ffn}}`.
+#[wasm_bindgen]
+pub fn mode_blocks() -> Object {
+    let out = Object::new();
+    for mode in DenseMode::ALL {
+        let b = mode.last_block();
+        let o = Object::new();
+        set(&o, "attention", b.attention.name());
+        set(&o, "neighbourhoodStd", b.neighbourhood_std.unwrap_or(0.0));
+        match b.residual {
+            Residual::Skip => set(&o, "residualAlpha", "none"),
+            Residual::Keep { attention_scale } => set(&o, "residualAlpha", attention_scale),
+        }
+        set(&o, "ffn", b.ffn);
+        set(&out, mode.name(), o);
+    }
+    out
 }
 
 /// Which backend the model runs on.
@@ -84,16 +167,23 @@ async fn webgpu_device() -> Result<Device, String> {
     if let Some(device) = DEVICE.with(|d| d.borrow().clone()) {
         return Ok(device);
     }
-    #[cfg(target_arch = "wasm32")]
-    let device = Device::wgpu_options()
+    let device = init_webgpu().await?;
+    DEVICE.with(|d| *d.borrow_mut() = Some(device.clone()));
+    Ok(device)
+}
+
+#[cfg(target_arch = "wasm32")]
+async fn init_webgpu() -> Result<Device, String> {
+    Device::wgpu_options()
         .graphics_api(burn::tensor::wgpu::WgpuBackend::WebGpu)
         .init_async()
         .await
-        .map_err(|e| format!("{e:?}"))?;
-    #[cfg(not(target_arch = "wasm32"))]
-    let device: Device = return Err("WebGPU exists only in the browser".to_string());
-    DEVICE.with(|d| *d.borrow_mut() = Some(device.clone()));
-    Ok(device)
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+async fn init_webgpu() -> Result<Device, String> {
+    Err("WebGPU exists only in the browser".to_string())
 }
 
 #[wasm_bindgen]
@@ -134,34 +224,21 @@ impl WebSegmenter {
         self.description.clone()
     }
 
-    /// Segment RGBA pixels. `progress(phase, done, total)` is called as text
-    /// and windows complete. Resolves to `{width, height, classNames, colors,
-    /// probs: Float32Array [C*H*W], labels: Uint8Array [H*W], shares,
-    /// warnings, textMs, imageMs, windows, resized}`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn segment(
-        &self,
-        rgba: Vec<u8>,
-        width: u32,
-        height: u32,
-        labels: String,
-        background_threshold: f32,
-        mode: String,
-        single_template: bool,
-        progress: Function,
-    ) -> js_sys::Promise {
+    /// Segment RGBA pixels with the settings in `options` (see
+    /// [`segment_params`]; `labels` is a field too, and `keep: false` makes
+    /// it a side run that does not replace the last result). `progress(phase,
+    /// done, total)` is called as text and windows complete. Resolves to
+    /// `{width, height, classNames, colors, probs: Float32Array [C*H*W],
+    /// labels: Uint8Array [H*W], labelColors: Uint8Array [H*W*4], shares,
+    /// warnings, textMs, imageMs, windows, resized, reusedWindows, lastBlock}`.
+    pub fn segment(&self, rgba: Vec<u8>, width: u32, height: u32, options: JsValue, progress: Function) -> js_sys::Promise {
         let state = self.state.clone();
         wasm_bindgen_futures::future_to_promise(async move {
+            let labels = get(&options, "labels").as_string().unwrap_or_default();
             let (classes, mut warnings) = ClassList::parse(&labels).map_err(|e| JsError::new(&e.to_string()))?;
-            let mode = DenseMode::from_name(&mode).ok_or_else(|| JsError::new(&format!("unknown mode {mode}")))?;
+            let params = segment_params(&options)?;
             let rgba = RgbaImage::from_raw(width, height, rgba).ok_or_else(|| JsError::new("pixel buffer does not match the size"))?;
             let image = image::DynamicImage::ImageRgba8(rgba).to_rgb8();
-            let params = SegmentParams {
-                background_threshold,
-                last_block: mode.last_block(),
-                templates: if single_template { Templates::Single } else { Templates::OpenAiImageNet },
-                ..SegmentParams::default()
-            };
             let started = js_sys::Date::now();
             let mut text_done = None;
             let mut report = |p: Progress| {
@@ -199,16 +276,15 @@ impl WebSegmenter {
             set(&out, "imageMs", finished - text_done);
             set(&out, "windows", seg.windows as u32);
             set(&out, "resized", format!("{}x{}", seg.resized.0, seg.resized.1));
-            guard.last = Some((image, seg));
+            set(&out, "reusedWindows", seg.reused_windows);
+            set(&out, "lastBlock", params.last_block.to_string() + if params.pamr.is_some() { ", then PAMR" } else { "" });
+            set(&out, "labelColors", Uint8Array::from(render::label_colors(&seg, 255).as_raw().as_slice()));
+            // A comparison run ({keep: false}) leaves the last result (heatmaps, exports) alone.
+            if get(&options, "keep") != JsValue::FALSE {
+                guard.last = Some((image, seg));
+            }
             Ok(out.into())
         })
-    }
-
-    /// RGBA of the class colours of the last result (alpha 255), for the overlay canvas.
-    pub fn label_colors_rgba(&self) -> Result<Vec<u8>, JsError> {
-        let state = self.state.borrow();
-        let (_, seg) = state.last.as_ref().ok_or_else(|| JsError::new("nothing segmented yet"))?;
-        Ok(render::label_colors(seg, 255).into_raw())
     }
 
     /// RGBA heatmap (viridis) of class `index` of the last result.
@@ -243,16 +319,4 @@ fn png(image: image::DynamicImage) -> Result<Vec<u8>, JsError> {
         .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
         .map_err(|e| JsError::new(&e.to_string()))?;
     Ok(bytes)
-}
-
-/// Parse a label string as the segmenter will (for instant feedback in the
-/// page): resolves to `{classes: [[names]], warnings: [..]}` or throws the error.
-#[wasm_bindgen]
-pub fn parse_labels(labels: &str) -> Result<JsValue, JsError> {
-    let (list, warnings) = ClassList::parse(labels).map_err(|e| JsError::new(&e.to_string()))?;
-    let out = Object::new();
-    let classes: Array = list.classes.iter().map(|c| c.names.iter().map(JsValue::from).collect::<Array>()).map(JsValue::from).collect();
-    set(&out, "classes", classes);
-    set(&out, "warnings", warnings.iter().map(JsValue::from).collect::<Array>());
-    Ok(out.into())
 }

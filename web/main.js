@@ -18,14 +18,22 @@ const state = {
   labels: EXAMPLE.labels,
   threshold: 0,
   opacity: 0.55,
-  mode: 'clearclip',
+  mode: 'clearclip', // a named mode, or 'custom' when the knobs match none
+  knobs: null, // {attention, neighbourhoodStd, residualAlpha: 'none' | number, ffn}
+  pamr: false,
+  crop: 448,
+  stride: 224,
+  preset: '',
+  compare: '', // second mode shown side by side
+  catalog: null, // {modes: {name: knobs}, presets: [...]}, from the worker
   requestId: 0,
   running: false,
-  result: null, // {result, labelColors, heatmaps, id, totalMs}
+  result: null, // {result, heatmaps, compare?: {mode, result}, id, totalMs}
   error: null,
-  notes: [],
+  recovered: null, // the last fatal error the app restarted after, kept as a note
 };
 window.__clearclip = state; // read by the end-to-end tests
+window.__clearclipDebug = { loseDevice: () => worker.postMessage({ type: MSG.LOSE_DEVICE }) };
 
 let worker = null;
 let requestStarted = 0;
@@ -52,8 +60,45 @@ function loadModel() {
   render();
 }
 
+const sameKnobs = (a, b) =>
+  a.attention === b.attention && a.neighbourhoodStd === b.neighbourhoodStd && a.residualAlpha === b.residualAlpha && a.ffn === b.ffn;
+
+/** The named mode whose last block these knobs are, or 'custom'. */
+function modeOf(knobs) {
+  return Object.entries(state.catalog.modes).find(([, k]) => sameKnobs(k, knobs))?.[0] ?? 'custom';
+}
+
+function onCatalog({ modes, presets }) {
+  const first = !state.catalog;
+  state.catalog = { modes, presets };
+  if (!first) return; // a restarted worker: keep the user's settings
+  state.knobs = { ...modes[state.mode] };
+  $('preset').append(...presets.map((p) => new Option(p.title, p.id)));
+  showKnobs();
+}
+
+function showKnobs() {
+  const k = state.knobs;
+  $('mode').value = state.mode;
+  $('attention').value = k.attention;
+  $('neighbourhood-std').value = k.neighbourhoodStd;
+  $('residual').checked = k.residualAlpha !== 'none';
+  $('residual-alpha').disabled = k.residualAlpha === 'none';
+  if (k.residualAlpha !== 'none') $('residual-alpha').value = k.residualAlpha;
+  $('ffn').checked = k.ffn;
+  $('pamr').checked = state.pamr;
+  $('crop').value = state.crop;
+  $('stride').value = state.stride;
+  $('threshold').value = state.threshold;
+  $('threshold-value').textContent = state.threshold.toFixed(2);
+  $('labels').value = state.labels;
+}
+
 function onWorkerMessage(msg) {
   switch (msg.type) {
+    case MSG.CATALOG:
+      onCatalog(msg);
+      break;
     case MSG.PROGRESS:
       if (['download', 'cache', 'load'].includes(msg.phase)) state.loading = msg;
       else state.progress = msg;
@@ -64,23 +109,26 @@ function onWorkerMessage(msg) {
       requestSegment();
       break;
     case MSG.RESULT:
-      state.running = false;
-      state.progress = null;
+      // Every request reaches the worker, which runs only the latest pending
+      // one: an older result is shown, and the run goes on until the latest's.
+      state.running = msg.id !== state.requestId;
+      if (!state.running) state.progress = null;
       state.result = { ...msg, totalMs: performance.now() - requestStarted };
       state.error = null;
-      if (msg.id !== state.requestId) requestSegment(true); // something changed meanwhile
       break;
     case MSG.EXPORTED:
       download(new Blob([msg.bytes], { type: 'image/png' }), msg.what === 'overlay' ? 'overlay.png' : 'labels.png');
       break;
     case MSG.ERROR:
       if (msg.stage === 'load') state.loading = null;
-      if (msg.stage === 'segment') state.running = false;
+      if (msg.stage === 'segment') state.running = msg.id !== state.requestId;
+      if (msg.stage === 'device' && !msg.fatal) break; // nothing to lose on the CPU backend
       state.error = msg.message;
       if (msg.fatal) {
         // The wasm instance is gone (lost GPU device, internal error): start
         // over, keeping the image and labels; the weights come from the cache.
         state.error = `${msg.message} — the model is being reloaded`;
+        state.recovered = msg.message;
         state.model = null;
         state.running = false;
         startWorker();
@@ -94,7 +142,7 @@ function onWorkerMessage(msg) {
 let debounce = 0;
 function requestSegment(now = false) {
   clearTimeout(debounce);
-  if (!state.model || !state.image) return;
+  if (!state.model || !state.image || !state.knobs) return;
   const run = () => {
     if (!state.labels.trim()) {
       state.error = 'type at least one class name';
@@ -106,9 +154,13 @@ function requestSegment(now = false) {
     state.error = null;
     requestStarted = performance.now();
     const rgba = state.image.rgba.slice();
+    const options = {
+      labels: state.labels, threshold: state.threshold, mode: state.mode === 'custom' ? 'clearclip' : state.mode,
+      ...state.knobs, pamr: state.pamr, crop: state.crop, stride: state.stride,
+      singleTemplate: $('single-template').checked,
+    };
     worker.postMessage({ type: MSG.SEGMENT, id: state.requestId, rgba: rgba.buffer, width: state.image.width,
-      height: state.image.height, labels: state.labels, threshold: state.threshold, mode: state.mode,
-      singleTemplate: $('single-template').checked }, [rgba.buffer]);
+      height: state.image.height, options, compare: state.compare || null }, [rgba.buffer]);
     render();
   };
   if (now) run();
@@ -201,16 +253,26 @@ function render() {
   } else if (s.result) {
     const r = s.result.result;
     status = `text ${r.textMs.toFixed(0)} ms · image ${r.imageMs.toFixed(0)} ms · total ${s.result.totalMs.toFixed(0)} ms` +
-      ` (${r.windows} windows at ${r.resized})`;
+      ` (${r.windows} windows at ${r.resized}${r.reusedWindows ? '; last block only, first blocks reused' : ''})`;
   }
   $('run-status').textContent = status;
-  $('notes').textContent = [s.model?.warning, s.image?.note, ...(s.result?.result.warnings ?? [])].filter(Boolean).join(' · ');
+  const recovered = s.recovered && `restarted after: ${s.recovered}`;
+  $('notes').textContent = [recovered, s.model?.warning, s.image?.note, ...(s.result?.result.warnings ?? [])].filter(Boolean).join(' · ');
 
   // Pictures.
   const canvas = $('overlay');
   canvas.hidden = !s.image;
   $('drop-hint').hidden = !!s.image;
-  if (s.image) drawOverlay(canvas, s.image.bitmap, s.result?.labelColors && new Uint8ClampedArray(s.result.labelColors.buffer), s.opacity);
+  const colors = (r) => r && new Uint8ClampedArray(r.labelColors.buffer);
+  if (s.image) drawOverlay(canvas, s.image.bitmap, colors(s.result?.result), s.opacity);
+  const modeName = (m) => $('mode').querySelector(`option[value="${m}"]`)?.textContent ?? m;
+  $('main-caption').textContent = s.result ? `${modeName(modeOf(s.knobs))}: ${s.result.result.lastBlock}` : '';
+  const second = s.image && s.result?.compare;
+  $('compare-figure').hidden = !second;
+  if (second) {
+    drawOverlay($('compare-overlay'), s.image.bitmap, colors(second.result), s.opacity);
+    $('compare-caption').textContent = `${modeName(second.mode)}: ${second.result.lastBlock} (${second.result.imageMs.toFixed(0)} ms)`;
+  }
   // Legend and heatmaps change only with the result, not with progress or opacity.
   if (s.result !== renderedResult) {
     renderedResult = s.result;
@@ -229,6 +291,7 @@ function wire() {
   $('labels').value = state.labels;
   $('labels').addEventListener('input', (e) => {
     state.labels = e.target.value;
+    if (state.preset) $('preset').value = state.preset = '';
     requestSegment();
   });
   $('threshold').addEventListener('input', (e) => {
@@ -242,6 +305,41 @@ function wire() {
   });
   $('mode').addEventListener('change', (e) => {
     state.mode = e.target.value;
+    state.knobs = { ...state.catalog.modes[state.mode] };
+    showKnobs();
+    requestSegment(true);
+  });
+  const onKnob = () => {
+    state.knobs = {
+      attention: $('attention').value,
+      neighbourhoodStd: Math.max(0, Number($('neighbourhood-std').value) || 0),
+      residualAlpha: $('residual').checked ? Number($('residual-alpha').value) || 0 : 'none',
+      ffn: $('ffn').checked,
+    };
+    if (state.knobs.attention === 'identity') state.knobs.neighbourhoodStd = 0; // nothing to bias
+    state.mode = modeOf(state.knobs);
+    state.pamr = $('pamr').checked;
+    state.crop = Math.max(16, Number($('crop').value) || 448);
+    state.stride = Math.min(state.crop, Math.max(16, Number($('stride').value) || 224));
+    showKnobs();
+    requestSegment();
+  };
+  for (const id of ['attention', 'neighbourhood-std', 'residual', 'residual-alpha', 'ffn', 'pamr', 'crop', 'stride']) {
+    $(id).addEventListener('change', onKnob);
+  }
+  $('compare').addEventListener('change', (e) => {
+    state.compare = e.target.value;
+    requestSegment(true);
+  });
+  $('preset').addEventListener('change', (e) => {
+    const preset = state.catalog.presets.find((p) => p.id === e.target.value);
+    state.preset = e.target.value;
+    if (preset) {
+      Object.assign(state, { labels: preset.labels, threshold: preset.threshold, crop: preset.crop, stride: preset.stride });
+    } else {
+      Object.assign(state, { labels: EXAMPLE.labels, threshold: 0, crop: 448, stride: 224 });
+    }
+    showKnobs();
     requestSegment(true);
   });
   $('single-template').addEventListener('change', () => requestSegment(true));

@@ -4,13 +4,19 @@
 //
 // page -> worker
 //   {type: 'load', url?, file?, preferGpu, gelu}         load weights (URL with cache, or a File)
-//   {type: 'segment', id, rgba, width, height, labels, threshold, mode, singleTemplate}
-//                                                         latest wins: a newer request replaces a pending one
+//   {type: 'segment', id, rgba, width, height, options, compare?}
+//      options: {labels, threshold, mode, attention, neighbourhoodStd, residualAlpha ('none' | number),
+//                ffn, pamr, singleTemplate, crop, stride}; compare: a mode name to also run (same options
+//      otherwise). Latest wins: a newer request replaces a pending one.
 //   {type: 'export', what: 'overlay'|'labels', opacity}   PNG bytes of the last result
+//   {type: 'lose-device'}                                 destroy the GPU device (tests of the recovery path)
 // worker -> page
+//   {type: 'catalog', modes: {name: knobs}, presets: [{id, title, labels, threshold, crop, stride}]}
+//                                                         once the wasm module is up
 //   {type: 'progress', phase: 'download'|'cache'|'load'|'text'|'image', done, total}
 //   {type: 'ready', backend: 'webgpu'|'cpu', description, source: 'network'|'cache'|'file', warning?, loadMs}
-//   {type: 'result', id, result, labelColors, heatmaps}   typed arrays transferred
+//   {type: 'result', id, result, heatmaps, compare?}     typed arrays transferred; result.labelColors
+//                                                         is RGBA; compare: {mode, result} of the second mode
 //   {type: 'exported', what, bytes}
 //   {type: 'error', id?, stage: 'load'|'segment'|'export', message, fatal}
 //      fatal: the wasm instance is unusable (e.g. lost GPU device); the page restarts the worker.
@@ -19,6 +25,8 @@ export const MSG = Object.freeze({
   LOAD: 'load',
   SEGMENT: 'segment',
   EXPORT: 'export',
+  LOSE_DEVICE: 'lose-device',
+  CATALOG: 'catalog',
   PROGRESS: 'progress',
   READY: 'ready',
   RESULT: 'result',

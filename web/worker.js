@@ -1,19 +1,37 @@
 // The one worker that owns the wasm module and the GPU. See protocol.js.
-import init, { WebSegmenter, WeightsBuffer } from './pkg/clearclip_web.js';
+import init, { WebSegmenter, WeightsBuffer, mode_blocks, presets } from './pkg/clearclip_web.js';
 import { MSG, TOKENIZER_URL } from './protocol.js';
 import { loadWeightsFromFile, loadWeightsFromUrl } from './weights.js';
 
 let segmenter = null;
 let busy = false;
 let pending = null; // latest segment request waiting to run
-const ready = init();
+const post = (message, transfer = []) => self.postMessage(message, transfer);
+const ready = init().then(() => post({ type: MSG.CATALOG, modes: mode_blocks(), presets: presets() }));
 const tokenizer = fetch(TOKENIZER_URL).then((r) => {
   if (!r.ok) throw new Error(`the tokenizer (${TOKENIZER_URL}) could not be loaded: HTTP ${r.status}`);
   return r.arrayBuffer();
 });
 
-const post = (message, transfer = []) => self.postMessage(message, transfer);
 const progress = (phase, done, total) => post({ type: MSG.PROGRESS, phase, done, total });
+
+// The GPU device wgpu asks for, watched for loss. A lost device (driver
+// reset, GPU process crash, `device.destroy()`) cannot be recovered inside
+// this wasm instance: report it as fatal and let the page start a new worker.
+let gpuDevice = null;
+if (self.GPUAdapter) {
+  const requestDevice = GPUAdapter.prototype.requestDevice;
+  GPUAdapter.prototype.requestDevice = async function (...args) {
+    const device = await requestDevice.apply(this, args);
+    gpuDevice = device;
+    device.lost.then((info) => {
+      if (device !== gpuDevice) return;
+      const reason = info.message || info.reason || 'unknown reason';
+      post({ type: MSG.ERROR, stage: 'device', message: `the GPU device was lost (${reason})`, fatal: true });
+    });
+    return device;
+  };
+}
 
 /** A panic or a lost device leaves wasm unusable: the page must restart us. */
 function isFatal(error) {
@@ -56,13 +74,21 @@ async function load({ url, file, preferGpu, gelu }) {
 }
 
 async function runSegment(request) {
-  const { id, rgba, width, height, labels, threshold, mode, singleTemplate } = request;
-  const result = await segmenter.segment(new Uint8Array(rgba), width, height, labels, threshold, mode,
-    !!singleTemplate, (phase, done, total) => progress(phase, done, total));
-  const labelColors = segmenter.label_colors_rgba();
+  const { id, rgba, width, height, options, compare } = request;
+  const report = (phase, done, total) => progress(phase, done, total);
+  const pixels = new Uint8Array(rgba);
+  const result = await segmenter.segment(pixels, width, height, options, report);
   const heatmaps = result.classNames.map((_, i) => segmenter.heatmap_rgba(i));
-  post({ type: MSG.RESULT, id, result, labelColors, heatmaps },
-    [result.probs.buffer, result.labels.buffer, labelColors.buffer, ...heatmaps.map((h) => h.buffer)]);
+  const transfer = [result.probs.buffer, result.labels.buffer, result.labelColors.buffer, ...heatmaps.map((h) => h.buffer)];
+  let second = null;
+  if (compare) {
+    // The named mode's own block; the first blocks of every window are reused.
+    const knobs = mode_blocks()[compare];
+    const side = await segmenter.segment(pixels, width, height, { ...options, ...knobs, mode: compare, keep: false }, report);
+    second = { mode: compare, result: side };
+    transfer.push(side.probs.buffer, side.labels.buffer, side.labelColors.buffer);
+  }
+  post({ type: MSG.RESULT, id, result, heatmaps, compare: second }, transfer);
 }
 
 async function drain() {
@@ -103,6 +129,10 @@ self.onmessage = ({ data }) => {
       break;
     case MSG.EXPORT:
       exportPng(data);
+      break;
+    case MSG.LOSE_DEVICE:
+      if (gpuDevice) gpuDevice.destroy();
+      else post({ type: MSG.ERROR, stage: 'device', message: 'no GPU device to lose (CPU backend)', fatal: false });
       break;
     default:
       post({ type: MSG.ERROR, stage: 'protocol', message: `unknown message ${data.type}`, fatal: false });

@@ -28,6 +28,7 @@ let server;
 let browser;
 let context;
 let cliProbs;
+let cliNaclipProbs;
 
 function readNpy(path) {
   const bytes = readFileSync(path);
@@ -43,8 +44,9 @@ before(async () => {
   assert.ok(existsSync(cli), 'target/debug/clearclip is missing: run `cargo test --workspace` first');
   const out = mkdtempSync(join(tmpdir(), 'clearclip-cli-'));
   execFileSync(cli, ['segment', '--weights', join(ROOT, WEIGHTS), '--labels', LABELS, '--image',
-    join(ROOT, 'web/assets/example.png'), '--out', out], { stdio: 'pipe' });
-  cliProbs = readNpy(join(out, 'probs.npy'));
+    join(ROOT, 'web/assets/example.png'), '--out', out, '--mode', 'clearclip,naclip'], { stdio: 'pipe' });
+  cliProbs = readNpy(join(out, 'clearclip', 'probs.npy'));
+  cliNaclipProbs = readNpy(join(out, 'naclip', 'probs.npy'));
   assert.deepEqual(cliProbs.shape, [4, 300, 451]);
 
   server = await serve();
@@ -157,9 +159,45 @@ test('segments a dropped image on WebGPU and matches the CLI', async () => {
   const status = await page.textContent('#run-status');
   assert.match(status, /text \d+ ms · image \d+ ms · total \d+ ms/);
 
+  // Another mode re-runs only the last block, and matches the CLI's NACLIP.
+  await nextResult(page, () => page.selectOption('#mode', 'naclip'));
+  const naclip = await page.evaluate(() => window.__clearclip.result.result);
+  assert.equal(naclip.reusedWindows, true, 'a mode switch must reuse the first blocks');
+  assert.match(naclip.lastBlock, /k-k attention \+ neighbourhood \(std 5\), no residual, no FFN/);
+  assert.equal(await page.inputValue('#attention'), 'k-k', 'the knobs show the mode');
+  const naclipDiff = maxAbsDiff(await pageProbs(page), cliNaclipProbs.data);
+  const switchStatus = await page.textContent('#run-status');
+  console.log(`webgpu naclip after a mode switch vs CLI: max abs diff ${naclipDiff.toExponential(2)}; ${switchStatus}`);
+  assert.ok(naclipDiff <= TOLERANCE, `max abs diff ${naclipDiff}`);
+  // A knob that makes it no named mode: "custom".
+  await page.locator('#advanced summary').click();
+  await nextResult(page, () => page.check('#ffn'));
+  assert.equal(await page.inputValue('#mode'), 'custom');
+  assert.match(await page.evaluate(() => window.__clearclip.result.result.lastBlock), /, FFN$/);
+
   mkdirSync(join(ROOT, 'test-results'), { recursive: true });
   await page.screenshot({ path: join(ROOT, 'test-results', 'app.png'), fullPage: true });
-  writeFileSync(join(ROOT, 'test-results', 'timings.json'), JSON.stringify({ firstResultMs, status }, null, 1));
+  writeFileSync(join(ROOT, 'test-results', 'timings.json'), JSON.stringify({ firstResultMs, status, switchStatus }, null, 1));
+  await page.close();
+});
+
+test('a lost GPU device is reported and the app recovers with its image and labels', async () => {
+  const page = await openApp(`weights=${WEIGHTS}`);
+  await waitForResult(page);
+  await nextResult(page, () => page.fill('#labels', 'cat; sky'));
+  const before = await pageProbs(page);
+  const lastRequest = await page.evaluate(() => window.__clearclip.requestId);
+  await page.evaluate(() => window.__clearclipDebug.loseDevice());
+  // A new worker reloads the model (from the cache) and segments again.
+  await page.waitForFunction((last) => window.__clearclip.requestId > last, lastRequest, { timeout: RESULT_TIMEOUT, polling: 250 });
+  await waitForResult(page);
+  assert.match(await page.evaluate(() => window.__clearclip.recovered), /^the GPU device was lost/);
+  assert.match(await page.textContent('#notes'), /restarted after: the GPU device was lost/);
+  assert.equal(await page.evaluate(() => window.__clearclip.model.source), 'cache');
+  assert.equal(await page.evaluate(() => window.__clearclip.model.backend), 'webgpu');
+  assert.equal(await page.inputValue('#labels'), 'cat; sky');
+  const diff = maxAbsDiff(await pageProbs(page), before);
+  assert.ok(diff <= TOLERANCE, `after the restart: max abs diff ${diff}`);
   await page.close();
 });
 
@@ -182,6 +220,19 @@ test('without WebGPU the CPU backend in wasm gives the same answer', async () =>
   const diff = maxAbsDiff(await pageProbs(page), cliProbs.data);
   console.log(`wasm cpu vs CLI: max abs diff ${diff.toExponential(2)}`);
   assert.ok(diff <= TOLERANCE, `max abs diff ${diff}`);
+  // A dataset preset sets the classes, the threshold and the windows.
+  await page.check('#single-template');
+  await nextResult(page, () => page.selectOption('#preset', 'voc21'));
+  assert.equal(await page.locator('#legend li').count(), 21);
+  assert.match(await page.inputValue('#labels'), /^background; aeroplane; bicycle/);
+  assert.equal(await page.textContent('#threshold-value'), '0.50');
+  // Side-by-side comparison with a second mode, which reuses the first blocks.
+  await nextResult(page, () => page.selectOption('#compare', 'maskclip'));
+  const compare = await page.evaluate(() => window.__clearclip.result.compare);
+  assert.equal(compare.mode, 'maskclip');
+  assert.equal(compare.result.reusedWindows, true);
+  assert.match(compare.result.lastBlock, /identity attention/);
+  assert.ok(await page.isVisible('#compare-overlay'));
   // Phone width: nothing overflows sideways.
   await page.setViewportSize({ width: 390, height: 844 });
   assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= 390), 'page wider than a phone');

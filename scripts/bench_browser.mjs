@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { serve } from './serve.mjs';
 // Times a segmentation in headless Chromium: node scripts/bench_browser.mjs WEIGHTS IMAGE [cpu,webgpu]
 // WEIGHTS is a path under the repository root (it is served from there), IMAGE a PNG file.
+// After the first result it switches through the modes and times each re-run (last block only).
 const [weightsPath, imagePath, backends = 'cpu,webgpu'] = process.argv.slice(2);
 const server = await serve();
 const args = ['--enable-unsafe-webgpu', '--enable-unsafe-swiftshader', '--no-sandbox', '--no-first-run','--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic'];
@@ -38,7 +39,17 @@ for (const gpu of backends.split(',')) {
   }, square);
   await page.waitForFunction(() => { const s = window.__clearclip; return s.result && s.image && s.result.result.width === s.image.width && s.result.result.height === s.image.height && s.result.id === s.requestId && !s.running; }, null, { timeout: 1200000, polling: 1000 });
   const status = await page.textContent('#run-status');
-  console.log(JSON.stringify({ backend: await page.evaluate(() => window.__clearclip.model.backend), loadMs: Math.round(loadMs), status, memAfterLoad, memPeak: peakRss(), wallS: (Date.now() - t0) / 1000 }));
+  const full = await page.evaluate(() => window.__clearclip.result.result.imageMs);
+  // Mode switches on the same image: only the last block (and what follows) runs again.
+  const switches = {};
+  for (const mode of ['vanilla', 'maskclip', 'sclip', 'naclip', 'clearclip']) {
+    const before = await page.evaluate(() => window.__clearclip.requestId);
+    await page.selectOption('#mode', mode);
+    await page.waitForFunction((b) => { const s = window.__clearclip; return s.requestId > b && s.result.id === s.requestId && !s.running; }, before, { timeout: 1200000, polling: 200 });
+    const r = await page.evaluate(() => window.__clearclip.result.result);
+    switches[mode] = { imageMs: Math.round(r.imageMs), reused: r.reusedWindows, ofFull: +(r.imageMs / full).toFixed(3) };
+  }
+  console.log(JSON.stringify({ backend: await page.evaluate(() => window.__clearclip.model.backend), loadMs: Math.round(loadMs), status, switches, memAfterLoad, memPeak: peakRss(), wallS: (Date.now() - t0) / 1000 }));
   await browser.close();
 }
 server.server.close();

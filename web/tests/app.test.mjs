@@ -159,6 +159,9 @@ test('segments a dropped image on WebGPU and matches the CLI', async () => {
   const status = await page.textContent('#run-status');
   assert.match(status, /text \d+ ms · image \d+ ms · total \d+ ms/);
 
+  mkdirSync(join(ROOT, 'test-results'), { recursive: true });
+  await page.screenshot({ path: join(ROOT, 'test-results', 'app.png'), fullPage: true });
+
   // Another mode re-runs only the last block, and matches the CLI's NACLIP.
   await nextResult(page, () => page.selectOption('#mode', 'naclip'));
   const naclip = await page.evaluate(() => window.__clearclip.result.result);
@@ -175,8 +178,6 @@ test('segments a dropped image on WebGPU and matches the CLI', async () => {
   assert.equal(await page.inputValue('#mode'), 'custom');
   assert.match(await page.evaluate(() => window.__clearclip.result.result.lastBlock), /, FFN$/);
 
-  mkdirSync(join(ROOT, 'test-results'), { recursive: true });
-  await page.screenshot({ path: join(ROOT, 'test-results', 'app.png'), fullPage: true });
   writeFileSync(join(ROOT, 'test-results', 'timings.json'), JSON.stringify({ firstResultMs, status, switchStatus }, null, 1));
   await page.close();
 });

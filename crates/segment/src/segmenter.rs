@@ -260,11 +260,11 @@ impl Segmenter {
         // Take the cache out: it is dropped if this run fails half-way.
         let cached = self.window_cache.take().filter(|c| c.geometry == geometry && c.image == *image);
         let reused_windows = cached.is_some();
-        let (pixels, cached_inputs) = match cached {
-            Some(c) => (c.pixels, c.inputs),
+        let (kept_image, pixels, cached_inputs) = match cached {
+            Some(c) => (c.image, c.pixels, Some(c.inputs)),
             None => {
                 let resized = if (rw, rh) == (width, height) { image.clone() } else { resize_like_opencv(image, rw, rh) };
-                (normalize(&resized), Vec::new())
+                (image.clone(), normalize(&resized), None)
             }
         };
         let (logits, inputs) = self
@@ -283,7 +283,7 @@ impl Segmenter {
                 probabilities(&full, names.len(), out_size, out_size, &class_of_query, classes.len(), params)
             }
         };
-        self.window_cache = Some(WindowCache { image: image.clone(), geometry, pixels, inputs });
+        self.window_cache = Some(WindowCache { image: kept_image, geometry, pixels, inputs });
         Ok(Segmentation {
             width,
             height,
@@ -297,21 +297,16 @@ impl Segmenter {
         })
     }
 
-    /// Forget the kept window features (e.g. before loading another model).
-    pub fn clear_window_cache(&mut self) {
-        self.window_cache = None;
-    }
-
     /// Averaged window logits over the resized image, `[queries, height, width]`,
-    /// and the first `L-1` blocks' output of every window (`cached` when it
-    /// has one per window, computed otherwise).
+    /// and the first `L-1` blocks' output of every window (taken from
+    /// `cached`, one per window, when given; computed otherwise).
     #[allow(clippy::too_many_arguments)]
     async fn sliding_window_logits(
         &self,
         pixels: &[f32],
         (width, height): (usize, usize),
         windows: &[Window],
-        cached: Vec<LastBlockInput>,
+        cached: Option<Vec<LastBlockInput>>,
         queries: &[f32],
         n_queries: usize,
         params: &SegmentParams,
@@ -329,7 +324,7 @@ impl Segmenter {
         }
         let queries_t: Tensor<2> = Tensor::from_data(TensorData::new(queries_t, [dim, n_queries]), &device);
 
-        let mut cached = if cached.len() == windows.len() { Some(cached.into_iter()) } else { None };
+        let mut cached = cached.map(Vec::into_iter);
         let mut inputs = Vec::with_capacity(windows.len());
         // Marks the end of the text phase for callers timing the two phases.
         progress(Progress::Window { done: 0, total: windows.len() });

@@ -1,8 +1,10 @@
 // Weights: fetched once with progress, kept in the Cache API under a
-// versioned name, streamed chunk by chunk into a wasm-side buffer so the
-// file is never held twice in memory. Runs inside the worker.
+// versioned name, and streamed chunk by chunk into the wasm-side loader, which
+// checks the header first and uploads each tensor as soon as it is complete:
+// no copy of the whole file is ever held, in JS or in wasm. Runs inside the worker.
 import { WEIGHTS_CACHE } from './protocol.js';
 
+/** A failure of the transfer itself (HTTP status, network, interrupted stream). */
 export class WeightsError extends Error {}
 
 function describeHttp(response, url) {
@@ -14,34 +16,52 @@ function describeHttp(response, url) {
 
 /**
  * Stream `response.body` into `sink.push(chunk)`, reporting `onProgress(done, total)`.
+ * A chunk the sink refuses (not a CLIP file, ...) throws its error and stops
+ * the transfer at once; a broken stream throws a WeightsError.
  * @returns {Promise<number>} bytes read
  */
 async function pump(response, sink, onProgress) {
-  const total = Number(response.headers.get('content-length')) || 0;
+  const announced = Number(response.headers.get('content-length')) || 0;
   const reader = response.body.getReader();
   let done = 0;
-  for (;;) {
-    const { value, done: finished } = await reader.read();
-    if (finished) break;
-    sink.push(value);
-    done += value.byteLength;
-    onProgress(done, total);
+  try {
+    for (;;) {
+      let next;
+      try {
+        next = await reader.read();
+      } catch (e) {
+        throw new WeightsError(`the transfer broke off after ${done} bytes: ${e.message}`);
+      }
+      if (next.done) break;
+      sink.push(next.value);
+      done += next.value.byteLength;
+      // Without a content-length the file's own header tells the size.
+      onProgress(done, announced || sink.expectedBytes() || 0);
+    }
+  } catch (e) {
+    reader.cancel().catch(() => {});
+    throw e;
   }
-  if (total && done !== total) throw new WeightsError(`the download stopped at ${done} of ${total} bytes`);
+  if (announced && done !== announced) throw new WeightsError(`the download stopped at ${done} of ${announced} bytes`);
   return done;
 }
 
 /**
- * Fetch `url` into a buffer made by `makeBuffer(expectedBytes)`, from the cache if there.
- * @returns {Promise<{buffer, source: 'cache'|'network'}>}
+ * Stream the weights at `url` into `sink` (a WeightsLoader), from the cache if there.
+ * @returns {Promise<{source: 'cache'|'network', warning?: string}>}
  */
-export async function loadWeightsFromUrl(url, makeBuffer, onProgress) {
+export async function loadWeightsFromUrl(url, sink, onProgress) {
   const cache = typeof caches !== 'undefined' ? await caches.open(WEIGHTS_CACHE).catch(() => null) : null;
   const cached = cache ? await cache.match(url) : undefined;
   if (cached) {
-    const buffer = makeBuffer(Number(cached.headers.get('content-length')) || 0);
-    await pump(cached, buffer, (d, t) => onProgress('cache', d, t));
-    return { buffer, source: 'cache' };
+    try {
+      await pump(cached, sink, (d, t) => onProgress('cache', d, t));
+    } catch (e) {
+      // A bad cached copy must not stick: the next try downloads again.
+      await cache.delete(url).catch(() => {});
+      throw new Error(`${e.message} (the cached copy was removed; retrying downloads it again)`);
+    }
+    return { source: 'cache' };
   }
   let response;
   try {
@@ -51,16 +71,14 @@ export async function loadWeightsFromUrl(url, makeBuffer, onProgress) {
       `could not reach ${url} (network error or the server does not allow cross-origin requests): ${e.message}`);
   }
   if (!response.ok) throw new WeightsError(describeHttp(response, url));
-  const total = Number(response.headers.get('content-length')) || 0;
   if (!cache) {
-    const buffer = makeBuffer(total);
-    await pump(response, buffer, (d, t) => onProgress('download', d, t));
-    return { buffer, source: 'network' };
+    await pump(response, sink, (d, t) => onProgress('download', d, t));
+    return { source: 'network' };
   }
-  // Tee-free: chunks go to the wasm buffer and into the cache entry as they
-  // arrive. Caching is best effort: if the browser refuses (quota, private
+  // Tee-free: each chunk goes to the loader and into the cache entry as it
+  // arrives. Caching is best effort: if the browser refuses (quota, private
   // mode, an internal error), the model still loads and the page says so.
-  const buffer = makeBuffer(total);
+  const total = Number(response.headers.get('content-length')) || 0;
   let controller;
   let cacheError = null;
   const toCache = new ReadableStream({ start(c) { controller = c; } });
@@ -68,29 +86,32 @@ export async function loadWeightsFromUrl(url, makeBuffer, onProgress) {
   if (total) headers.set('content-length', String(total));
   const stored = cache.put(url, new Response(toCache, { headers })).catch((e) => { cacheError = e; });
   const toStream = (fn) => { if (!cacheError) try { fn(); } catch (e) { cacheError = e; } };
+  const tee = {
+    push(chunk) { sink.push(chunk); toStream(() => controller.enqueue(chunk)); },
+    expectedBytes: () => sink.expectedBytes(),
+  };
   try {
-    await pump(response, { push(chunk) { buffer.push(chunk); toStream(() => controller.enqueue(chunk)); } },
-      (d, t) => onProgress('download', d, t));
+    await pump(response, tee, (d, t) => onProgress('download', d, t));
   } catch (e) {
+    // Nothing incomplete or refused is kept.
     toStream(() => controller.error(e));
     await stored;
     await cache.delete(url).catch(() => {});
-    throw e instanceof WeightsError ? e : new WeightsError(`downloading the weights failed: ${e.message}`);
+    throw e;
   }
   toStream(() => controller.close());
   await stored;
   if (cacheError) {
     await cache.delete(url).catch(() => {});
     const warning = `the weights could not be kept in the browser cache (${cacheError.message}); the next visit downloads them again`;
-    return { buffer, source: 'network', warning };
+    return { source: 'network', warning };
   }
-  return { buffer, source: 'network' };
+  return { source: 'network' };
 }
 
-/** Read a dropped or picked File into a buffer made by `makeBuffer`. */
-export async function loadWeightsFromFile(file, makeBuffer, onProgress) {
-  const buffer = makeBuffer(file.size);
-  await pump(new Response(file.stream(), { headers: { 'content-length': String(file.size) } }), buffer,
+/** Stream a dropped or picked File into `sink` (a WeightsLoader). */
+export async function loadWeightsFromFile(file, sink, onProgress) {
+  await pump(new Response(file.stream(), { headers: { 'content-length': String(file.size) } }), sink,
     (d, t) => onProgress('load', d, t));
-  return { buffer, source: 'file' };
+  return { source: 'file' };
 }

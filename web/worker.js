@@ -1,5 +1,5 @@
 // The one worker that owns the wasm module and the GPU. See protocol.js.
-import init, { WebSegmenter, WeightsBuffer, mode_blocks, presets } from './pkg/clearclip_web.js';
+import init, { WebSegmenter, WeightsLoader, mode_blocks, presets } from './pkg/clearclip_web.js';
 import { MSG, TOKENIZER_URL } from './protocol.js';
 import { loadWeightsFromFile, loadWeightsFromUrl } from './weights.js';
 
@@ -46,16 +46,19 @@ function fail(stage, error, id) {
 
 async function load({ url, file, preferGpu, gelu }) {
   const started = performance.now();
+  let weights = null; // the loader, until the segmenter takes it over
   try {
     await ready;
-    const makeBuffer = (bytes) => new WeightsBuffer(bytes);
-    const { buffer, source, warning } = file
-      ? await loadWeightsFromFile(file, makeBuffer, progress)
-      : await loadWeightsFromUrl(url, makeBuffer, progress);
+    const usesGpu = preferGpu && 'gpu' in navigator;
+    weights = await WeightsLoader.create(usesGpu, !!gelu);
+    const { source, warning } = file
+      ? await loadWeightsFromFile(file, weights, progress)
+      : await loadWeightsFromUrl(url, weights, progress);
     progress('load', 0, 0);
     const tokenizerBytes = new Uint8Array(await tokenizer);
-    const usesGpu = preferGpu && 'gpu' in navigator;
-    const next = await WebSegmenter.create(buffer, tokenizerBytes, usesGpu, !!gelu);
+    const taken = weights;
+    weights = null;
+    const next = WebSegmenter.create(taken, tokenizerBytes);
     // Keep the previous model until the new one works; swap between runs.
     while (busy) await new Promise((r) => setTimeout(r, 20));
     segmenter?.free();
@@ -69,6 +72,7 @@ async function load({ url, file, preferGpu, gelu }) {
       loadMs: performance.now() - started,
     });
   } catch (e) {
+    weights?.free(); // what was uploaded of a refused or broken file
     fail('load', e);
   }
 }

@@ -2,13 +2,14 @@
 
 mod output;
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::Device;
 use clap::{Parser, Subcommand, ValueEnum};
-use clearclip_model::{inspect_config, load_clip, Activation, AttentionKind, ClipTokenizer, DenseMode, LastBlock, LoadOptions, Residual};
+use clearclip_model::{inspect_config, load_clip_from_reader, LoadError, Activation, AttentionKind, ClipTokenizer, DenseMode, LastBlock, LoadOptions, Residual};
 use clearclip_segment::{ClassList, Pamr, Preset, Progress, SegmentParams, Segmenter, Templates, PRESETS};
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -226,8 +227,16 @@ impl SegmentArgs {
 }
 
 fn inspect(weights: &Path) -> Result<()> {
-    let bytes = std::fs::read(weights).with_context(|| format!("cannot read {}", weights.display()))?;
-    let (config, layout) = inspect_config(&bytes)?;
+    // The header is enough: read until it is complete.
+    let mut file = std::fs::File::open(weights).with_context(|| format!("cannot read {}", weights.display()))?;
+    let mut prefix = Vec::new();
+    let (config, layout) = loop {
+        let read = (&mut file).take(1 << 20).read_to_end(&mut prefix)?;
+        match inspect_config(&prefix) {
+            Err(LoadError::Truncated { .. }) if read > 0 => continue,
+            result => break result?,
+        }
+    };
     println!("{} ({layout:?} layout)", config.describe());
     println!("{config:#?}");
     Ok(())
@@ -309,7 +318,7 @@ fn segment(args: SegmentArgs) -> Result<()> {
         Some(path) => std::fs::read(path).with_context(|| format!("cannot read tokenizer {}", path.display()))?,
         None => BUNDLED_TOKENIZER.to_vec(),
     };
-    let weights = std::fs::read(&args.weights).with_context(|| format!("cannot read weights {}", args.weights.display()))?;
+    let weights = std::fs::File::open(&args.weights).with_context(|| format!("cannot read weights {}", args.weights.display()))?;
 
     let started = Instant::now();
     let device = make_device(args.device)?;
@@ -317,9 +326,9 @@ fn segment(args: SegmentArgs) -> Result<()> {
         ActivationArg::QuickGelu => Activation::QuickGelu,
         ActivationArg::Gelu => Activation::Gelu,
     };
-    let model = load_clip(&weights, LoadOptions { activation }, &device)
+    // Streamed from the file: the bytes are never all in memory next to the model.
+    let model = load_clip_from_reader(weights, LoadOptions { activation }, &device)
         .with_context(|| format!("cannot load {}", args.weights.display()))?;
-    drop(weights);
     let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json, model.config.text.context_length)?;
     eprintln!("model: {} ({:?} layout), loaded in {:.2?}", model.config.describe(), model.layout, started.elapsed());
 

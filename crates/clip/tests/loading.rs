@@ -3,7 +3,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use clearclip_fixtures::{read_fixture, CHECKPOINTS};
-use clearclip_model::{inspect_config, load_clip, Clip, DenseMode, LoadError, LoadOptions};
+use clearclip_model::{inspect_config, load_clip, CheckpointLoader, Clip, DenseMode, LoadError, LoadOptions};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 fn load(bytes: &[u8]) -> Result<Clip, LoadError> {
@@ -56,14 +56,26 @@ fn f32_f16_and_bf16_files_give_identical_models() {
     }
 }
 
+/// Bytes before the data section: the 8-byte length and the JSON header.
+fn header_end(bytes: &[u8]) -> usize {
+    8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize
+}
+
 #[test]
 fn truncated_and_foreign_files_are_refused_with_a_reason() {
     let bytes = read_fixture(CHECKPOINTS[0]);
-    for cut in [0, 7, 100, bytes.len() / 2, bytes.len() - 1] {
+    for cut in [0, 7, 100, header_end(&bytes), bytes.len() / 2, bytes.len() - 1] {
         let err = load(&bytes[..cut]).err().expect("truncated file must fail");
-        assert!(matches!(err, LoadError::NotSafetensors(_)), "cut at {cut}: {err}");
+        let expected = (cut >= header_end(&bytes)).then_some(bytes.len());
+        assert!(
+            matches!(err, LoadError::Truncated { received, expected: e } if received == cut && e == expected),
+            "cut at {cut}: {err:?}"
+        );
         assert!(err.to_string().contains("truncated"), "{err}");
     }
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(b"tail");
+    assert!(matches!(load(&longer), Err(LoadError::TrailingBytes { extra: 4 })));
     let png = read_fixture("chelsea.png");
     assert!(matches!(load(&png), Err(LoadError::NotSafetensors(_))));
     let other = rewrite(&bytes, |name, dtype, shape, data| {
@@ -72,6 +84,86 @@ fn truncated_and_foreign_files_are_refused_with_a_reason() {
     let err = load(&other).err().expect("a text-only file is not CLIP");
     assert!(matches!(err, LoadError::NotClip { .. }), "{err}");
     assert!(err.to_string().contains("visual.class_embedding"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_clip_is_refused_by_its_header_alone() {
+    let bytes = read_fixture(CHECKPOINTS[1]);
+    let text_only = rewrite(&bytes, |name, dtype, shape, data| (!name.starts_with("visual")).then(|| (dtype, shape.to_vec(), data.to_vec())));
+    let mut loader = CheckpointLoader::new(LoadOptions::default(), &Device::flex());
+    let header = header_end(&text_only);
+    loader.push(&text_only[..header - 1]).expect("an incomplete header is not judged yet");
+    let err = loader.push(&text_only[header - 1..header]).err().expect("refused once the header is complete");
+    assert!(matches!(err, LoadError::NotClip { .. }), "{err}");
+    // Everything after a refusal is refused too, and says why.
+    let again = loader.push(&text_only[header..]).err().expect("refused for good");
+    assert!(matches!(&again, LoadError::AlreadyFailed(reason) if reason.contains("not a CLIP checkpoint")), "{again}");
+    assert!(matches!(loader.finish(), Err(LoadError::AlreadyFailed(_))));
+    // A PNG is refused by its first 8 bytes.
+    let mut loader = CheckpointLoader::new(LoadOptions::default(), &Device::flex());
+    assert!(matches!(loader.push(&read_fixture("chelsea.png")[..8]), Err(LoadError::NotSafetensors(_))));
+}
+
+#[test]
+fn streaming_in_any_chunk_size_gives_the_same_model_holding_one_tensor_at_most() {
+    for checkpoint in CHECKPOINTS {
+        let bytes = read_fixture(checkpoint);
+        let whole = features(&load(&bytes).unwrap());
+        let largest = SafeTensors::deserialize(&bytes).unwrap().tensors().iter().map(|(_, v)| v.data().len()).max().unwrap();
+        for chunk in [7, 4099, 1 << 20] {
+            let mut loader = CheckpointLoader::new(LoadOptions::default(), &Device::flex());
+            let mut most_held = 0;
+            for piece in bytes.chunks(chunk) {
+                loader.push(piece).unwrap();
+                most_held = most_held.max(loader.buffered_bytes());
+                if loader.config().is_some() {
+                    assert_eq!(loader.expected_len(), Some(bytes.len()));
+                }
+            }
+            // Tensors split across chunks were gathered, but never more than one at a time.
+            assert!(most_held > 0 && most_held < largest.max(header_end(&bytes)), "{checkpoint}, chunks of {chunk}: held {most_held}");
+            assert_eq!(features(&loader.finish().unwrap()), whole, "{checkpoint}, chunks of {chunk}");
+        }
+    }
+}
+
+/// Write a safetensors file by hand, with the tensors' bytes in the order given
+/// (the `safetensors` crate always writes them sorted).
+fn write_in_order(tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0;
+    for (name, dtype, shape, data) in tensors {
+        let dtype = serde_json::to_value(dtype).unwrap();
+        header.insert(name.clone(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + data.len()]}));
+        offset += data.len();
+    }
+    let json = serde_json::to_vec(&header).unwrap();
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend(json);
+    for (_, _, _, data) in tensors {
+        out.extend(data);
+    }
+    out
+}
+
+#[test]
+fn tensors_in_any_file_order_load_the_same() {
+    for checkpoint in CHECKPOINTS {
+        let bytes = read_fixture(checkpoint);
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut tensors: Vec<_> =
+            st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+        // Reverse name order: text before vision, v/k before q, biases after weights.
+        tensors.sort_by(|a, b| b.0.cmp(&a.0));
+        let reordered = write_in_order(&tensors);
+        let file_order = |b: &[u8]| SafeTensors::read_metadata(b).unwrap().1.offset_keys();
+        assert_ne!(file_order(&reordered), file_order(&bytes));
+        let mut loader = CheckpointLoader::new(LoadOptions::default(), &Device::flex());
+        for piece in reordered.chunks(65_537) {
+            loader.push(piece).unwrap();
+        }
+        assert_eq!(features(&loader.finish().unwrap()), features(&load(&bytes).unwrap()), "{checkpoint}");
+    }
 }
 
 #[test]
@@ -121,8 +213,11 @@ fn wrong_shapes_and_dtypes_are_reported() {
 }
 
 #[test]
-fn inspect_reads_the_architecture_without_building() {
-    let (config, _) = inspect_config(&read_fixture(CHECKPOINTS[0])).unwrap();
+fn inspect_reads_the_architecture_from_the_header_alone() {
+    let bytes = read_fixture(CHECKPOINTS[0]);
+    let header = header_end(&bytes);
+    assert!(matches!(inspect_config(&bytes[..header - 1]), Err(LoadError::Truncated { .. })));
+    let (config, _) = inspect_config(&bytes[..header]).unwrap();
     assert_eq!(config.vision.patch_size, 16);
     assert_eq!(config.text.context_length, 77);
 }

@@ -3,14 +3,15 @@
 //! WebGPU backend, or burn's CPU backend where WebGPU is missing.
 //!
 //! The worker (`web/worker.js`) owns one [`WebSegmenter`]: it streams the
-//! weights into a [`WeightsBuffer`] (one copy, inside wasm memory), creates
-//! the segmenter, then calls [`WebSegmenter::segment`] with RGBA pixels.
+//! weights chunk by chunk into a [`WeightsLoader`] (which uploads each tensor
+//! as soon as its bytes are in, so the file is never held whole), creates the
+//! segmenter from it, then calls [`WebSegmenter::segment`] with RGBA pixels.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use burn::tensor::Device;
-use clearclip_model::{load_clip, Activation, AttentionKind, ClipTokenizer, DenseMode, LastBlock, LoadOptions, Residual};
+use clearclip_model::{Activation, CheckpointLoader, AttentionKind, ClipTokenizer, DenseMode, LastBlock, LoadOptions, Residual};
 use clearclip_segment::{render, ClassList, Pamr, Preset, Progress, SegmentParams, Segmentation, Segmenter, Templates, PRESETS};
 use image::{GrayImage, RgbImage, RgbaImage};
 use js_sys::{Array, Float32Array, Function, Object, Reflect, Uint8Array};
@@ -19,30 +20,6 @@ use wasm_bindgen::prelude::*;
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
-}
-
-/// A byte buffer in wasm memory that JS fills chunk by chunk while the
-/// weights download, so the file is never held twice.
-#[wasm_bindgen]
-pub struct WeightsBuffer {
-    bytes: Vec<u8>,
-}
-
-#[wasm_bindgen]
-impl WeightsBuffer {
-    #[wasm_bindgen(constructor)]
-    pub fn new(capacity: usize) -> Result<WeightsBuffer, JsError> {
-        let mut bytes = Vec::new();
-        bytes.try_reserve_exact(capacity).map_err(|_| JsError::new(&format!("cannot allocate {} MB for the weights", capacity >> 20)))?;
-        Ok(Self { bytes })
-    }
-
-    /// Append a chunk (copied out of the JS array).
-    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsError> {
-        self.bytes.try_reserve(chunk.len()).map_err(|_| JsError::new("out of memory while receiving the weights"))?;
-        self.bytes.extend_from_slice(chunk);
-        Ok(())
-    }
 }
 
 fn set(target: &Object, key: &str, value: impl Into<JsValue>) {
@@ -186,11 +163,23 @@ async fn init_webgpu() -> Result<Device, String> {
     Err("WebGPU exists only in the browser".to_string())
 }
 
+/// Receives the weights file chunk by chunk while it downloads (or a dropped
+/// file is read), on the device chosen up front: the header is checked as soon
+/// as it is in (a file that is not CLIP fails on its first chunk), and each
+/// tensor is converted and uploaded the moment its last byte arrives. Neither
+/// JS nor wasm memory ever holds the whole file.
 #[wasm_bindgen]
-impl WebSegmenter {
-    /// Load the model. `prefer_gpu` tries WebGPU first; if it fails (no
-    /// adapter) the CPU backend is used and `backend()` says so.
-    pub async fn create(weights: WeightsBuffer, tokenizer_json: &[u8], prefer_gpu: bool, gelu: bool) -> Result<WebSegmenter, JsError> {
+pub struct WeightsLoader {
+    loader: CheckpointLoader,
+    backend: Backend,
+    note: String,
+}
+
+#[wasm_bindgen]
+impl WeightsLoader {
+    /// `prefer_gpu` tries WebGPU first; if it fails (no adapter) the CPU
+    /// backend is used and the segmenter's `backend()` says so.
+    pub async fn create(prefer_gpu: bool, gelu: bool) -> WeightsLoader {
         let (device, backend, note) = if prefer_gpu {
             match webgpu_device().await {
                 Ok(device) => (device, Backend::WebGpu, String::new()),
@@ -200,8 +189,29 @@ impl WebSegmenter {
             (Device::flex(), Backend::Cpu, String::new())
         };
         let activation = if gelu { Activation::Gelu } else { Activation::QuickGelu };
-        let model = load_clip(&weights.bytes, LoadOptions { activation }, &device).map_err(|e| JsError::new(&e.to_string()))?;
-        drop(weights);
+        WeightsLoader { loader: CheckpointLoader::new(LoadOptions { activation }, &device), backend, note }
+    }
+
+    /// The next chunk of the file (copied out of the JS array, converted and
+    /// uploaded as tensors complete). Throws if the file is refused; then
+    /// the download should stop.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsError> {
+        self.loader.push(chunk).map_err(|e| JsError::new(&e.to_string()))
+    }
+
+    /// The file size the header announces, once the header is in.
+    #[wasm_bindgen(js_name = expectedBytes)]
+    pub fn expected_bytes(&self) -> Option<f64> {
+        self.loader.expected_len().map(|n| n as f64)
+    }
+}
+
+#[wasm_bindgen]
+impl WebSegmenter {
+    /// The segmenter over the model `weights` received completely.
+    pub fn create(weights: WeightsLoader, tokenizer_json: &[u8]) -> Result<WebSegmenter, JsError> {
+        let WeightsLoader { loader, backend, note } = weights;
+        let model = loader.finish().map_err(|e| JsError::new(&e.to_string()))?;
         let tokenizer = ClipTokenizer::from_json_bytes(tokenizer_json, model.config.text.context_length)
             .map_err(|e| JsError::new(&e.to_string()))?;
         let description = format!("{} [{:?} layout]{note}", model.config.describe(), model.layout);

@@ -15,7 +15,7 @@ function describeHttp(response, url) {
 }
 
 /**
- * Stream `response.body` into `sink.push(chunk)`, reporting `onProgress(done, total)`.
+ * Stream `response.body` into `await sink.push(chunk)`, reporting `onProgress(done, total)`.
  * A chunk the sink refuses (not a CLIP file, ...) throws its error and stops
  * the transfer at once; a broken stream throws a WeightsError.
  * @returns {Promise<number>} bytes read
@@ -33,7 +33,7 @@ async function pump(response, sink, onProgress) {
         throw new WeightsError(`the transfer broke off after ${done} bytes: ${e.message}`);
       }
       if (next.done) break;
-      sink.push(next.value);
+      await sink.push(next.value);
       done += next.value.byteLength;
       // Without a content-length the file's own header tells the size.
       onProgress(done, announced || sink.expectedBytes() || 0);
@@ -42,7 +42,9 @@ async function pump(response, sink, onProgress) {
     reader.cancel().catch(() => {});
     throw e;
   }
-  if (announced && done !== announced) throw new WeightsError(`the download stopped at ${done} of ${announced} bytes`);
+  if (announced && done !== announced) throw new WeightsError(`the transfer stopped at ${done} of ${announced} bytes`);
+  const expected = sink.expectedBytes();
+  if (expected && done !== expected) throw new WeightsError(`the file has ${done} bytes where its header announces ${expected}`);
   return done;
 }
 
@@ -75,19 +77,26 @@ export async function loadWeightsFromUrl(url, sink, onProgress) {
     await pump(response, sink, (d, t) => onProgress('download', d, t));
     return { source: 'network' };
   }
-  // Tee-free: each chunk goes to the loader and into the cache entry as it
-  // arrives. Caching is best effort: if the browser refuses (quota, private
-  // mode, an internal error), the model still loads and the page says so.
+  // Each chunk goes to the loader and into the cache entry as it arrives; the
+  // download waits for the cache writer (backpressure), so chunks never pile
+  // up in memory. Caching is best effort: if the browser refuses (quota,
+  // private mode, an internal error), the model still loads and the page says so.
   const total = Number(response.headers.get('content-length')) || 0;
   let controller;
   let cacheError = null;
-  const toCache = new ReadableStream({ start(c) { controller = c; } });
+  let resume = null; // resolves a push waiting for the cache writer
+  const wake = () => { resume?.(); resume = null; };
+  const toCache = new ReadableStream({ start(c) { controller = c; }, pull: wake });
   const headers = new Headers({ 'content-type': 'application/octet-stream' });
   if (total) headers.set('content-length', String(total));
-  const stored = cache.put(url, new Response(toCache, { headers })).catch((e) => { cacheError = e; });
+  const stored = cache.put(url, new Response(toCache, { headers })).catch((e) => { cacheError = e; wake(); });
   const toStream = (fn) => { if (!cacheError) try { fn(); } catch (e) { cacheError = e; } };
   const tee = {
-    push(chunk) { sink.push(chunk); toStream(() => controller.enqueue(chunk)); },
+    async push(chunk) {
+      sink.push(chunk);
+      toStream(() => controller.enqueue(chunk));
+      if (!cacheError && controller.desiredSize <= 0) await new Promise((r) => { resume = r; });
+    },
     expectedBytes: () => sink.expectedBytes(),
   };
   try {

@@ -7,7 +7,11 @@ let segmenter = null;
 let busy = false;
 let pending = null; // latest segment request waiting to run
 const post = (message, transfer = []) => self.postMessage(message, transfer);
-const ready = init().then(() => post({ type: MSG.CATALOG, modes: mode_blocks(), presets: presets() }));
+let wasmMemory = null; // to report its size: wasm memory grows and never shrinks
+const ready = init().then((wasm) => {
+  wasmMemory = wasm.memory;
+  post({ type: MSG.CATALOG, modes: mode_blocks(), presets: presets() });
+});
 const tokenizer = fetch(TOKENIZER_URL).then((r) => {
   if (!r.ok) throw new Error(`the tokenizer (${TOKENIZER_URL}) could not be loaded: HTTP ${r.status}`);
   return r.arrayBuffer();
@@ -70,6 +74,7 @@ async function load({ url, file, preferGpu, gelu }) {
       source,
       warning,
       loadMs: performance.now() - started,
+      wasmMemoryBytes: wasmMemory.buffer.byteLength,
     });
   } catch (e) {
     weights?.free(); // what was uploaded of a refused or broken file

@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { createServer } from 'node:http';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -210,6 +211,23 @@ test('a second visit reads the weights from the cache, not the network', async (
   await waitForResult(page);
   assert.equal(await page.evaluate(() => window.__clearclip.model.source), 'cache');
   assert.equal(fetched(), before, 'no weight request may reach the server');
+  // The copy read back from the cache gives the CLI's answer.
+  const diff = maxAbsDiff(await pageProbs(page), cliProbs.data);
+  assert.ok(diff <= TOLERANCE, `from the cache: max abs diff ${diff}`);
+  // A damaged cached copy (cut in half) is refused, removed, and a retry downloads it again.
+  await page.evaluate(async (url) => {
+    const cache = await caches.open('clearclip-weights-v1');
+    const bytes = await (await cache.match(url)).arrayBuffer();
+    await cache.put(url, new Response(bytes.slice(0, bytes.byteLength >> 1)));
+  }, new URL(WEIGHTS, appUrl('')).href);
+  await page.reload();
+  await page.waitForFunction(() => window.__clearclip.error, null, { timeout: 60_000 });
+  assert.match(await page.textContent('#error'), /header announces \d+ \(the cached copy was removed/);
+  assert.ok(await page.isVisible('#retry'));
+  await page.click('#retry');
+  await waitForResult(page);
+  assert.equal(await page.evaluate(() => window.__clearclip.model.source), 'network');
+  assert.equal(fetched(), before + 1);
   await page.close();
 });
 
@@ -262,6 +280,56 @@ test('bad files get a visible message and the app keeps its model and result', a
   await page.waitForFunction(() => window.__clearclip.error);
   assert.match(await page.textContent('#error'), /no classes given/);
   await page.close();
+});
+
+test('a large download that is not CLIP is refused at its header and stops', async () => {
+  // A well-formed safetensors file of 256 MB whose only tensor is a text
+  // embedding, streamed by a second server (another origin) that counts the
+  // bytes it gets to send before the page hangs up.
+  const size = 256 << 20;
+  const header = Buffer.from(JSON.stringify({
+    'text_model.embeddings.token_embedding.weight': { dtype: 'F32', shape: [size / 4], data_offsets: [0, size] },
+  }));
+  const prefix = Buffer.alloc(8);
+  prefix.writeBigUInt64LE(BigInt(header.length));
+  const stream = { sent: 0, closed: false };
+  const remote = createServer(async (req, res) => {
+    res.writeHead(200, { 'content-length': 8 + header.length + size, 'access-control-allow-origin': '*' });
+    res.on('close', () => { stream.closed = true; });
+    res.write(Buffer.concat([prefix, header]));
+    const chunk = Buffer.alloc(1 << 16);
+    while (!stream.closed && stream.sent < size) {
+      stream.sent += chunk.length;
+      if (!res.write(chunk)) {
+        await new Promise((r) => {
+          const resume = () => { res.off('drain', resume); res.off('close', resume); r(); };
+          res.on('drain', resume);
+          res.on('close', resume);
+        });
+      }
+    }
+    res.end();
+  });
+  await new Promise((r) => remote.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${remote.address().port}/not-clip.safetensors`;
+  try {
+    const page = await openApp(`weights=${encodeURIComponent(url)}&webgpu=0`);
+    await page.waitForFunction(() => window.__clearclip.error, null, { timeout: 60_000 });
+    assert.match(await page.textContent('#error'), /not a CLIP checkpoint/);
+    for (let i = 0; i < 100 && !stream.closed; i++) await new Promise((r) => setTimeout(r, 100));
+    console.log(`not-CLIP download: ${(stream.sent / 2 ** 20).toFixed(1)} of ${size / 2 ** 20} MB sent before the page hung up`);
+    assert.ok(stream.closed, 'the page must stop the transfer');
+    assert.ok(stream.sent < size / 8, `${stream.sent} bytes were sent`);
+    const cached = await page.evaluate(async (u) => {
+      for (const name of await caches.keys()) if (await (await caches.open(name)).match(u)) return true;
+      return false;
+    }, url);
+    assert.equal(cached, false, 'a refused file must not stay in the cache');
+    await page.close();
+  } finally {
+    remote.closeAllConnections();
+    remote.close();
+  }
 });
 
 test('a weights URL that fails says why and offers a retry', async () => {

@@ -21,7 +21,7 @@ function peakRss() {
       const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
       if (!cmd.includes('chromium')) continue;
       const hwm = Math.round(Number(readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmHWM:\s+(\d+)/)?.[1] ?? 0) / 1024);
-      const type = (cmd.match(/--type=([a-z-]+)/)?.[1] ?? 'browser') + (cmd.match(/--utility-sub-type=[a-z.]*?(\w+)\x00/)?.[1] ? `:${cmd.match(/--utility-sub-type=[a-z.]*?(\w+)\x00/)[1]}` : '');
+      const type = cmd.match(/--type=([a-z-]+)/)?.[1] ?? 'browser';
       byType[type] = Math.max(byType[type] ?? 0, hwm);
       max = Math.max(max, hwm); sum += hwm;
     } catch {}

@@ -5,8 +5,11 @@
 //! or segmentation: it loads a checkpoint from safetensors bytes, encodes token
 //! ids and image tensors, and returns tensors.
 //!
-//! - [`load_clip`]: safetensors bytes (Hugging Face or OpenAI/open_clip layout,
-//!   f32/f16/bf16) to a [`Clip`] model, architecture read from tensor shapes.
+//! - [`CheckpointLoader`]: a `.safetensors` file (Hugging Face or
+//!   OpenAI/open_clip layout, f32/f16/bf16) pushed chunk by chunk as it
+//!   arrives, to a [`Clip`] model; the header is checked first, the
+//!   architecture read from tensor shapes, and each tensor uploaded as soon as
+//!   it is complete ([`load_clip`] and [`load_clip_from_reader`] wrap it).
 //! - [`ClipTokenizer`]: the CLIP BPE through the `tokenizers` crate.
 //! - [`LastBlock`] / [`DenseMode`]: how the last vision block is run for dense
 //!   features (plain CLIP, MaskCLIP, SCLIP, ClearCLIP, NACLIP, and the knobs between).

@@ -160,19 +160,12 @@ impl CheckpointLoader {
 
     fn receive(&mut self, mut chunk: &[u8]) -> Result<(), LoadError> {
         if let Stage::Header(gathered) = &mut self.stage {
-            let wanted = if gathered.len() < LENGTH_BYTES {
-                LENGTH_BYTES
-            } else {
-                LENGTH_BYTES + header_length(gathered[..LENGTH_BYTES].try_into().expect("8 bytes"))?
-            };
-            let take = (wanted - gathered.len()).min(chunk.len());
-            gathered.extend_from_slice(&chunk[..take]);
-            chunk = &chunk[take..];
-            if gathered.len() == LENGTH_BYTES {
-                // The length is known now: gather the JSON header too.
-                return self.receive(chunk);
+            // The 8-byte length first, then that many bytes of JSON.
+            if !gather(gathered, LENGTH_BYTES, &mut chunk) {
+                return Ok(());
             }
-            if gathered.len() < wanted {
+            let wanted = LENGTH_BYTES + header_length(gathered[..LENGTH_BYTES].try_into().expect("8 bytes"))?;
+            if !gather(gathered, wanted, &mut chunk) {
                 return Ok(());
             }
             let plan = plan(&gathered[LENGTH_BYTES..])?;
@@ -208,6 +201,14 @@ impl CheckpointLoader {
         };
         Ok(Clip { config, vision, text, logit_scale, layout: receiver.plan.layout })
     }
+}
+
+/// Move bytes from the front of `chunk` into `into` until it holds `wanted`; true once it does.
+fn gather(into: &mut Vec<u8>, wanted: usize, chunk: &mut &[u8]) -> bool {
+    let take = wanted.saturating_sub(into.len()).min(chunk.len());
+    into.extend_from_slice(&chunk[..take]);
+    *chunk = &chunk[take..];
+    into.len() >= wanted
 }
 
 impl Receiver {

@@ -78,6 +78,7 @@ fn truncated_and_foreign_files_are_refused_with_a_reason() {
     assert!(matches!(load(&longer), Err(LoadError::TrailingBytes { extra: 4 })));
     let png = read_fixture("chelsea.png");
     assert!(matches!(load(&png), Err(LoadError::NotSafetensors(_))));
+    assert!(matches!(load(&[0; 8]), Err(LoadError::NotSafetensors(_))), "an empty header");
     let other = rewrite(&bytes, |name, dtype, shape, data| {
         name.starts_with("text_model").then(|| (dtype, shape.to_vec(), data.to_vec()))
     });

@@ -2,8 +2,8 @@
 //! streamed: [`CheckpointLoader`] takes the file in chunks as they arrive (a
 //! download, a file read), checks the header against CLIP as soon as it is
 //! complete, and converts and uploads each tensor the moment its last byte
-//! arrives. Only the bytes of the one tensor being received are buffered, so
-//! the file is never held whole in memory next to the model.
+//! arrives. Only the one tensor being received is held (decoded to f32 as its
+//! bytes come in), so the file is never held whole in memory next to the model.
 //!
 //! One table of names ([`names::Names`]) serves both layouts; the architecture
 //! is read from tensor shapes; every required tensor is checked for presence,
@@ -108,8 +108,10 @@ struct Receiver {
     next: usize,
     /// Bytes of the data section received.
     offset: usize,
-    /// The bytes received so far of a tensor split across chunks.
-    partial: Vec<u8>,
+    /// The tensor being received, decoded to f32 as its bytes arrive.
+    partial: Vec<f32>,
+    /// The first bytes of an element split between two chunks.
+    carry: Vec<u8>,
     parts: Parts,
 }
 
@@ -134,12 +136,12 @@ impl CheckpointLoader {
         }
     }
 
-    /// Bytes held back for a tensor (or the header) that is not complete yet:
-    /// never more than the largest tensor the model uses.
+    /// Bytes held for a tensor (decoded to f32 so far) or the header that is
+    /// not complete yet: never more than the largest tensor the model uses.
     pub fn buffered_bytes(&self) -> usize {
         match &self.stage {
             Stage::Header(bytes) => bytes.len(),
-            Stage::Tensors(r) => r.partial.len(),
+            Stage::Tensors(r) => r.partial.len() * size_of::<f32>() + r.carry.len(),
             Stage::Failed(_) => 0,
         }
     }
@@ -170,7 +172,7 @@ impl CheckpointLoader {
             }
             let plan = plan(&gathered[LENGTH_BYTES..])?;
             let parts = Parts::new(Names(plan.layout));
-            self.stage = Stage::Tensors(Receiver { plan, next: 0, offset: 0, partial: Vec::new(), parts });
+            self.stage = Stage::Tensors(Receiver { plan, next: 0, offset: 0, partial: Vec::new(), carry: Vec::new(), parts });
         }
         match &mut self.stage {
             Stage::Tensors(receiver) => receiver.receive(chunk, &self.device),
@@ -224,20 +226,17 @@ impl Receiver {
             chunk = rest;
             self.offset += take;
             let complete = have + take == size;
-            match tensor.role {
-                None => {} // not used by the model: skipped as it streams past
-                Some(_) if have == 0 && complete => convert(tensor, bytes, device, &mut self.parts)?,
-                Some(_) => {
-                    if have == 0 {
-                        self.partial.try_reserve_exact(size).map_err(|_| LoadError::OutOfMemory(size >> 20))?;
-                    }
-                    self.partial.extend_from_slice(bytes);
-                    if complete {
-                        let gathered = std::mem::take(&mut self.partial);
-                        convert(tensor, &gathered, device, &mut self.parts)?;
-                    }
+            if tensor.role.is_some() {
+                if have == 0 {
+                    let count: usize = tensor.shape.iter().product();
+                    self.partial = Vec::new();
+                    self.partial.try_reserve_exact(count).map_err(|_| LoadError::OutOfMemory((count * 4) >> 20))?;
                 }
-            }
+                decode(&tensor.name, tensor.dtype, bytes, &mut self.carry, &mut self.partial)?;
+                if complete {
+                    convert(tensor, std::mem::take(&mut self.partial), device, &mut self.parts);
+                }
+            } // else: not used by the model, skipped as it streams past
             if !complete {
                 return Ok(());
             }
@@ -246,9 +245,8 @@ impl Receiver {
     }
 }
 
-/// Convert one complete tensor to f32 in the form its role asks for, and upload it.
-fn convert(tensor: &Planned, bytes: &[u8], device: &Device, parts: &mut Parts) -> Result<(), LoadError> {
-    let data = to_f32(&tensor.name, tensor.dtype, bytes)?;
+/// Upload one complete tensor in the form its role asks for.
+fn convert(tensor: &Planned, data: Vec<f32>, device: &Device, parts: &mut Parts) {
     let part = match tensor.role.expect("only tensors with a role are converted") {
         Role::Vector => {
             let n = data.len();
@@ -266,16 +264,37 @@ fn convert(tensor: &Planned, bytes: &[u8], device: &Device, parts: &mut Parts) -
         Role::Host => Part::Host(data),
     };
     parts.insert(tensor.name.clone(), part);
+}
+
+/// Append the values of `bytes` (little-endian `dtype`) to `out` as f32; the
+/// bytes of an element cut at the end of a chunk wait in `carry`.
+fn decode(name: &str, dtype: Dtype, mut bytes: &[u8], carry: &mut Vec<u8>, out: &mut Vec<f32>) -> Result<(), LoadError> {
+    let width = match dtype {
+        Dtype::F32 => 4,
+        Dtype::F16 | Dtype::BF16 => 2,
+        other => return Err(LoadError::DType { name: name.to_string(), dtype: format!("{other:?}") }),
+    };
+    if !carry.is_empty() {
+        if !gather(carry, width, &mut bytes) {
+            return Ok(());
+        }
+        append_values(dtype, carry, out);
+        carry.clear();
+    }
+    let whole = bytes.len() - bytes.len() % width;
+    append_values(dtype, &bytes[..whole], out);
+    carry.extend_from_slice(&bytes[whole..]);
     Ok(())
 }
 
-fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, LoadError> {
-    Ok(match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        other => return Err(LoadError::DType { name: name.to_string(), dtype: format!("{other:?}") }),
-    })
+/// `bytes` holds whole elements of a float `dtype`.
+fn append_values(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) {
+    match dtype {
+        Dtype::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        Dtype::F16 => out.extend(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())),
+        Dtype::BF16 => out.extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        _ => unreachable!("decode checks the dtype"),
+    }
 }
 
 /// `[rows, cols]` row-major to `[cols, rows]`.

@@ -120,14 +120,6 @@ impl CheckpointLoader {
         Self { options, device: device.clone(), received: 0, stage: Stage::Header(Vec::new()) }
     }
 
-    /// The architecture and layout, once the header has arrived.
-    pub fn config(&self) -> Option<(&ClipConfig, Layout)> {
-        match &self.stage {
-            Stage::Tensors(r) => Some((&r.plan.config, r.plan.layout)),
-            _ => None,
-        }
-    }
-
     /// The file's size as its header announces it, once the header has arrived.
     pub fn expected_len(&self) -> Option<usize> {
         match &self.stage {
@@ -181,9 +173,9 @@ impl CheckpointLoader {
     }
 
     /// Build the model from everything pushed; fails if the file stopped short.
-    pub fn finish(mut self) -> Result<Clip, LoadError> {
+    pub fn finish(self) -> Result<Clip, LoadError> {
         let received = self.received;
-        let mut receiver = match std::mem::replace(&mut self.stage, Stage::Failed(String::new())) {
+        let mut receiver = match self.stage {
             Stage::Header(_) => return Err(LoadError::Truncated { received, expected: None }),
             Stage::Failed(reason) => return Err(LoadError::AlreadyFailed(reason)),
             Stage::Tensors(receiver) => receiver,

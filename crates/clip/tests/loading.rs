@@ -118,8 +118,8 @@ fn streaming_in_any_chunk_size_gives_the_same_model_holding_one_tensor_at_most()
             for piece in bytes.chunks(chunk) {
                 loader.push(piece).unwrap();
                 most_held = most_held.max(loader.buffered_bytes());
-                if loader.config().is_some() {
-                    assert_eq!(loader.expected_len(), Some(bytes.len()));
+                if let Some(len) = loader.expected_len() {
+                    assert_eq!(len, bytes.len(), "the length the header announces");
                 }
             }
             // Tensors split across chunks were gathered, but never more than one at a time.

@@ -46,6 +46,7 @@ from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPModel
 
 SEED = 20241126
+JPEG_STRIDE = 4
 MEAN = [122.771, 116.746, 104.094]  # clearclip_segmentor.py SegDataPreProcessor
 STD = [68.501, 66.632, 70.323]
 
@@ -557,6 +558,22 @@ def generate_fixtures(out_dir):
         ref[f"pipeline.{name}.probs"] = probs
         ref[f"pipeline.{name}.labels"] = labels.to(torch.uint8)
         meta["pipeline"][name] = {"classes": spec, **settings}
+
+    # Whole pipeline on a real JPEG photo larger than 448 on its short side, so
+    # the resize is a downscale: scikit-image's "retina" (CC0, 1411x1411, 4:2:0),
+    # read by cv2.imread as mmcv does. Its maps are stored every JPEG_STRIDE-th
+    # pixel in each direction (full size would be 8 MB a class).
+    jpeg_path = os.path.join(out_dir, "jpeg", "real_retina.jpg")
+    jpeg_img = cv2.cvtColor(cv2.imread(jpeg_path), cv2.COLOR_BGR2RGB)
+    meta["pipeline_jpeg"] = {"file": "jpeg/real_retina.jpg", "stride": JPEG_STRIDE, "cases": {}}
+    for name, spec, settings in [("clearclip", "background;vessel,artery;disc;macula", dict()),
+                                 ("vanilla", "background;vessel,artery;disc;macula", dict(mode="vanilla"))]:
+        names, idx = split_classes(spec)
+        q = class_embeddings(oc, names, OPENAI_IMAGENET_TEMPLATES)
+        resized, probs, labels = segment(oc, jpeg_img, q, idx, **settings)
+        ref[f"pipeline_jpeg.{name}.probs"] = probs[:, ::JPEG_STRIDE, ::JPEG_STRIDE].contiguous()
+        ref[f"pipeline_jpeg.{name}.labels"] = labels[::JPEG_STRIDE, ::JPEG_STRIDE].to(torch.uint8).contiguous()
+        meta["pipeline_jpeg"]["cases"][name] = {"classes": spec, "resized": list(resized.shape[:2]), **settings}
 
     save_file({k: x.detach().contiguous() for k, x in ref.items()},
               os.path.join(out_dir, "reference.safetensors"))

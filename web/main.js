@@ -3,8 +3,6 @@ import { DEFAULT_WEIGHTS_URL, MSG } from './protocol.js';
 import { drawOverlay, readout, renderHeatmaps, renderLegend } from './render.js';
 
 const params = new URLSearchParams(location.search);
-/** Images with a longer side are downscaled before segmentation. */
-const MAX_SIDE = 2048;
 const EXAMPLE = { url: new URL('./assets/example.png', import.meta.url).href, labels: 'cat; grass, lawn; wall; sky' };
 
 const $ = (id) => document.getElementById(id);
@@ -14,7 +12,7 @@ const state = {
   preferGpu: params.get('webgpu') !== '0',
   model: null, // {backend, description, source}
   loading: null, // {phase, done, total}
-  image: null, // {bitmap, rgba, width, height, note}
+  image: null, // {id, blob, bitmap, width, height}: the file goes to the worker, the bitmap is for display
   labels: EXAMPLE.labels,
   threshold: 0,
   opacity: 0.55,
@@ -153,43 +151,36 @@ function requestSegment(now = false) {
     state.running = true;
     state.error = null;
     requestStarted = performance.now();
-    const rgba = state.image.rgba.slice();
     const options = {
       labels: state.labels, threshold: state.threshold, mode: state.mode === 'custom' ? 'clearclip' : state.mode,
       ...state.knobs, pamr: state.pamr, crop: state.crop, stride: state.stride,
       singleTemplate: $('single-template').checked,
     };
-    worker.postMessage({ type: MSG.SEGMENT, id: state.requestId, rgba: rgba.buffer, width: state.image.width,
-      height: state.image.height, options, compare: state.compare || null }, [rgba.buffer]);
+    // The file itself: the worker decodes it as the CLI does (no resize or
+    // re-encoding here), once per image.
+    const image = { id: state.image.id, blob: state.image.blob };
+    worker.postMessage({ type: MSG.SEGMENT, id: state.requestId, image, options, compare: state.compare || null });
     render();
   };
   if (now) run();
   else debounce = setTimeout(run, 350);
 }
 
+let imageCount = 0;
+
 async function setImage(blob) {
   let bitmap;
   try {
+    // For display only; the worker decodes the same file for segmentation.
     bitmap = await createImageBitmap(blob, { imageOrientation: 'from-image' });
   } catch {
     state.error = `${blob.name ?? 'that file'} is not an image the browser can read (or it is corrupt)`;
     render();
     return;
   }
-  let note = '';
-  if (Math.max(bitmap.width, bitmap.height) > MAX_SIDE) {
-    const scale = MAX_SIDE / Math.max(bitmap.width, bitmap.height);
-    const [w, h] = [Math.round(bitmap.width * scale), Math.round(bitmap.height * scale)];
-    note = `downscaled from ${bitmap.width}x${bitmap.height} to ${w}x${h}`;
-    const resized = await createImageBitmap(bitmap, { resizeWidth: w, resizeHeight: h, resizeQuality: 'high' });
-    bitmap.close();
-    bitmap = resized;
-  }
-  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
-  const ctx = canvas.getContext('2d');
-  ctx.drawImage(bitmap, 0, 0);
-  const rgba = new Uint8Array(ctx.getImageData(0, 0, bitmap.width, bitmap.height).data.buffer);
-  state.image = { bitmap, rgba, width: bitmap.width, height: bitmap.height, note };
+  state.image?.bitmap.close();
+  imageCount += 1;
+  state.image = { id: imageCount, blob, bitmap, width: bitmap.width, height: bitmap.height };
   state.result = null;
   state.error = null;
   render();
@@ -257,20 +248,19 @@ function render() {
   }
   $('run-status').textContent = status;
   const recovered = s.recovered && `restarted after: ${s.recovered}`;
-  $('notes').textContent = [recovered, s.model?.warning, s.image?.note, ...(s.result?.result.warnings ?? [])].filter(Boolean).join(' · ');
+  $('notes').textContent = [recovered, s.model?.warning, ...(s.result?.result.warnings ?? [])].filter(Boolean).join(' · ');
 
   // Pictures.
   const canvas = $('overlay');
   canvas.hidden = !s.image;
   $('drop-hint').hidden = !!s.image;
-  const colors = (r) => r && new Uint8ClampedArray(r.labelColors.buffer);
-  if (s.image) drawOverlay(canvas, s.image.bitmap, colors(s.result?.result), s.opacity);
+  if (s.image) drawOverlay(canvas, s.image.bitmap, s.result?.result, s.opacity);
   const modeName = (m) => $('mode').querySelector(`option[value="${m}"]`)?.textContent ?? m;
   $('main-caption').textContent = s.result ? `${modeName(modeOf(s.knobs))}: ${s.result.result.lastBlock}` : '';
   const second = s.image && s.result?.compare;
   $('compare-figure').hidden = !second;
   if (second) {
-    drawOverlay($('compare-overlay'), s.image.bitmap, colors(second.result), s.opacity);
+    drawOverlay($('compare-overlay'), s.image.bitmap, second.result, s.opacity);
     $('compare-caption').textContent = `${modeName(second.mode)}: ${second.result.lastBlock} (${second.result.imageMs.toFixed(0)} ms)`;
   }
   // Legend and heatmaps change only with the result, not with progress or opacity.

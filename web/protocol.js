@@ -4,7 +4,8 @@
 //
 // page -> worker
 //   {type: 'load', url?, file?, preferGpu, gelu}         load weights (URL with cache, or a File)
-//   {type: 'segment', id, rgba, width, height, options, compare?}
+//   {type: 'segment', id, image: {id, blob}, options, compare?}
+//      image: the file as dropped (a Blob), decoded by the worker in wasm as the CLI decodes it, once per image id;
 //      options: {labels, threshold, mode, attention, neighbourhoodStd, residualAlpha ('none' | number),
 //                ffn, pamr, singleTemplate, crop, stride}; compare: a mode name to also run (same options
 //      otherwise). Latest wins: a newer request replaces a pending one.
@@ -15,8 +16,10 @@
 //                                                         once the wasm module is up
 //   {type: 'progress', phase: 'download'|'cache'|'load'|'text'|'image', done, total}
 //   {type: 'ready', backend: 'webgpu'|'cpu', description, source: 'network'|'cache'|'file', warning?, loadMs}
-//   {type: 'result', id, result, heatmaps, compare?}     typed arrays transferred; result.labelColors
-//                                                         is RGBA; compare: {mode, result} of the second mode
+//   {type: 'result', id, result, heatmaps, compare?}     typed arrays transferred; result.labels and
+//                                                         result.labelColors (RGBA) at full size, result.probs
+//                                                         and heatmaps every probsStride-th pixel;
+//                                                         compare: {mode, result} of the second mode
 //   {type: 'exported', what, bytes}
 //   {type: 'error', id?, stage: 'load'|'segment'|'export', message, fatal}
 //      fatal: the wasm instance is unusable (e.g. lost GPU device); the page restarts the worker.

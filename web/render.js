@@ -2,18 +2,19 @@
 // readout and the heatmap grid. Colours and heatmaps come from the wasm
 // module (the same code the CLI uses); this file only puts them on canvases.
 
-/** Draw `bitmap` and the RGBA class-colour layer at `opacity` into `canvas`. */
-export function drawOverlay(canvas, bitmap, labelColors, opacity) {
+/** Draw `bitmap` and the result's RGBA class-colour layer at `opacity` into `canvas`. */
+export function drawOverlay(canvas, bitmap, result, opacity) {
   canvas.width = bitmap.width;
   canvas.height = bitmap.height;
   const ctx = canvas.getContext('2d');
   ctx.globalAlpha = 1;
   ctx.drawImage(bitmap, 0, 0);
-  if (!labelColors) return;
-  const layer = new OffscreenCanvas(bitmap.width, bitmap.height);
-  layer.getContext('2d').putImageData(new ImageData(labelColors, bitmap.width, bitmap.height), 0, 0);
+  if (!result) return;
+  const colors = new Uint8ClampedArray(result.labelColors.buffer);
+  const layer = new OffscreenCanvas(result.width, result.height);
+  layer.getContext('2d').putImageData(new ImageData(colors, result.width, result.height), 0, 0);
   ctx.globalAlpha = opacity;
-  ctx.drawImage(layer, 0, 0);
+  ctx.drawImage(layer, 0, 0, bitmap.width, bitmap.height);
   ctx.globalAlpha = 1;
 }
 
@@ -33,15 +34,15 @@ export function renderLegend(list, result) {
   );
 }
 
-/** One small canvas per class with its probability heatmap. */
+/** One small canvas per class with its probability heatmap (at the sampled size of `probs`). */
 export function renderHeatmaps(grid, result, heatmaps) {
   grid.replaceChildren(
     ...heatmaps.map((rgba, i) => {
       const figure = document.createElement('figure');
       const canvas = document.createElement('canvas');
-      canvas.width = result.width;
-      canvas.height = result.height;
-      canvas.getContext('2d').putImageData(new ImageData(rgba, result.width, result.height), 0, 0);
+      canvas.width = result.probsWidth;
+      canvas.height = result.probsHeight;
+      canvas.getContext('2d').putImageData(new ImageData(rgba, result.probsWidth, result.probsHeight), 0, 0);
       const caption = document.createElement('figcaption');
       caption.textContent = result.classNames[i];
       figure.append(canvas, caption);
@@ -50,13 +51,16 @@ export function renderHeatmaps(grid, result, heatmaps) {
   );
 }
 
-/** Class and probability under the pointer, or null outside the image. */
+/**
+ * Class and probability under the pointer, or null outside the image. The
+ * probability is the full-size map's value at the nearest sampled pixel
+ * (every `probsStride`-th; the pixel itself below 2 megapixels).
+ */
 export function readout(result, x, y) {
-  const { width, height } = result;
+  const { width, height, probsStride: s, probsWidth, probsHeight } = result;
   if (x < 0 || y < 0 || x >= width || y >= height) return null;
-  const pixel = y * width + x;
-  const label = result.labels[pixel];
-  const plane = width * height;
-  const probability = result.probs[label * plane + pixel];
+  const label = result.labels[y * width + x];
+  const sampled = Math.floor(y / s) * probsWidth + Math.floor(x / s);
+  const probability = result.probs[label * probsWidth * probsHeight + sampled];
   return { name: result.classNames[label], probability, x, y };
 }

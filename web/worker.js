@@ -1,11 +1,12 @@
 // The one worker that owns the wasm module and the GPU. See protocol.js.
-import init, { WebSegmenter, WeightsLoader, mode_blocks, presets } from './pkg/clearclip_web.js';
+import init, { DecodedImage, WebSegmenter, WeightsLoader, mode_blocks, presets } from './pkg/clearclip_web.js';
 import { MSG, TOKENIZER_URL } from './protocol.js';
 import { loadWeightsFromFile, loadWeightsFromUrl } from './weights.js';
 
 let segmenter = null;
 let busy = false;
 let pending = null; // latest segment request waiting to run
+let decoded = null; // {id, image: DecodedImage}: the page's current image, decoded once
 const post = (message, transfer = []) => self.postMessage(message, transfer);
 let wasmMemory = null; // to report its size: wasm memory grows and never shrinks
 const ready = init().then((wasm) => {
@@ -82,18 +83,28 @@ async function load({ url, file, preferGpu, gelu }) {
   }
 }
 
+/** The request's image file, decoded in wasm exactly as the CLI decodes it. */
+async function imageFor({ id, blob }) {
+  if (decoded?.id === id) return decoded.image;
+  decoded?.image.free();
+  decoded = null;
+  const image = DecodedImage.decode(new Uint8Array(await blob.arrayBuffer()));
+  decoded = { id, image };
+  return image;
+}
+
 async function runSegment(request) {
-  const { id, rgba, width, height, options, compare } = request;
+  const { id, options, compare } = request;
   const report = (phase, done, total) => progress(phase, done, total);
-  const pixels = new Uint8Array(rgba);
-  const result = await segmenter.segment(pixels, width, height, options, report);
+  const image = await imageFor(request.image);
+  const result = await segmenter.segment(image, options, report);
   const heatmaps = result.classNames.map((_, i) => segmenter.heatmap_rgba(i));
   const transfer = [result.probs.buffer, result.labels.buffer, result.labelColors.buffer, ...heatmaps.map((h) => h.buffer)];
   let second = null;
   if (compare) {
     // The named mode's own block; the first blocks of every window are reused.
     const knobs = mode_blocks()[compare];
-    const side = await segmenter.segment(pixels, width, height, { ...options, ...knobs, mode: compare, keep: false }, report);
+    const side = await segmenter.segment(image, { ...options, ...knobs, mode: compare, keep: false }, report);
     second = { mode: compare, result: side };
     transfer.push(side.probs.buffer, side.labels.buffer, side.labelColors.buffer);
   }

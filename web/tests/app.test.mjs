@@ -258,6 +258,65 @@ test('without WebGPU the CPU backend in wasm gives the same answer', async () =>
   await page.close();
 });
 
+/** CLI labels from its probabilities (argmax; no threshold). */
+function argmaxLabels({ shape: [classes, height, width], data }) {
+  const plane = height * width;
+  const labels = new Uint8Array(plane);
+  for (let i = 0; i < plane; i++) {
+    let best = 0;
+    for (let c = 1; c < classes; c++) if (data[c * plane + i] > data[best * plane + i]) best = c;
+    labels[i] = best;
+  }
+  return labels;
+}
+
+test('a JPEG photo longer than 2048 px gives the CLI\'s answer (decoded in wasm, resized once)', async () => {
+  const page = await openApp(`weights=${WEIGHTS}&webgpu=0`); // the decoding path, not the GPU: keep it quick
+  await waitForResult(page);
+  // A 2400x1600 photo, JPEG-encoded by Chromium's own encoder.
+  const base64 = await page.evaluate(async (url) => {
+    const bitmap = await createImageBitmap(await (await fetch(url)).blob());
+    const canvas = new OffscreenCanvas(2400, 1600);
+    canvas.getContext('2d').drawImage(bitmap, 0, 0, 2400, 1600);
+    const bytes = new Uint8Array(await (await canvas.convertToBlob({ type: 'image/jpeg', quality: 0.9 })).arrayBuffer());
+    let s = '';
+    for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    return btoa(s);
+  }, '/web/assets/example.png');
+  const tmp = mkdtempSync(join(tmpdir(), 'clearclip-jpeg-'));
+  const photo = join(tmp, 'large.jpg');
+  writeFileSync(photo, Buffer.from(base64, 'base64'));
+  const cli = join(process.env.CARGO_TARGET_DIR ?? join(ROOT, 'target'), 'debug', 'clearclip');
+  execFileSync(cli, ['segment', '--weights', join(ROOT, WEIGHTS), '--labels', LABELS, '--image', photo,
+    '--out', join(tmp, 'out')], { stdio: 'pipe' });
+  const cliLarge = readNpy(join(tmp, 'out', 'probs.npy'));
+  assert.deepEqual(cliLarge.shape, [4, 1600, 2400]);
+
+  await nextResult(page, () => dropFile(page, photo, 'large.jpg', 'image/jpeg'));
+  const r = await page.evaluate(() => {
+    const r = window.__clearclip.result.result;
+    return { width: r.width, height: r.height, stride: r.probsStride, pw: r.probsWidth, ph: r.probsHeight,
+      resized: r.resized, labels: Array.from(r.labels) };
+  });
+  assert.deepEqual([r.width, r.height, r.resized], [2400, 1600, '672x448']);
+  assert.equal(r.stride, 2, 'maps above 2 megapixels are sampled for display');
+  const sampled = new Float32Array(4 * r.ph * r.pw);
+  for (let c = 0; c < 4; c++)
+    for (let y = 0; y < r.ph; y++)
+      for (let x = 0; x < r.pw; x++) sampled[(c * r.ph + y) * r.pw + x] = cliLarge.data[(c * 1600 + y * 2) * 2400 + x * 2];
+  const diff = maxAbsDiff(await pageProbs(page), sampled);
+  const cliLabels = argmaxLabels(cliLarge);
+  const equal = r.labels.reduce((n, l, i) => n + (l === cliLabels[i]), 0) / cliLabels.length;
+  console.log(`2400x1600 JPEG, wasm CPU vs CLI: max abs diff ${diff.toExponential(2)}, labels ${(100 * equal).toFixed(4)}% equal`);
+  assert.ok(diff <= TOLERANCE, `max abs diff ${diff}`);
+  assert.ok(equal >= 0.999, `labels ${equal}`);
+
+  // EXIF orientation 6 (rotate 90 degrees): the page segments the upright photo, as the CLI does.
+  await nextResult(page, () => dropFile(page, join(ROOT, 'fixtures/jpeg/orientation_6.jpg'), 'rotated.jpg', 'image/jpeg'));
+  const size = await page.evaluate(() => [window.__clearclip.result.result.width, window.__clearclip.result.result.height]);
+  assert.deepEqual(size, [77, 123]);
+});
+
 test('bad files get a visible message and the app keeps its model and result', async () => {
   const page = await openApp(`weights=${WEIGHTS}&webgpu=0`); // error handling, not the GPU: keep it quick
   await waitForResult(page);

@@ -10,8 +10,8 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::Device;
 use clap::{Parser, Subcommand, ValueEnum};
 use clearclip_model::{inspect_config, load_clip_from_reader, LoadError, Activation, AttentionKind, ClipTokenizer, DenseMode, LastBlock, LoadOptions, Residual};
-use clearclip_segment::{ClassList, Pamr, Preset, Progress, SegmentParams, Segmenter, Templates, PRESETS};
-use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use clearclip_segment::{decode_image, ClassList, Pamr, Preset, Progress, SegmentParams, Segmenter, Templates, PRESETS};
+use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The CLIP tokenizer shipped with the app (built by scripts/make_tokenizer.py).
@@ -242,26 +242,11 @@ fn inspect(weights: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Largest side `image` will decode; larger files are refused before allocating.
-const MAX_DECODE_SIDE: u32 = 16384;
-
+/// Reads and decodes an image file as the reference does (see
+/// [`clearclip_segment::decode`]).
 fn read_image(path: &Path) -> Result<RgbImage> {
-    let mut reader = ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", path.display()))?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_DECODE_SIDE);
-    limits.max_image_height = Some(MAX_DECODE_SIDE);
-    reader.limits(limits);
-    let mut decoder = reader
-        .into_decoder()
-        .with_context(|| format!("{} is not an image this tool can read (PNG, JPEG, WebP, BMP, GIF)", path.display()))?;
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder)
-        .with_context(|| format!("cannot decode {} (corrupt, or larger than {MAX_DECODE_SIDE} px a side?)", path.display()))?;
-    image.apply_orientation(orientation);
-    Ok(image.to_rgb8())
+    let bytes = std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
+    decode_image(&bytes).with_context(|| format!("{} cannot be used", path.display()))
 }
 
 fn make_device(arg: DeviceArg) -> Result<Device> {

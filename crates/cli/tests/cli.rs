@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use clearclip_fixtures::{assert_close, fixtures_dir, Reference, CHECKPOINTS};
+use clearclip_fixtures::{assert_close, fixtures_dir, label_agreement, strided, Reference, CHECKPOINTS};
 
 fn clearclip(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_clearclip")).args(args).output().expect("run clearclip")
@@ -139,6 +139,33 @@ fn a_preset_sets_classes_threshold_and_windows() {
     let list = clearclip(&["presets"]);
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(text.contains("voc21") && text.contains("cityscapes") && text.contains("171 classes"), "{text}");
+}
+
+/// A real JPEG photo, downscaled by the 448 resize: decoding as cv2.imread
+/// does, then the pipeline, in both modes the fixture holds.
+#[test]
+fn a_real_jpeg_photo_gives_the_reference_probabilities() {
+    let reference = Reference::load();
+    let meta = &reference.meta["pipeline_jpeg"];
+    let stride = meta["stride"].as_u64().unwrap() as usize;
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("jpeg");
+    let (weights, image) = (fixture(CHECKPOINTS[1]), fixture(meta["file"].as_str().unwrap()));
+    let labels = meta["cases"]["clearclip"]["classes"].as_str().unwrap().to_string();
+    let mut args = segment_args(&weights, &image, &labels, out_dir.to_str().unwrap());
+    args.extend(["--mode", "clearclip,vanilla"]);
+    let output = clearclip(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    for mode in ["clearclip", "vanilla"] {
+        let (shape, probs) = read_npy(&out_dir.join(mode).join("probs.npy"));
+        assert_eq!(shape, vec![4, 1411, 1411]);
+        let (expected, _) = reference.f32(&format!("pipeline_jpeg.{mode}.probs"));
+        assert_close(&format!("CLI JPEG {mode}"), &strided(&probs, 4, 1411, 1411, stride), &expected, 1e-4);
+        let labels_png = image::open(out_dir.join(mode).join("labels.png")).unwrap().to_luma8().into_raw();
+        let (expected_labels, _) = reference.u8(&format!("pipeline_jpeg.{mode}.labels"));
+        let agreement = label_agreement(&strided(&labels_png, 1, 1411, 1411, stride), &expected_labels);
+        assert!(agreement >= 0.999, "CLI JPEG {mode}: {:.4}% of labels equal", 100.0 * agreement);
+    }
 }
 
 fn assert_refused(args: &[&str], message: &str, out_dir: &Path) {

@@ -37,9 +37,11 @@ pub(crate) fn orientation(tiff: &[u8]) -> Option<u8> {
 mod tests {
     use super::orientation;
 
+    type Writers = (fn(u16) -> [u8; 2], fn(u32) -> [u8; 4]);
+
     fn tiff(big_endian: bool, value: u16, kind: u16) -> Vec<u8> {
         let mut t = Vec::new();
-        let (w16, w32): (fn(u16) -> [u8; 2], fn(u32) -> [u8; 4]) = if big_endian {
+        let (w16, w32): Writers = if big_endian {
             (u16::to_be_bytes, u32::to_be_bytes)
         } else {
             (u16::to_le_bytes, u32::to_le_bytes)

@@ -4,6 +4,7 @@
 //! nothing of files or of the browser.
 
 pub mod classes;
+pub mod decode;
 pub mod pamr;
 pub mod preprocess;
 pub mod presets;
@@ -14,6 +15,7 @@ pub mod segmenter;
 pub mod windows;
 
 pub use classes::{ClassError, ClassList, ClassSpec};
+pub use decode::{decode_image, DecodeError, MAX_DECODE_SIDE};
 pub use pamr::Pamr;
 pub use presets::{Preset, PRESETS};
 pub use prompts::Templates;

@@ -115,3 +115,18 @@ fn draw_legend(img: &mut RgbImage, seg: &Segmentation) {
         draw_text(img, entry, 3 * scale + line, y, scale, [255, 255, 255]);
     }
 }
+
+/// Class maps larger than this many pixels are shown sampled (see
+/// [`display_stride`]): a 12-megapixel photo's maps are 48 MB a class.
+pub const DISPLAY_MAX_PIXELS: u64 = 1 << 21;
+
+/// The smallest sampling step that brings `width x height` within
+/// [`DISPLAY_MAX_PIXELS`].
+pub fn display_stride(width: u32, height: u32) -> usize {
+    let sampled = |s: u32| width.div_ceil(s) as u64 * height.div_ceil(s) as u64;
+    let mut stride = 1;
+    while sampled(stride) > DISPLAY_MAX_PIXELS {
+        stride += 1;
+    }
+    stride as usize
+}

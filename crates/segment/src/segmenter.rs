@@ -130,6 +130,39 @@ impl Segmentation {
         }
         counts.iter().map(|&c| c as f32 / self.labels.len().max(1) as f32).collect()
     }
+
+    /// Every `stride`-th pixel in each direction, starting at the first: the
+    /// values are the full-size ones, not averages (`probs[:, ::s, ::s]`).
+    /// The page shows heatmaps and the hover readout from this.
+    pub fn sampled(&self, stride: usize) -> Segmentation {
+        let stride = stride.max(1);
+        let (w, h) = (self.width as usize, self.height as usize);
+        let (sw, sh) = (w.div_ceil(stride), h.div_ceil(stride));
+        let take = |plane: &[f32], out: &mut Vec<f32>| {
+            for y in (0..h).step_by(stride) {
+                out.extend(plane[y * w..(y + 1) * w].iter().step_by(stride));
+            }
+        };
+        let mut probs = Vec::with_capacity(self.class_names.len() * sw * sh);
+        for plane in self.probs.chunks_exact(w * h) {
+            take(plane, &mut probs);
+        }
+        let mut labels = Vec::with_capacity(sw * sh);
+        for y in (0..h).step_by(stride) {
+            labels.extend(self.labels[y * w..(y + 1) * w].iter().step_by(stride));
+        }
+        Segmentation {
+            width: sw as u32,
+            height: sh as u32,
+            class_names: self.class_names.clone(),
+            probs,
+            labels,
+            resized: self.resized,
+            windows: self.windows,
+            reused_windows: self.reused_windows,
+            warnings: self.warnings.clone(),
+        }
+    }
 }
 
 /// A loaded model, its tokenizer and the class embeddings computed so far.

@@ -4,11 +4,11 @@
 //! window, for both checkpoint layouts on every test device.
 
 use burn::tensor::Device;
-use clearclip_fixtures::{assert_close, read_fixture, test_devices, tokenizer_json, Reference, CHECKPOINTS};
+use clearclip_fixtures::{assert_close, label_agreement, read_fixture, strided, test_devices, tokenizer_json, Reference, CHECKPOINTS};
 use clearclip_model::{load_clip, ClipTokenizer, DenseMode, LoadOptions};
 use clearclip_segment::preprocess::{rescaled_size, resize_like_opencv};
 use clearclip_segment::prompts::OPENAI_IMAGENET_TEMPLATES;
-use clearclip_segment::{ClassList, Pamr, SegmentParams, Segmenter, Templates};
+use clearclip_segment::{decode_image, ClassList, Pamr, SegmentParams, Segmenter, Templates};
 use image::RgbImage;
 
 /// Tolerances: class embeddings are unit vectors; probabilities are in [0, 1].
@@ -122,6 +122,37 @@ fn whole_image_probabilities_match_reference() {
                 }
                 assert!(compared > plane * 9 / 10, "{what}: only {compared} clear pixels");
             }
+        }
+    }
+}
+
+/// A real JPEG photo (1411x1411, 4:2:0) larger than 448 on its short side, so
+/// the resize is a downscale: decoding, resize and pipeline together against
+/// `cv2.imread` + the official pipeline, in ClearCLIP and vanilla modes.
+#[test]
+fn a_real_jpeg_photo_matches_reference_end_to_end() {
+    let reference = Reference::load();
+    let meta = &reference.meta["pipeline_jpeg"];
+    let stride = meta["stride"].as_u64().unwrap() as usize;
+    let image = decode_image(&read_fixture(meta["file"].as_str().unwrap())).unwrap();
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    for (device_name, device) in test_devices() {
+        let mut seg = segmenter(CHECKPOINTS[0], &device);
+        for (case, case_meta) in meta["cases"].as_object().unwrap() {
+            let (classes, _) = ClassList::parse(case_meta["classes"].as_str().unwrap()).unwrap();
+            let params = params_for(case_meta);
+            let result = pollster::block_on(seg.segment(&image, &classes, &params, &mut |_| {})).unwrap();
+            let resized = case_meta["resized"].as_array().unwrap();
+            assert_eq!(result.resized.1 as u64, resized[0].as_u64().unwrap());
+            let what = format!("{device_name} JPEG {case} ({} windows)", result.windows);
+            let (expected, shape) = reference.f32(&format!("pipeline_jpeg.{case}.probs"));
+            assert_eq!(shape, vec![classes.len(), h.div_ceil(stride), w.div_ceil(stride)]);
+            let ours = strided(&result.probs, classes.len(), h, w, stride);
+            let max = assert_close(&what, &ours, &expected, PROBABILITY_TOLERANCE);
+            let (labels, _) = reference.u8(&format!("pipeline_jpeg.{case}.labels"));
+            let agreement = label_agreement(&strided(&result.labels, 1, h, w, stride), &labels);
+            eprintln!("{what}: max abs diff {max:.2e}, labels {:.4}% equal", 100.0 * agreement);
+            assert!(agreement >= 0.999, "{what}: only {:.4}% of labels equal", 100.0 * agreement);
         }
     }
 }

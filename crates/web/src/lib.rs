@@ -5,15 +5,17 @@
 //! The worker (`web/worker.js`) owns one [`WebSegmenter`]: it streams the
 //! weights chunk by chunk into a [`WeightsLoader`] (which uploads each tensor
 //! as soon as its bytes are in, so the file is never held whole), creates the
-//! segmenter from it, then calls [`WebSegmenter::segment`] with RGBA pixels.
+//! segmenter from it, then calls [`WebSegmenter::segment`] with an image file
+//! decoded here ([`DecodedImage`]), as the CLI decodes it: the page never
+//! resizes or re-encodes the photo, so both give the same answer.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use burn::tensor::Device;
 use clearclip_model::{Activation, CheckpointLoader, AttentionKind, ClipTokenizer, DenseMode, LastBlock, LoadOptions, Residual};
-use clearclip_segment::{render, ClassList, Pamr, Preset, Progress, SegmentParams, Segmentation, Segmenter, Templates, PRESETS};
-use image::{GrayImage, RgbImage, RgbaImage};
+use clearclip_segment::{decode_image, render, ClassList, Pamr, Preset, Progress, SegmentParams, Segmentation, Segmenter, Templates, PRESETS};
+use image::{GrayImage, RgbImage};
 use js_sys::{Array, Float32Array, Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 
@@ -124,9 +126,44 @@ enum Backend {
     Cpu,
 }
 
+/// The last result the page shows: the image, the full-size labels (exports)
+/// and the maps sampled for display (heatmaps).
+struct LastResult {
+    image: Rc<RgbImage>,
+    full: Segmentation,
+    display: Segmentation,
+}
+
 struct State {
     segmenter: Segmenter,
-    last: Option<(RgbImage, Segmentation)>,
+    last: Option<LastResult>,
+}
+
+/// An image file decoded as the CLI decodes it ([`decode_image`]: JPEG as
+/// libjpeg-turbo/OpenCV, EXIF orientation applied), at its full size.
+#[wasm_bindgen]
+pub struct DecodedImage {
+    image: Rc<RgbImage>,
+}
+
+#[wasm_bindgen]
+impl DecodedImage {
+    /// Decodes the bytes of an image file; throws a readable message for
+    /// files that are not images, corrupt, truncated or too large.
+    pub fn decode(bytes: &[u8]) -> Result<DecodedImage, JsError> {
+        let image = decode_image(bytes).map_err(|e| JsError::new(&e.to_string()))?;
+        Ok(DecodedImage { image: Rc::new(image) })
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn width(&self) -> u32 {
+        self.image.width()
+    }
+
+    #[wasm_bindgen(getter)]
+    pub fn height(&self) -> u32 {
+        self.image.height()
+    }
 }
 
 #[wasm_bindgen]
@@ -234,21 +271,23 @@ impl WebSegmenter {
         self.description.clone()
     }
 
-    /// Segment RGBA pixels with the settings in `options` (see
+    /// Segment `image` with the settings in `options` (see
     /// [`segment_params`]; `labels` is a field too, and `keep: false` makes
     /// it a side run that does not replace the last result). `progress(phase,
     /// done, total)` is called as text and windows complete. Resolves to
-    /// `{width, height, classNames, colors, probs: Float32Array [C*H*W],
-    /// labels: Uint8Array [H*W], labelColors: Uint8Array [H*W*4], shares,
-    /// warnings, textMs, imageMs, windows, resized, reusedWindows, lastBlock}`.
-    pub fn segment(&self, rgba: Vec<u8>, width: u32, height: u32, options: JsValue, progress: Function) -> js_sys::Promise {
+    /// `{width, height, classNames, colors, labels: Uint8Array [H*W],
+    /// labelColors: Uint8Array [H*W*4], probs: Float32Array [C*h*w],
+    /// probsStride, probsWidth, probsHeight, shares, warnings, textMs,
+    /// imageMs, windows, resized, reusedWindows, lastBlock}`. Labels are at
+    /// full size; `probs` holds every `probsStride`-th pixel of the full-size
+    /// maps in each direction (1 up to [`render::DISPLAY_MAX_PIXELS`]).
+    pub fn segment(&self, image: &DecodedImage, options: JsValue, progress: Function) -> js_sys::Promise {
         let state = self.state.clone();
+        let image = image.image.clone();
         wasm_bindgen_futures::future_to_promise(async move {
             let labels = get(&options, "labels").as_string().unwrap_or_default();
             let (classes, mut warnings) = ClassList::parse(&labels).map_err(|e| JsError::new(&e.to_string()))?;
             let params = segment_params(&options)?;
-            let rgba = RgbaImage::from_raw(width, height, rgba).ok_or_else(|| JsError::new("pixel buffer does not match the size"))?;
-            let image = image::DynamicImage::ImageRgba8(rgba).to_rgb8();
             let started = js_sys::Date::now();
             let mut text_done = None;
             let mut report = |p: Progress| {
@@ -262,7 +301,7 @@ impl WebSegmenter {
                 let _ = progress.call3(&JsValue::NULL, &phase.into(), &(done as u32).into(), &(total as u32).into());
             };
             let mut guard = state.borrow_mut();
-            let seg = guard.segmenter.segment(&image, &classes, &params, &mut report).await.map_err(|e| JsError::new(&e.to_string()))?;
+            let mut seg = guard.segmenter.segment(&image, &classes, &params, &mut report).await.map_err(|e| JsError::new(&e.to_string()))?;
             let finished = js_sys::Date::now();
             let text_done = text_done.unwrap_or(finished);
             warnings.extend(seg.warnings.iter().cloned());
@@ -278,7 +317,13 @@ impl WebSegmenter {
                 })
                 .collect();
             set(&out, "colors", colors);
-            set(&out, "probs", Float32Array::from(seg.probs.as_slice()));
+            let stride = render::display_stride(seg.width, seg.height);
+            let display = seg.sampled(stride);
+            seg.probs = Vec::new(); // the exports need only the labels
+            set(&out, "probs", Float32Array::from(display.probs.as_slice()));
+            set(&out, "probsStride", stride as u32);
+            set(&out, "probsWidth", display.width);
+            set(&out, "probsHeight", display.height);
             set(&out, "labels", Uint8Array::from(seg.labels.as_slice()));
             set(&out, "shares", seg.class_shares().into_iter().map(JsValue::from).collect::<Array>());
             set(&out, "warnings", warnings.iter().map(JsValue::from).collect::<Array>());
@@ -291,34 +336,35 @@ impl WebSegmenter {
             set(&out, "labelColors", Uint8Array::from(render::label_colors(&seg, 255).as_raw().as_slice()));
             // A comparison run ({keep: false}) leaves the last result (heatmaps, exports) alone.
             if get(&options, "keep") != JsValue::FALSE {
-                guard.last = Some((image, seg));
+                guard.last = Some(LastResult { image, full: seg, display });
             }
             Ok(out.into())
         })
     }
 
-    /// RGBA heatmap (viridis) of class `index` of the last result.
+    /// RGBA heatmap (viridis) of class `index` of the last result, at the
+    /// size of its sampled maps (`probsWidth x probsHeight`).
     pub fn heatmap_rgba(&self, index: usize) -> Result<Vec<u8>, JsError> {
         let state = self.state.borrow();
-        let (_, seg) = state.last.as_ref().ok_or_else(|| JsError::new("nothing segmented yet"))?;
-        if index >= seg.class_names.len() {
+        let last = state.last.as_ref().ok_or_else(|| JsError::new("nothing segmented yet"))?;
+        if index >= last.display.class_names.len() {
             return Err(JsError::new("no such class"));
         }
-        let rgb = render::heatmap(seg, index);
+        let rgb = render::heatmap(&last.display, index);
         Ok(image::DynamicImage::ImageRgb8(rgb).to_rgba8().into_raw())
     }
 
     /// PNG of the image with the classes overlaid and a legend (as the CLI's overlay.png).
     pub fn overlay_png(&self, opacity: f32) -> Result<Vec<u8>, JsError> {
         let state = self.state.borrow();
-        let (image, seg) = state.last.as_ref().ok_or_else(|| JsError::new("nothing segmented yet"))?;
-        png(image::DynamicImage::ImageRgb8(render::overlay(image, seg, opacity.clamp(0.0, 1.0))))
+        let last = state.last.as_ref().ok_or_else(|| JsError::new("nothing segmented yet"))?;
+        png(image::DynamicImage::ImageRgb8(render::overlay(&last.image, &last.full, opacity.clamp(0.0, 1.0))))
     }
 
     /// 8-bit PNG of the class index per pixel (as the CLI's labels.png).
     pub fn labels_png(&self) -> Result<Vec<u8>, JsError> {
         let state = self.state.borrow();
-        let (_, seg) = state.last.as_ref().ok_or_else(|| JsError::new("nothing segmented yet"))?;
+        let seg = &state.last.as_ref().ok_or_else(|| JsError::new("nothing segmented yet"))?.full;
         png(image::DynamicImage::ImageLuma8(GrayImage::from_raw(seg.width, seg.height, seg.labels.clone()).expect("label map size")))
     }
 }

@@ -13,8 +13,6 @@ pub struct Fixture {
     pub height: u32,
     /// OpenCV's RGB pixels, for the small files.
     pub png: Option<Vec<u8>>,
-    /// OpenCV's pixels with the EXIF orientation applied, where it differs.
-    pub oriented: Option<(u32, u32, Vec<u8>)>,
     /// SHA-256 and per-row byte sums of OpenCV's pixels, for the large files.
     pub sha256: Option<String>,
     pub row_sums: Option<Vec<u64>>,
@@ -36,13 +34,11 @@ pub fn fixtures() -> Vec<Fixture> {
             let name = f["name"].as_str().unwrap().to_string();
             let sha256 = f["sha256"].as_str().map(str::to_string);
             let png = sha256.is_none().then(|| read_png(dir().join(format!("{name}.png"))).2);
-            let oriented = f["oriented_png"].as_bool().map(|_| read_png(dir().join(format!("{name}.oriented.png"))));
             Fixture {
                 kind: f["kind"].as_str().unwrap().to_string(),
                 width: f["width"].as_u64().unwrap() as u32,
                 height: f["height"].as_u64().unwrap() as u32,
                 png,
-                oriented,
                 sha256,
                 row_sums: f["row_sums"].as_array().map(|r| r.iter().map(|v| v.as_u64().unwrap()).collect()),
                 name,

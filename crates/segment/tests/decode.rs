@@ -1,0 +1,72 @@
+//! Decoding as the reference reads images (`cv2.imread`): JPEG pixels and
+//! EXIF orientation against OpenCV, and the refusals.
+
+use clearclip_fixtures::{fixtures_dir, read_fixture};
+use clearclip_segment::{decode_image, DecodeError};
+
+fn png_pixels(name: &str) -> (u32, u32, Vec<u8>) {
+    let image = image::load_from_memory(&read_fixture(name)).unwrap().to_rgb8();
+    (image.width(), image.height(), image.into_raw())
+}
+
+#[test]
+fn every_exif_orientation_is_applied_as_opencv_does() {
+    for o in 1..=8 {
+        let decoded = decode_image(&read_fixture(&format!("jpeg/orientation_{o}.jpg"))).unwrap();
+        // cv2.imread's result; the raw pixels where the orientation changes nothing.
+        let oriented = fixtures_dir().join(format!("jpeg/orientation_{o}.oriented.png"));
+        let name = if oriented.exists() { format!("jpeg/orientation_{o}.oriented.png") } else { format!("jpeg/orientation_{o}.png") };
+        let (w, h, expected) = png_pixels(&name);
+        assert_eq!(decoded.dimensions(), (w, h), "orientation {o}");
+        assert!(decoded.as_raw() == &expected, "orientation {o}: pixels differ from cv2.imread");
+        // 5..=8 swap the sides of the 123x77 photo.
+        assert_eq!(w == 77, o >= 5, "orientation {o}");
+    }
+}
+
+#[test]
+fn jpeg_kinds_decode_to_opencvs_pixels() {
+    for name in ["baseline_420_q90", "progressive_444", "restart_420", "grayscale", "cmyk_adobe", "baseline_411_q90"] {
+        let decoded = decode_image(&read_fixture(&format!("jpeg/{name}.jpg"))).unwrap();
+        let (w, h, expected) = png_pixels(&format!("jpeg/{name}.png"));
+        assert_eq!(decoded.dimensions(), (w, h), "{name}");
+        assert!(decoded.as_raw() == &expected, "{name}: pixels differ from cv2.imread");
+    }
+}
+
+#[test]
+fn other_formats_still_decode() {
+    let png = decode_image(&read_fixture("chelsea.png")).unwrap();
+    assert_eq!(png.dimensions(), (451, 300));
+    let mut bmp = Vec::new();
+    image::DynamicImage::ImageRgb8(png.clone()).write_to(&mut std::io::Cursor::new(&mut bmp), image::ImageFormat::Bmp).unwrap();
+    assert!(decode_image(&bmp).unwrap() == png);
+}
+
+#[test]
+fn bad_files_are_refused_with_a_clear_message() {
+    let err = decode_image(b"these are not pixels").unwrap_err();
+    assert!(matches!(err, DecodeError::UnknownFormat), "{err}");
+    assert!(err.to_string().contains("not an image"), "{err}");
+
+    let jpeg = read_fixture("jpeg/baseline_420_q90.jpg");
+    let err = decode_image(&jpeg[..jpeg.len() / 2]).unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+
+    // A frame header that announces 60000x60000: refused before any pixel memory.
+    let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    let mut bomb = jpeg.clone();
+    bomb[sof + 5..sof + 7].copy_from_slice(&60000u16.to_be_bytes());
+    bomb[sof + 7..sof + 9].copy_from_slice(&60000u16.to_be_bytes());
+    let err = decode_image(&bomb).unwrap_err();
+    assert!(matches!(err, DecodeError::TooLarge { width: 60000, height: 60000 }), "{err}");
+    assert!(err.to_string().contains("the limit is 40 megapixels"), "{err}");
+    // 7000x6000 = 42 MP: under the side limit, over the pixel limit.
+    bomb[sof + 5..sof + 7].copy_from_slice(&6000u16.to_be_bytes());
+    bomb[sof + 7..sof + 9].copy_from_slice(&7000u16.to_be_bytes());
+    assert!(matches!(decode_image(&bomb).unwrap_err(), DecodeError::TooLarge { width: 7000, height: 6000 }));
+
+    let png = read_fixture("chelsea.png");
+    let err = decode_image(&png[..png.len() / 3]).unwrap_err();
+    assert!(err.to_string().contains("cannot decode"), "{err}");
+}

@@ -17,7 +17,7 @@ pub const MAX_DECODE_SIDE: u32 = 16384;
 pub enum DecodeError {
     #[error("not an image this app can read (PNG, JPEG, WebP, BMP, GIF)")]
     UnknownFormat,
-    #[error("the image is {width}x{height} ({} megapixels); the limit is {} megapixels and {MAX_DECODE_SIDE} px a side: downscale it first", (*.width as u64 * *.height as u64) / 1_000_000, MAX_IMAGE_PIXELS / 1_000_000)]
+    #[error("the image is {width}x{height} ({} megapixels); the limit is {} megapixels and {} px a side: downscale it first", (*.width as u64 * *.height as u64) / 1_000_000, MAX_IMAGE_PIXELS / 1_000_000, MAX_DECODE_SIDE)]
     TooLarge { width: u32, height: u32 },
     #[error("cannot decode the JPEG: {0}")]
     Jpeg(clearclip_jpeg::JpegError),

@@ -258,6 +258,34 @@ test('without WebGPU the CPU backend in wasm gives the same answer', async () =>
   await page.close();
 });
 
+/** A float32 / uint8 array of fixtures/reference.safetensors (written by scripts/gen_fixtures.py). */
+function referenceArray(name) {
+  const bytes = readFileSync(join(ROOT, 'fixtures/reference.safetensors'));
+  const headerLength = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString('utf8'));
+  const { dtype, shape, data_offsets: [begin, end] } = header[name];
+  const data = bytes.buffer.slice(bytes.byteOffset + 8 + headerLength + begin, bytes.byteOffset + 8 + headerLength + end);
+  return { shape, data: dtype === 'F32' ? new Float32Array(data) : new Uint8Array(data) };
+}
+
+/** The page's maps and labels every `stride`-th pixel (as the generator stores large references). */
+async function pageStrided(page, stride) {
+  const r = await page.evaluate((stride) => {
+    const r = window.__clearclip.result.result;
+    const { width, height, probsStride, probsWidth, probsHeight } = r;
+    if (probsStride !== 1) return null;
+    const probs = [];
+    const labels = [];
+    for (let c = 0; c < r.classNames.length; c++)
+      for (let y = 0; y < height; y += stride)
+        for (let x = 0; x < width; x += stride) probs.push(r.probs[(c * probsHeight + y) * probsWidth + x]);
+    for (let y = 0; y < height; y += stride) for (let x = 0; x < width; x += stride) labels.push(r.labels[y * width + x]);
+    return { probs, labels };
+  }, stride);
+  assert.ok(r, 'maps at full size below 2 megapixels');
+  return r;
+}
+
 /** CLI labels from its probabilities (argmax; no threshold). */
 function argmaxLabels({ shape: [classes, height, width], data }) {
   const plane = height * width;
@@ -310,6 +338,22 @@ test('a JPEG photo longer than 2048 px gives the CLI\'s answer (decoded in wasm,
   console.log(`2400x1600 JPEG, wasm CPU vs CLI: max abs diff ${diff.toExponential(2)}, labels ${(100 * equal).toFixed(4)}% equal`);
   assert.ok(diff <= TOLERANCE, `max abs diff ${diff}`);
   assert.ok(equal >= 0.999, `labels ${equal}`);
+
+  // The real JPEG photo of the pipeline fixture, against the official pipeline's
+  // probabilities (scripts/gen_fixtures.py), in ClearCLIP and vanilla modes.
+  const meta = JSON.parse(readFileSync(join(ROOT, 'fixtures/reference.json'), 'utf8')).pipeline_jpeg;
+  await nextResult(page, () => page.fill('#labels', meta.cases.clearclip.classes));
+  await nextResult(page, () => dropFile(page, join(ROOT, 'fixtures', meta.file), 'retina.jpg', 'image/jpeg'));
+  for (const mode of ['clearclip', 'vanilla']) {
+    if (mode !== 'clearclip') await nextResult(page, () => page.selectOption('#mode', mode));
+    const ours = await pageStrided(page, meta.stride);
+    const probsDiff = maxAbsDiff(Float32Array.from(ours.probs), referenceArray(`pipeline_jpeg.${mode}.probs`).data);
+    const expected = referenceArray(`pipeline_jpeg.${mode}.labels`).data;
+    const same = ours.labels.reduce((n, l, i) => n + (l === expected[i]), 0) / expected.length;
+    console.log(`retina JPEG ${mode}, page vs official pipeline: max abs diff ${probsDiff.toExponential(2)}, labels ${(100 * same).toFixed(4)}% equal`);
+    assert.ok(probsDiff <= TOLERANCE, `${mode}: max abs diff ${probsDiff}`);
+    assert.ok(same >= 0.999, `${mode}: labels ${same}`);
+  }
 
   // EXIF orientation 6 (rotate 90 degrees): the page segments the upright photo, as the CLI does.
   await nextResult(page, () => dropFile(page, join(ROOT, 'fixtures/jpeg/orientation_6.jpg'), 'rotated.jpg', 'image/jpeg'));

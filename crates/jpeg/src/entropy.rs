@@ -185,6 +185,10 @@ impl Huffman {
             if count > 0 {
                 val_offset[len] = k as i32 - code;
                 for _ in 0..count {
+                    // A code that does not fit its length means a bad table.
+                    if code >= (1 << len) {
+                        return Err(JpegError::Corrupt("a Huffman table with too many codes of one length".into()));
+                    }
                     if len as u32 <= LOOKAHEAD {
                         let shift = LOOKAHEAD - len as u32;
                         let first = (code as usize) << shift;
@@ -196,10 +200,6 @@ impl Huffman {
                     k += 1;
                 }
                 max_code[len] = code - 1;
-            }
-            // A code that does not fit its length means a bad table.
-            if code > (1 << len) {
-                return Err(JpegError::Corrupt("a Huffman table with too many codes of one length".into()));
             }
             code <<= 1;
         }

@@ -79,6 +79,21 @@ fn bad_input_gives_a_clear_error_and_never_panics() {
         bad[at] ^= 1 << (seed % 8);
         let _ = decode(&bad, &Limits::default());
     }
+    // Huffman tables with too many codes for their lengths are refused, not indexed past the end.
+    let standard = fixtures().into_iter().find(|f| f.name == "baseline_420_q90").unwrap().bytes();
+    let counts = standard.windows(2).position(|w| w == [0xFF, 0xC4]).unwrap() + 5;
+    let mut refused = 0;
+    for short in 0..8 {
+        // Move codes from the longest used length to a short one: same
+        // number of symbols, but more codes than that length can hold.
+        let Some(long) = (short + 1..16).rev().find(|&l| standard[counts + l] >= 4) else { continue };
+        let mut bad = standard.clone();
+        bad[counts + short] += 4;
+        bad[counts + long] -= 4;
+        let err = decode(&bad, &Limits::default()).unwrap_err();
+        refused += err.to_string().contains("too many codes") as usize;
+    }
+    assert!(refused > 0, "no overfull table was built");
     let limits = Limits { max_side: 100, max_pixels: 1 << 30 };
     assert!(matches!(decode(&good, &limits), Err(JpegError::TooLarge { width: 123, height: 77, .. })));
     let limits = Limits { max_side: 1000, max_pixels: 5000 };

@@ -314,6 +314,12 @@ impl<'a> BitReader<'a> {
         }
     }
 
+    /// The length of an end-of-band run of class `r` (`EOBr`): `2^r` plus
+    /// `r` more bits.
+    fn eob_run(&mut self, r: u32) -> u32 {
+        (1 << r) + self.bits(r)
+    }
+
     fn overrun(&self) -> bool {
         self.at_marker && self.used_bits > self.real_bits
     }
@@ -515,11 +521,7 @@ fn decode_ac_first(
         } else if r == 15 {
             k += 15;
         } else {
-            *eob_run = 1 << r;
-            if r > 0 {
-                *eob_run += reader.bits(r);
-            }
-            *eob_run -= 1;
+            *eob_run = reader.eob_run(r) - 1;
             break;
         }
         k += 1;
@@ -553,10 +555,7 @@ fn decode_ac_refine(
                 // s != 1 is a bad code; libjpeg warns and goes on.
                 value = if reader.bit() { p1 } else { m1 };
             } else if r != 15 {
-                *eob_run = 1 << r;
-                if r > 0 {
-                    *eob_run += reader.bits(r as u32);
-                }
+                *eob_run = reader.eob_run(r as u32);
                 break;
             }
             // Advance over nonzero coefficients (refining them) and r zero ones.

@@ -138,19 +138,8 @@ impl Segmentation {
         let stride = stride.max(1);
         let (w, h) = (self.width as usize, self.height as usize);
         let (sw, sh) = (w.div_ceil(stride), h.div_ceil(stride));
-        let take = |plane: &[f32], out: &mut Vec<f32>| {
-            for y in (0..h).step_by(stride) {
-                out.extend(plane[y * w..(y + 1) * w].iter().step_by(stride));
-            }
-        };
-        let mut probs = Vec::with_capacity(self.class_names.len() * sw * sh);
-        for plane in self.probs.chunks_exact(w * h) {
-            take(plane, &mut probs);
-        }
-        let mut labels = Vec::with_capacity(sw * sh);
-        for y in (0..h).step_by(stride) {
-            labels.extend(self.labels[y * w..(y + 1) * w].iter().step_by(stride));
-        }
+        let probs = every_nth_pixel(&self.probs, w, h, stride);
+        let labels = every_nth_pixel(&self.labels, w, h, stride);
         Segmentation {
             width: sw as u32,
             height: sh as u32,
@@ -163,6 +152,17 @@ impl Segmentation {
             warnings: self.warnings.clone(),
         }
     }
+}
+
+/// Every `stride`-th row and column of each `[height, width]` plane in `maps`.
+fn every_nth_pixel<T: Copy>(maps: &[T], width: usize, height: usize, stride: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(maps.len() / (stride * stride) + width + height);
+    for plane in maps.chunks_exact(width * height) {
+        for row in plane.chunks_exact(width).step_by(stride) {
+            out.extend(row.iter().step_by(stride));
+        }
+    }
+    out
 }
 
 /// A loaded model, its tokenizer and the class embeddings computed so far.
@@ -509,4 +509,34 @@ pub fn probabilities(
         }
     }
     (probs, labels)
+}
+
+#[cfg(test)]
+mod sampling_tests {
+    use super::*;
+
+    #[test]
+    fn sampled_maps_hold_the_full_size_values_of_every_nth_pixel() {
+        let (w, h) = (5usize, 3usize);
+        let seg = Segmentation {
+            width: w as u32,
+            height: h as u32,
+            class_names: vec!["a".into(), "b".into()],
+            probs: (0..2 * w * h).map(|i| i as f32).collect(),
+            labels: (0..w * h).map(|i| (i % 2) as u8).collect(),
+            resized: (5, 3),
+            windows: 1,
+            reused_windows: false,
+            warnings: Vec::new(),
+        };
+        let s = seg.sampled(2);
+        assert_eq!((s.width, s.height), (3, 2));
+        // Rows 0 and 2, columns 0, 2 and 4 of each class plane.
+        assert_eq!(s.probs, [0.0, 2.0, 4.0, 10.0, 12.0, 14.0, 15.0, 17.0, 19.0, 25.0, 27.0, 29.0]);
+        assert_eq!(s.labels, [0, 0, 0, 0, 0, 0]);
+        let same = seg.sampled(1);
+        assert_eq!((same.probs, same.labels), (seg.probs.clone(), seg.labels.clone()));
+        assert_eq!(crate::render::display_stride(4032, 3024), 3);
+        assert_eq!(crate::render::display_stride(1411, 1411), 1);
+    }
 }

@@ -9,8 +9,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::tensor::Device;
 use clap::{Parser, Subcommand, ValueEnum};
-use clearclip_model::{inspect_config, load_clip_from_reader, LoadError, Activation, AttentionKind, ClipTokenizer, DenseMode, LastBlock, LoadOptions, Residual};
-use clearclip_segment::{decode_image, ClassList, Pamr, Preset, Progress, SegmentParams, Segmenter, Templates, PRESETS};
+use clearclip_model::{inspect_config, load_clip_from_reader, Activation, AttentionKind, ClipTokenizer, DenseMode, LoadError, LoadOptions};
+use clearclip_segment::{
+    decode_image, ClassList, LastBlockOverrides, Pamr, Preset, Progress, SegmentParams, Segmentation, Segmenter, Templates, PRESETS,
+};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -195,34 +197,61 @@ fn print_presets() {
     }
 }
 
-/// The mode's last block with the knobs given on the command line applied.
-fn last_block(mode: DenseMode, args: &SegmentArgs) -> Result<LastBlock> {
-    let mut block = mode.last_block();
-    if let Some(attention) = args.attention {
-        block.attention = attention;
-    }
-    if let Some(NumberOrNone(std)) = args.neighbourhood_std {
-        block.neighbourhood_std = std;
-    }
-    if let Some(NumberOrNone(alpha)) = args.residual_alpha {
-        block.residual = match alpha {
-            Some(attention_scale) => Residual::Keep { attention_scale },
-            None => Residual::Skip,
-        };
-    }
-    if args.ffn {
-        block.ffn = true;
-    }
-    if args.no_ffn {
-        block.ffn = false;
-    }
-    block.validate().map_err(anyhow::Error::msg)?;
-    Ok(block)
-}
-
 impl SegmentArgs {
-    fn has_knobs(&self) -> bool {
-        self.attention.is_some() || self.neighbourhood_std.is_some() || self.residual_alpha.is_some() || self.ffn || self.no_ffn
+    /// The last-block knobs given on the command line.
+    fn overrides(&self) -> LastBlockOverrides {
+        LastBlockOverrides {
+            attention: self.attention,
+            neighbourhood_std: self.neighbourhood_std.map(|NumberOrNone(std)| std),
+            residual_alpha: self.residual_alpha.map(|NumberOrNone(alpha)| alpha),
+            ffn: if self.ffn { Some(true) } else if self.no_ffn { Some(false) } else { None },
+        }
+    }
+
+    /// The classes, from --labels or the preset's.
+    fn classes(&self) -> Result<ClassList> {
+        let labels = match (&self.labels, self.preset) {
+            (Some(labels), _) => labels.clone(),
+            (None, Some(preset)) => preset.labels(),
+            (None, None) => bail!("give --labels or --preset"),
+        };
+        let (classes, warnings) = ClassList::parse(&labels)?;
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        Ok(classes)
+    }
+
+    /// The settings of every --mode: defaults, then the preset's, then the flags.
+    fn params_per_mode(&self) -> Result<Vec<(DenseMode, SegmentParams)>> {
+        let overrides = self.overrides();
+        if self.mode.len() > 1 && !overrides.is_empty() {
+            bail!("the last-block knobs (--attention, --neighbourhood-std, --residual-alpha, --ffn/--no-ffn) apply to one --mode, not to {}", self.mode.len());
+        }
+        let mut base = SegmentParams {
+            short_side: self.short_side,
+            logit_scale: self.logit_scale,
+            templates: match self.templates {
+                TemplatesArg::All => Templates::OpenAiImageNet,
+                TemplatesArg::Single => Templates::Single,
+            },
+            pamr: self.pamr.then(|| Pamr { iterations: self.pamr_iterations, ..Pamr::default() }),
+            ..SegmentParams::default()
+        };
+        if let Some(preset) = self.preset {
+            preset.apply(&mut base);
+        }
+        base.background_threshold = self.background_threshold.unwrap_or(base.background_threshold);
+        base.crop = self.crop.unwrap_or(base.crop);
+        base.stride = self.stride.unwrap_or(base.stride);
+        let mut runs: Vec<(DenseMode, SegmentParams)> = Vec::with_capacity(self.mode.len());
+        for &mode in &self.mode {
+            if runs.iter().any(|(m, _)| *m == mode) {
+                bail!("--mode {} is given twice", mode.name());
+            }
+            runs.push((mode, SegmentParams { last_block: overrides.apply(mode)?, ..base.clone() }));
+        }
+        Ok(runs)
     }
 }
 
@@ -259,113 +288,84 @@ fn make_device(arg: DeviceArg) -> Result<Device> {
 }
 
 fn segment(args: SegmentArgs) -> Result<()> {
-    let labels = match (&args.labels, args.preset) {
-        (Some(labels), _) => labels.clone(),
-        (None, Some(preset)) => preset.labels(),
-        (None, None) => unreachable!("clap requires --labels or --preset"),
-    };
-    let (classes, warnings) = ClassList::parse(&labels)?;
-    for w in &warnings {
-        eprintln!("warning: {w}");
-    }
+    let classes = args.classes()?;
     if !(0.0..=1.0).contains(&args.opacity) {
         bail!("--opacity must be between 0 and 1");
     }
-    if args.mode.len() > 1 && args.has_knobs() {
-        bail!("the last-block knobs (--attention, --neighbourhood-std, --residual-alpha, --ffn/--no-ffn) apply to one --mode, not to {}", args.mode.len());
-    }
-    let mut blocks = Vec::with_capacity(args.mode.len());
-    for &mode in &args.mode {
-        if blocks.iter().any(|(m, _)| *m == mode) {
-            bail!("--mode {} is given twice", mode.name());
-        }
-        blocks.push((mode, last_block(mode, &args)?));
-    }
-    let mut params = SegmentParams {
-        short_side: args.short_side,
-        logit_scale: args.logit_scale,
-        templates: match args.templates {
-            TemplatesArg::All => Templates::OpenAiImageNet,
-            TemplatesArg::Single => Templates::Single,
-        },
-        pamr: args.pamr.then(|| Pamr { iterations: args.pamr_iterations, ..Pamr::default() }),
-        ..SegmentParams::default()
-    };
-    if let Some(preset) = args.preset {
-        preset.apply(&mut params);
-    }
-    params.background_threshold = args.background_threshold.unwrap_or(params.background_threshold);
-    params.crop = args.crop.unwrap_or(params.crop);
-    params.stride = args.stride.unwrap_or(params.stride);
-
+    let runs = args.params_per_mode()?;
     let image = read_image(&args.image)?;
+    let mut segmenter = load_segmenter(&args)?;
+    let several = runs.len() > 1;
+    for (mode, params) in runs {
+        let name = if DenseMode::of(&params.last_block) == Some(mode) { mode.name().to_string() } else { format!("{} with knobs", mode.name()) };
+        eprintln!("last block ({name}): {}", params.describe_last_block());
+        let seg = run_with_progress_bar(&mut segmenter, &image, &classes, &params)?;
+        report(&seg);
+        let out = if several { args.out.join(mode.name()) } else { args.out.clone() };
+        output::write_results(&out, &image, &seg, args.opacity)?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+/// The model (streamed from the file: its bytes are never all in memory next
+/// to the model) and the tokenizer, on the chosen device.
+fn load_segmenter(args: &SegmentArgs) -> Result<Segmenter> {
     let tokenizer_json = match &args.tokenizer {
         Some(path) => std::fs::read(path).with_context(|| format!("cannot read tokenizer {}", path.display()))?,
         None => BUNDLED_TOKENIZER.to_vec(),
     };
     let weights = std::fs::File::open(&args.weights).with_context(|| format!("cannot read weights {}", args.weights.display()))?;
-
     let started = Instant::now();
     let device = make_device(args.device)?;
     let activation = match args.activation {
         ActivationArg::QuickGelu => Activation::QuickGelu,
         ActivationArg::Gelu => Activation::Gelu,
     };
-    // Streamed from the file: the bytes are never all in memory next to the model.
     let model = load_clip_from_reader(weights, LoadOptions { activation }, &device)
         .with_context(|| format!("cannot load {}", args.weights.display()))?;
     let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json, model.config.text.context_length)?;
     eprintln!("model: {} ({:?} layout), loaded in {:.2?}", model.config.describe(), model.layout, started.elapsed());
+    Ok(Segmenter::new(model, tokenizer))
+}
 
-    let mut segmenter = Segmenter::new(model, tokenizer);
-    let several = blocks.len() > 1;
-    for (mode, block) in blocks {
-        params.last_block = block;
-        let name = if DenseMode::of(&block) == Some(mode) { mode.name().to_string() } else { format!("{} with knobs", mode.name()) };
-        eprintln!("last block ({name}): {block}{}", if params.pamr.is_some() { ", then PAMR" } else { "" });
-        let bar = ProgressBar::new(0).with_style(
-            ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} {elapsed}").expect("valid template").progress_chars("=> "),
-        );
-        let segment_started = Instant::now();
-        let mut text_done_at = None;
-        let mut on_progress = |p: Progress| match p {
-            Progress::Text { done, total } => {
-                bar.set_message("text");
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            }
-            Progress::Window { done, total } => {
-                text_done_at.get_or_insert_with(|| segment_started.elapsed());
-                bar.set_message("windows");
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            }
+/// One segmentation, with a progress bar for the text and window phases.
+fn run_with_progress_bar(segmenter: &mut Segmenter, image: &RgbImage, classes: &ClassList, params: &SegmentParams) -> Result<Segmentation> {
+    let bar = ProgressBar::new(0)
+        .with_style(ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} {elapsed}")?.progress_chars("=> "));
+    let mut on_progress = |p: Progress| {
+        let (phase, done, total) = match p {
+            Progress::Text { done, total } => ("text", done, total),
+            Progress::Window { done, total } => ("windows", done, total),
         };
-        let seg = pollster::block_on(segmenter.segment(&image, &classes, &params, &mut on_progress))?;
-        bar.finish_and_clear();
-        let total = segment_started.elapsed();
-        let text = text_done_at.unwrap_or(total);
-        for w in &seg.warnings {
-            eprintln!("warning: {w}");
-        }
-        eprintln!(
-            "segmented {}x{} (model input {}x{}, {} windows{}): text {:.2?}, image {:.2?}, total {:.2?}",
-            seg.width,
-            seg.height,
-            seg.resized.0,
-            seg.resized.1,
-            seg.windows,
-            if seg.reused_windows { ", first blocks reused: last block only" } else { "" },
-            text,
-            total - text,
-            total
-        );
-        for ((name, share), i) in seg.class_names.iter().zip(seg.class_shares()).zip(0..) {
-            eprintln!("  {i:>3} {name}: {:.1}%", share * 100.0);
-        }
-        let out = if several { args.out.join(mode.name()) } else { args.out.clone() };
-        output::write_results(&out, &image, &seg, args.opacity)?;
-        eprintln!("wrote {}", out.display());
+        bar.set_message(phase);
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let seg = pollster::block_on(segmenter.segment(image, classes, params, &mut on_progress));
+    bar.finish_and_clear();
+    Ok(seg?)
+}
+
+fn report(seg: &Segmentation) {
+    for w in &seg.warnings {
+        eprintln!("warning: {w}");
     }
-    Ok(())
+    let t = &seg.timings;
+    eprintln!(
+        "segmented {}x{} (model input {}x{}, {} windows{}): text {:.0} ms ({} classes encoded), image {:.0} ms, total {:.0} ms",
+        seg.width,
+        seg.height,
+        seg.resized.0,
+        seg.resized.1,
+        seg.windows,
+        if seg.reused_windows { ", first blocks reused: last block only" } else { "" },
+        t.text_ms,
+        t.classes_encoded,
+        t.image_ms,
+        t.text_ms + t.image_ms
+    );
+    for ((name, share), i) in seg.class_names.iter().zip(seg.class_shares()).zip(0..) {
+        eprintln!("  {i:>3} {name}: {:.1}%", share * 100.0);
+    }
 }

@@ -2,12 +2,12 @@
 //! Everything is encoded in memory first, then written to temporary names and
 //! renamed, so a failure leaves no half-written file behind.
 
-use std::io::Cursor;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use clearclip_segment::{render, Segmentation};
-use image::{GrayImage, ImageFormat, RgbImage};
+use clearclip_segment::render::{self, png};
+use clearclip_segment::Segmentation;
+use image::RgbImage;
 
 /// NumPy `.npy` (format 1.0) bytes of a little-endian float32 array.
 pub fn npy_f32(data: &[f32], shape: &[usize]) -> Vec<u8> {
@@ -29,18 +29,12 @@ pub fn npy_f32(data: &[f32], shape: &[usize]) -> Vec<u8> {
     out
 }
 
-fn png(image: impl Into<image::DynamicImage>) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    image.into().write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)?;
-    Ok(bytes)
-}
-
 pub fn write_results(dir: &Path, image: &RgbImage, seg: &Segmentation, opacity: f32) -> Result<()> {
     let (w, h) = (seg.width as usize, seg.height as usize);
     let mut files: Vec<(String, Vec<u8>)> = vec![
         ("probs.npy".into(), npy_f32(&seg.probs, &[seg.class_names.len(), h, w])),
-        ("labels.png".into(), png(GrayImage::from_raw(seg.width, seg.height, seg.labels.clone()).expect("label map size"))?),
-        ("overlay.png".into(), png(render::overlay(image, seg, opacity))?),
+        ("labels.png".into(), png(render::labels_image(seg).context("the label map does not match the image size")?)?),
+        ("overlay.png".into(), png(render::overlay(image, seg, opacity).context("the result is not of this image")?)?),
     ];
     for i in 0..seg.class_names.len() {
         files.push((format!("heatmap_{i}.png"), png(render::heatmap(seg, i))?));

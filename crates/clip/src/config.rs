@@ -1,5 +1,5 @@
 //! Architecture descriptions. [`ClipConfig::from_shapes`](crate::loader) fills
-//! them from a checkpoint; the presets document the released models.
+//! them from a checkpoint's tensor shapes.
 
 /// The MLP activation. OpenAI CLIP and MetaCLIP "quickgelu" checkpoints use
 /// QuickGELU (`x * sigmoid(1.702 x)`); OpenCLIP LAION checkpoints use exact GELU.
@@ -73,21 +73,6 @@ impl ClipConfig {
     /// OpenAI CLIP ViT-B/16 (the default model).
     pub fn vit_b16() -> Self {
         Self::vit(768, 12, 16, 224, 512, 512)
-    }
-
-    /// OpenAI CLIP ViT-B/32.
-    pub fn vit_b32() -> Self {
-        Self::vit(768, 12, 32, 224, 512, 512)
-    }
-
-    /// OpenAI CLIP ViT-L/14.
-    pub fn vit_l14() -> Self {
-        Self::vit(1024, 24, 14, 224, 768, 768)
-    }
-
-    /// OpenAI CLIP ViT-L/14 at 336 px.
-    pub fn vit_l14_336() -> Self {
-        Self::vit(1024, 24, 14, 336, 768, 768)
     }
 
     /// A short human-readable description, e.g. `ViT-B/16 (224 px), text 512x12`.

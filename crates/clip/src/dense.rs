@@ -10,23 +10,31 @@
 use std::fmt;
 
 use burn::tensor::{activation, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
 use crate::nn::{HeadProjections, ResidualAttentionBlock};
 
 /// Which similarity the last block's attention weights come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Serialised as its [`name`](Self::name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AttentionKind {
     /// `softmax(q k^T)`: CLIP's own attention.
+    #[serde(rename = "q-k")]
     QueryKey,
     /// `softmax(q q^T)`: ClearCLIP.
+    #[serde(rename = "q-q")]
     QueryQuery,
     /// `softmax(k k^T)`: NACLIP (with the neighbourhood bias).
+    #[serde(rename = "k-k")]
     KeyKey,
     /// `softmax(v v^T)`.
+    #[serde(rename = "v-v")]
     ValueValue,
     /// `softmax(q q^T) + softmax(k k^T)`: SCLIP (as in the ClearCLIP code).
+    #[serde(rename = "q-q+k-k")]
     QueryQueryPlusKeyKey,
     /// Each token attends only to itself, so the output is `out_proj(v)`: MaskCLIP.
+    #[serde(rename = "identity")]
     Identity,
 }
 
@@ -58,6 +66,18 @@ impl AttentionKind {
         Self::ALL.into_iter().find(|k| squash(k.name()) == squash(name))
     }
 
+    /// What the page shows for it, e.g. `q-q (ClearCLIP)`.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::QueryKey => "q-k (CLIP)",
+            Self::QueryQuery => "q-q (ClearCLIP)",
+            Self::KeyKey => "k-k (NACLIP)",
+            Self::ValueValue => "v-v",
+            Self::QueryQueryPlusKeyKey => "q-q + k-k (SCLIP)",
+            Self::Identity => "identity (MaskCLIP)",
+        }
+    }
+
     /// Whether the kind has attention scores a bias can be added to.
     pub fn has_scores(self) -> bool {
         self != Self::Identity
@@ -74,7 +94,12 @@ pub enum Residual {
 }
 
 /// A complete description of the last block for dense features.
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// Serialised as its knobs, `{attention: "q-q", neighbourhoodStd: null,
+/// residualAlpha: null, ffn: false}` (`null`: no bias, no residual); a
+/// deserialised block is validated.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(into = "LastBlockKnobs", try_from = "LastBlockKnobs")]
 pub struct LastBlock {
     pub attention: AttentionKind,
     /// NACLIP's neighbourhood bias: a Gaussian of the distance between two
@@ -86,8 +111,43 @@ pub struct LastBlock {
     pub ffn: bool,
 }
 
-/// The named methods, each a preset [`LastBlock`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The knobs of a [`LastBlock`] as they are serialised.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LastBlockKnobs {
+    attention: AttentionKind,
+    neighbourhood_std: Option<f32>,
+    /// `x + alpha * attn`, or `None` for no residual.
+    residual_alpha: Option<f32>,
+    ffn: bool,
+}
+
+impl From<LastBlock> for LastBlockKnobs {
+    fn from(b: LastBlock) -> Self {
+        let residual_alpha = match b.residual {
+            Residual::Skip => None,
+            Residual::Keep { attention_scale } => Some(attention_scale),
+        };
+        Self { attention: b.attention, neighbourhood_std: b.neighbourhood_std, residual_alpha, ffn: b.ffn }
+    }
+}
+
+impl TryFrom<LastBlockKnobs> for LastBlock {
+    type Error = LastBlockError;
+    fn try_from(k: LastBlockKnobs) -> Result<Self, LastBlockError> {
+        let residual = match k.residual_alpha {
+            None => Residual::Skip,
+            Some(attention_scale) => Residual::Keep { attention_scale },
+        };
+        let block = LastBlock { attention: k.attention, neighbourhood_std: k.neighbourhood_std, residual, ffn: k.ffn };
+        block.validate()?;
+        Ok(block)
+    }
+}
+
+/// The named methods, each a preset [`LastBlock`]. Serialised as its [`name`](Self::name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DenseMode {
     /// Plain CLIP: the unmodified last block.
     Vanilla,
@@ -134,6 +194,17 @@ impl DenseMode {
         Self::ALL.into_iter().find(|m| m.name().eq_ignore_ascii_case(name))
     }
 
+    /// What the page shows for it, e.g. `CLIP (vanilla)`.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Vanilla => "CLIP (vanilla)",
+            Self::MaskClip => "MaskCLIP",
+            Self::Sclip => "SCLIP",
+            Self::ClearClip => "ClearCLIP",
+            Self::Naclip => "NACLIP",
+        }
+    }
+
     /// The named mode this block is exactly, if any.
     pub fn of(block: &LastBlock) -> Option<Self> {
         Self::ALL.into_iter().find(|m| m.last_block() == *block)
@@ -161,20 +232,31 @@ impl fmt::Display for LastBlock {
     }
 }
 
+/// Why a [`LastBlock`] cannot be run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LastBlockError {
+    #[error("the neighbourhood standard deviation must be a positive number of patches, not {0}")]
+    NeighbourhoodStd(f32),
+    #[error("identity attention has no scores to add a neighbourhood bias to")]
+    BiasWithoutScores,
+    #[error("the residual scale must be a finite number, not {0}")]
+    ResidualScale(f32),
+}
+
 impl LastBlock {
-    /// Whether the description can be run; the message says what is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Whether the description can be run.
+    pub fn validate(&self) -> Result<(), LastBlockError> {
         if let Some(std) = self.neighbourhood_std {
             if !(std.is_finite() && std > 0.0) {
-                return Err(format!("the neighbourhood standard deviation must be a positive number of patches, not {std}"));
+                return Err(LastBlockError::NeighbourhoodStd(std));
             }
             if !self.attention.has_scores() {
-                return Err("identity attention has no scores to add a neighbourhood bias to".into());
+                return Err(LastBlockError::BiasWithoutScores);
             }
         }
         if let Residual::Keep { attention_scale } = self.residual {
             if !attention_scale.is_finite() {
-                return Err(format!("the residual scale must be a finite number, not {attention_scale}"));
+                return Err(LastBlockError::ResidualScale(attention_scale));
             }
         }
         Ok(())
@@ -186,14 +268,13 @@ impl LastBlock {
     /// # Shapes
     /// - `x`: `[batch, 1 + grid_h * grid_w, width]` (output of the first `L-1` blocks) -> same
     /// - `grid`: `(grid_h, grid_w)`, the patch grid (for the neighbourhood bias)
-    pub fn forward(&self, block: &ResidualAttentionBlock, x: Tensor<3>, grid: (usize, usize)) -> Tensor<3> {
+    pub(crate) fn forward(&self, block: &ResidualAttentionBlock, x: Tensor<3>, grid: (usize, usize)) -> Tensor<3> {
         let attn = &block.attn;
         let h = block.ln_1.forward(x.clone());
         let HeadProjections { q, k, v } = attn.project(h);
         let scale = attn.scale();
         let bias: Option<Tensor<4>> = self.neighbourhood_std.map(|std| {
-            let tokens = 1 + grid.0 * grid.1;
-            assert_eq!(x.dims()[1], tokens, "the token count does not match the {grid:?} patch grid");
+            let tokens = 1 + grid.0 * grid.1; // x's token count: both come from one `LastBlockInput`
             let bias = neighbourhood_bias(grid, std);
             Tensor::<2>::from_data(TensorData::new(bias, [tokens, tokens]), &x.device()).unsqueeze::<4>()
         });
@@ -289,7 +370,7 @@ mod tests {
     fn invalid_blocks_are_refused_with_a_reason() {
         let mut block = DenseMode::MaskClip.last_block();
         block.neighbourhood_std = Some(5.0);
-        assert!(block.validate().unwrap_err().contains("identity"));
+        assert_eq!(block.validate(), Err(LastBlockError::BiasWithoutScores));
         let mut block = DenseMode::ClearClip.last_block();
         block.neighbourhood_std = Some(0.0);
         assert!(block.validate().is_err());

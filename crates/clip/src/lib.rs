@@ -24,22 +24,29 @@ mod tokenizer;
 mod vision;
 
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
-pub use dense::{neighbourhood_bias, AttentionKind, DenseMode, LastBlock, Residual, NACLIP_GAUSSIAN_STD};
+pub use dense::{neighbourhood_bias, AttentionKind, DenseMode, LastBlock, LastBlockError, Residual, NACLIP_GAUSSIAN_STD};
 pub use loader::{inspect_config, load_clip, load_clip_from_reader, CheckpointLoader, Layout, LoadError, LoadOptions, ReadError};
 pub use pos_embed::{bicubic_scale_factor_weights, resize_patch_positions};
 pub use text::TextTransformer;
 pub use tokenizer::{ClipTokenizer, TokenBatch, TokenizerError};
 pub use vision::{LastBlockInput, VisionTransformer};
 
-/// A CLIP model: image tower, text tower and the learned logit scale.
+/// A CLIP model: image tower and text tower. (The checkpoint's learned
+/// logit scale is not read: ClearCLIP segments with a fixed 50.)
 #[derive(Debug, Clone)]
 pub struct Clip {
     pub config: ClipConfig,
     pub vision: VisionTransformer,
     pub text: TextTransformer,
-    /// `exp(logit_scale)` as stored in the checkpoint (100 for OpenAI CLIP).
-    /// ClearCLIP does not use it for segmentation (it uses a fixed 50).
-    pub logit_scale: f32,
     /// Which tensor-name layout the weights were read from.
     pub layout: Layout,
+}
+
+/// An input the towers cannot encode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("the image input is {width}x{height}; both sides must be positive multiples of the patch size {patch}")]
+    NotPatchMultiple { width: usize, height: usize, patch: usize },
+    #[error("a token batch of {rows} rows of {len} does not fit the text context of {context} tokens")]
+    TokenBatch { rows: usize, len: usize, context: usize },
 }

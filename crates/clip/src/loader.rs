@@ -5,25 +5,23 @@
 //! arrives. Only the one tensor being received is held (decoded to f32 as its
 //! bytes come in), so the file is never held whole in memory next to the model.
 //!
-//! One table of names ([`names::Names`]) serves both layouts; the architecture
+//! One table of weights ([`weights::ClipWeights`]) serves both layouts; the architecture
 //! is read from tensor shapes; every required tensor is checked for presence,
 //! shape and dtype from the header, before any data, so a wrong file fails
 //! early with the full list of what is wrong.
 
-mod build;
 mod header;
-mod names;
+mod weights;
 
 use std::io::Read;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use safetensors::tensor::Dtype;
 
 use crate::config::{Activation, ClipConfig};
 use crate::Clip;
-use build::{build_text, build_vision, Part, Parts};
-use header::{header_length, plan, Plan, Planned, LENGTH_BYTES, LOGIT_SCALE};
-use names::{Names, Role};
+use header::{header_length, plan, Plan, LENGTH_BYTES};
+use weights::{ClipWeights, Parts, WeightTree};
 
 /// Tensor-name layout of a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,19 +153,19 @@ impl CheckpointLoader {
     fn receive(&mut self, mut chunk: &[u8]) -> Result<(), LoadError> {
         if let Stage::Header(gathered) = &mut self.stage {
             // The 8-byte length first, then that many bytes of JSON.
-            if !gather(gathered, LENGTH_BYTES, &mut chunk) {
+            gather(gathered, LENGTH_BYTES, &mut chunk);
+            let Some(json_len) = header_length(gathered)? else {
                 return Ok(());
-            }
-            let wanted = LENGTH_BYTES + header_length(gathered[..LENGTH_BYTES].try_into().expect("8 bytes"))?;
-            if !gather(gathered, wanted, &mut chunk) {
+            };
+            if !gather(gathered, LENGTH_BYTES + json_len, &mut chunk) {
                 return Ok(());
             }
             let plan = plan(&gathered[LENGTH_BYTES..])?;
-            let parts = Parts::new(Names(plan.layout));
+            let parts = Parts::new(plan.layout, &self.device);
             self.stage = Stage::Tensors(Receiver { plan, next: 0, offset: 0, partial: Vec::new(), carry: Vec::new(), parts });
         }
         match &mut self.stage {
-            Stage::Tensors(receiver) => receiver.receive(chunk, &self.device),
+            Stage::Tensors(receiver) => receiver.receive(chunk),
             _ => Ok(()),
         }
     }
@@ -180,20 +178,16 @@ impl CheckpointLoader {
             Stage::Failed(reason) => return Err(LoadError::AlreadyFailed(reason)),
             Stage::Tensors(receiver) => receiver,
         };
-        receiver.receive(&[], &self.device)?; // tensors of no bytes at the end
+        receiver.receive(&[])?; // tensors of no bytes at the end
         if receiver.next < receiver.plan.tensors.len() {
             return Err(LoadError::Truncated { received, expected: Some(receiver.plan.file_len()) });
         }
         let mut config = receiver.plan.config.clone();
         config.activation = self.options.activation;
+        let layout = receiver.plan.layout;
+        let ClipWeights { vision, text } = ClipWeights::new(layout, &config);
         let parts = &mut receiver.parts;
-        let vision = build_vision(parts, &config, &self.device)?;
-        let text = build_text(parts, &config)?;
-        let logit_scale = match parts.host(LOGIT_SCALE) {
-            Ok(value) => value[0].exp(),
-            Err(_) => 100.0,
-        };
-        Ok(Clip { config, vision, text, logit_scale, layout: receiver.plan.layout })
+        Ok(Clip { vision: vision.build(parts)?, text: text.build(parts)?, config, layout })
     }
 }
 
@@ -206,7 +200,7 @@ fn gather(into: &mut Vec<u8>, wanted: usize, chunk: &mut &[u8]) -> bool {
 }
 
 impl Receiver {
-    fn receive(&mut self, mut chunk: &[u8], device: &Device) -> Result<(), LoadError> {
+    fn receive(&mut self, mut chunk: &[u8]) -> Result<(), LoadError> {
         loop {
             let Some(tensor) = self.plan.tensors.get(self.next) else {
                 return if chunk.is_empty() { Ok(()) } else { Err(LoadError::TrailingBytes { extra: chunk.len() }) };
@@ -218,7 +212,7 @@ impl Receiver {
             chunk = rest;
             self.offset += take;
             let complete = have + take == size;
-            if tensor.role.is_some() {
+            if let Some(role) = tensor.role {
                 if have == 0 {
                     let count: usize = tensor.shape.iter().product();
                     self.partial = Vec::new();
@@ -226,7 +220,7 @@ impl Receiver {
                 }
                 decode(&tensor.name, tensor.dtype, bytes, &mut self.carry, &mut self.partial)?;
                 if complete {
-                    convert(tensor, std::mem::take(&mut self.partial), device, &mut self.parts);
+                    self.parts.insert(tensor.name.clone(), &tensor.shape, role, std::mem::take(&mut self.partial));
                 }
             } // else: not used by the model, skipped as it streams past
             if !complete {
@@ -237,67 +231,59 @@ impl Receiver {
     }
 }
 
-/// Upload one complete tensor in the form its role asks for.
-fn convert(tensor: &Planned, data: Vec<f32>, device: &Device, parts: &mut Parts) {
-    let part = match tensor.role.expect("only tensors with a role are converted") {
-        Role::Vector => {
-            let n = data.len();
-            Part::Vector(Tensor::from_data(TensorData::new(data, [n]), device))
-        }
-        Role::Matrix => {
-            let shape = [tensor.shape[0], tensor.shape[1]];
-            Part::Matrix(Tensor::from_data(TensorData::new(data, shape), device))
-        }
-        Role::MatrixTransposed => {
-            let rows = tensor.shape[0];
-            let cols = data.len() / rows;
-            Part::Matrix(Tensor::from_data(TensorData::new(transpose(&data, rows, cols), [cols, rows]), device))
-        }
-        Role::Host => Part::Host(data),
-    };
-    parts.insert(tensor.name.clone(), part);
-}
-
 /// Append the values of `bytes` (little-endian `dtype`) to `out` as f32; the
 /// bytes of an element cut at the end of a chunk wait in `carry`.
 fn decode(name: &str, dtype: Dtype, mut bytes: &[u8], carry: &mut Vec<u8>, out: &mut Vec<f32>) -> Result<(), LoadError> {
-    let width = match dtype {
-        Dtype::F32 => 4,
-        Dtype::F16 | Dtype::BF16 => 2,
-        other => return Err(LoadError::DType { name: name.to_string(), dtype: format!("{other:?}") }),
+    let Some(float) = Float::of(dtype) else {
+        return Err(LoadError::DType { name: name.to_string(), dtype: format!("{dtype:?}") });
     };
+    let width = float.width();
     if !carry.is_empty() {
         if !gather(carry, width, &mut bytes) {
             return Ok(());
         }
-        append_values(dtype, carry, out);
+        append_values(float, carry, out);
         carry.clear();
     }
     let whole = bytes.len() - bytes.len() % width;
-    append_values(dtype, &bytes[..whole], out);
+    append_values(float, &bytes[..whole], out);
     carry.extend_from_slice(&bytes[whole..]);
     Ok(())
 }
 
-/// `bytes` holds whole elements of a float `dtype`.
-fn append_values(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) {
-    match dtype {
-        Dtype::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-        Dtype::F16 => out.extend(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())),
-        Dtype::BF16 => out.extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
-        _ => unreachable!("decode checks the dtype"),
+/// The weight dtypes the loader reads.
+#[derive(Clone, Copy)]
+enum Float {
+    F32,
+    F16,
+    BF16,
+}
+
+impl Float {
+    fn of(dtype: Dtype) -> Option<Self> {
+        match dtype {
+            Dtype::F32 => Some(Self::F32),
+            Dtype::F16 => Some(Self::F16),
+            Dtype::BF16 => Some(Self::BF16),
+            _ => None,
+        }
+    }
+
+    fn width(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+        }
     }
 }
 
-/// `[rows, cols]` row-major to `[cols, rows]`.
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; data.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = data[r * cols + c];
-        }
+/// `bytes` holds whole elements of `float`.
+fn append_values(float: Float, bytes: &[u8], out: &mut Vec<f32>) {
+    match float {
+        Float::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        Float::F16 => out.extend(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())),
+        Float::BF16 => out.extend(bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
     }
-    out
 }
 
 /// Load a CLIP model from the whole bytes of a `.safetensors` file.
@@ -334,32 +320,9 @@ pub fn load_clip_from_reader(mut reader: impl Read, options: LoadOptions, device
 /// The architecture and layout of a checkpoint from its first bytes (the
 /// header is enough; `Truncated` asks for more).
 pub fn inspect_config(prefix: &[u8]) -> Result<(ClipConfig, Layout), LoadError> {
-    let Some(first) = prefix.get(..LENGTH_BYTES) else {
-        return Err(LoadError::Truncated { received: prefix.len(), expected: None });
-    };
-    let end = LENGTH_BYTES + header_length(first.try_into().expect("8 bytes"))?;
-    let json = prefix.get(LENGTH_BYTES..end).ok_or(LoadError::Truncated { received: prefix.len(), expected: None })?;
+    let truncated = || LoadError::Truncated { received: prefix.len(), expected: None };
+    let end = LENGTH_BYTES + header_length(prefix)?.ok_or_else(truncated)?;
+    let json = prefix.get(LENGTH_BYTES..end).ok_or_else(truncated)?;
     let plan = plan(json)?;
     Ok((plan.config, plan.layout))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::names::required_tensors;
-    use super::*;
-
-    #[test]
-    fn transpose_swaps_axes() {
-        assert_eq!(transpose(&[1., 2., 3., 4., 5., 6.], 2, 3), vec![1., 4., 2., 5., 3., 6.]);
-    }
-
-    #[test]
-    fn required_tensor_count_matches_vit_b16() {
-        // OpenAI ViT-B/16 has 302 tensors besides logit_scale (open_clip layout).
-        let names = required_tensors(Names(Layout::OpenClip), &ClipConfig::vit_b16());
-        // 7 embeddings/projections + 3 norms x 2 + 24 blocks x 12 (fused in_proj)
-        assert_eq!(names.len(), 7 + 6 + 24 * 12);
-        // Hugging Face: separate q, k, v projections, 16 tensors a block.
-        assert_eq!(required_tensors(Names(Layout::HuggingFace), &ClipConfig::vit_b16()).len(), 7 + 6 + 24 * 16);
-    }
 }

@@ -7,6 +7,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::config::TextConfig;
 use crate::nn::{LayerNorm, ResidualAttentionBlock};
 use crate::tokenizer::TokenBatch;
+use crate::InputError;
 
 #[derive(Debug, Clone)]
 pub struct TextTransformer {
@@ -33,10 +34,13 @@ impl TextTransformer {
     ///
     /// # Shapes
     /// - returns `[batch.rows, embed_dim]`
-    pub fn encode(&self, batch: &TokenBatch) -> Tensor<2> {
+    pub fn encode(&self, batch: &TokenBatch) -> Result<Tensor<2>, InputError> {
         let device = self.device();
         let (rows, len) = (batch.rows(), batch.len);
-        assert!(len <= self.config.context_length, "token batch longer than the context");
+        let context = self.config.context_length;
+        if len > context || batch.ids.len() != rows * len || batch.eot.iter().any(|&e| e >= len) {
+            return Err(InputError::TokenBatch { rows, len, context });
+        }
         let width = self.config.width;
         let ids: Tensor<1, Int> = Tensor::from_data(TensorData::new(batch.ids.clone(), [rows * len]), &device);
         let x = self.token_embedding.clone().select(0, ids).reshape([rows, len, width]);
@@ -46,7 +50,7 @@ impl TextTransformer {
         let x = self.ln_final.forward(x).reshape([rows * len, width]);
         let eot: Vec<i64> = batch.eot.iter().enumerate().map(|(row, &pos)| (row * len + pos) as i64).collect();
         let eot: Tensor<1, Int> = Tensor::from_data(TensorData::new(eot, [rows]), &device);
-        x.select(0, eot).matmul(self.projection.clone())
+        Ok(x.select(0, eot).matmul(self.projection.clone()))
     }
 }
 

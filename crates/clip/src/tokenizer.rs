@@ -43,10 +43,6 @@ impl TokenBatch {
     pub fn rows(&self) -> usize {
         self.eot.len()
     }
-
-    pub fn row(&self, i: usize) -> &[i64] {
-        &self.ids[i * self.len..(i + 1) * self.len]
-    }
 }
 
 impl ClipTokenizer {

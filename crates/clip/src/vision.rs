@@ -5,17 +5,28 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::config::VisionConfig;
 use crate::dense::LastBlock;
+use crate::InputError;
 use crate::nn::{LayerNorm, ResidualAttentionBlock};
 use crate::pos_embed::resize_patch_positions;
 
 /// The output of the first `L-1` blocks for one input, kept so that a new
 /// [`LastBlock`] re-runs only the last block.
+///
+/// Made only by [`VisionTransformer::encode_to_last_block`], so its tokens
+/// always match its patch grid.
 #[derive(Debug, Clone)]
 pub struct LastBlockInput {
     /// `[batch, 1 + grid_h * grid_w, width]`.
-    pub tokens: Tensor<3>,
+    pub(crate) tokens: Tensor<3>,
     /// `(grid_h, grid_w)`.
-    pub grid: (usize, usize),
+    pub(crate) grid: (usize, usize),
+}
+
+impl LastBlockInput {
+    /// `(grid_h, grid_w)`, the patch grid of the input.
+    pub fn grid(&self) -> (usize, usize) {
+        self.grid
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -32,7 +43,10 @@ pub struct VisionTransformer {
     /// because every new crop size resizes them there.
     pub patch_positions: Vec<f32>,
     pub ln_pre: LayerNorm,
+    /// The first `L-1` blocks, run as CLIP runs them.
     pub blocks: Vec<ResidualAttentionBlock>,
+    /// The last block, run as a [`LastBlock`] describes.
+    pub last_block: ResidualAttentionBlock,
     pub ln_post: LayerNorm,
     /// `[width, embed_dim]`.
     pub projection: Tensor<2>,
@@ -50,13 +64,15 @@ impl VisionTransformer {
     /// # Shapes
     /// - `pixels`: `[batch, 3, height, width]`, normalised, both sides multiples of the patch
     /// - returns tokens `[batch, 1 + grid_h * grid_w, width]` (class token first)
-    pub fn encode_to_last_block(&self, pixels: Tensor<4>) -> LastBlockInput {
+    pub fn encode_to_last_block(&self, pixels: Tensor<4>) -> Result<LastBlockInput, InputError> {
         let [_, _, height, width] = pixels.dims();
         let patch = self.config.patch_size;
+        if height % patch != 0 || width % patch != 0 || height == 0 || width == 0 {
+            return Err(InputError::NotPatchMultiple { width, height, patch });
+        }
         let x = self.embed(pixels);
-        let (_last, first) = self.blocks.split_last().expect("a ViT has at least one block");
-        let tokens = first.iter().fold(x, |x, block| block.forward(x, None));
-        LastBlockInput { tokens, grid: (height / patch, width / patch) }
+        let tokens = self.blocks.iter().fold(x, |x, block| block.forward(x, None));
+        Ok(LastBlockInput { tokens, grid: (height / patch, width / patch) })
     }
 
     /// Run the last block as `last_block` says, then `ln_post` and the
@@ -66,8 +82,7 @@ impl VisionTransformer {
     /// - `input.tokens`: `[batch, 1 + patches, width]` from [`Self::encode_to_last_block`]
     /// - returns `[batch, patches, embed_dim]`
     pub fn dense_from_last_block(&self, input: &LastBlockInput, last_block: &LastBlock) -> Tensor<3> {
-        let block = self.blocks.last().expect("a ViT has at least one block");
-        let y = self.ln_post.forward(last_block.forward(block, input.tokens.clone(), input.grid));
+        let y = self.ln_post.forward(last_block.forward(&self.last_block, input.tokens.clone(), input.grid));
         let [batch, tokens, width] = y.dims();
         let patches = y.narrow(1, 1, tokens - 1).reshape([batch * (tokens - 1), width]);
         let embed = self.projection.dims()[1];
@@ -78,30 +93,15 @@ impl VisionTransformer {
     ///
     /// # Shapes
     /// - `pixels`: `[batch, 3, height, width]` -> `[batch, grid_h * grid_w, embed_dim]`
-    pub fn dense_features(&self, pixels: Tensor<4>, last_block: &LastBlock) -> Tensor<3> {
-        self.dense_from_last_block(&self.encode_to_last_block(pixels), last_block)
-    }
-
-    /// Image embedding as CLIP computes it: all blocks, `ln_post` on the class token, projection.
-    ///
-    /// # Shapes
-    /// - `pixels`: `[batch, 3, height, width]` -> `[batch, embed_dim]`
-    pub fn image_embedding(&self, pixels: Tensor<4>) -> Tensor<2> {
-        let x = self.blocks.iter().fold(self.embed(pixels), |x, block| block.forward(x, None));
-        let [batch, _, width] = x.dims();
-        let cls = self.ln_post.forward(x.narrow(1, 0, 1).reshape([batch, width]));
-        cls.matmul(self.projection.clone())
+    pub fn dense_features(&self, pixels: Tensor<4>, last_block: &LastBlock) -> Result<Tensor<3>, InputError> {
+        Ok(self.dense_from_last_block(&self.encode_to_last_block(pixels)?, last_block))
     }
 
     /// # Shapes
-    /// - `pixels`: `[batch, 3, height, width]` -> `[batch, 1 + patches, width]`
+    /// - `pixels`: `[batch, 3, height, width]`, sides multiples of the patch -> `[batch, 1 + patches, width]`
     fn embed(&self, pixels: Tensor<4>) -> Tensor<3> {
         let [batch, channels, height, width_px] = pixels.dims();
         let patch = self.config.patch_size;
-        assert!(
-            height % patch == 0 && width_px % patch == 0 && height > 0 && width_px > 0,
-            "input {height}x{width_px} is not a positive multiple of the patch size {patch}"
-        );
         let (grid_h, grid_w) = (height / patch, width_px / patch);
         let width = self.config.width;
         let patches = pixels

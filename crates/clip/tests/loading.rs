@@ -2,12 +2,12 @@
 //! usable CLIP checkpoints.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use clearclip_fixtures::{read_fixture, CHECKPOINTS};
-use clearclip_model::{inspect_config, load_clip, CheckpointLoader, Clip, DenseMode, LoadError, LoadOptions};
+use clearclip_fixtures::{load_model, read_fixture, widen_to_f32, CHECKPOINTS};
+use clearclip_model::{inspect_config, CheckpointLoader, Clip, DenseMode, LoadError, LoadOptions};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 fn load(bytes: &[u8]) -> Result<Clip, LoadError> {
-    load_clip(bytes, LoadOptions::default(), &Device::flex())
+    load_model(bytes, &Device::flex())
 }
 
 /// Re-serialise a checkpoint, changing tensors through `edit` (None drops it).
@@ -24,23 +24,11 @@ fn rewrite(bytes: &[u8], edit: impl Fn(&str, Dtype, &[usize], &[u8]) -> Option<(
     safetensors::serialize(views, None).unwrap()
 }
 
-fn to_f32_bytes(dtype: Dtype, data: &[u8]) -> Vec<u8> {
-    data.chunks_exact(2)
-        .flat_map(|b| {
-            let v = match dtype {
-                Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
-                _ => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
-            };
-            v.to_le_bytes()
-        })
-        .collect()
-}
-
 fn features(model: &Clip) -> Vec<f32> {
     let device = model.vision.device();
     let input: Vec<f32> = (0..3 * 48 * 80).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     let pixels: Tensor<4> = Tensor::from_data(TensorData::new(input, [1, 3, 48, 80]), &device);
-    model.vision.dense_features(pixels, &DenseMode::ClearClip.last_block()).into_data().try_into_vec::<f32>().unwrap()
+    model.vision.dense_features(pixels, &DenseMode::ClearClip.last_block()).unwrap().into_data().try_into_vec::<f32>().unwrap()
 }
 
 #[test]
@@ -48,7 +36,7 @@ fn f32_f16_and_bf16_files_give_identical_models() {
     for checkpoint in CHECKPOINTS {
         let bytes = read_fixture(checkpoint);
         let as_f32 = rewrite(&bytes, |_, dtype, shape, data| match dtype {
-            Dtype::F16 | Dtype::BF16 => Some((Dtype::F32, shape.to_vec(), to_f32_bytes(dtype, data))),
+            Dtype::F16 | Dtype::BF16 => Some((Dtype::F32, shape.to_vec(), widen_to_f32(dtype, data))),
             _ => Some((dtype, shape.to_vec(), data.to_vec())),
         });
         // The fixture weights are exactly representable in f16 and bf16.

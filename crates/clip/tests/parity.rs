@@ -3,27 +3,21 @@
 //! (`scripts/gen_fixtures.py`), in both tensor layouts, on every test device.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use clearclip_fixtures::{assert_close, read_fixture, test_devices, tokenizer_json, Reference, CHECKPOINTS};
-use clearclip_model::{
-    load_clip, resize_patch_positions, AttentionKind, Clip, ClipTokenizer, DenseMode, LastBlock, Layout, LoadOptions, Residual,
-};
+use clearclip_fixtures::{assert_close, load_fixture_model, test_devices, tokenizer_json, Reference, CHECKPOINTS};
+use clearclip_model::{resize_patch_positions, AttentionKind, ClipTokenizer, DenseMode, LastBlock, Layout, Residual};
 
 /// Features reach ~5 in magnitude; f32 on different kernels than PyTorch's.
 const FEATURE_TOLERANCE: f32 = 1e-4;
 
-fn load(name: &str, device: &Device) -> Clip {
-    load_clip(&read_fixture(name), LoadOptions::default(), device).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-fn read(t: Tensor<3>) -> Vec<f32> {
-    t.into_data().try_into_vec::<f32>().unwrap()
+fn read(t: Result<Tensor<3>, clearclip_model::InputError>) -> Vec<f32> {
+    t.unwrap().into_data().try_into_vec::<f32>().unwrap()
 }
 
 #[test]
 fn both_layouts_are_detected_with_the_same_architecture() {
     let device = Device::flex();
-    let hf = load(CHECKPOINTS[0], &device);
-    let oc = load(CHECKPOINTS[1], &device);
+    let hf = load_fixture_model(CHECKPOINTS[0], &device);
+    let oc = load_fixture_model(CHECKPOINTS[1], &device);
     assert_eq!(hf.layout, Layout::HuggingFace);
     assert_eq!(oc.layout, Layout::OpenClip);
     assert_eq!(hf.config, oc.config);
@@ -31,9 +25,6 @@ fn both_layouts_are_detected_with_the_same_architecture() {
     assert_eq!((v.width, v.layers, v.heads, v.patch_size, v.grid_size, v.mlp_width, v.embed_dim), (128, 3, 2, 16, 4, 512, 64));
     let t = &hf.config.text;
     assert_eq!((t.vocab_size, t.context_length, t.width, t.layers, t.heads, t.mlp_width), (49408, 77, 64, 2, 1, 256));
-    // ln(100) stored in f16 and bf16 (4.5938) and exponentiated again.
-    assert!((hf.logit_scale - 100.03).abs() < 0.01, "{}", hf.logit_scale);
-    assert!((oc.logit_scale - 98.87).abs() < 0.01, "{}", oc.logit_scale);
 }
 
 #[test]
@@ -42,7 +33,7 @@ fn dense_features_match_reference_for_every_mode() {
     let (input, shape) = reference.f32("dense.input_96x160");
     for (device_name, device) in test_devices() {
         for checkpoint in CHECKPOINTS {
-            let model = load(checkpoint, &device);
+            let model = load_fixture_model(checkpoint, &device);
             for mode in DenseMode::ALL {
                 let pixels: Tensor<4> = Tensor::from_data(TensorData::new(input.clone(), [1, shape[0], shape[1], shape[2]]), &device);
                 let features = read(model.vision.dense_features(pixels, &mode.last_block()));
@@ -73,7 +64,7 @@ fn a_knob_combination_no_mode_uses_matches_reference() {
     let (expected, _) = reference.f32("dense.knobs_kk_std2_alpha0.5_ffn_96x160");
     for (device_name, device) in test_devices() {
         for checkpoint in CHECKPOINTS {
-            let model = load(checkpoint, &device);
+            let model = load_fixture_model(checkpoint, &device);
             let pixels: Tensor<4> = Tensor::from_data(TensorData::new(input.clone(), [1, shape[0], shape[1], shape[2]]), &device);
             let features = read(model.vision.dense_features(pixels, &block));
             assert_close(&format!("{device_name} {checkpoint} {block}"), &features, &expected, FEATURE_TOLERANCE);
@@ -95,11 +86,11 @@ fn knobs_of(mode: DenseMode) -> (&'static str, Option<f32>, Option<f32>, bool) {
 #[test]
 fn knob_settings_reproduce_every_named_mode_exactly() {
     let device = Device::flex();
-    let model = load(CHECKPOINTS[1], &device);
+    let model = load_fixture_model(CHECKPOINTS[1], &device);
     let reference = Reference::load();
     let (input, shape) = reference.f32("dense.input_96x160");
     let pixels: Tensor<4> = Tensor::from_data(TensorData::new(input, [1, shape[0], shape[1], shape[2]]), &device);
-    let kept = model.vision.encode_to_last_block(pixels);
+    let kept = model.vision.encode_to_last_block(pixels).unwrap();
     for mode in DenseMode::ALL {
         let (attention, std, alpha, ffn) = knobs_of(mode);
         let block = LastBlock {
@@ -111,12 +102,12 @@ fn knob_settings_reproduce_every_named_mode_exactly() {
         assert_eq!(block, mode.last_block(), "{}", mode.name());
         assert_eq!(DenseMode::of(&block), Some(mode));
         // Same description, same numbers, bit for bit.
-        let a = read(model.vision.dense_from_last_block(&kept, &block));
-        let b = read(model.vision.dense_from_last_block(&kept, &mode.last_block()));
+        let a = read(Ok(model.vision.dense_from_last_block(&kept, &block)));
+        let b = read(Ok(model.vision.dense_from_last_block(&kept, &mode.last_block())));
         assert_eq!(a, b, "{}", mode.name());
     }
     // The modes really differ from each other on this input.
-    let outputs: Vec<Vec<f32>> = DenseMode::ALL.iter().map(|m| read(model.vision.dense_from_last_block(&kept, &m.last_block()))).collect();
+    let outputs: Vec<Vec<f32>> = DenseMode::ALL.iter().map(|m| read(Ok(model.vision.dense_from_last_block(&kept, &m.last_block())))).collect();
     for i in 0..outputs.len() {
         for j in i + 1..outputs.len() {
             let diff = outputs[i].iter().zip(&outputs[j]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
@@ -128,7 +119,7 @@ fn knob_settings_reproduce_every_named_mode_exactly() {
 #[test]
 fn positional_embedding_resize_matches_pytorch_bicubic_with_scale_factor() {
     let reference = Reference::load();
-    let model = load(CHECKPOINTS[1], &Device::flex());
+    let model = load_fixture_model(CHECKPOINTS[1], &Device::flex());
     let v = &model.config.vision;
     // 448 x 672 input -> 28 x 42 grid from the 4 x 4 pre-training grid.
     let resized = resize_patch_positions(&model.vision.patch_positions, v.grid_size, v.width, v.patch_size, 448, 672);
@@ -161,7 +152,7 @@ fn token_batches_pad_to_the_longest_and_report_eot() {
     let batch = tokenizer.encode_batch(&["a photo of a cat.", "sky"]).unwrap();
     assert_eq!(batch.len, 8);
     assert_eq!(batch.eot, vec![7, 2]);
-    assert_eq!(batch.row(1), &[49406, 2390, 49407, 0, 0, 0, 0, 0]);
+    assert_eq!(batch.ids[8..], [49406, 2390, 49407, 0, 0, 0, 0, 0]);
 }
 
 #[test]

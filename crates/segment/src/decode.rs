@@ -56,7 +56,8 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
         clearclip_jpeg::JpegError::TooLarge { width, height, .. } => DecodeError::TooLarge { width, height },
         other => DecodeError::Jpeg(other),
     })?;
-    let image = RgbImage::from_raw(decoded.width, decoded.height, decoded.rgb).expect("the decoder sizes its buffer");
+    let (width, height) = (decoded.width, decoded.height);
+    let image = RgbImage::from_raw(width, height, decoded.rgb).ok_or(DecodeError::TooLarge { width, height })?;
     let mut image = DynamicImage::ImageRgb8(image);
     // OpenCV's `ApplyExifOrientation` and image's `apply_orientation` are the
     // same eight transforms (checked against cv2.imread in the tests).

@@ -10,6 +10,7 @@ pub mod preprocess;
 pub mod presets;
 pub mod prompts;
 pub mod render;
+pub mod request;
 pub mod resample;
 pub mod segmenter;
 pub mod windows;
@@ -19,4 +20,7 @@ pub use decode::{decode_image, DecodeError, MAX_DECODE_SIDE};
 pub use pamr::Pamr;
 pub use presets::{Preset, PRESETS};
 pub use prompts::Templates;
-pub use segmenter::{Progress, SegmentError, SegmentParams, Segmentation, Segmenter, MAX_IMAGE_PIXELS, MAX_PAMR_PIXELS};
+pub use request::{Catalog, LastBlockOverrides, SegmentRequest};
+pub use segmenter::{
+    Clock, Progress, SegmentError, SegmentParams, Segmentation, Segmenter, SettingsError, Timings, MAX_IMAGE_PIXELS, MAX_PAMR_PIXELS,
+};

@@ -12,8 +12,14 @@
 //! soft-maxed over the neighbours. Then, `iterations` times, every mask value
 //! becomes the affinity-weighted sum of its neighbours' values.
 
+use serde::{Deserialize, Serialize};
+
+use crate::resample::Maps;
+use crate::segmenter::SettingsError;
+
 /// PAMR settings; the default is NACLIP's.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Pamr {
     pub iterations: usize,
     pub dilations: Vec<usize>,
@@ -32,9 +38,9 @@ fn neighbour_offsets(d: isize) -> [(isize, isize); 8] {
 }
 
 impl Pamr {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), SettingsError> {
         if self.dilations.is_empty() || self.dilations.contains(&0) {
-            return Err(format!("PAMR needs positive dilations, not {:?}", self.dilations));
+            return Err(SettingsError::PamrDilations(self.dilations.clone()));
         }
         Ok(())
     }
@@ -45,13 +51,16 @@ impl Pamr {
     /// - `image`: `[channels, height, width]` (NACLIP: the normalised network
     ///   input resized bilinearly to the output size)
     /// - `masks`: `[classes, height, width]`
-    pub fn refine(&self, image: &[f32], image_channels: usize, masks: &mut [f32], classes: usize, (height, width): (usize, usize)) {
+    pub fn refine(&self, guide: &Maps, masks: &mut Maps) {
+        let (height, width) = masks.size();
         let pixels = height * width;
-        assert_eq!(image.len(), image_channels * pixels);
-        assert_eq!(masks.len(), classes * pixels);
-        if self.iterations == 0 || pixels == 0 {
+        debug_assert_eq!(guide.size(), masks.size(), "PAMR's guide and masks differ in size");
+        if self.iterations == 0 || pixels == 0 || guide.size() != masks.size() {
             return;
         }
+        let (image, image_channels) = (guide.as_slice(), guide.channels());
+        let classes = masks.channels();
+        let masks = masks.as_mut_slice();
         let offsets: Vec<(isize, isize)> = self.dilations.iter().flat_map(|&d| neighbour_offsets(d as isize)).collect();
         // Index of neighbour `k` of every pixel, borders replicated (F.pad mode='replicate').
         let clamp = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
@@ -139,11 +148,12 @@ mod tests {
         // Constant image: every affinity is equal (1/16), so one step is the
         // plain mean of the 16 replicated-border neighbours.
         let (h, w) = (5, 6);
-        let image = vec![0.3f32; 3 * h * w];
-        let mut mask: Vec<f32> = (0..h * w).map(|i| i as f32).collect();
-        let original = mask.clone();
+        let image = Maps::from_vec(vec![0.3f32; 3 * h * w], 3, (h, w)).unwrap();
+        let original: Vec<f32> = (0..h * w).map(|i| i as f32).collect();
+        let mut masks = Maps::from_vec(original.clone(), 1, (h, w)).unwrap();
         let pamr = Pamr { iterations: 1, dilations: vec![1, 2] };
-        pamr.refine(&image, 3, &mut mask, 1, (h, w));
+        pamr.refine(&image, &mut masks);
+        let mask = masks.into_vec();
         let at = |y: isize, x: isize| original[(y.clamp(0, h as isize - 1) * w as isize + x.clamp(0, w as isize - 1)) as usize];
         let (y, x) = (2isize, 3isize);
         let expected: f32 = [1isize, 2]
@@ -160,8 +170,10 @@ mod tests {
         // Left half dark, right half bright; the mask starts as 1 on the left.
         let (h, w) = (8, 8);
         let image: Vec<f32> = (0..3 * h * w).map(|i| if i % w < w / 2 { -1.0 } else { 1.0 }).collect();
-        let mut mask: Vec<f32> = (0..h * w).map(|i| if i % w < w / 2 { 1.0 } else { 0.0 }).collect();
-        Pamr { iterations: 10, dilations: vec![1] }.refine(&image, 3, &mut mask, 1, (h, w));
+        let mask: Vec<f32> = (0..h * w).map(|i| if i % w < w / 2 { 1.0 } else { 0.0 }).collect();
+        let mut masks = Maps::from_vec(mask, 1, (h, w)).unwrap();
+        Pamr { iterations: 10, dilations: vec![1] }.refine(&Maps::from_vec(image, 3, (h, w)).unwrap(), &mut masks);
+        let mask = masks.into_vec();
         assert!(mask[3 * w + 1] > 0.99 && mask[3 * w + 6] < 0.01, "{mask:?}");
     }
 }

@@ -4,6 +4,8 @@
 
 use image::RgbImage;
 
+use crate::resample::Maps;
+
 /// OpenAI CLIP pixel mean and std on the 0-255 scale (`clearclip_segmentor.py`).
 pub const CLIP_MEAN: [f32; 3] = [122.771, 116.746, 104.094];
 pub const CLIP_STD: [f32; 3] = [68.501, 66.632, 70.323];
@@ -73,7 +75,8 @@ pub fn resize_like_opencv(image: &RgbImage, width: u32, height: u32) -> RgbImage
             }
         }
     }
-    let mut out = vec![0u8; dst_h * dst_w * 3];
+    let mut resized = RgbImage::new(width, height);
+    let out: &mut [u8] = &mut resized;
     let clamp_row = |r: i64| r.clamp(0, src_h as i64 - 1) as usize;
     for y in 0..dst_h {
         let r0 = &rows[clamp_row(ys.index[y]) * dst_w * 3..][..dst_w * 3];
@@ -85,22 +88,23 @@ pub fn resize_like_opencv(image: &RgbImage, width: u32, height: u32) -> RgbImage
             *o = ((v + 2) >> 2).clamp(0, 255) as u8;
         }
     }
-    RgbImage::from_raw(width, height, out).expect("buffer sized for the image")
+    resized
 }
 
 /// Channel-first normalised pixels: `(x - mean) / std`.
 ///
 /// # Shapes
 /// - returns `[3, height, width]` row-major
-pub fn normalize(image: &RgbImage) -> Vec<f32> {
+pub fn normalize(image: &RgbImage) -> Maps {
     let (w, h) = (image.width() as usize, image.height() as usize);
-    let mut out = vec![0.0; 3 * w * h];
+    let mut maps = Maps::zeros(3, (h, w));
+    let out = maps.as_mut_slice();
     for (i, p) in image.pixels().enumerate() {
         for c in 0..3 {
             out[c * w * h + i] = (p[c] as f32 - CLIP_MEAN[c]) / CLIP_STD[c];
         }
     }
-    out
+    maps
 }
 
 #[cfg(test)]

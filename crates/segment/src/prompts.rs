@@ -90,10 +90,12 @@ pub const OPENAI_IMAGENET_TEMPLATES: [&str; 80] = [
 pub const SINGLE_TEMPLATE: [&str; 1] = ["a photo of a {}."];
 
 /// Which prompt templates a class name is put into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Templates {
     /// The 80 OpenAI ImageNet templates (the reference).
     #[default]
+    #[serde(rename = "openai-imagenet")]
     OpenAiImageNet,
     /// `a photo of a {}.` only.
     Single,

@@ -2,7 +2,7 @@
 //! legend, and a per-class probability heatmap (viridis, a perceptual map).
 
 use font8x8::{UnicodeFonts, BASIC_FONTS, LATIN_FONTS};
-use image::{Rgb, RgbImage, Rgba, RgbaImage};
+use image::{DynamicImage, GrayImage, ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
 
 use crate::segmenter::Segmentation;
 
@@ -31,8 +31,11 @@ pub fn label_colors(seg: &Segmentation, alpha: u8) -> RgbaImage {
 
 /// `image` blended with the class colours (`opacity` in 0..=1), with a legend
 /// (colour, name, share of pixels) drawn in the top-left corner.
-pub fn overlay(image: &RgbImage, seg: &Segmentation, opacity: f32) -> RgbImage {
-    assert_eq!(image.dimensions(), (seg.width, seg.height), "overlay needs the segmented image");
+/// `None` unless `image` is the segmented image (same size).
+pub fn overlay(image: &RgbImage, seg: &Segmentation, opacity: f32) -> Option<RgbImage> {
+    if image.dimensions() != (seg.width, seg.height) || seg.labels.len() != (seg.width * seg.height) as usize {
+        return None;
+    }
     let mut out = image.clone();
     for (x, y, p) in out.enumerate_pixels_mut() {
         let c = class_color(seg.labels[(y * seg.width + x) as usize] as usize);
@@ -41,7 +44,7 @@ pub fn overlay(image: &RgbImage, seg: &Segmentation, opacity: f32) -> RgbImage {
         }
     }
     draw_legend(&mut out, seg);
-    out
+    Some(out)
 }
 
 /// The probability map of class `class` in viridis, `[height, width]`.
@@ -114,6 +117,18 @@ fn draw_legend(img: &mut RgbImage, seg: &Segmentation) {
         }
         draw_text(img, entry, 3 * scale + line, y, scale, [255, 255, 255]);
     }
+}
+
+/// The label map as an 8-bit grey image (class index per pixel).
+pub fn labels_image(seg: &Segmentation) -> Option<GrayImage> {
+    GrayImage::from_raw(seg.width, seg.height, seg.labels.clone())
+}
+
+/// PNG bytes of an image: the CLI's files and the page's downloads.
+pub fn png(image: impl Into<DynamicImage>) -> Result<Vec<u8>, image::ImageError> {
+    let mut bytes = Vec::new();
+    image.into().write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Png)?;
+    Ok(bytes)
 }
 
 /// Class maps larger than this many pixels are shown sampled (see

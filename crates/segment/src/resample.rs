@@ -20,7 +20,9 @@ impl LinearTap {
     }
 }
 
+/// The taps of every output position of one axis (`in_size` > 0).
 pub fn linear_taps(in_size: usize, out_size: usize) -> Vec<LinearTap> {
+    let in_size = in_size.max(1);
     let scale = in_size as f32 / out_size as f32;
     (0..out_size)
         .map(|d| {
@@ -33,32 +35,83 @@ pub fn linear_taps(in_size: usize, out_size: usize) -> Vec<LinearTap> {
         .collect()
 }
 
-/// Resize `planes` (`[channels, in_h, in_w]`) to `[channels, out_h, out_w]`
-/// and add rows `row_offset..` / columns `col_offset..` of the result into
-/// `dst` (`[channels, dst_h, dst_w]`) at (`dst_y`, `dst_x`), `rows x cols` of them.
-/// This is the crop step of `forward_slide`: upsample to the padded crop, cut
-/// the padding off, add into `preds`; only the kept pixels are computed.
-#[allow(clippy::too_many_arguments)]
-pub fn upsample_crop_add(
-    planes: &[f32],
+/// Planes of floats, `[channels, height, width]` row-major: class maps,
+/// logits, or the normalised image. The buffer always holds exactly
+/// `channels * height * width` values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Maps {
+    data: Vec<f32>,
     channels: usize,
-    (in_h, in_w): (usize, usize),
-    (out_h, out_w): (usize, usize),
-    (row_offset, col_offset): (usize, usize),
-    (rows, cols): (usize, usize),
-    dst: &mut [f32],
-    (dst_h, dst_w): (usize, usize),
-    (dst_y, dst_x): (usize, usize),
-) {
-    assert_eq!(planes.len(), channels * in_h * in_w);
-    assert_eq!(dst.len(), channels * dst_h * dst_w);
-    let ty = &linear_taps(in_h, out_h)[row_offset..row_offset + rows];
-    let tx = &linear_taps(in_w, out_w)[col_offset..col_offset + cols];
-    for c in 0..channels {
-        let src = &planes[c * in_h * in_w..][..in_h * in_w];
-        let out = &mut dst[c * dst_h * dst_w..][..dst_h * dst_w];
+    size: (usize, usize),
+}
+
+impl Maps {
+    pub fn zeros(channels: usize, (height, width): (usize, usize)) -> Self {
+        Self { data: vec![0.0; channels * height * width], channels, size: (height, width) }
+    }
+
+    /// `None` unless `data` holds `channels * height * width` values.
+    pub fn from_vec(data: Vec<f32>, channels: usize, (height, width): (usize, usize)) -> Option<Self> {
+        (data.len() == channels * height * width).then_some(Self { data, channels, size: (height, width) })
+    }
+
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// `(height, width)`.
+    pub fn size(&self) -> (usize, usize) {
+        self.size
+    }
+
+    pub fn plane(&self, channel: usize) -> &[f32] {
+        let pixels = self.size.0 * self.size.1;
+        &self.data[channel * pixels..][..pixels]
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        &self.data
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
+
+    pub fn into_vec(self) -> Vec<f32> {
+        self.data
+    }
+}
+
+/// Where an upsampled map is added: `source` resized to `scaled`, then
+/// `rows x cols` of it from `(from_y, from_x)` added into the destination at
+/// `(to_y, to_x)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paste {
+    pub scaled: (usize, usize),
+    pub from: (usize, usize),
+    pub extent: (usize, usize),
+    pub to: (usize, usize),
+}
+
+/// The crop step of `forward_slide`: upsample to the padded crop, cut the
+/// padding off, add into `preds`; only the kept pixels are computed.
+///
+/// # Shapes
+/// - `source`: `[channels, in_h, in_w]`; `destination`: `[channels, dst_h, dst_w]`
+///   with the same channels, and room for `paste.extent` at `paste.to`
+pub fn upsample_crop_add(source: &Maps, paste: &Paste, destination: &mut Maps) {
+    let (in_h, in_w) = source.size;
+    let (out_h, out_w) = paste.scaled;
+    let (rows, cols) = paste.extent;
+    let dst_w = destination.size.1;
+    let ty = &linear_taps(in_h, out_h)[paste.from.0..paste.from.0 + rows];
+    let tx = &linear_taps(in_w, out_w)[paste.from.1..paste.from.1 + cols];
+    let dst_pixels = destination.size.0 * dst_w;
+    for c in 0..source.channels.min(destination.channels) {
+        let src = source.plane(c);
+        let out = &mut destination.data[c * dst_pixels..][..dst_pixels];
         for (r, y) in ty.iter().enumerate() {
-            let line = &mut out[(dst_y + r) * dst_w + dst_x..][..cols];
+            let line = &mut out[(paste.to.0 + r) * dst_w + paste.to.1..][..cols];
             let (a, b) = (&src[y.i0 * in_w..][..in_w], &src[y.i1 * in_w..][..in_w]);
             for (o, x) in line.iter_mut().zip(tx) {
                 *o += y.blend(x, a, b);
@@ -67,10 +120,10 @@ pub fn upsample_crop_add(
     }
 }
 
-/// Plain resize of `[channels, in_h, in_w]` to `[channels, out_h, out_w]`.
-pub fn resize_bilinear(planes: &[f32], channels: usize, (in_h, in_w): (usize, usize), (out_h, out_w): (usize, usize)) -> Vec<f32> {
-    let mut out = vec![0.0; channels * out_h * out_w];
-    upsample_crop_add(planes, channels, (in_h, in_w), (out_h, out_w), (0, 0), (out_h, out_w), &mut out, (out_h, out_w), (0, 0));
+/// Plain bilinear resize of every plane to `size`.
+pub fn resize_bilinear(source: &Maps, size: (usize, usize)) -> Maps {
+    let mut out = Maps::zeros(source.channels, size);
+    upsample_crop_add(source, &Paste { scaled: size, from: (0, 0), extent: size, to: (0, 0) }, &mut out);
     out
 }
 
@@ -81,7 +134,7 @@ mod tests {
     #[test]
     fn doubling_matches_pytorch() {
         // F.interpolate(torch.tensor([[[[0., 1.], [2., 3.]]]]), size=(4, 4), mode='bilinear')
-        let out = resize_bilinear(&[0., 1., 2., 3.], 1, (2, 2), (4, 4));
+        let out = resize_bilinear(&Maps::from_vec(vec![0., 1., 2., 3.], 1, (2, 2)).unwrap(), (4, 4)).into_vec();
         let expected = [
             0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0,
         ];
@@ -93,6 +146,7 @@ mod tests {
     #[test]
     fn same_size_is_identity() {
         let x: Vec<f32> = (0..12).map(|i| i as f32).collect();
-        assert_eq!(resize_bilinear(&x, 2, (2, 3), (2, 3)), x);
+        let maps = Maps::from_vec(x.clone(), 2, (2, 3)).unwrap();
+        assert_eq!(resize_bilinear(&maps, (2, 3)).into_vec(), x);
     }
 }

@@ -21,18 +21,22 @@
 use std::collections::HashMap;
 
 use burn::tensor::{Tensor, TensorData};
-use clearclip_model::{Clip, ClipTokenizer, DenseMode, LastBlock, LastBlockInput, TokenizerError};
+use clearclip_model::{Clip, ClipConfig, ClipTokenizer, DenseMode, InputError, LastBlock, LastBlockError, LastBlockInput, TokenizerError};
 use image::RgbImage;
+use serde::{Deserialize, Serialize};
 
 use crate::classes::ClassList;
 use crate::pamr::Pamr;
 use crate::preprocess::{normalize, rescaled_size, resize_like_opencv};
 use crate::prompts::Templates;
-use crate::resample::{linear_taps, resize_bilinear, upsample_crop_add};
+use crate::resample::{linear_taps, resize_bilinear, upsample_crop_add, Maps, Paste};
 use crate::windows::{sliding_windows, Window};
 
-/// Every knob of the pipeline; defaults are the reference's.
-#[derive(Debug, Clone, PartialEq)]
+/// Every knob of the pipeline; defaults are the reference's. This is the
+/// request the CLI and the page both build (the page as JSON, every field
+/// optional: `{crop, stride, backgroundThreshold, templates, lastBlock, pamr, ...}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct SegmentParams {
     /// Short side after resizing (`Resize(scale=(2048, 448))`).
     pub short_side: u32,
@@ -68,12 +72,32 @@ impl Default for SegmentParams {
     }
 }
 
+impl SegmentParams {
+    /// What runs after the first blocks, e.g. `q-q attention, no residual, no FFN, then PAMR`.
+    pub fn describe_last_block(&self) -> String {
+        format!("{}{}", self.last_block, if self.pamr.is_some() { ", then PAMR" } else { "" })
+    }
+}
+
 /// Images above this many pixels are refused: the probability maps are kept
 /// at the original size (`classes x pixels` floats).
 pub const MAX_IMAGE_PIXELS: u64 = 40_000_000;
 
 /// PAMR keeps 8 affinities per pixel and dilation: it is refused above this.
 pub const MAX_PAMR_PIXELS: u64 = 16_000_000;
+
+/// Settings that cannot be run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("crop {crop} (at least the patch, {patch}), stride {stride} (> 0), short side {short_side} (> 0, at most the long-side cap {long_side_cap})")]
+    Geometry { crop: usize, stride: usize, short_side: u32, long_side_cap: u32, patch: usize },
+    #[error("stride {stride} larger than the crop {crop} would leave gaps")]
+    StrideAboveCrop { stride: usize, crop: usize },
+    #[error(transparent)]
+    LastBlock(#[from] LastBlockError),
+    #[error("PAMR needs positive dilations, not {0:?}")]
+    PamrDilations(Vec<usize>),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SegmentError {
@@ -84,11 +108,22 @@ pub enum SegmentError {
     #[error("PAMR is limited to {} megapixels; this image has {}: downscale it or turn PAMR off", MAX_PAMR_PIXELS / 1_000_000, *.0 / 1_000_000)]
     PamrTooLarge(u64),
     #[error("invalid settings: {0}")]
-    Params(String),
+    Settings(#[from] SettingsError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Input(#[from] InputError),
     #[error("the GPU/CPU device failed: {0}")]
     Device(String),
+}
+
+impl SegmentError {
+    /// Whether the model is unusable after this error (the device failed):
+    /// the caller must load it again. Every other error is about the
+    /// request, and the next request may succeed.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Device(_))
+    }
 }
 
 /// Progress of the two long phases, for progress bars.
@@ -98,6 +133,35 @@ pub enum Progress {
     Text { done: usize, total: usize },
     /// Sliding windows processed; `done: 0` is sent before the first starts.
     Window { done: usize, total: usize },
+}
+
+/// Milliseconds on a monotonic clock, for the phase timings.
+pub type Clock = fn() -> f64;
+
+/// `std::time::Instant` (natively). In wasm32 std has no clock: the glue
+/// passes `performance.now()` to [`Segmenter::with_clock`].
+fn instant_clock() -> f64 {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        f64::NAN
+    }
+}
+
+/// How long the phases of one segmentation took, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timings {
+    /// Encoding the class names not cached yet.
+    pub text_ms: f64,
+    /// The windows (all blocks, or the last one when reused) and the merge.
+    pub image_ms: f64,
+    /// How many class names were encoded (the rest came from the cache).
+    pub classes_encoded: usize,
 }
 
 /// Result of one segmentation, at the original image size.
@@ -117,6 +181,7 @@ pub struct Segmentation {
     /// The first `L-1` blocks of every window came from the previous run on
     /// the same image (only the last block and what follows ran).
     pub reused_windows: bool,
+    pub timings: Timings,
     /// Non-fatal notes (truncated prompts, ...).
     pub warnings: Vec<String>,
 }
@@ -126,7 +191,9 @@ impl Segmentation {
     pub fn class_shares(&self) -> Vec<f32> {
         let mut counts = vec![0usize; self.class_names.len()];
         for &l in &self.labels {
-            counts[l as usize] += 1;
+            if let Some(count) = counts.get_mut(l as usize) {
+                *count += 1;
+            }
         }
         counts.iter().map(|&c| c as f32 / self.labels.len().max(1) as f32).collect()
     }
@@ -138,18 +205,14 @@ impl Segmentation {
         let stride = stride.max(1);
         let (w, h) = (self.width as usize, self.height as usize);
         let (sw, sh) = (w.div_ceil(stride), h.div_ceil(stride));
-        let probs = every_nth_pixel(&self.probs, w, h, stride);
-        let labels = every_nth_pixel(&self.labels, w, h, stride);
         Segmentation {
             width: sw as u32,
             height: sh as u32,
+            probs: every_nth_pixel(&self.probs, w, h, stride),
+            labels: every_nth_pixel(&self.labels, w, h, stride),
             class_names: self.class_names.clone(),
-            probs,
-            labels,
-            resized: self.resized,
-            windows: self.windows,
-            reused_windows: self.reused_windows,
             warnings: self.warnings.clone(),
+            ..*self
         }
     }
 }
@@ -157,8 +220,8 @@ impl Segmentation {
 /// Every `stride`-th row and column of each `[height, width]` plane in `maps`.
 fn every_nth_pixel<T: Copy>(maps: &[T], width: usize, height: usize, stride: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(maps.len() / (stride * stride) + width + height);
-    for plane in maps.chunks_exact(width * height) {
-        for row in plane.chunks_exact(width).step_by(stride) {
+    for plane in maps.chunks_exact((width * height).max(1)) {
+        for row in plane.chunks_exact(width.max(1)).step_by(stride) {
             out.extend(row.iter().step_by(stride));
         }
     }
@@ -167,10 +230,11 @@ fn every_nth_pixel<T: Copy>(maps: &[T], width: usize, height: usize, stride: usi
 
 /// A loaded model, its tokenizer and the class embeddings computed so far.
 pub struct Segmenter {
-    pub model: Clip,
+    model: Clip,
     tokenizer: ClipTokenizer,
     text_cache: HashMap<(String, Templates), Vec<f32>>,
     window_cache: Option<WindowCache>,
+    clock: Clock,
 }
 
 /// Everything of the last run that does not depend on the last block.
@@ -178,7 +242,7 @@ struct WindowCache {
     image: RgbImage,
     geometry: Geometry,
     /// The resized, normalised image, `[3, height, width]`.
-    pixels: Vec<f32>,
+    pixels: Maps,
     /// Output of the first `L-1` blocks, one per window, on the device.
     inputs: Vec<LastBlockInput>,
 }
@@ -198,6 +262,21 @@ impl From<&SegmentParams> for Geometry {
     }
 }
 
+/// The model input for one image: resized and normalised, cut into windows,
+/// and the first blocks' output of each window when they can be reused.
+struct PreparedImage {
+    pixels: Maps,
+    windows: Vec<Window>,
+    reused: Option<Vec<LastBlockInput>>,
+}
+
+/// The class embeddings as the right-hand side of `features @ queries^T`.
+struct Queries {
+    /// `[embed_dim, queries]` on the device.
+    transposed: Tensor<2>,
+    count: usize,
+}
+
 fn device_error(e: impl std::fmt::Debug) -> SegmentError {
     SegmentError::Device(format!("{e:?}"))
 }
@@ -207,41 +286,58 @@ fn l2_normalize(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x /= norm);
 }
 
+/// Reads a float tensor back from the device.
+async fn read_back<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, SegmentError> {
+    tensor.into_data_async().await.map_err(device_error)?.try_into_vec::<f32>().map_err(device_error)
+}
+
 impl Segmenter {
     pub fn new(model: Clip, tokenizer: ClipTokenizer) -> Self {
-        Self { model, tokenizer, text_cache: HashMap::new(), window_cache: None }
+        Self { model, tokenizer, text_cache: HashMap::new(), window_cache: None, clock: instant_clock }
     }
 
-    pub fn embed_dim(&self) -> usize {
+    /// Use `clock` for the phase timings (the browser's `performance.now()`).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The architecture of the loaded model.
+    pub fn config(&self) -> &ClipConfig {
+        &self.model.config
+    }
+
+    fn embed_dim(&self) -> usize {
         self.model.config.vision.embed_dim
     }
 
     /// Normalised class embedding of each name, `[names, embed_dim]`
     /// row-major, computed once per (name, templates) and then cached.
+    /// Returns them with how many names had to be encoded.
     pub async fn class_embeddings(
         &mut self,
         names: &[&str],
         templates: Templates,
         progress: &mut dyn FnMut(Progress),
         warnings: &mut Vec<String>,
-    ) -> Result<Vec<f32>, SegmentError> {
+    ) -> Result<(Vec<f32>, usize), SegmentError> {
         let total = names.len();
         let mut out = Vec::with_capacity(total * self.embed_dim());
+        let mut encoded = 0;
         for (done, name) in names.iter().enumerate() {
             let key = (name.to_string(), templates);
-            if !self.text_cache.contains_key(&key) {
-                let embedding = self.encode_class(name, templates, warnings).await?;
-                self.text_cache.insert(key.clone(), embedding);
-            }
-            out.extend_from_slice(&self.text_cache[&key]);
+            let embedding = match self.text_cache.get(&key) {
+                Some(embedding) => embedding,
+                None => {
+                    let embedding = self.encode_class(name, templates, warnings).await?;
+                    encoded += 1;
+                    self.text_cache.entry(key).or_insert(embedding)
+                }
+            };
+            out.extend_from_slice(embedding);
             progress(Progress::Text { done: done + 1, total });
         }
-        Ok(out)
-    }
-
-    /// Whether a name's embedding is already cached.
-    pub fn is_cached(&self, name: &str, templates: Templates) -> bool {
-        self.text_cache.contains_key(&(name.to_string(), templates))
+        Ok((out, encoded))
     }
 
     async fn encode_class(&self, name: &str, templates: Templates, warnings: &mut Vec<String>) -> Result<Vec<f32>, SegmentError> {
@@ -253,9 +349,7 @@ impl Segmenter {
                 self.tokenizer.context_length()
             ));
         }
-        let features = self.model.text.encode(&batch);
-        let data = features.into_data_async().await.map_err(device_error)?;
-        let features: Vec<f32> = data.try_into_vec::<f32>().map_err(device_error)?;
+        let features = read_back(self.model.text.encode(&batch)?).await?;
         // clearclip_segmentor.py: feature /= norm; feature.mean(0); feature /= norm
         let dim = self.embed_dim();
         let mut mean = vec![0.0f32; dim];
@@ -271,8 +365,10 @@ impl Segmenter {
         Ok(mean)
     }
 
-    /// Segment `image` into `classes`. When `image` and the window geometry
-    /// are those of the previous call, the first `L-1` blocks are not run again.
+    /// Segment `image` into `classes`: encode the class names, run the
+    /// windows, merge them into probabilities at the original size. When
+    /// `image` and the window geometry are those of the previous call, the
+    /// first `L-1` blocks are not run again.
     pub async fn segment(
         &mut self,
         image: &RgbImage,
@@ -281,135 +377,146 @@ impl Segmenter {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Segmentation, SegmentError> {
         let (width, height) = image.dimensions();
-        let patch = self.model.config.vision.patch_size;
-        validate(width, height, patch, params)?;
+        validate(width, height, self.model.config.vision.patch_size, params)?;
+        let started = (self.clock)();
         let mut warnings = Vec::new();
         let (names, class_of_query) = classes.queries();
-        let queries = self.class_embeddings(&names, params.templates, progress, &mut warnings).await?;
+        let (embeddings, classes_encoded) = self.class_embeddings(&names, params.templates, progress, &mut warnings).await?;
+        let queries = self.queries(embeddings, names.len());
+        let text_done = (self.clock)();
 
         let geometry = Geometry::from(params);
-        let (rw, rh) = rescaled_size(width, height, params.short_side, params.long_side_cap);
-        let windows = sliding_windows(rw as usize, rh as usize, params.crop, params.stride, patch);
-        // Take the cache out: it is dropped if this run fails half-way.
-        let cached = self.window_cache.take().filter(|c| c.geometry == geometry && c.image == *image);
-        let reused_windows = cached.is_some();
-        let (kept_image, pixels, cached_inputs) = match cached {
-            Some(c) => (c.image, c.pixels, Some(c.inputs)),
-            None => {
-                let resized = if (rw, rh) == (width, height) { image.clone() } else { resize_like_opencv(image, rw, rh) };
-                (image.clone(), normalize(&resized), None)
-            }
-        };
-        let (logits, inputs) = self
-            .sliding_window_logits(&pixels, (rw as usize, rh as usize), &windows, cached_inputs, &queries, names.len(), params, progress)
-            .await?;
-        let in_size = (rh as usize, rw as usize);
-        let out_size = (height as usize, width as usize);
-        let (probs, labels) = match &params.pamr {
-            None => probabilities(&logits, names.len(), in_size, out_size, &class_of_query, classes.len(), params),
-            Some(pamr) => {
-                // NACLIP.predict: logits and the network input, both resized
-                // bilinearly to the original size, then PAMR, then the softmax.
-                let mut full = resize_bilinear(&logits, names.len(), in_size, out_size);
-                let guide = resize_bilinear(&pixels, 3, in_size, out_size);
-                pamr.refine(&guide, 3, &mut full, names.len(), out_size);
-                probabilities(&full, names.len(), out_size, out_size, &class_of_query, classes.len(), params)
-            }
-        };
-        self.window_cache = Some(WindowCache { image: kept_image, geometry, pixels, inputs });
+        let prepared = self.prepare(image, geometry);
+        let reused_windows = prepared.reused.is_some();
+        let window_count = prepared.windows.len();
+        let (logits, inputs) = self.window_logits(&prepared, &queries, &params.last_block, progress).await?;
+        let merge = ClassMerge::new(&class_of_query, classes.len(), params);
+        let (probs, labels) = merge_logits(logits, &prepared.pixels, (height as usize, width as usize), params.pamr.as_ref(), &merge);
+        let (rh, rw) = prepared.pixels.size();
+        self.window_cache = Some(WindowCache { image: image.clone(), geometry, pixels: prepared.pixels, inputs });
         Ok(Segmentation {
             width,
             height,
             class_names: classes.classes.iter().map(|c| c.display_name().to_string()).collect(),
             probs,
             labels,
-            resized: (rw, rh),
-            windows: windows.len(),
+            resized: (rw as u32, rh as u32),
+            windows: window_count,
             reused_windows,
+            timings: Timings { text_ms: text_done - started, image_ms: (self.clock)() - text_done, classes_encoded },
             warnings,
         })
     }
 
-    /// Averaged window logits over the resized image, `[queries, height, width]`,
-    /// and the first `L-1` blocks' output of every window (taken from
-    /// `cached`, one per window, when given; computed otherwise).
-    #[allow(clippy::too_many_arguments)]
-    async fn sliding_window_logits(
-        &self,
-        pixels: &[f32],
-        (width, height): (usize, usize),
-        windows: &[Window],
-        cached: Option<Vec<LastBlockInput>>,
-        queries: &[f32],
-        n_queries: usize,
-        params: &SegmentParams,
-        progress: &mut dyn FnMut(Progress),
-    ) -> Result<(Vec<f32>, Vec<LastBlockInput>), SegmentError> {
-        let device = self.model.vision.device();
+    /// The class embeddings, `[queries, dim]`, uploaded transposed.
+    fn queries(&self, embeddings: Vec<f32>, count: usize) -> Queries {
         let dim = self.embed_dim();
-        let patch = self.model.config.vision.patch_size;
-        // [queries, dim] -> [dim, queries] for `features @ queries^T`.
-        let mut queries_t = vec![0.0f32; dim * n_queries];
-        for q in 0..n_queries {
-            for d in 0..dim {
-                queries_t[d * n_queries + q] = queries[q * dim + d];
+        let mut transposed = vec![0.0f32; dim * count];
+        for (q, row) in embeddings.chunks_exact(dim).enumerate() {
+            for (d, &value) in row.iter().enumerate() {
+                transposed[d * count + q] = value;
             }
         }
-        let queries_t: Tensor<2> = Tensor::from_data(TensorData::new(queries_t, [dim, n_queries]), &device);
+        let device = self.model.vision.device();
+        Queries { transposed: Tensor::from_data(TensorData::new(transposed, [dim, count]), &device), count }
+    }
 
-        let mut cached = cached.map(Vec::into_iter);
-        let mut inputs = Vec::with_capacity(windows.len());
-        // Marks the end of the text phase for callers timing the two phases.
-        progress(Progress::Window { done: 0, total: windows.len() });
-        let mut sum = vec![0.0f32; n_queries * height * width];
-        let mut count = vec![0u16; height * width];
-        for (i, window) in windows.iter().enumerate() {
-            let (ph, pw) = (window.padded_height(), window.padded_width());
-            let input = match cached.as_mut().and_then(Iterator::next) {
-                Some(input) => input,
-                None => {
-                    let crop = crop_padded(pixels, (width, height), window);
-                    let crop: Tensor<4> = Tensor::from_data(TensorData::new(crop, [1, 3, ph, pw]), &device);
-                    self.model.vision.encode_to_last_block(crop)
-                }
-            };
-            let features = self.model.vision.dense_from_last_block(&input, &params.last_block);
-            inputs.push(input);
-            let [_, n, _] = features.dims();
-            let features = features.reshape([n, dim]);
-            let norm = features.clone().square().sum_dim(1).sqrt();
-            let logits = (features / norm).matmul(queries_t.clone());
-            let logits: Vec<f32> = logits.into_data_async().await.map_err(device_error)?.try_into_vec::<f32>().map_err(device_error)?;
-            let (gh, gw) = (ph / patch, pw / patch);
-            // [patches, queries] -> [queries, grid_h, grid_w]
-            let mut planes = vec![0.0f32; n_queries * gh * gw];
-            for p in 0..gh * gw {
-                for q in 0..n_queries {
-                    planes[q * gh * gw + p] = logits[p * n_queries + q];
-                }
+    /// Resize, normalise and cut the image into windows, or take all of it
+    /// (with the first blocks' output) from the previous run on the same
+    /// image and geometry. The cache is taken out: a run that fails half-way drops it.
+    fn prepare(&mut self, image: &RgbImage, geometry: Geometry) -> PreparedImage {
+        let (width, height) = image.dimensions();
+        let (rw, rh) = rescaled_size(width, height, geometry.short_side, geometry.long_side_cap);
+        let patch = self.model.config.vision.patch_size;
+        let windows = sliding_windows(rw as usize, rh as usize, geometry.crop, geometry.stride, patch);
+        let cached = self.window_cache.take().filter(|c| c.geometry == geometry && c.image == *image);
+        match cached {
+            Some(c) => PreparedImage { pixels: c.pixels, windows, reused: Some(c.inputs) },
+            None => {
+                let resized = if (rw, rh) == (width, height) { image.clone() } else { resize_like_opencv(image, rw, rh) };
+                PreparedImage { pixels: normalize(&resized), windows, reused: None }
             }
-            upsample_crop_add(
-                &planes,
-                n_queries,
-                (gh, gw),
-                (ph, pw),
-                (window.pad_top, window.pad_left),
-                (window.height, window.width),
-                &mut sum,
-                (height, width),
-                (window.y, window.x),
-            );
-            for y in window.y..window.y + window.height {
-                count[y * width + window.x..][..window.width].iter_mut().for_each(|c| *c += 1);
-            }
-            progress(Progress::Window { done: i + 1, total: windows.len() });
         }
-        for plane in sum.chunks_exact_mut(height * width) {
+    }
+
+    /// Averaged window logits over the resized image, `[queries, height, width]`,
+    /// and the first `L-1` blocks' output of every window (reused, or computed).
+    async fn window_logits(
+        &self,
+        image: &PreparedImage,
+        queries: &Queries,
+        last_block: &LastBlock,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(Maps, Vec<LastBlockInput>), SegmentError> {
+        let size = image.pixels.size();
+        let total = image.windows.len();
+        let mut reused = image.reused.clone().map(Vec::into_iter);
+        let mut inputs = Vec::with_capacity(total);
+        // Marks the end of the text phase for callers timing the two phases.
+        progress(Progress::Window { done: 0, total });
+        let mut sum = Maps::zeros(queries.count, size);
+        let mut count = vec![0u16; size.0 * size.1];
+        for (i, window) in image.windows.iter().enumerate() {
+            let input = match reused.as_mut().and_then(Iterator::next) {
+                Some(input) => input,
+                None => self.encode_window(&image.pixels, window)?,
+            };
+            let planes = self.window_logits_grid(&input, window, queries, last_block).await?;
+            inputs.push(input);
+            let paste = Paste {
+                scaled: (window.padded_height(), window.padded_width()),
+                from: (window.pad_top, window.pad_left),
+                extent: (window.height, window.width),
+                to: (window.y, window.x),
+            };
+            upsample_crop_add(&planes, &paste, &mut sum);
+            for y in window.y..window.y + window.height {
+                count[y * size.1 + window.x..][..window.width].iter_mut().for_each(|c| *c += 1);
+            }
+            progress(Progress::Window { done: i + 1, total });
+        }
+        let pixels = size.0 * size.1;
+        for plane in sum.as_mut_slice().chunks_exact_mut(pixels.max(1)) {
             for (s, &c) in plane.iter_mut().zip(&count) {
-                *s /= c as f32;
+                *s /= c.max(1) as f32;
             }
         }
         Ok((sum, inputs))
+    }
+
+    /// The first `L-1` blocks on one zero-padded window.
+    fn encode_window(&self, pixels: &Maps, window: &Window) -> Result<LastBlockInput, SegmentError> {
+        let (ph, pw) = (window.padded_height(), window.padded_width());
+        let crop = crop_padded(pixels, window);
+        let crop: Tensor<4> = Tensor::from_data(TensorData::new(crop, [1, 3, ph, pw]), &self.model.vision.device());
+        Ok(self.model.vision.encode_to_last_block(crop)?)
+    }
+
+    /// Cosine similarity of every patch of one window with every query,
+    /// `[queries, grid_h, grid_w]`.
+    async fn window_logits_grid(
+        &self,
+        input: &LastBlockInput,
+        window: &Window,
+        queries: &Queries,
+        last_block: &LastBlock,
+    ) -> Result<Maps, SegmentError> {
+        let features = self.model.vision.dense_from_last_block(input, last_block);
+        let [_, n, dim] = features.dims();
+        let features = features.reshape([n, dim]);
+        let norm = features.clone().square().sum_dim(1).sqrt();
+        let logits = read_back((features / norm).matmul(queries.transposed.clone())).await?;
+        let patch = self.model.config.vision.patch_size;
+        let (gh, gw) = (window.padded_height() / patch, window.padded_width() / patch);
+        // [patches, queries] -> [queries, grid_h, grid_w]
+        let mut planes = Maps::zeros(queries.count, (gh, gw));
+        let out = planes.as_mut_slice();
+        for (p, row) in logits.chunks_exact(queries.count).enumerate().take(gh * gw) {
+            for (q, &value) in row.iter().enumerate() {
+                out[q * gh * gw + p] = value;
+            }
+        }
+        Ok(planes)
     }
 }
 
@@ -420,71 +527,99 @@ fn validate(width: u32, height: u32, patch: usize, params: &SegmentParams) -> Re
     if width as u64 * height as u64 > MAX_IMAGE_PIXELS {
         return Err(SegmentError::TooLarge { width, height });
     }
-    if params.crop < patch || params.stride == 0 || params.short_side == 0 || params.long_side_cap < params.short_side {
-        return Err(SegmentError::Params(format!(
-            "crop {} (at least the patch, {patch}), stride {} (> 0), short side {} (> 0, at most the long-side cap {})",
-            params.crop, params.stride, params.short_side, params.long_side_cap
-        )));
+    let SegmentParams { crop, stride, short_side, long_side_cap, .. } = *params;
+    if crop < patch || stride == 0 || short_side == 0 || long_side_cap < short_side {
+        return Err(SettingsError::Geometry { crop, stride, short_side, long_side_cap, patch }.into());
     }
-    params.last_block.validate().map_err(SegmentError::Params)?;
+    params.last_block.validate().map_err(SettingsError::from)?;
     if let Some(pamr) = &params.pamr {
-        pamr.validate().map_err(SegmentError::Params)?;
+        pamr.validate()?;
         if width as u64 * height as u64 > MAX_PAMR_PIXELS {
             return Err(SegmentError::PamrTooLarge(width as u64 * height as u64));
         }
     }
-    if params.stride > params.crop {
-        return Err(SegmentError::Params(format!("stride {} larger than the crop {} would leave gaps", params.stride, params.crop)));
+    if stride > crop {
+        return Err(SettingsError::StrideAboveCrop { stride, crop }.into());
     }
     Ok(())
 }
 
-/// Copy one window of `[3, height, width]` pixels into a zero-padded buffer
-/// (`F.pad` of the normalised image).
+/// Copy one window of the `[3, height, width]` pixels into a zero-padded
+/// buffer (`F.pad` of the normalised image).
 ///
 /// # Shapes
 /// - returns `[3, padded_height, padded_width]`
-fn crop_padded(pixels: &[f32], (width, height): (usize, usize), w: &Window) -> Vec<f32> {
+fn crop_padded(pixels: &Maps, w: &Window) -> Vec<f32> {
     let (ph, pw) = (w.padded_height(), w.padded_width());
+    let width = pixels.size().1;
     let mut out = vec![0.0f32; 3 * ph * pw];
     for c in 0..3 {
+        let plane = pixels.plane(c);
         for r in 0..w.height {
-            let src = &pixels[c * height * width + (w.y + r) * width + w.x..][..w.width];
+            let src = &plane[(w.y + r) * width + w.x..][..w.width];
             out[c * ph * pw + (r + w.pad_top) * pw + w.pad_left..][..w.width].copy_from_slice(src);
         }
     }
     out
 }
 
-/// Resize the averaged logits to the original size, softmax over queries of
+/// How the queries' scores become class probabilities and labels.
+pub struct ClassMerge<'a> {
+    /// The class of each query (synonyms share one).
+    pub class_of_query: &'a [usize],
+    pub classes: usize,
+    pub logit_scale: f32,
+    pub background_threshold: f32,
+}
+
+impl<'a> ClassMerge<'a> {
+    pub fn new(class_of_query: &'a [usize], classes: usize, params: &SegmentParams) -> Self {
+        Self { class_of_query, classes, logit_scale: params.logit_scale, background_threshold: params.background_threshold }
+    }
+}
+
+/// The last step of `forward_slide` and `postprocess_result`: the averaged
+/// logits to the original size, then probabilities and labels; with PAMR as
+/// `NACLIP.predict`: logits and the network input, both resized bilinearly
+/// to the original size, then PAMR, then the softmax.
+///
+/// # Shapes
+/// - `logits`: `[queries, in_h, in_w]`; `pixels`: `[3, in_h, in_w]`
+/// - returns probabilities `[classes, out_h, out_w]` and labels `[out_h, out_w]`
+fn merge_logits(logits: Maps, pixels: &Maps, size: (usize, usize), pamr: Option<&Pamr>, merge: &ClassMerge) -> (Vec<f32>, Vec<u8>) {
+    match pamr {
+        None => probabilities(&logits, size, merge),
+        Some(pamr) => {
+            let mut full = resize_bilinear(&logits, size);
+            pamr.refine(&resize_bilinear(pixels, size), &mut full);
+            probabilities(&full, size, merge)
+        }
+    }
+}
+
+/// Resize the averaged logits to `(out_h, out_w)`, softmax over queries of
 /// `logit_scale * logits`, max over each class's synonyms, argmax with the
 /// background threshold. Row by row, so only the outputs are held in memory.
 ///
 /// # Shapes
 /// - `logits`: `[queries, in_h, in_w]`
 /// - returns probabilities `[classes, out_h, out_w]` and labels `[out_h, out_w]`
-pub fn probabilities(
-    logits: &[f32],
-    n_queries: usize,
-    (in_h, in_w): (usize, usize),
-    (out_h, out_w): (usize, usize),
-    class_of_query: &[usize],
-    n_classes: usize,
-    params: &SegmentParams,
-) -> (Vec<f32>, Vec<u8>) {
-    let plane = in_h * in_w;
+pub fn probabilities(logits: &Maps, (out_h, out_w): (usize, usize), merge: &ClassMerge) -> (Vec<f32>, Vec<u8>) {
+    let (in_h, in_w) = logits.size();
     let ty = linear_taps(in_h, out_h);
     let tx = linear_taps(in_w, out_w);
+    let n_classes = merge.classes;
     let mut probs = vec![0.0f32; n_classes * out_h * out_w];
     let mut labels = vec![0u8; out_h * out_w];
-    let mut scores = vec![0.0f32; n_queries];
+    let mut scores = vec![0.0f32; logits.channels()];
     let mut class_probs = vec![0.0f32; n_classes];
     for (y, t) in ty.iter().enumerate() {
         for (x, s) in tx.iter().enumerate() {
             for (q, score) in scores.iter_mut().enumerate() {
-                let a = &logits[q * plane + t.i0 * in_w..][..in_w];
-                let b = &logits[q * plane + t.i1 * in_w..][..in_w];
-                *score = t.blend(s, a, b) * params.logit_scale;
+                let plane = logits.plane(q);
+                let a = &plane[t.i0 * in_w..][..in_w];
+                let b = &plane[t.i1 * in_w..][..in_w];
+                *score = t.blend(s, a, b) * merge.logit_scale;
             }
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut total = 0.0;
@@ -493,8 +628,7 @@ pub fn probabilities(
                 total += *score;
             }
             class_probs.iter_mut().for_each(|p| *p = f32::NEG_INFINITY);
-            for (q, score) in scores.iter().enumerate() {
-                let c = class_of_query[q];
+            for (&c, score) in merge.class_of_query.iter().zip(&scores) {
                 class_probs[c] = class_probs[c].max(score / total);
             }
             let pixel = y * out_w + x;
@@ -505,7 +639,7 @@ pub fn probabilities(
                     best = c;
                 }
             }
-            labels[pixel] = if class_probs[best] < params.background_threshold { 0 } else { best as u8 };
+            labels[pixel] = if class_probs[best] < merge.background_threshold { 0 } else { best as u8 };
         }
     }
     (probs, labels)
@@ -527,6 +661,7 @@ mod sampling_tests {
             resized: (5, 3),
             windows: 1,
             reused_windows: false,
+            timings: Timings { text_ms: 0.0, image_ms: 0.0, classes_encoded: 0 },
             warnings: Vec::new(),
         };
         let s = seg.sampled(2);

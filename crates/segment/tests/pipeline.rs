@@ -4,9 +4,10 @@
 //! window, for both checkpoint layouts on every test device.
 
 use burn::tensor::Device;
-use clearclip_fixtures::{assert_close, label_agreement, read_fixture, strided, test_devices, tokenizer_json, Reference, CHECKPOINTS};
-use clearclip_model::{load_clip, ClipTokenizer, DenseMode, LoadOptions};
+use clearclip_fixtures::{assert_close, label_agreement, load_fixture_model, read_fixture, strided, test_devices, tokenizer_json, Reference, CHECKPOINTS};
+use clearclip_model::{ClipTokenizer, DenseMode};
 use clearclip_segment::preprocess::{rescaled_size, resize_like_opencv};
+use clearclip_segment::resample::Maps;
 use clearclip_segment::prompts::OPENAI_IMAGENET_TEMPLATES;
 use clearclip_segment::{decode_image, ClassList, Pamr, SegmentParams, Segmenter, Templates};
 use image::RgbImage;
@@ -16,7 +17,7 @@ const EMBEDDING_TOLERANCE: f32 = 1e-5;
 const PROBABILITY_TOLERANCE: f32 = 1e-4;
 
 fn segmenter(checkpoint: &str, device: &Device) -> Segmenter {
-    let model = load_clip(&read_fixture(checkpoint), LoadOptions::default(), device).unwrap();
+    let model = load_fixture_model(checkpoint, device);
     let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json(), 77).unwrap();
     Segmenter::new(model, tokenizer)
 }
@@ -41,13 +42,16 @@ fn class_embeddings_match_reference() {
             let mut seg = segmenter(checkpoint, &device);
             for (templates, key) in [(Templates::OpenAiImageNet, "text.templates80"), (Templates::Single, "text.single")] {
                 let mut warnings = Vec::new();
-                let ours = pollster::block_on(seg.class_embeddings(&names, templates, &mut |_| {}, &mut warnings)).unwrap();
+                let (ours, encoded) = pollster::block_on(seg.class_embeddings(&names, templates, &mut |_| {}, &mut warnings)).unwrap();
+                assert_eq!(encoded, names.len());
                 let (expected, _) = reference.f32(key);
                 assert_close(&format!("{device_name} {checkpoint} {key}"), &ours, &expected, EMBEDDING_TOLERANCE);
                 // The last name is longer than the context in every template.
                 assert_eq!(warnings.len(), 1, "{warnings:?}");
                 assert!(warnings[0].contains("cut to 77 tokens"), "{warnings:?}");
-                assert!(seg.is_cached(names[0], templates));
+                // Asked again, every name comes from the cache, with the same values.
+                let (again, encoded) = pollster::block_on(seg.class_embeddings(&names, templates, &mut |_| {}, &mut Vec::new())).unwrap();
+                assert_eq!((again, encoded), (ours, 0));
             }
         }
     }
@@ -161,12 +165,14 @@ fn a_real_jpeg_photo_matches_reference_end_to_end() {
 fn pamr_matches_reference() {
     let reference = Reference::load();
     let (guide, shape) = reference.f32("pamr.guide");
-    let (mut masks, mask_shape) = reference.f32("pamr.masks");
+    let (masks, mask_shape) = reference.f32("pamr.masks");
     let (expected, _) = reference.f32("pamr.refined");
     let size = (shape[1], shape[2]);
-    Pamr::default().refine(&guide, shape[0], &mut masks, mask_shape[0], size);
+    let guide = Maps::from_vec(guide, shape[0], size).unwrap();
+    let mut masks = Maps::from_vec(masks, mask_shape[0], size).unwrap();
+    Pamr::default().refine(&guide, &mut masks);
     // Masks are ~N(0, 1); ten averaging steps in f32.
-    assert_close("PAMR (10 iterations, dilations 8 and 16)", &masks, &expected, 1e-5);
+    assert_close("PAMR (10 iterations, dilations 8 and 16)", masks.as_slice(), &expected, 1e-5);
 }
 
 #[test]

@@ -7,7 +7,10 @@ use std::collections::HashMap;
 
 use safetensors::tensor::{Dtype, Metadata};
 
-use super::names::{required_tensors, Names, Role, Tower};
+use super::weights::{
+    ClipWeights, Key, Role, FC_1, LN_1, PATCH_EMBEDDING, TEXT_BLOCKS, TEXT_POSITIONS, TEXT_PROJECTION, TOKEN_EMBEDDING, VISION_BLOCKS,
+    VISION_CLASS, VISION_POSITIONS, VISION_PROJECTION,
+};
 use super::{Layout, LoadError};
 use crate::config::{Activation, ClipConfig, TextConfig, VisionConfig, HEAD_DIM};
 
@@ -16,15 +19,18 @@ pub(super) const LENGTH_BYTES: usize = 8;
 /// The safetensors crate's own limit on the JSON header.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 
-/// The length of the JSON header, from the file's first 8 bytes.
-pub(super) fn header_length(first: [u8; LENGTH_BYTES]) -> Result<usize, LoadError> {
-    let n = u64::from_le_bytes(first);
+/// The length of the JSON header, from the file's first 8 bytes (`None`
+/// while fewer have arrived).
+pub(super) fn header_length(prefix: &[u8]) -> Result<Option<usize>, LoadError> {
+    let Some(first) = prefix.first_chunk::<LENGTH_BYTES>() else {
+        return Ok(None);
+    };
+    let n = u64::from_le_bytes(*first);
     if n > MAX_HEADER_BYTES {
         return Err(LoadError::NotSafetensors(format!("its first 8 bytes give a header length of {n} bytes")));
     }
-    Ok(n as usize)
+    Ok(Some(n as usize))
 }
-
 /// One tensor of the file, in file order.
 pub(super) struct Planned {
     pub name: String,
@@ -60,26 +66,25 @@ pub(super) fn plan(json: &[u8]) -> Result<Plan, LoadError> {
     // order, and each range is as long as its dtype and shape require.
     let header: Metadata = serde_json::from_slice(json).map_err(|e| LoadError::NotSafetensors(format!("its header is not valid: {e}")))?;
     let layout = detect_layout(&header)?;
-    let names = Names(layout);
-    let config = read_config(&header, names)?;
-    let roles = check_tensors(&header, names, &config)?;
+    let config = read_config(&header, layout)?;
+    let roles = check_tensors(&header, layout, &config)?;
     let tensors = header
         .offset_keys()
         .into_iter()
-        .map(|name| {
-            let info = header.info(&name).expect("a name from the header");
+        .filter_map(|name| {
+            let info = header.info(&name)?;
             let role = roles.get(&name).copied();
-            Planned { dtype: info.dtype, shape: info.shape.clone(), start: info.data_offsets.0, end: info.data_offsets.1, role, name }
+            Some(Planned { dtype: info.dtype, shape: info.shape.clone(), start: info.data_offsets.0, end: info.data_offsets.1, role, name })
         })
         .collect();
     Ok(Plan { layout, config, data_start: LENGTH_BYTES + json.len(), data_len: header.data_len(), tensors })
 }
 
 fn detect_layout(header: &Metadata) -> Result<Layout, LoadError> {
-    let has = |name: String| header.info(&name).is_some();
-    if has(Names(Layout::OpenClip).vision_class()) {
+    let has = |layout: Layout| header.info(&layout.name(VISION_CLASS)).is_some();
+    if has(Layout::OpenClip) {
         Ok(Layout::OpenClip)
-    } else if has(Names(Layout::HuggingFace).vision_class()) {
+    } else if has(Layout::HuggingFace) {
         Ok(Layout::HuggingFace)
     } else {
         let mut sample = header.offset_keys();
@@ -95,16 +100,13 @@ fn shape_of(header: &Metadata, name: &str) -> Option<Vec<usize>> {
     header.info(name).map(|t| t.shape.clone())
 }
 
-fn require_shape(header: &Metadata, names: Names, name: &str, rank: usize) -> Result<Vec<usize>, LoadError> {
+/// The shape of a tensor the architecture is read from, which must have `N` dimensions.
+fn require_shape<const N: usize>(header: &Metadata, layout: Layout, name: &str) -> Result<[usize; N], LoadError> {
     match shape_of(header, name) {
-        Some(shape) if shape.len() == rank => Ok(shape),
-        Some(shape) => Err(LoadError::Architecture(format!("tensor `{name}` has rank {} ({shape:?}), expected {rank}", shape.len()))),
-        None => Err(LoadError::MissingTensors { layout: names.0, names: vec![name.to_string()] }),
+        Some(shape) => <[usize; N]>::try_from(shape.as_slice())
+            .map_err(|_| LoadError::Architecture(format!("tensor `{name}` has rank {} ({shape:?}), expected {N}", shape.len()))),
+        None => Err(LoadError::MissingTensors { layout, names: vec![name.to_string()] }),
     }
-}
-
-fn count_blocks(header: &Metadata, names: Names, tower: Tower) -> usize {
-    (0..).take_while(|&i| shape_of(header, &format!("{}.weight", names.block_ln(&names.block(tower, i), 1))).is_some()).count()
 }
 
 fn heads_for(width: usize, what: &str) -> Result<usize, LoadError> {
@@ -114,41 +116,36 @@ fn heads_for(width: usize, what: &str) -> Result<usize, LoadError> {
     Ok(width / HEAD_DIM)
 }
 
+/// What the shapes say about one tower's blocks: how many, and the MLP width.
+fn read_blocks(header: &Metadata, layout: Layout, blocks: Key) -> Result<(usize, usize), LoadError> {
+    let ln_1 = |i: usize| format!("{}.weight", layout.block_name(blocks, i, LN_1));
+    let layers = (0..).take_while(|&i| shape_of(header, &ln_1(i)).is_some()).count();
+    if layers == 0 {
+        return Err(LoadError::MissingTensors { layout, names: vec![ln_1(0)] });
+    }
+    let [mlp_width, _] = require_shape(header, layout, &format!("{}.weight", layout.block_name(blocks, 0, FC_1)))?;
+    Ok((layers, mlp_width))
+}
+
 /// Read the architecture from tensor shapes.
-pub(super) fn read_config(header: &Metadata, names: Names) -> Result<ClipConfig, LoadError> {
-    let width = require_shape(header, names, &names.vision_class(), 1)?[0];
-    let conv = require_shape(header, names, &names.patch_embedding(), 4)?;
+pub(super) fn read_config(header: &Metadata, layout: Layout) -> Result<ClipConfig, LoadError> {
+    let [width] = require_shape(header, layout, &layout.name(VISION_CLASS))?;
+    let conv: [usize; 4] = require_shape(header, layout, &layout.name(PATCH_EMBEDDING))?;
     if conv[1] != 3 || conv[2] != conv[3] || conv[0] != width {
         return Err(LoadError::Architecture(format!("patch embedding {conv:?} is not [width, 3, p, p]")));
     }
-    let positions = require_shape(header, names, &names.positions(Tower::Vision), 2)?[0];
+    let [positions, _] = require_shape(header, layout, &layout.name(VISION_POSITIONS))?;
     let grid = ((positions.saturating_sub(1)) as f64).sqrt().round() as usize;
     if grid * grid + 1 != positions {
         return Err(LoadError::Architecture(format!("{positions} vision positions is not a square grid plus a class token")));
     }
-    let vision_layers = count_blocks(header, names, Tower::Vision);
-    if vision_layers == 0 {
-        return Err(LoadError::MissingTensors {
-            layout: names.0,
-            names: vec![format!("{}.weight", names.block_ln(&names.block(Tower::Vision, 0), 1))],
-        });
-    }
-    let vision_mlp = require_shape(header, names, &format!("{}.weight", names.block_fc(&names.block(Tower::Vision, 0), 1)), 2)?[0];
-    let vision_proj = require_shape(header, names, &names.projection(Tower::Vision), 2)?;
-    let embed_dim = if names.hf() { vision_proj[0] } else { vision_proj[1] };
+    let (vision_layers, vision_mlp) = read_blocks(header, layout, VISION_BLOCKS)?;
+    let embed_dim = layout.projection_output(require_shape(header, layout, &layout.name(VISION_PROJECTION))?);
 
-    let [vocab, text_width] = <[usize; 2]>::try_from(require_shape(header, names, &names.token_embedding(), 2)?).unwrap();
-    let context = require_shape(header, names, &names.positions(Tower::Text), 2)?[0];
-    let text_layers = count_blocks(header, names, Tower::Text);
-    if text_layers == 0 {
-        return Err(LoadError::MissingTensors {
-            layout: names.0,
-            names: vec![format!("{}.weight", names.block_ln(&names.block(Tower::Text, 0), 1))],
-        });
-    }
-    let text_mlp = require_shape(header, names, &format!("{}.weight", names.block_fc(&names.block(Tower::Text, 0), 1)), 2)?[0];
-    let text_proj = require_shape(header, names, &names.projection(Tower::Text), 2)?;
-    let text_embed = if names.hf() { text_proj[0] } else { text_proj[1] };
+    let [vocab, text_width] = require_shape(header, layout, &layout.name(TOKEN_EMBEDDING))?;
+    let [context, _] = require_shape(header, layout, &layout.name(TEXT_POSITIONS))?;
+    let (text_layers, text_mlp) = read_blocks(header, layout, TEXT_BLOCKS)?;
+    let text_embed = layout.projection_output(require_shape(header, layout, &layout.name(TEXT_PROJECTION))?);
     if text_embed != embed_dim {
         return Err(LoadError::Architecture(format!("image embedding {embed_dim} differs from text embedding {text_embed}")));
     }
@@ -175,17 +172,16 @@ pub(super) fn read_config(header: &Metadata, names: Names) -> Result<ClipConfig,
     })
 }
 
-
 fn supported(dtype: Dtype) -> bool {
     matches!(dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16)
 }
 
 /// Every tensor the model needs is there, with the right shape and a float
-/// dtype; returns each one's role (and the learned logit scale's, if stored).
-fn check_tensors(header: &Metadata, names: Names, config: &ClipConfig) -> Result<HashMap<String, Role>, LoadError> {
+/// dtype; returns each one's role. Other tensors (e.g. `logit_scale`) are skipped.
+fn check_tensors(header: &Metadata, layout: Layout, config: &ClipConfig) -> Result<HashMap<String, Role>, LoadError> {
     let mut missing = Vec::new();
     let mut roles = HashMap::new();
-    for required in required_tensors(names, config) {
+    for required in ClipWeights::new(layout, config).required() {
         match header.info(&required.name) {
             None => missing.push(required.name),
             Some(info) => {
@@ -200,16 +196,7 @@ fn check_tensors(header: &Metadata, names: Names, config: &ClipConfig) -> Result
         }
     }
     if !missing.is_empty() {
-        return Err(LoadError::MissingTensors { layout: names.0, names: missing });
-    }
-    if let Some(info) = header.info(LOGIT_SCALE) {
-        if !supported(info.dtype) || info.shape.iter().product::<usize>() != 1 {
-            return Err(LoadError::Architecture(format!("`{LOGIT_SCALE}` is {:?} {:?}, expected one float", info.dtype, info.shape)));
-        }
-        roles.insert(LOGIT_SCALE.to_string(), Role::Host);
+        return Err(LoadError::MissingTensors { layout, names: missing });
     }
     Ok(roles)
 }
-
-/// The learned temperature, optional (plain CLIP's 100 when absent).
-pub(super) const LOGIT_SCALE: &str = "logit_scale";

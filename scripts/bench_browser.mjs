@@ -37,7 +37,7 @@ for (const gpu of backends.split(',')) {
   const page = browser.pages()[0] ?? await browser.newPage();
   const t0 = Date.now();
   page.on('console', (m) => { if (m.type() === 'error') console.log('console', m.text().slice(0, 200)); });
-  await page.goto(`http://127.0.0.1:${server.port}/?weights=/${weightsPath}&webgpu=${gpu === 'webgpu' ? 1 : 0}`);
+  await page.goto(`http://127.0.0.1:${server.port}/?debug=1&weights=/${weightsPath}&webgpu=${gpu === 'webgpu' ? 1 : 0}`);
   await page.fill('#labels', 'cat; grass');
   await page.check('#single-template');
   await page.waitForFunction(() => window.__clearclip.model, null, { timeout: 600000 });
@@ -58,7 +58,7 @@ for (const gpu of backends.split(',')) {
   }, square);
   await page.waitForFunction(() => { const s = window.__clearclip; return s.result && s.image && s.result.result.width === s.image.width && s.result.result.height === s.image.height && s.result.id === s.requestId && !s.running; }, null, { timeout: 1200000, polling: 1000 });
   const status = await page.textContent('#run-status');
-  const full = await page.evaluate(() => window.__clearclip.result.result.imageMs);
+  const full = await page.evaluate(() => window.__clearclip.result.result.timings.imageMs);
   // Mode switches on the same image: only the last block (and what follows) runs again.
   const switches = {};
   for (const mode of ['vanilla', 'maskclip', 'sclip', 'naclip', 'clearclip']) {
@@ -66,7 +66,7 @@ for (const gpu of backends.split(',')) {
     await page.selectOption('#mode', mode);
     await page.waitForFunction((b) => { const s = window.__clearclip; return s.requestId > b && s.result.id === s.requestId && !s.running; }, before, { timeout: 1200000, polling: 200 });
     const r = await page.evaluate(() => window.__clearclip.result.result);
-    switches[mode] = { imageMs: Math.round(r.imageMs), reused: r.reusedWindows, ofFull: +(r.imageMs / full).toFixed(3) };
+    switches[mode] = { imageMs: Math.round(r.timings.imageMs), reused: r.reusedWindows, ofFull: +(r.timings.imageMs / full).toFixed(3) };
   }
   console.log(JSON.stringify({ backend: await page.evaluate(() => window.__clearclip.model.backend), loadMs: Math.round(loadMs), status, switches, memAfterLoad, memPeak: peakRss(), wallS: (Date.now() - t0) / 1000 }));
   await browser.close();

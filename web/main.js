@@ -1,4 +1,5 @@
-// The page: one state object, one render function, and the worker that owns the GPU.
+// The page: one state object, render functions by page region, and the
+// worker that owns the GPU. Lists and defaults come from the wasm catalog.
 import { DEFAULT_WEIGHTS_URL, MSG } from './protocol.js';
 import { drawOverlay, readout, renderHeatmaps, renderLegend } from './render.js';
 
@@ -10,32 +11,37 @@ const state = {
   weightsUrl: params.get('weights') ? new URL(params.get('weights'), location.href).href : DEFAULT_WEIGHTS_URL,
   weightsFile: null,
   preferGpu: params.get('webgpu') !== '0',
+  catalog: null, // {modes: [{id, title, lastBlock}], attentions, presets, defaults}, from the worker
   model: null, // {backend, description, source}
-  loading: null, // {phase, done, total}
+  loading: null, // {phase, done, total}: the weights
+  progress: null, // {phase, done, total}: the running segmentation
   image: null, // {id, blob, bitmap, width, height}: the file goes to the worker, the bitmap is for display
   labels: EXAMPLE.labels,
   threshold: 0,
   opacity: 0.55,
-  mode: 'clearclip', // a named mode, or 'custom' when the knobs match none
-  knobs: null, // {attention, neighbourhoodStd, residualAlpha: 'none' | number, ffn}
+  lastBlock: null, // {attention, neighbourhoodStd, residualAlpha, ffn}: the knobs; the mode is derived from them
   pamr: false,
-  crop: 448,
-  stride: 224,
+  singleTemplate: false,
+  crop: null, // from the catalog's defaults
+  stride: null,
   preset: '',
   compare: '', // second mode shown side by side
-  catalog: null, // {modes: {name: knobs}, presets: [...]}, from the worker
   requestId: 0,
   running: false,
-  result: null, // {result, heatmaps, compare?: {mode, result}, id, totalMs}
+  result: null, // {id, result, compare?: {mode, result}, totalMs}
   error: null,
   recovered: null, // the last fatal error the app restarted after, kept as a note
 };
-window.__clearclip = state; // read by the end-to-end tests
-window.__clearclipDebug = { loseDevice: () => worker.postMessage({ type: MSG.LOSE_DEVICE }) };
 
 let worker = null;
 let requestStarted = 0;
 let renderedResult = null;
+
+// Test hooks, only when the tests ask for them (?debug=1).
+if (params.get('debug') === '1') {
+  window.__clearclip = state;
+  window.__clearclipDebug = { loseDevice: () => worker.postMessage({ type: MSG.LOSE_DEVICE }) };
+}
 
 function startWorker() {
   worker?.terminate();
@@ -58,31 +64,38 @@ function loadModel() {
   render();
 }
 
-const sameKnobs = (a, b) =>
+const sameBlock = (a, b) =>
   a.attention === b.attention && a.neighbourhoodStd === b.neighbourhoodStd && a.residualAlpha === b.residualAlpha && a.ffn === b.ffn;
 
-/** The named mode whose last block these knobs are, or 'custom'. */
-function modeOf(knobs) {
-  return Object.entries(state.catalog.modes).find(([, k]) => sameKnobs(k, knobs))?.[0] ?? 'custom';
-}
+/** The named mode whose last block the knobs are, or 'custom'. */
+const modeId = () => state.catalog.modes.find((m) => sameBlock(m.lastBlock, state.lastBlock))?.id ?? 'custom';
+const modeTitle = (id) => state.catalog.modes.find((m) => m.id === id)?.title ?? id;
 
-function onCatalog({ modes, presets }) {
+function onCatalog(catalog) {
   const first = !state.catalog;
-  state.catalog = { modes, presets };
+  state.catalog = catalog;
   if (!first) return; // a restarted worker: keep the user's settings
-  state.knobs = { ...modes[state.mode] };
+  const { modes, attentions, presets, defaults } = catalog;
+  state.lastBlock = { ...defaults.lastBlock };
+  state.crop = defaults.crop;
+  state.stride = defaults.stride;
+  $('mode').append(...modes.map((m) => new Option(m.title, m.id)), new Option('custom (advanced)', 'custom'));
+  $('mode').lastChild.disabled = true;
+  $('compare').append(...modes.map((m) => new Option(m.title, m.id)));
+  $('attention').append(...attentions.map((a) => new Option(a.title, a.id)));
   $('preset').append(...presets.map((p) => new Option(p.title, p.id)));
-  showKnobs();
+  showSettings();
 }
 
-function showKnobs() {
-  const k = state.knobs;
-  $('mode').value = state.mode;
+/** Put the settings into the controls. */
+function showSettings() {
+  const k = state.lastBlock;
+  $('mode').value = modeId();
   $('attention').value = k.attention;
-  $('neighbourhood-std').value = k.neighbourhoodStd;
-  $('residual').checked = k.residualAlpha !== 'none';
-  $('residual-alpha').disabled = k.residualAlpha === 'none';
-  if (k.residualAlpha !== 'none') $('residual-alpha').value = k.residualAlpha;
+  $('neighbourhood-std').value = k.neighbourhoodStd ?? 0;
+  $('residual').checked = k.residualAlpha !== null;
+  $('residual-alpha').disabled = k.residualAlpha === null;
+  if (k.residualAlpha !== null) $('residual-alpha').value = k.residualAlpha;
   $('ffn').checked = k.ffn;
   $('pamr').checked = state.pamr;
   $('crop').value = state.crop;
@@ -95,7 +108,7 @@ function showKnobs() {
 function onWorkerMessage(msg) {
   switch (msg.type) {
     case MSG.CATALOG:
-      onCatalog(msg);
+      onCatalog(msg.catalog);
       break;
     case MSG.PROGRESS:
       if (['download', 'cache', 'load'].includes(msg.phase)) state.loading = msg;
@@ -107,40 +120,62 @@ function onWorkerMessage(msg) {
       requestSegment();
       break;
     case MSG.RESULT:
-      // Every request reaches the worker, which runs only the latest pending
-      // one: an older result is shown, and the run goes on until the latest's.
+      // The worker skips requests replaced before their turn: an older
+      // result is shown, and the run goes on until the latest's.
       state.running = msg.id !== state.requestId;
       if (!state.running) state.progress = null;
       state.result = { ...msg, totalMs: performance.now() - requestStarted };
       state.error = null;
       break;
+    case MSG.HEATMAP:
+      showHeatmap(msg);
+      return; // drawn in place, nothing else changes
     case MSG.EXPORTED:
       download(new Blob([msg.bytes], { type: 'image/png' }), msg.what === 'overlay' ? 'overlay.png' : 'labels.png');
       break;
     case MSG.ERROR:
-      if (msg.stage === 'load') state.loading = null;
-      if (msg.stage === 'segment') state.running = msg.id !== state.requestId;
-      if (msg.stage === 'device' && !msg.fatal) break; // nothing to lose on the CPU backend
-      state.error = msg.message;
-      if (msg.fatal) {
-        // The wasm instance is gone (lost GPU device, internal error): start
-        // over, keeping the image and labels; the weights come from the cache.
-        state.error = `${msg.message} — the model is being reloaded`;
-        state.recovered = msg.message;
-        state.model = null;
-        state.running = false;
-        startWorker();
-        loadModel();
-      }
+      onError(msg);
       break;
   }
   render();
 }
 
+function onError(msg) {
+  if (msg.stage === 'load') state.loading = null;
+  if (msg.stage === 'segment') state.running = msg.id !== state.requestId;
+  if (msg.stage === 'device' && !msg.fatal) return; // nothing to lose on the CPU backend
+  state.error = msg.message;
+  if (msg.fatal) {
+    // The wasm instance is gone (lost GPU device, internal error): start
+    // over, keeping the image and labels; the weights come from the cache.
+    state.error = `${msg.message} — the model is being reloaded`;
+    state.recovered = msg.message;
+    state.model = null;
+    state.running = false;
+    startWorker();
+    loadModel();
+  }
+}
+
+/** The request for the current settings (a SegmentRequest, crates/segment/src/request.rs). */
+function segmentRequest() {
+  return {
+    labels: state.labels,
+    params: {
+      backgroundThreshold: state.threshold,
+      lastBlock: state.lastBlock,
+      pamr: state.pamr ? {} : null,
+      crop: state.crop,
+      stride: state.stride,
+      templates: state.singleTemplate ? 'single' : 'openai-imagenet',
+    },
+  };
+}
+
 let debounce = 0;
 function requestSegment(now = false) {
   clearTimeout(debounce);
-  if (!state.model || !state.image || !state.knobs) return;
+  if (!state.model || !state.image || !state.catalog) return;
   const run = () => {
     if (!state.labels.trim()) {
       state.error = 'type at least one class name';
@@ -151,15 +186,10 @@ function requestSegment(now = false) {
     state.running = true;
     state.error = null;
     requestStarted = performance.now();
-    const options = {
-      labels: state.labels, threshold: state.threshold, mode: state.mode === 'custom' ? 'clearclip' : state.mode,
-      ...state.knobs, pamr: state.pamr, crop: state.crop, stride: state.stride,
-      singleTemplate: $('single-template').checked,
-    };
     // The file itself: the worker decodes it as the CLI does (no resize or
     // re-encoding here), once per image.
     const image = { id: state.image.id, blob: state.image.blob };
-    worker.postMessage({ type: MSG.SEGMENT, id: state.requestId, image, options, compare: state.compare || null });
+    worker.postMessage({ type: MSG.SEGMENT, id: state.requestId, image, request: segmentRequest(), compare: state.compare || null });
     render();
   };
   if (now) run();
@@ -195,14 +225,10 @@ function download(blob, name) {
   setTimeout(() => URL.revokeObjectURL(a.href), 1000);
 }
 
-function isWeightsFile(file) {
-  return /\.safetensors$/i.test(file.name);
-}
-
 function onFiles(files) {
   const file = files?.[0];
   if (!file) return;
-  if (isWeightsFile(file)) {
+  if (/\.safetensors$/i.test(file.name)) {
     state.weightsFile = file;
     loadModel();
   } else {
@@ -213,8 +239,15 @@ function onFiles(files) {
 const fmtBytes = (n) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MB` : `${(n / 1024).toFixed(0)} kB`);
 
 function render() {
+  renderModelStatus();
+  renderRunStatus();
+  renderPictures();
+  renderResultPanels();
+}
+
+/** The model line, the download progress bar, the error and the retry button. */
+function renderModelStatus() {
   const s = state;
-  // Model status and progress bar.
   const bar = $('progress');
   if (s.loading) {
     const { phase, done, total } = s.loading;
@@ -222,59 +255,100 @@ function render() {
     $('model-status').textContent = total
       ? `${verb}: ${fmtBytes(done)} of ${fmtBytes(total)} (${((100 * done) / total).toFixed(0)}%)`
       : `${verb}…`;
-    bar.hidden = false;
     bar.max = total || 1;
     bar.value = total ? done : 0;
   } else if (s.model) {
     $('model-status').textContent = `${s.model.description} — on ${s.model.backend === 'webgpu' ? 'WebGPU' : 'the CPU (no WebGPU: slower)'}, weights from ${s.model.source}`;
-    bar.hidden = true;
-  } else {
-    bar.hidden = true;
   }
+  bar.hidden = !s.loading;
   document.body.dataset.backend = s.model?.backend ?? '';
   $('retry').hidden = !(s.error && !s.model && !s.loading);
   $('error').textContent = s.error ?? '';
   $('error').hidden = !s.error;
+}
 
-  // Run status.
+/** The run's progress, or the last run's timings, and the notes. */
+function renderRunStatus() {
+  const s = state;
   let status = '';
   if (s.running) {
     const p = s.progress;
     status = p ? `${p.phase === 'text' ? 'Encoding class names' : 'Segmenting windows'} ${p.done}/${p.total}…` : 'Segmenting…';
   } else if (s.result) {
     const r = s.result.result;
-    status = `text ${r.textMs.toFixed(0)} ms · image ${r.imageMs.toFixed(0)} ms · total ${s.result.totalMs.toFixed(0)} ms` +
-      ` (${r.windows} windows at ${r.resized}${r.reusedWindows ? '; last block only, first blocks reused' : ''})`;
+    const { textMs, imageMs } = r.timings;
+    status = `text ${textMs.toFixed(0)} ms · image ${imageMs.toFixed(0)} ms · total ${s.result.totalMs.toFixed(0)} ms` +
+      ` (${r.windows} windows at ${r.resized.join('x')}${r.reusedWindows ? '; last block only, first blocks reused' : ''})`;
   }
   $('run-status').textContent = status;
   const recovered = s.recovered && `restarted after: ${s.recovered}`;
   $('notes').textContent = [recovered, s.model?.warning, ...(s.result?.result.warnings ?? [])].filter(Boolean).join(' · ');
+}
 
-  // Pictures.
+/** The image with its segmentation, and the comparison beside it. */
+function renderPictures() {
+  const s = state;
   const canvas = $('overlay');
   canvas.hidden = !s.image;
   $('drop-hint').hidden = !!s.image;
   if (s.image) drawOverlay(canvas, s.image.bitmap, s.result?.result, s.opacity);
-  const modeName = (m) => $('mode').querySelector(`option[value="${m}"]`)?.textContent ?? m;
-  $('main-caption').textContent = s.result ? `${modeName(modeOf(s.knobs))}: ${s.result.result.lastBlock}` : '';
+  $('main-caption').textContent = s.result && s.catalog ? `${modeTitle(modeId())}: ${s.result.result.lastBlock}` : '';
   const second = s.image && s.result?.compare;
   $('compare-figure').hidden = !second;
   if (second) {
     drawOverlay($('compare-overlay'), s.image.bitmap, second.result, s.opacity);
-    $('compare-caption').textContent = `${modeName(second.mode)}: ${second.result.lastBlock} (${second.result.imageMs.toFixed(0)} ms)`;
+    $('compare-caption').textContent = `${modeTitle(second.mode)}: ${second.result.lastBlock} (${second.result.timings.imageMs.toFixed(0)} ms)`;
   }
-  // Legend and heatmaps change only with the result, not with progress or opacity.
-  if (s.result !== renderedResult) {
-    renderedResult = s.result;
-    if (s.result) {
-      renderLegend($('legend'), s.result.result);
-      renderHeatmaps($('heatmaps'), s.result.result, s.result.heatmaps.map((h) => new Uint8ClampedArray(h.buffer)));
-    } else {
-      $('legend').replaceChildren();
-      $('heatmaps').replaceChildren();
-    }
-  }
+}
+
+/** Legend and heatmaps: they change only with the result, not with progress or opacity. */
+function renderResultPanels() {
+  const s = state;
   $('download-overlay').disabled = $('download-labels').disabled = !s.result;
+  if (s.result === renderedResult) return;
+  renderedResult = s.result;
+  if (!s.result) {
+    $('legend').replaceChildren();
+    $('heatmaps').replaceChildren();
+    return;
+  }
+  const resultId = s.result.id;
+  renderLegend($('legend'), s.result.result);
+  // Each heatmap is asked for when its canvas scrolls into view.
+  renderHeatmaps($('heatmaps'), s.result.result, (index) => worker.postMessage({ type: MSG.HEATMAP, resultId, index }));
+}
+
+function showHeatmap({ resultId, index, rgba }) {
+  if (resultId !== state.result?.id) return;
+  const { probsWidth, probsHeight } = state.result.result;
+  const canvas = $('heatmaps').querySelectorAll('canvas')[index];
+  canvas?.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba.buffer), probsWidth, probsHeight), 0, 0);
+  if (canvas) canvas.dataset.drawn = 'true';
+}
+
+/** Read the last-block knobs and the window settings from the controls. */
+function readKnobs() {
+  const std = Math.max(0, Number($('neighbourhood-std').value) || 0);
+  const attention = $('attention').value;
+  const hasScores = state.catalog.attentions.find((a) => a.id === attention)?.hasScores;
+  state.lastBlock = {
+    attention,
+    neighbourhoodStd: std > 0 && hasScores ? std : null, // identity attention has nothing to bias
+    residualAlpha: $('residual').checked ? Number($('residual-alpha').value) || 0 : null,
+    ffn: $('ffn').checked,
+  };
+  state.pamr = $('pamr').checked;
+  const { crop, stride } = state.catalog.defaults;
+  const least = Number($('crop').min); // one patch
+  state.crop = Math.max(least, Number($('crop').value) || crop);
+  state.stride = Math.min(state.crop, Math.max(least, Number($('stride').value) || stride));
+}
+
+function applyPreset(id) {
+  const preset = state.catalog.presets.find((p) => p.id === id);
+  const { backgroundThreshold, crop, stride } = preset ?? state.catalog.defaults;
+  state.preset = id;
+  Object.assign(state, { labels: preset?.labels ?? EXAMPLE.labels, threshold: backgroundThreshold, crop, stride });
 }
 
 function wire() {
@@ -294,45 +368,30 @@ function wire() {
     render();
   });
   $('mode').addEventListener('change', (e) => {
-    state.mode = e.target.value;
-    state.knobs = { ...state.catalog.modes[state.mode] };
-    showKnobs();
+    state.lastBlock = { ...state.catalog.modes.find((m) => m.id === e.target.value).lastBlock };
+    showSettings();
     requestSegment(true);
   });
-  const onKnob = () => {
-    state.knobs = {
-      attention: $('attention').value,
-      neighbourhoodStd: Math.max(0, Number($('neighbourhood-std').value) || 0),
-      residualAlpha: $('residual').checked ? Number($('residual-alpha').value) || 0 : 'none',
-      ffn: $('ffn').checked,
-    };
-    if (state.knobs.attention === 'identity') state.knobs.neighbourhoodStd = 0; // nothing to bias
-    state.mode = modeOf(state.knobs);
-    state.pamr = $('pamr').checked;
-    state.crop = Math.max(16, Number($('crop').value) || 448);
-    state.stride = Math.min(state.crop, Math.max(16, Number($('stride').value) || 224));
-    showKnobs();
-    requestSegment();
-  };
   for (const id of ['attention', 'neighbourhood-std', 'residual', 'residual-alpha', 'ffn', 'pamr', 'crop', 'stride']) {
-    $(id).addEventListener('change', onKnob);
+    $(id).addEventListener('change', () => {
+      readKnobs();
+      showSettings();
+      requestSegment();
+    });
   }
   $('compare').addEventListener('change', (e) => {
     state.compare = e.target.value;
     requestSegment(true);
   });
   $('preset').addEventListener('change', (e) => {
-    const preset = state.catalog.presets.find((p) => p.id === e.target.value);
-    state.preset = e.target.value;
-    if (preset) {
-      Object.assign(state, { labels: preset.labels, threshold: preset.threshold, crop: preset.crop, stride: preset.stride });
-    } else {
-      Object.assign(state, { labels: EXAMPLE.labels, threshold: 0, crop: 448, stride: 224 });
-    }
-    showKnobs();
+    applyPreset(e.target.value);
+    showSettings();
     requestSegment(true);
   });
-  $('single-template').addEventListener('change', () => requestSegment(true));
+  $('single-template').addEventListener('change', (e) => {
+    state.singleTemplate = e.target.checked;
+    requestSegment(true);
+  });
   $('image-input').addEventListener('change', (e) => onFiles(e.target.files));
   $('weights-input').addEventListener('change', (e) => onFiles(e.target.files));
   $('weights-form').addEventListener('submit', (e) => {

@@ -4,29 +4,31 @@
 //
 // page -> worker
 //   {type: 'load', url?, file?, preferGpu, gelu}         load weights (URL with cache, or a File)
-//   {type: 'segment', id, image: {id, blob}, options, compare?}
+//   {type: 'segment', id, image: {id, blob}, request, compare?}
 //      image: the file as dropped (a Blob), decoded by the worker in wasm as the CLI decodes it, once per image id;
-//      options: {labels, threshold, mode, attention, neighbourhoodStd, residualAlpha ('none' | number),
-//                ffn, pamr, singleTemplate, crop, stride}; compare: a mode name to also run (same options
-//      otherwise). Latest wins: a newer request replaces a pending one.
+//      request: a SegmentRequest (crates/segment/src/request.rs): {labels, params: {lastBlock, crop, stride,
+//      backgroundThreshold, templates, pamr, ...}}; compare: a mode id to also run (same request otherwise).
+//      Latest wins: a request replaced by a newer one before its turn is skipped.
+//   {type: 'heatmap', resultId, index}                    RGBA heatmap of one class of the latest result
 //   {type: 'export', what: 'overlay'|'labels', opacity}   PNG bytes of the last result
 //   {type: 'lose-device'}                                 destroy the GPU device (tests of the recovery path)
 // worker -> page
-//   {type: 'catalog', modes: {name: knobs}, presets: [{id, title, labels, threshold, crop, stride}]}
-//                                                         once the wasm module is up
+//   {type: 'catalog', catalog: {modes, attentions, presets, defaults}}   once the wasm module is up
 //   {type: 'progress', phase: 'download'|'cache'|'load'|'text'|'image', done, total}
 //   {type: 'ready', backend: 'webgpu'|'cpu', description, source: 'network'|'cache'|'file', warning?, loadMs}
-//   {type: 'result', id, result, heatmaps, compare?}     typed arrays transferred; result.labels and
-//                                                         result.labelColors (RGBA) at full size, result.probs
-//                                                         and heatmaps every probsStride-th pixel;
+//   {type: 'result', id, result, compare?}               result: ResultSummary (crates/web) with typed arrays
+//                                                         transferred: labels and labelColors (RGBA) at full
+//                                                         size, probs every probsStride-th pixel;
 //                                                         compare: {mode, result} of the second mode
+//   {type: 'heatmap', resultId, index, rgba}             probsWidth x probsHeight RGBA
 //   {type: 'exported', what, bytes}
-//   {type: 'error', id?, stage: 'load'|'segment'|'export', message, fatal}
+//   {type: 'error', id?, stage: 'load'|'segment'|'heatmap'|'export'|'device', message, fatal}
 //      fatal: the wasm instance is unusable (e.g. lost GPU device); the page restarts the worker.
 
 export const MSG = Object.freeze({
   LOAD: 'load',
   SEGMENT: 'segment',
+  HEATMAP: 'heatmap',
   EXPORT: 'export',
   LOSE_DEVICE: 'lose-device',
   CATALOG: 'catalog',

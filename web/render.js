@@ -25,7 +25,7 @@ export function renderLegend(list, result) {
       const item = document.createElement('li');
       const swatch = document.createElement('span');
       swatch.className = 'swatch';
-      swatch.style.background = result.colors[i];
+      swatch.style.background = `rgb(${result.colors[i].join(', ')})`;
       const label = document.createElement('span');
       label.textContent = `${name} — ${(result.shares[i] * 100).toFixed(1)}%`;
       item.append(swatch, label);
@@ -34,18 +34,32 @@ export function renderLegend(list, result) {
   );
 }
 
-/** One small canvas per class with its probability heatmap (at the sampled size of `probs`). */
-export function renderHeatmaps(grid, result, heatmaps) {
+/**
+ * One small canvas per class for its probability heatmap (at the sampled size
+ * of `probs`), empty until it scrolls into view: then `request(index)` asks
+ * the worker for it, and the page draws it when it arrives.
+ */
+export function renderHeatmaps(grid, result, request) {
+  grid.observer?.disconnect();
+  const observer = new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      if (!entry.isIntersecting) continue;
+      observer.unobserve(entry.target);
+      request(Number(entry.target.dataset.index));
+    }
+  }, { rootMargin: '200px' });
+  grid.observer = observer;
   grid.replaceChildren(
-    ...heatmaps.map((rgba, i) => {
+    ...result.classNames.map((name, i) => {
       const figure = document.createElement('figure');
       const canvas = document.createElement('canvas');
       canvas.width = result.probsWidth;
       canvas.height = result.probsHeight;
-      canvas.getContext('2d').putImageData(new ImageData(rgba, result.probsWidth, result.probsHeight), 0, 0);
+      canvas.dataset.index = i;
       const caption = document.createElement('figcaption');
-      caption.textContent = result.classNames[i];
+      caption.textContent = name;
       figure.append(canvas, caption);
+      observer.observe(canvas);
       return figure;
     }),
   );

@@ -1,22 +1,35 @@
 // The one worker that owns the wasm module and the GPU. See protocol.js.
-import init, { DecodedImage, WebSegmenter, WeightsLoader, mode_blocks, presets } from './pkg/clearclip_web.js';
+// Work runs one task at a time on a promise queue; a segment request that a
+// newer one has replaced before its turn is skipped (latest wins).
+import init, { DecodedImage, WebSegmenter, WeightsLoader, catalog } from './pkg/clearclip_web.js';
 import { MSG, TOKENIZER_URL } from './protocol.js';
 import { loadWeightsFromFile, loadWeightsFromUrl } from './weights.js';
 
 let segmenter = null;
-let busy = false;
-let pending = null; // latest segment request waiting to run
+let latestSegment = null; // the newest segment request received
+let keptResultId = null; // the request whose result the segmenter keeps (heatmaps, exports)
 let decoded = null; // {id, image: DecodedImage}: the page's current image, decoded once
+let modeBlocks = {}; // mode id -> its last block, from the catalog
 const post = (message, transfer = []) => self.postMessage(message, transfer);
 let wasmMemory = null; // to report its size: wasm memory grows and never shrinks
 const ready = init().then((wasm) => {
   wasmMemory = wasm.memory;
-  post({ type: MSG.CATALOG, modes: mode_blocks(), presets: presets() });
+  const list = catalog();
+  modeBlocks = Object.fromEntries(list.modes.map((m) => [m.id, m.lastBlock]));
+  post({ type: MSG.CATALOG, catalog: list });
 });
 const tokenizer = fetch(TOKENIZER_URL).then((r) => {
   if (!r.ok) throw new Error(`the tokenizer (${TOKENIZER_URL}) could not be loaded: HTTP ${r.status}`);
   return r.arrayBuffer();
 });
+
+let queue = Promise.resolve();
+/** Run `task` after everything queued before it; resolves with its result. */
+function enqueue(task) {
+  const run = queue.then(task);
+  queue = run.catch(() => {});
+  return run;
+}
 
 const progress = (phase, done, total) => post({ type: MSG.PROGRESS, phase, done, total });
 
@@ -38,15 +51,13 @@ if (self.GPUAdapter) {
   };
 }
 
-/** A panic or a lost device leaves wasm unusable: the page must restart us. */
-function isFatal(error) {
-  const text = String(error?.message ?? error);
-  return error instanceof WebAssembly.RuntimeError || /unreachable|device (was )?lost|panicked/i.test(text);
-}
-
+/**
+ * Errors from wasm are `{kind, message, fatal}` reports (see `ErrorReport`
+ * in crates/web); a trap (a panic) leaves the instance unusable.
+ */
 function fail(stage, error, id) {
-  const message = String(error?.message ?? error);
-  post({ type: MSG.ERROR, stage, id, message, fatal: isFatal(error) });
+  const fatal = error instanceof WebAssembly.RuntimeError || error?.fatal === true;
+  post({ type: MSG.ERROR, stage, id, message: String(error?.message ?? error), fatal });
 }
 
 async function load({ url, file, preferGpu, gelu }) {
@@ -65,9 +76,11 @@ async function load({ url, file, preferGpu, gelu }) {
     weights = null;
     const next = WebSegmenter.create(taken, tokenizerBytes);
     // Keep the previous model until the new one works; swap between runs.
-    while (busy) await new Promise((r) => setTimeout(r, 20));
-    segmenter?.free();
-    segmenter = next;
+    await enqueue(() => {
+      segmenter?.free();
+      segmenter = next;
+      keptResultId = null;
+    });
     post({
       type: MSG.READY,
       backend: segmenter.backend(),
@@ -93,49 +106,35 @@ async function imageFor({ id, blob }) {
   return image;
 }
 
-async function runSegment(request) {
-  const { id, options, compare } = request;
-  const report = (phase, done, total) => progress(phase, done, total);
-  const image = await imageFor(request.image);
-  const result = await segmenter.segment(image, options, report);
-  const heatmaps = result.classNames.map((_, i) => segmenter.heatmap_rgba(i));
-  const transfer = [result.probs.buffer, result.labels.buffer, result.labelColors.buffer, ...heatmaps.map((h) => h.buffer)];
+const arrays = (result) => [result.probs.buffer, result.labels.buffer, result.labelColors.buffer];
+
+async function runSegment({ id, image: file, request, compare }) {
+  if (!segmenter) throw new Error('no model is loaded yet');
+  const image = await imageFor(file);
+  const result = await segmenter.segment(image, request, true, progress);
+  keptResultId = id;
+  const transfer = arrays(result);
   let second = null;
   if (compare) {
     // The named mode's own block; the first blocks of every window are reused.
-    const knobs = mode_blocks()[compare];
-    const side = await segmenter.segment(image, { ...options, ...knobs, mode: compare, keep: false }, report);
+    const params = { ...request.params, lastBlock: modeBlocks[compare] };
+    const side = await segmenter.segment(image, { ...request, params }, false, progress);
     second = { mode: compare, result: side };
-    transfer.push(side.probs.buffer, side.labels.buffer, side.labelColors.buffer);
+    transfer.push(...arrays(side));
   }
-  post({ type: MSG.RESULT, id, result, heatmaps, compare: second }, transfer);
+  post({ type: MSG.RESULT, id, result, compare: second }, transfer);
 }
 
-async function drain() {
-  busy = true;
-  while (pending) {
-    const request = pending;
-    pending = null;
-    if (!segmenter) {
-      fail('segment', new Error('no model is loaded yet'), request.id);
-      continue;
-    }
-    try {
-      await runSegment(request);
-    } catch (e) {
-      fail('segment', e, request.id);
-    }
-  }
-  busy = false;
+function heatmap({ resultId, index }) {
+  // Only the kept result's maps exist; a newer result makes this one moot.
+  if (!segmenter || resultId !== keptResultId) return;
+  const rgba = segmenter.heatmap_rgba(index);
+  post({ type: MSG.HEATMAP, resultId, index, rgba }, [rgba.buffer]);
 }
 
 function exportPng({ what, opacity }) {
-  try {
-    const bytes = what === 'overlay' ? segmenter.overlay_png(opacity) : segmenter.labels_png();
-    post({ type: MSG.EXPORTED, what, bytes }, [bytes.buffer]);
-  } catch (e) {
-    fail('export', e);
-  }
+  const bytes = what === 'overlay' ? segmenter.overlay_png(opacity) : segmenter.labels_png();
+  post({ type: MSG.EXPORTED, what, bytes }, [bytes.buffer]);
 }
 
 self.onmessage = ({ data }) => {
@@ -144,11 +143,14 @@ self.onmessage = ({ data }) => {
       load(data);
       break;
     case MSG.SEGMENT:
-      pending = data; // latest wins
-      if (!busy) drain();
+      latestSegment = data;
+      enqueue(() => (latestSegment === data ? runSegment(data) : null)).catch((e) => fail('segment', e, data.id));
+      break;
+    case MSG.HEATMAP:
+      enqueue(() => heatmap(data)).catch((e) => fail('heatmap', e));
       break;
     case MSG.EXPORT:
-      exportPng(data);
+      enqueue(() => exportPng(data)).catch((e) => fail('export', e));
       break;
     case MSG.LOSE_DEVICE:
       if (gpuDevice) gpuDevice.destroy();

@@ -60,7 +60,8 @@ after(async () => {
   server?.server.close();
 });
 
-const appUrl = (query) => `http://127.0.0.1:${server.port}/?${query}`;
+// debug=1: the page exposes its state and test hooks (window.__clearclip, __clearclipDebug).
+const appUrl = (query) => `http://127.0.0.1:${server.port}/?debug=1&${query}`;
 
 async function openApp(query) {
   const page = await context.newPage();
@@ -144,6 +145,15 @@ test('segments a dropped image on WebGPU and matches the CLI', async () => {
 
   assert.equal(await page.locator('#legend li').count(), 4);
   assert.equal(await page.locator('#heatmaps canvas').count(), 4);
+  // Heatmaps are drawn when they come into view (asked of the worker one by one).
+  await page.locator('#heatmaps canvas').first().scrollIntoViewIfNeeded();
+  await page.waitForFunction(() => document.querySelector('#heatmaps canvas').dataset.drawn === 'true', null, { timeout: 30_000 });
+  const heatmapAlpha = await page.evaluate(() => {
+    const c = document.querySelector('#heatmaps canvas');
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    return [c.width, c.height, d.filter((_, i) => i % 4 === 3 && d[i] === 255).length];
+  });
+  assert.deepEqual(heatmapAlpha, [451, 300, 451 * 300], 'the heatmap covers its canvas');
   const overlay = await page.evaluate(() => {
     const c = document.getElementById('overlay');
     const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -326,7 +336,7 @@ test('a JPEG photo longer than 2048 px gives the CLI\'s answer (decoded in wasm,
     return { width: r.width, height: r.height, stride: r.probsStride, pw: r.probsWidth, ph: r.probsHeight,
       resized: r.resized, labels: Array.from(r.labels) };
   });
-  assert.deepEqual([r.width, r.height, r.resized], [2400, 1600, '672x448']);
+  assert.deepEqual([r.width, r.height, r.resized], [2400, 1600, [672, 448]]);
   assert.equal(r.stride, 2, 'maps above 2 megapixels are sampled for display');
   const sampled = new Float32Array(4 * r.ph * r.pw);
   for (let c = 0; c < 4; c++)

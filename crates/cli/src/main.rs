@@ -352,18 +352,19 @@ fn report(seg: &Segmentation) {
         eprintln!("warning: {w}");
     }
     let t = &seg.timings;
+    let time = |ms: f64| std::time::Duration::from_secs_f64(ms.max(0.0) / 1e3);
     eprintln!(
-        "segmented {}x{} (model input {}x{}, {} windows{}): text {:.0} ms ({} classes encoded), image {:.0} ms, total {:.0} ms",
+        "segmented {}x{} (model input {}x{}, {} windows{}): text {:.2?}, image {:.2?}, total {:.2?} ({} class names encoded, the others cached)",
         seg.width,
         seg.height,
         seg.resized.0,
         seg.resized.1,
         seg.windows,
         if seg.reused_windows { ", first blocks reused: last block only" } else { "" },
-        t.text_ms,
+        time(t.text_ms),
+        time(t.image_ms),
+        time(t.text_ms + t.image_ms),
         t.classes_encoded,
-        t.image_ms,
-        t.text_ms + t.image_ms
     );
     for ((name, share), i) in seg.class_names.iter().zip(seg.class_shares()).zip(0..) {
         eprintln!("  {i:>3} {name}: {:.1}%", share * 100.0);

@@ -13,6 +13,38 @@
 //! - [`ClipTokenizer`]: the CLIP BPE through the `tokenizers` crate.
 //! - [`LastBlock`] / [`DenseMode`]: how the last vision block is run for dense
 //!   features (plain CLIP, MaskCLIP, SCLIP, ClearCLIP, NACLIP, and the knobs between).
+//!
+//! Adding an attention mode is a variant of [`AttentionKind`] (its name,
+//! title and the line of [`LastBlock`]'s forward that computes it), or a
+//! [`DenseMode`] preset of existing knobs. Adding a tensor is an entry in the
+//! weights table (`loader/weights.rs`), which both checks the header and
+//! builds the layer from it.
+//!
+//! # Example
+//!
+//! Load a checkpoint (here the tiny seeded test model), encode a prompt, and
+//! take ClearCLIP's dense features of an image tensor:
+//!
+//! ```
+//! use burn::tensor::{Device, Tensor, TensorData};
+//! use clearclip_model::{load_clip, ClipTokenizer, DenseMode, LoadOptions};
+//!
+//! let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+//! let device = Device::flex();
+//! let weights = std::fs::read(format!("{root}/fixtures/tiny_openclip_bf16.safetensors"))?;
+//! let clip = load_clip(&weights, LoadOptions::default(), &device)?;
+//! let tokenizer_json = std::fs::read(format!("{root}/assets/tokenizer.json"))?;
+//! let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json, clip.config.text.context_length)?;
+//!
+//! let text = clip.text.encode(&tokenizer.encode_batch(&["a photo of a cat.", "a photo of grass."])?)?;
+//! assert_eq!(text.dims(), [2, clip.config.text.embed_dim]);
+//!
+//! // A normalised 64x96 image: ClearCLIP's features of each 16x16 patch.
+//! let pixels: Tensor<4> = Tensor::from_data(TensorData::new(vec![0.5f32; 3 * 64 * 96], [1, 3, 64, 96]), &device);
+//! let dense = clip.vision.dense_features(pixels, &DenseMode::ClearClip.last_block())?;
+//! assert_eq!(dense.dims(), [1, 4 * 6, clip.config.vision.embed_dim]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod config;
 mod dense;

@@ -8,15 +8,21 @@
 //! segmenter from it, then calls [`WebSegmenter::segment`] with an image file
 //! decoded here ([`DecodedImage`]), as the CLI decodes it: the page never
 //! resizes or re-encodes the photo, so both give the same answer.
+//!
+//! What crosses the boundary is typed: requests are
+//! [`SegmentRequest`](clearclip_segment::SegmentRequest)s, results a
+//! [`ResultSummary`] plus typed arrays, errors an [`ErrorReport`] that says
+//! whether the model is still usable.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use burn::tensor::Device;
-use clearclip_model::{Activation, CheckpointLoader, AttentionKind, ClipTokenizer, DenseMode, LastBlock, LoadOptions, Residual};
-use clearclip_segment::{decode_image, render, ClassList, Pamr, Preset, Progress, SegmentParams, Segmentation, Segmenter, Templates, PRESETS};
-use image::{GrayImage, RgbImage};
-use js_sys::{Array, Float32Array, Function, Object, Reflect, Uint8Array};
+use clearclip_model::{Activation, CheckpointLoader, ClipTokenizer, LoadOptions};
+use clearclip_segment::{decode_image, render, Catalog, ClassList, Progress, SegmentRequest, Segmentation, Segmenter, Timings};
+use image::RgbImage;
+use js_sys::{Float32Array, Function, Object, Reflect, Uint8Array};
+use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen(start)]
@@ -24,99 +30,45 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
-fn set(target: &Object, key: &str, value: impl Into<JsValue>) {
-    Reflect::set(target, &JsValue::from_str(key), &value.into()).expect("setting a property of a plain object");
+/// What the worker receives when a call fails: `{kind, message, fatal}`.
+/// `fatal`: the model (or the whole wasm instance) is unusable and must be
+/// loaded again; otherwise only this request failed.
+#[derive(Serialize)]
+pub struct ErrorReport {
+    kind: &'static str,
+    message: String,
+    fatal: bool,
 }
 
-fn get(source: &JsValue, key: &str) -> JsValue {
-    Reflect::get(source, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+impl ErrorReport {
+    fn new(kind: &'static str, error: impl std::fmt::Display, fatal: bool) -> JsValue {
+        let report = ErrorReport { kind, message: error.to_string(), fatal };
+        to_js(&report).unwrap_or_else(|e| e)
+    }
 }
 
-/// A number field; `null`/`undefined` is `None`, anything else not a number an error.
-fn get_number(source: &JsValue, key: &str) -> Result<Option<f64>, JsError> {
-    let value = get(source, key);
-    if value.is_null() || value.is_undefined() {
-        return Ok(None);
-    }
-    value.as_f64().map(Some).ok_or_else(|| JsError::new(&format!("option {key} must be a number")))
+fn to_js(value: &impl Serialize) -> Result<JsValue, JsValue> {
+    // Plain objects (not Maps) for the structs, so the page reads fields.
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::json_compatible())
+        .map_err(|e| JsValue::from_str(&format!("cannot pass a result to JS: {e}")))
 }
 
-/// The settings of one segmentation, from the page's request object:
-/// `{threshold, mode, singleTemplate, pamr, crop?, stride?, attention?,
-/// neighbourhoodStd?, residualAlpha?, ffn?}`. The last-block fields override
-/// the mode's own when present (`residualAlpha: null` keeps the mode's,
-/// `residualAlpha: "none"` drops the residual, `neighbourhoodStd: 0` turns the bias off).
-fn segment_params(options: &JsValue) -> Result<SegmentParams, JsError> {
-    let mode_name = get(options, "mode").as_string().unwrap_or_else(|| "clearclip".into());
-    let mode = DenseMode::from_name(&mode_name).ok_or_else(|| JsError::new(&format!("unknown mode {mode_name}")))?;
-    let mut block: LastBlock = mode.last_block();
-    if let Some(name) = get(options, "attention").as_string() {
-        block.attention = AttentionKind::from_name(&name).ok_or_else(|| JsError::new(&format!("unknown attention {name}")))?;
-    }
-    if let Some(std) = get_number(options, "neighbourhoodStd")? {
-        block.neighbourhood_std = (std > 0.0).then_some(std as f32);
-    }
-    let alpha = get(options, "residualAlpha");
-    if alpha.as_string().is_some_and(|a| a == "none") {
-        block.residual = Residual::Skip;
-    } else if let Some(alpha) = get_number(options, "residualAlpha")? {
-        block.residual = Residual::Keep { attention_scale: alpha as f32 };
-    }
-    if let Some(ffn) = get(options, "ffn").as_bool() {
-        block.ffn = ffn;
-    }
-    let mut params = SegmentParams {
-        background_threshold: get_number(options, "threshold")?.unwrap_or(0.0) as f32,
-        last_block: block,
-        templates: if get(options, "singleTemplate").is_truthy() { Templates::Single } else { Templates::OpenAiImageNet },
-        pamr: get(options, "pamr").is_truthy().then(Pamr::default),
-        ..SegmentParams::default()
-    };
-    if let Some(crop) = get_number(options, "crop")? {
-        params.crop = crop as usize;
-    }
-    if let Some(stride) = get_number(options, "stride")? {
-        params.stride = stride as usize;
-    }
-    Ok(params)
+fn set(target: &Object, key: &str, value: impl Into<JsValue>) -> Result<(), JsValue> {
+    Reflect::set(target, &JsValue::from_str(key), &value.into()).map(|_| ())
 }
 
-/// The dataset presets for the page: `[{id, title, labels, threshold, crop, stride}]`.
+/// `performance.now()` of the worker (or window) running the module.
+fn performance_now() -> f64 {
+    let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+    global.performance().map(|p| p.now()).unwrap_or(f64::NAN)
+}
+
+/// The modes, attention kinds, presets and default settings the page's
+/// controls list ([`Catalog`]).
 #[wasm_bindgen]
-pub fn presets() -> Array {
-    PRESETS
-        .iter()
-        .map(|p: &Preset| {
-            let o = Object::new();
-            set(&o, "id", p.id);
-            set(&o, "title", p.title);
-            set(&o, "labels", p.labels());
-            set(&o, "threshold", p.background_threshold);
-            set(&o, "crop", p.crop as u32);
-            set(&o, "stride", p.stride as u32);
-            JsValue::from(o)
-        })
-        .collect()
-}
-
-/// The last block of each named mode, as the page's knobs spell it:
-/// `{mode: {attention, neighbourhoodStd, residualAlpha, ffn}}`.
-#[wasm_bindgen]
-pub fn mode_blocks() -> Object {
-    let out = Object::new();
-    for mode in DenseMode::ALL {
-        let b = mode.last_block();
-        let o = Object::new();
-        set(&o, "attention", b.attention.name());
-        set(&o, "neighbourhoodStd", b.neighbourhood_std.unwrap_or(0.0));
-        match b.residual {
-            Residual::Skip => set(&o, "residualAlpha", "none"),
-            Residual::Keep { attention_scale } => set(&o, "residualAlpha", attention_scale),
-        }
-        set(&o, "ffn", b.ffn);
-        set(&out, mode.name(), o);
-    }
-    out
+pub fn catalog() -> Result<JsValue, JsValue> {
+    to_js(&Catalog::new())
 }
 
 /// Which backend the model runs on.
@@ -148,10 +100,10 @@ pub struct DecodedImage {
 
 #[wasm_bindgen]
 impl DecodedImage {
-    /// Decodes the bytes of an image file; throws a readable message for
+    /// Decodes the bytes of an image file; throws an [`ErrorReport`] for
     /// files that are not images, corrupt, truncated or too large.
-    pub fn decode(bytes: &[u8]) -> Result<DecodedImage, JsError> {
-        let image = decode_image(bytes).map_err(|e| JsError::new(&e.to_string()))?;
+    pub fn decode(bytes: &[u8]) -> Result<DecodedImage, JsValue> {
+        let image = decode_image(bytes).map_err(|e| ErrorReport::new("image", e, false))?;
         Ok(DecodedImage { image: Rc::new(image) })
     }
 
@@ -164,13 +116,6 @@ impl DecodedImage {
     pub fn height(&self) -> u32 {
         self.image.height()
     }
-}
-
-#[wasm_bindgen]
-pub struct WebSegmenter {
-    state: Rc<RefCell<State>>,
-    backend: Backend,
-    description: String,
 }
 
 /// WebGPU device, initialised once per page (a second init fails).
@@ -230,10 +175,10 @@ impl WeightsLoader {
     }
 
     /// The next chunk of the file (copied out of the JS array, converted and
-    /// uploaded as tensors complete). Throws if the file is refused; then
-    /// the download should stop.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsError> {
-        self.loader.push(chunk).map_err(|e| JsError::new(&e.to_string()))
+    /// uploaded as tensors complete). Throws an [`ErrorReport`] if the file
+    /// is refused; then the download should stop.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsValue> {
+        self.loader.push(chunk).map_err(|e| ErrorReport::new("weights", e, false))
     }
 
     /// The file size the header announces, once the header is in.
@@ -243,20 +188,70 @@ impl WeightsLoader {
     }
 }
 
+/// The fields of a result besides its typed arrays.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultSummary {
+    width: u32,
+    height: u32,
+    class_names: Vec<String>,
+    /// `[r, g, b]` of each class, as in the overlay and the PNGs.
+    colors: Vec<[u8; 3]>,
+    shares: Vec<f32>,
+    warnings: Vec<String>,
+    timings: Timings,
+    windows: usize,
+    /// `[width, height]` the model saw.
+    resized: [u32; 2],
+    reused_windows: bool,
+    /// What ran after the first blocks, e.g. `q-q attention, no residual, no FFN`.
+    last_block: String,
+    /// `probs` holds every `probs_stride`-th pixel in each direction.
+    probs_stride: usize,
+    probs_width: u32,
+    probs_height: u32,
+}
+
+impl ResultSummary {
+    /// `display` is `full` sampled every `stride`-th pixel.
+    fn new(full: &Segmentation, display: &Segmentation, stride: usize, warnings: Vec<String>, last_block: String) -> Self {
+        Self {
+            width: full.width,
+            height: full.height,
+            class_names: full.class_names.clone(),
+            colors: (0..full.class_names.len()).map(render::class_color).collect(),
+            shares: full.class_shares(),
+            warnings,
+            timings: full.timings,
+            windows: full.windows,
+            resized: [full.resized.0, full.resized.1],
+            reused_windows: full.reused_windows,
+            last_block,
+            probs_stride: stride,
+            probs_width: display.width,
+            probs_height: display.height,
+        }
+    }
+}
+
+#[wasm_bindgen]
+pub struct WebSegmenter {
+    state: Rc<RefCell<State>>,
+    backend: Backend,
+    description: String,
+}
+
 #[wasm_bindgen]
 impl WebSegmenter {
     /// The segmenter over the model `weights` received completely.
-    pub fn create(weights: WeightsLoader, tokenizer_json: &[u8]) -> Result<WebSegmenter, JsError> {
+    pub fn create(weights: WeightsLoader, tokenizer_json: &[u8]) -> Result<WebSegmenter, JsValue> {
         let WeightsLoader { loader, backend, note } = weights;
-        let model = loader.finish().map_err(|e| JsError::new(&e.to_string()))?;
+        let model = loader.finish().map_err(|e| ErrorReport::new("weights", e, false))?;
         let tokenizer = ClipTokenizer::from_json_bytes(tokenizer_json, model.config.text.context_length)
-            .map_err(|e| JsError::new(&e.to_string()))?;
+            .map_err(|e| ErrorReport::new("tokenizer", e, false))?;
         let description = format!("{} [{:?} layout]{note}", model.config.describe(), model.layout);
-        Ok(WebSegmenter {
-            state: Rc::new(RefCell::new(State { segmenter: Segmenter::new(model, tokenizer), last: None })),
-            backend,
-            description,
-        })
+        let segmenter = Segmenter::new(model, tokenizer).with_clock(performance_now);
+        Ok(WebSegmenter { state: Rc::new(RefCell::new(State { segmenter, last: None })), backend, description })
     }
 
     /// `"webgpu"` or `"cpu"`.
@@ -271,71 +266,43 @@ impl WebSegmenter {
         self.description.clone()
     }
 
-    /// Segment `image` with the settings in `options` (see
-    /// [`segment_params`]; `labels` is a field too, and `keep: false` makes
-    /// it a side run that does not replace the last result). `progress(phase,
-    /// done, total)` is called as text and windows complete. Resolves to
-    /// `{width, height, classNames, colors, labels: Uint8Array [H*W],
-    /// labelColors: Uint8Array [H*W*4], probs: Float32Array [C*h*w],
-    /// probsStride, probsWidth, probsHeight, shares, warnings, textMs,
-    /// imageMs, windows, resized, reusedWindows, lastBlock}`. Labels are at
-    /// full size; `probs` holds every `probsStride`-th pixel of the full-size
-    /// maps in each direction (1 up to [`render::DISPLAY_MAX_PIXELS`]).
-    pub fn segment(&self, image: &DecodedImage, options: JsValue, progress: Function) -> js_sys::Promise {
+    /// Segment `image` as `request` (a [`SegmentRequest`]) says; with `keep:
+    /// false` it is a side run that does not replace the last result.
+    /// `progress(phase, done, total)` is called as text and windows complete.
+    /// Resolves to a [`ResultSummary`] with the typed arrays `labels`
+    /// (`Uint8Array [H*W]`), `labelColors` (`Uint8Array [H*W*4]`, RGBA) and
+    /// `probs` (`Float32Array [C*h*w]`, every `probsStride`-th pixel of the
+    /// full-size maps in each direction: 1 up to [`render::DISPLAY_MAX_PIXELS`]).
+    /// Rejects with an [`ErrorReport`].
+    pub fn segment(&self, image: &DecodedImage, request: JsValue, keep: bool, progress: Function) -> js_sys::Promise {
         let state = self.state.clone();
         let image = image.image.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let labels = get(&options, "labels").as_string().unwrap_or_default();
-            let (classes, mut warnings) = ClassList::parse(&labels).map_err(|e| JsError::new(&e.to_string()))?;
-            let params = segment_params(&options)?;
-            let started = js_sys::Date::now();
-            let mut text_done = None;
+            let request: SegmentRequest = serde_wasm_bindgen::from_value(request).map_err(|e| ErrorReport::new("request", e, false))?;
+            let (classes, mut warnings) = ClassList::parse(&request.labels).map_err(|e| ErrorReport::new("labels", e, false))?;
             let mut report = |p: Progress| {
                 let (phase, done, total) = match p {
                     Progress::Text { done, total } => ("text", done, total),
-                    Progress::Window { done, total } => {
-                        text_done.get_or_insert_with(js_sys::Date::now);
-                        ("image", done, total)
-                    }
+                    Progress::Window { done, total } => ("image", done, total),
                 };
                 let _ = progress.call3(&JsValue::NULL, &phase.into(), &(done as u32).into(), &(total as u32).into());
             };
             let mut guard = state.borrow_mut();
-            let mut seg = guard.segmenter.segment(&image, &classes, &params, &mut report).await.map_err(|e| JsError::new(&e.to_string()))?;
-            let finished = js_sys::Date::now();
-            let text_done = text_done.unwrap_or(finished);
+            let mut seg = guard
+                .segmenter
+                .segment(&image, &classes, &request.params, &mut report)
+                .await
+                .map_err(|e| ErrorReport::new("segment", &e, e.is_fatal()))?;
             warnings.extend(seg.warnings.iter().cloned());
-
-            let out = Object::new();
-            set(&out, "width", seg.width);
-            set(&out, "height", seg.height);
-            set(&out, "classNames", seg.class_names.iter().map(JsValue::from).collect::<Array>());
-            let colors: Array = (0..seg.class_names.len())
-                .map(|i| {
-                    let [r, g, b] = render::class_color(i);
-                    JsValue::from(format!("rgb({r}, {g}, {b})"))
-                })
-                .collect();
-            set(&out, "colors", colors);
             let stride = render::display_stride(seg.width, seg.height);
             let display = seg.sampled(stride);
             seg.probs = Vec::new(); // the exports need only the labels
-            set(&out, "probs", Float32Array::from(display.probs.as_slice()));
-            set(&out, "probsStride", stride as u32);
-            set(&out, "probsWidth", display.width);
-            set(&out, "probsHeight", display.height);
-            set(&out, "labels", Uint8Array::from(seg.labels.as_slice()));
-            set(&out, "shares", seg.class_shares().into_iter().map(JsValue::from).collect::<Array>());
-            set(&out, "warnings", warnings.iter().map(JsValue::from).collect::<Array>());
-            set(&out, "textMs", text_done - started);
-            set(&out, "imageMs", finished - text_done);
-            set(&out, "windows", seg.windows as u32);
-            set(&out, "resized", format!("{}x{}", seg.resized.0, seg.resized.1));
-            set(&out, "reusedWindows", seg.reused_windows);
-            set(&out, "lastBlock", params.last_block.to_string() + if params.pamr.is_some() { ", then PAMR" } else { "" });
-            set(&out, "labelColors", Uint8Array::from(render::label_colors(&seg, 255).as_raw().as_slice()));
-            // A comparison run ({keep: false}) leaves the last result (heatmaps, exports) alone.
-            if get(&options, "keep") != JsValue::FALSE {
+            let summary = ResultSummary::new(&seg, &display, stride, warnings, request.params.describe_last_block());
+            let out: Object = to_js(&summary)?.unchecked_into();
+            set(&out, "probs", Float32Array::from(display.probs.as_slice()))?;
+            set(&out, "labels", Uint8Array::from(seg.labels.as_slice()))?;
+            set(&out, "labelColors", Uint8Array::from(render::label_colors(&seg, 255).as_raw().as_slice()))?;
+            if keep {
                 guard.last = Some(LastResult { image, full: seg, display });
             }
             Ok(out.into())
@@ -344,35 +311,30 @@ impl WebSegmenter {
 
     /// RGBA heatmap (viridis) of class `index` of the last result, at the
     /// size of its sampled maps (`probsWidth x probsHeight`).
-    pub fn heatmap_rgba(&self, index: usize) -> Result<Vec<u8>, JsError> {
+    pub fn heatmap_rgba(&self, index: usize) -> Result<Vec<u8>, JsValue> {
         let state = self.state.borrow();
-        let last = state.last.as_ref().ok_or_else(|| JsError::new("nothing segmented yet"))?;
+        let last = state.last.as_ref().ok_or_else(|| ErrorReport::new("export", "nothing segmented yet", false))?;
         if index >= last.display.class_names.len() {
-            return Err(JsError::new("no such class"));
+            return Err(ErrorReport::new("export", format!("no class {index}"), false));
         }
         let rgb = render::heatmap(&last.display, index);
         Ok(image::DynamicImage::ImageRgb8(rgb).to_rgba8().into_raw())
     }
 
     /// PNG of the image with the classes overlaid and a legend (as the CLI's overlay.png).
-    pub fn overlay_png(&self, opacity: f32) -> Result<Vec<u8>, JsError> {
+    pub fn overlay_png(&self, opacity: f32) -> Result<Vec<u8>, JsValue> {
         let state = self.state.borrow();
-        let last = state.last.as_ref().ok_or_else(|| JsError::new("nothing segmented yet"))?;
-        png(image::DynamicImage::ImageRgb8(render::overlay(&last.image, &last.full, opacity.clamp(0.0, 1.0))))
+        let last = state.last.as_ref().ok_or_else(|| ErrorReport::new("export", "nothing segmented yet", false))?;
+        let overlay = render::overlay(&last.image, &last.full, opacity.clamp(0.0, 1.0))
+            .ok_or_else(|| ErrorReport::new("export", "the result is not of this image", false))?;
+        render::png(overlay).map_err(|e| ErrorReport::new("export", e, false))
     }
 
     /// 8-bit PNG of the class index per pixel (as the CLI's labels.png).
-    pub fn labels_png(&self) -> Result<Vec<u8>, JsError> {
+    pub fn labels_png(&self) -> Result<Vec<u8>, JsValue> {
         let state = self.state.borrow();
-        let seg = &state.last.as_ref().ok_or_else(|| JsError::new("nothing segmented yet"))?.full;
-        png(image::DynamicImage::ImageLuma8(GrayImage::from_raw(seg.width, seg.height, seg.labels.clone()).expect("label map size")))
+        let last = state.last.as_ref().ok_or_else(|| ErrorReport::new("export", "nothing segmented yet", false))?;
+        let labels = render::labels_image(&last.full).ok_or_else(|| ErrorReport::new("export", "the label map is damaged", false))?;
+        render::png(labels).map_err(|e| ErrorReport::new("export", e, false))
     }
-}
-
-fn png(image: image::DynamicImage) -> Result<Vec<u8>, JsError> {
-    let mut bytes = Vec::new();
-    image
-        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-        .map_err(|e| JsError::new(&e.to_string()))?;
-    Ok(bytes)
 }

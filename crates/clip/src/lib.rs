@@ -79,6 +79,8 @@ pub struct Clip {
 pub enum InputError {
     #[error("the image input is {width}x{height}; both sides must be positive multiples of the patch size {patch}")]
     NotPatchMultiple { width: usize, height: usize, patch: usize },
+    #[error("the {n}x{n} position grid cannot be resized for a {width}x{height} input of {patch}-pixel patches")]
+    PositionGrid { n: usize, height: usize, width: usize, patch: usize },
     #[error("a token batch of {rows} rows of {len} does not fit the text context of {context} tokens")]
     TokenBatch { rows: usize, len: usize, context: usize },
 }

@@ -14,6 +14,8 @@
 //! from resizing to the target size. Bicubic uses a = -0.75 and clamps the
 //! four taps to the border (`upsample_bicubic2d`).
 
+use crate::InputError;
+
 /// Cubic convolution weights with a = -0.75 (PyTorch `get_cubic_upsample_coefficients`).
 fn cubic_coefficients(t: f64) -> [f64; 4] {
     const A: f64 = -0.75;
@@ -46,19 +48,32 @@ pub fn bicubic_scale_factor_weights(in_size: usize, out_size: usize, scale: f64)
 /// # Shapes
 /// - `positions`: `[n * n, dim]` row-major (no class token)
 /// - returns `[grid_h * grid_w, dim]` with `grid_h = height / patch`
-pub fn resize_patch_positions(positions: &[f32], n: usize, dim: usize, patch: usize, height: usize, width: usize) -> Vec<f32> {
-    assert_eq!(positions.len(), n * n * dim, "positional embedding is not n*n x dim");
+pub fn resize_patch_positions(
+    positions: &[f32],
+    n: usize,
+    dim: usize,
+    patch: usize,
+    height: usize,
+    width: usize,
+) -> Result<Vec<f32>, InputError> {
+    let grid_error = || InputError::PositionGrid { n, height, width, patch };
+    if positions.len() != n * n * dim || n == 0 || patch == 0 {
+        return Err(grid_error());
+    }
     let (grid_h, grid_w) = (height / patch, width / patch);
     // Reference: `if x.shape[1] != positional_embedding.shape[0]` interpolate,
     // else use as is (also for a non-square grid with n*n patches).
     if grid_h * grid_w == n * n {
-        return positions.to_vec();
+        return Ok(positions.to_vec());
     }
     let (h0, w0) = (grid_h as f64 + 0.1, grid_w as f64 + 0.1);
     let (scale_h, scale_w) = (h0 / n as f64, w0 / n as f64);
     // floor(n * scale) as PyTorch computes it; equals grid_h for any sane n.
     let (out_h, out_w) = ((n as f64 * scale_h).floor() as usize, (n as f64 * scale_w).floor() as usize);
-    assert_eq!((out_h, out_w), (grid_h, grid_w), "reference assertion int(w0) == output size");
+    // The reference asserts `int(w0) == output size`.
+    if (out_h, out_w) != (grid_h, grid_w) {
+        return Err(grid_error());
+    }
     let wy = bicubic_scale_factor_weights(n, out_h, scale_h);
     let wx = bicubic_scale_factor_weights(n, out_w, scale_w);
     // Separable: first along x ([n, out_w, dim]), then along y.
@@ -96,7 +111,7 @@ pub fn resize_patch_positions(positions: &[f32], n: usize, dim: usize, patch: us
             }
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -117,6 +132,7 @@ mod tests {
     fn same_patch_count_is_returned_unchanged() {
         let p: Vec<f32> = (0..4 * 4 * 3).map(|i| i as f32).collect();
         // 2 x 8 grid has 16 patches = 4 x 4: the reference skips interpolation.
-        assert_eq!(resize_patch_positions(&p, 4, 3, 16, 32, 128), p);
+        assert_eq!(resize_patch_positions(&p, 4, 3, 16, 32, 128), Ok(p.clone()));
+        assert!(resize_patch_positions(&p[1..], 4, 3, 16, 32, 128).is_err(), "a table of the wrong size is refused");
     }
 }

@@ -70,7 +70,7 @@ impl VisionTransformer {
         if height % patch != 0 || width % patch != 0 || height == 0 || width == 0 {
             return Err(InputError::NotPatchMultiple { width, height, patch });
         }
-        let x = self.embed(pixels);
+        let x = self.embed(pixels)?;
         let tokens = self.blocks.iter().fold(x, |x, block| block.forward(x, None));
         Ok(LastBlockInput { tokens, grid: (height / patch, width / patch) })
     }
@@ -99,7 +99,7 @@ impl VisionTransformer {
 
     /// # Shapes
     /// - `pixels`: `[batch, 3, height, width]`, sides multiples of the patch -> `[batch, 1 + patches, width]`
-    fn embed(&self, pixels: Tensor<4>) -> Tensor<3> {
+    fn embed(&self, pixels: Tensor<4>) -> Result<Tensor<3>, InputError> {
         let [batch, channels, height, width_px] = pixels.dims();
         let patch = self.config.patch_size;
         let (grid_h, grid_w) = (height / patch, width_px / patch);
@@ -113,7 +113,7 @@ impl VisionTransformer {
             .reshape([batch, grid_h * grid_w, width]);
 
         let n = self.config.grid_size;
-        let positions = resize_patch_positions(&self.patch_positions, n, width, patch, height, width_px);
+        let positions = resize_patch_positions(&self.patch_positions, n, width, patch, height, width_px)?;
         let device = self.device();
         let positions: Tensor<2> = Tensor::from_data(TensorData::new(positions, [grid_h * grid_w, width]), &device);
         let tokens = tokens + positions.unsqueeze::<3>();
@@ -121,6 +121,6 @@ impl VisionTransformer {
         let cls = (self.class_embedding.clone() + self.class_position.clone())
             .reshape([1, 1, width])
             .repeat_dim(0, batch);
-        self.ln_pre.forward(Tensor::cat(vec![cls, tokens], 1))
+        Ok(self.ln_pre.forward(Tensor::cat(vec![cls, tokens], 1)))
     }
 }

@@ -34,9 +34,11 @@ fn pad(size: usize, patch: usize) -> (usize, usize) {
 }
 
 /// The windows `forward_slide` visits, row by row; the last one in each
-/// direction is flush with the border.
+/// direction is flush with the border. None for a zero crop or stride.
 pub fn sliding_windows(width: usize, height: usize, crop: usize, stride: usize, patch: usize) -> Vec<Window> {
-    assert!(crop > 0 && stride > 0, "crop and stride must be positive");
+    if crop == 0 || stride == 0 {
+        return Vec::new(); // refused earlier with a message (`SettingsError::Geometry`)
+    }
     let grids = |size: usize| (size + stride).saturating_sub(crop + 1) / stride + 1;
     let mut windows = Vec::new();
     for h_idx in 0..grids(height) {

@@ -41,8 +41,8 @@ pub struct LoadOptions {
 pub enum LoadError {
     #[error("not a readable safetensors file ({0}); is it of another format?")]
     NotSafetensors(String),
-    #[error("the file ends after {received} bytes{}; is it truncated (an interrupted download)?", expected_len(.expected))]
-    Truncated { received: usize, expected: Option<usize> },
+    #[error("the file ends after {received} bytes{}{}; is it truncated (an interrupted download)?", expected_len(.expected), inside(.tensor))]
+    Truncated { received: usize, expected: Option<usize>, tensor: Option<String> },
     #[error("{extra} bytes follow the last tensor; the file is not a well-formed safetensors file")]
     TrailingBytes { extra: usize },
     #[error("cannot allocate {0} MB to receive a tensor")]
@@ -62,6 +62,10 @@ pub enum LoadError {
     DType { name: String, dtype: String },
     #[error("unsupported architecture: {0}")]
     Architecture(String),
+}
+
+fn inside(tensor: &Option<String>) -> String {
+    tensor.as_ref().map(|name| format!(", before the end of tensor `{name}`")).unwrap_or_default()
 }
 
 fn expected_len(expected: &Option<usize>) -> String {
@@ -174,13 +178,14 @@ impl CheckpointLoader {
     pub fn finish(self) -> Result<Clip, LoadError> {
         let received = self.received;
         let mut receiver = match self.stage {
-            Stage::Header(_) => return Err(LoadError::Truncated { received, expected: None }),
+            Stage::Header(_) => return Err(LoadError::Truncated { received, expected: None, tensor: None }),
             Stage::Failed(reason) => return Err(LoadError::AlreadyFailed(reason)),
             Stage::Tensors(receiver) => receiver,
         };
         receiver.receive(&[])?; // tensors of no bytes at the end
         if receiver.next < receiver.plan.tensors.len() {
-            return Err(LoadError::Truncated { received, expected: Some(receiver.plan.file_len()) });
+            let tensor = receiver.plan.tensors.get(receiver.next).map(|t| t.name.clone());
+            return Err(LoadError::Truncated { received, expected: Some(receiver.plan.file_len()), tensor });
         }
         let mut config = receiver.plan.config.clone();
         config.activation = self.options.activation;
@@ -320,7 +325,7 @@ pub fn load_clip_from_reader(mut reader: impl Read, options: LoadOptions, device
 /// The architecture and layout of a checkpoint from its first bytes (the
 /// header is enough; `Truncated` asks for more).
 pub fn inspect_config(prefix: &[u8]) -> Result<(ClipConfig, Layout), LoadError> {
-    let truncated = || LoadError::Truncated { received: prefix.len(), expected: None };
+    let truncated = || LoadError::Truncated { received: prefix.len(), expected: None, tensor: None };
     let end = LENGTH_BYTES + header_length(prefix)?.ok_or_else(truncated)?;
     let json = prefix.get(LENGTH_BYTES..end).ok_or_else(truncated)?;
     let plan = plan(json)?;

@@ -56,7 +56,7 @@ fn truncated_and_foreign_files_are_refused_with_a_reason() {
         let err = load(&bytes[..cut]).err().expect("truncated file must fail");
         let expected = (cut >= header_end(&bytes)).then_some(bytes.len());
         assert!(
-            matches!(err, LoadError::Truncated { received, expected: e } if received == cut && e == expected),
+            matches!(err, LoadError::Truncated { received, expected: e, .. } if received == cut && e == expected),
             "cut at {cut}: {err:?}"
         );
         assert!(err.to_string().contains("truncated"), "{err}");

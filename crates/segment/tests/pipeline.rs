@@ -217,3 +217,44 @@ fn bad_images_and_settings_are_refused() {
     let err = pollster::block_on(seg.segment(&huge, &classes, &SegmentParams::default(), &mut |_| {})).unwrap_err();
     assert!(err.to_string().contains("the limit is 40 megapixels"), "{err}");
 }
+
+#[test]
+fn hostile_labels_give_a_result_or_a_clear_message() {
+    let mut seg = segmenter(CHECKPOINTS[1], &Device::flex());
+    let image = chelsea();
+    // Small windows and one template: this is about the labels, not the numbers.
+    let params = SegmentParams { short_side: 112, crop: 112, stride: 112, templates: Templates::Single, ..SegmentParams::default() };
+    let mut run = |labels: &str| {
+        let (classes, warnings) = ClassList::parse(labels).map_err(|e| e.to_string())?;
+        let result = pollster::block_on(seg.segment(&image, &classes, &params, &mut |_| {})).map_err(|e| e.to_string())?;
+        assert_eq!(result.class_names.len(), classes.len());
+        assert!(result.labels.iter().all(|&l| (l as usize) < classes.len()));
+        assert!(result.probs.iter().all(|p| p.is_finite() && (0.0..=1.0).contains(p)));
+        Ok::<_, String>((result, warnings))
+    };
+
+    // The most classes an 8-bit label map holds, and one more.
+    let names: Vec<String> = (0..255).map(|i| format!("thing {i}")).collect();
+    let (result, _) = run(&names.join("; ")).unwrap();
+    assert_eq!(result.class_names[254], "thing 254");
+    let err = run(&format!("{}; one more", names.join("; "))).unwrap_err();
+    assert!(err.contains("256 classes") && err.contains("at most 255"), "{err}");
+
+    // A 10,000-character name: cut to the context, with a warning.
+    let (result, _) = run(&format!("{}; sky", "very ".repeat(2000))).unwrap();
+    assert!(result.warnings.iter().any(|w| w.contains("cut to 77 tokens")), "{:?}", result.warnings);
+
+    // Right-to-left, combining characters, emoji: encoded like any text, names kept as typed.
+    let (result, _) = run("قطة; e\u{301}te\u{301}; 🐈‍⬛; grass").unwrap();
+    assert_eq!(result.class_names[0], "قطة");
+    assert_eq!(result.class_names[1], "e\u{301}te\u{301}");
+
+    // Markup is just text to the pipeline (the page shows it as text; see web/tests).
+    let (result, _) = run("<img src=x onerror=alert(1)>; <b>sky</b>").unwrap();
+    assert_eq!(result.class_names[0], "<img src=x onerror=alert(1)>");
+
+    // Duplicate synonyms: a warning, and the class still counts once.
+    let (result, warnings) = run("cat, cat, Cat; sky").unwrap();
+    assert_eq!(result.class_names.len(), 2);
+    assert!(warnings.iter().any(|w| w.contains("appears twice in class 1")), "{warnings:?}");
+}

@@ -64,6 +64,7 @@ impl Plan {
 pub(super) fn plan(json: &[u8]) -> Result<Plan, LoadError> {
     // `Metadata`'s own validation: tensors tile the data section in offset
     // order, and each range is as long as its dtype and shape require.
+    check_entries(json)?;
     let header: Metadata = serde_json::from_slice(json).map_err(|e| LoadError::NotSafetensors(format!("its header is not valid: {e}")))?;
     let layout = detect_layout(&header)?;
     let config = read_config(&header, layout)?;
@@ -78,6 +79,64 @@ pub(super) fn plan(json: &[u8]) -> Result<Plan, LoadError> {
         })
         .collect();
     Ok(Plan { layout, config, data_start: LENGTH_BYTES + json.len(), data_len: header.data_len(), tensors })
+}
+
+/// Checks the safetensors crate's own validation reports without naming
+/// the tensor: a name given twice (JSON objects may repeat a key, and a map
+/// would keep only the last entry), and a shape whose size does not match the
+/// tensor's byte range.
+fn check_entries(json: &[u8]) -> Result<(), LoadError> {
+    let invalid = |what: String| LoadError::NotSafetensors(format!("its header is not valid: {what}"));
+    let entries: Entries = serde_json::from_slice(json).map_err(|e| invalid(e.to_string()))?;
+    let mut names: Vec<&str> = entries.0.iter().map(|(name, _)| name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(invalid(format!("it names tensor `{}` twice", w[0])));
+    }
+    for (name, entry) in &entries.0 {
+        let Ok(info) = serde_json::from_value::<safetensors::tensor::TensorInfo>(entry.clone()) else {
+            continue; // `__metadata__`, or an entry the full parse refuses with its own message
+        };
+        let elements = info.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        let bytes = elements.and_then(|n| n.checked_mul(info.dtype.bitsize())).map(|bits| bits.div_ceil(8));
+        let (start, end) = info.data_offsets;
+        if end < start {
+            return Err(invalid(format!("tensor `{name}` has reversed offsets {start}..{end}")));
+        }
+        if bytes != end.checked_sub(start) {
+            return Err(invalid(format!(
+                "tensor `{name}` of shape {:?} ({:?}) needs {} bytes, but its offsets {start}..{end} hold {}",
+                info.shape,
+                info.dtype,
+                bytes.map_or("more than 2^64".to_string(), |b| b.to_string()),
+                end - start,
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The header's entries in file order, duplicates kept.
+struct Entries(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of tensors")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 fn detect_layout(header: &Metadata) -> Result<Layout, LoadError> {

@@ -3,7 +3,9 @@
 //! libjpeg-turbo's defaults and applies the EXIF orientation. JPEGs go
 //! through [`clearclip_jpeg`], which gives libjpeg-turbo's pixels bit for
 //! bit; other formats are lossless (PNG, BMP, GIF) or rare (WebP) and go
-//! through the `image` crate. One implementation for the CLI and the page.
+//! through the `image` crate (an animated GIF or WebP gives its first frame,
+//! as `cv2.imread` does; 16-bit samples keep their high byte, as libpng's
+//! `png_set_strip_16` in OpenCV). One implementation for the CLI and the page.
 
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
@@ -40,7 +42,23 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| DecodeError::Other(e.to_string()))?;
     image.apply_orientation(orientation);
-    Ok(image.to_rgb8())
+    Ok(to_rgb8_like_opencv(image))
+}
+
+/// 8-bit RGB, alpha dropped (not composited) as `cv2.imread` does. 16-bit
+/// samples keep their high byte (libpng's `png_set_strip_16`, which OpenCV
+/// uses), where `image`'s own conversion rounds.
+fn to_rgb8_like_opencv(image: DynamicImage) -> RgbImage {
+    if image.color().bytes_per_pixel() / image.color().channel_count() == 2 {
+        let rgb16 = image.to_rgb16();
+        let (width, height) = rgb16.dimensions();
+        let mut out = RgbImage::new(width, height);
+        for (o, &v) in out.iter_mut().zip(rgb16.iter()) {
+            *o = (v >> 8) as u8;
+        }
+        return out;
+    }
+    image.to_rgb8()
 }
 
 fn check_size(width: u32, height: u32) -> Result<(), DecodeError> {

@@ -2,7 +2,7 @@
 //! EXIF orientation against OpenCV, and the refusals.
 
 use clearclip_fixtures::{fixtures_dir, read_fixture};
-use clearclip_segment::{decode_image, DecodeError};
+use clearclip_segment::{decode_image, DecodeError, MAX_DECODE_SIDE};
 
 fn png_pixels(name: &str) -> (u32, u32, Vec<u8>) {
     let image = image::load_from_memory(&read_fixture(name)).unwrap().to_rgb8();
@@ -69,4 +69,32 @@ fn bad_files_are_refused_with_a_clear_message() {
     let png = read_fixture("chelsea.png");
     let err = decode_image(&png[..png.len() / 3]).unwrap_err();
     assert!(err.to_string().contains("cannot decode"), "{err}");
+}
+
+/// Non-JPEG files (`scripts/gen_image_fixtures.py`): 16-bit, palette, grey
+/// with alpha, RGBA, a 1x20000 strip, an animated GIF, BMP; each against
+/// `cv2.imread`'s pixels (alpha dropped, not composited, as OpenCV does).
+#[test]
+fn other_kinds_of_image_decode_to_opencvs_pixels() {
+    let manifest: serde_json::Value = serde_json::from_slice(&read_fixture("images/manifest.json")).unwrap();
+    let mut report = Vec::new();
+    for (stem, entry) in manifest.as_object().unwrap() {
+        let file = read_fixture(&format!("images/{}", entry["file"].as_str().unwrap()));
+        let size: Vec<u64> = entry["size"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        if size.iter().any(|&side| side > MAX_DECODE_SIDE as u64) {
+            // The 1x20000 strip: longer than a side may be; refused with the limit named.
+            let err = decode_image(&file).unwrap_err();
+            assert!(matches!(err, DecodeError::TooLarge { width: 1, height: 20000 }), "{stem}: {err}");
+            assert!(err.to_string().contains("16384 px a side"), "{err}");
+            report.push(format!("{stem}: refused (longer than {MAX_DECODE_SIDE} px)"));
+            continue;
+        }
+        let decoded = decode_image(&file).unwrap_or_else(|e| panic!("{stem}: {e}"));
+        let (w, h, expected) = png_pixels(&format!("images/{}", entry["cv2"].as_str().unwrap()));
+        assert_eq!(decoded.dimensions(), (w, h), "{stem}");
+        let worst = decoded.as_raw().iter().zip(&expected).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
+        report.push(format!("{stem}: max diff {worst}"));
+    }
+    println!("{}", report.join("\n"));
+    assert!(report.iter().all(|r| r.ends_with("max diff 0") || r.contains("refused")), "{report:#?}");
 }

@@ -98,3 +98,44 @@ fn other_kinds_of_image_decode_to_opencvs_pixels() {
     println!("{}", report.join("\n"));
     assert!(report.iter().all(|r| r.ends_with("max diff 0") || r.contains("refused")), "{report:#?}");
 }
+
+/// A PNG with its header and no pixels: enough to be judged by its size.
+fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    let mut header = width.to_be_bytes().to_vec();
+    header.extend(height.to_be_bytes());
+    header.extend([8, 0, 0, 0, 0]); // 8-bit grey
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    // The header, and the start of a pixel stream that stops at once.
+    for (kind, data) in [(&b"IHDR"[..], header), (b"IDAT", vec![0x78, 0x9c])] {
+        png.extend((data.len() as u32).to_be_bytes());
+        let chunk = [kind, &data].concat();
+        png.extend(&chunk);
+        png.extend(crc32(&chunk).to_be_bytes());
+    }
+    png
+}
+
+#[test]
+fn the_size_limits_hold_at_their_edges() {
+    let too_large = |w, h| matches!(decode_image(&png_header_only(w, h)), Err(DecodeError::TooLarge { .. }));
+    // At a limit: accepted by size (then refused as truncated: there are no pixels).
+    for (w, h) in [(MAX_DECODE_SIDE, 1), (1, MAX_DECODE_SIDE), (6324, 6324), (16000, 2500)] {
+        let err = decode_image(&png_header_only(w, h)).unwrap_err();
+        assert!(!too_large(w, h), "{w}x{h} is within the limits: {err}");
+        assert!(err.to_string().contains("corrupt or truncated"), "{w}x{h}: {err}");
+    }
+    // One past: refused by size before any pixel memory.
+    for (w, h) in [(MAX_DECODE_SIDE + 1, 1), (1, MAX_DECODE_SIDE + 1), (6325, 6325), (16000, 2501)] {
+        assert!(too_large(w, h), "{w}x{h} is over a limit");
+    }
+}

@@ -15,6 +15,11 @@ if ! wasm-bindgen --version 2>/dev/null | grep -qF "$version"; then
   cargo install wasm-bindgen-cli --version "=$version"
 fi
 
+# wasm-opt comes from npm's binaryen: a fresh clone installs it (as `npm test` does).
+if [ ! -x node_modules/.bin/wasm-opt ] && command -v npm >/dev/null; then
+  npm ci --no-audit --no-fund
+fi
+
 cargo build -p clearclip-web --target wasm32-unknown-unknown --profile wasm-release --locked
 rm -rf web/pkg
 wasm-bindgen --target web --no-typescript --out-dir web/pkg \

@@ -49,10 +49,29 @@ async function pump(response, sink, onProgress) {
 }
 
 /**
+ * Whether weights may come from `url`: https, this page's own origin, or
+ * http on this machine (localhost counts as secure). Anything else is
+ * refused before any request, with the reason.
+ */
+export function checkWeightsUrl(url, origin = self.location.origin) {
+  let parsed;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new WeightsError(`"${url}" is not a URL`);
+  }
+  const local = ['localhost', '127.0.0.1', '[::1]'].includes(parsed.hostname);
+  if (parsed.protocol === 'https:' || parsed.origin === origin || (parsed.protocol === 'http:' && local)) return;
+  throw new WeightsError(
+    `weights are only loaded over https (or from this site): ${parsed.protocol}//${parsed.host} is not allowed; use an https:// URL or drop the file`);
+}
+
+/**
  * Stream the weights at `url` into `sink` (a WeightsLoader), from the cache if there.
  * @returns {Promise<{source: 'cache'|'network', warning?: string}>}
  */
 export async function loadWeightsFromUrl(url, sink, onProgress) {
+  checkWeightsUrl(url);
   const cache = typeof caches !== 'undefined' ? await caches.open(WEIGHTS_CACHE).catch(() => null) : null;
   const cached = cache ? await cache.match(url) : undefined;
   if (cached) {

@@ -170,6 +170,9 @@ test('segments a dropped image on WebGPU and matches the CLI', async () => {
   const status = await page.textContent('#run-status');
   assert.match(status, /text \d+ ms · image \d+ ms · total \d+ ms/);
 
+  // The Content-Security-Policy (index.html) lets the whole app run: nothing was refused.
+  assert.ok(!page.logs.some((l) => /Content Security Policy|Refused to/i.test(l)), page.logs.join('\n'));
+
   mkdirSync(join(ROOT, 'test-results'), { recursive: true });
   await page.screenshot({ path: join(ROOT, 'test-results', 'app.png'), fullPage: true });
 
@@ -389,6 +392,14 @@ test('bad files get a visible message and the app keeps its model and result', a
   await nextResult(page, () => page.fill('#labels', 'cat; sky'));
   assert.equal(await page.locator('#legend li').count(), 2);
 
+  // Class names are text, never markup: nothing in them becomes an element.
+  const hostile = '<img src=x onerror="window.__pwned=1">; <b>sky</b>';
+  await nextResult(page, () => page.fill('#labels', hostile));
+  assert.equal(await page.locator('#legend li').count(), 2);
+  assert.match(await page.textContent('#legend'), /<img src=x onerror="window.__pwned=1">/);
+  assert.equal(await page.locator('#legend img, #legend b, #heatmaps img, #heatmaps b').count(), 0);
+  assert.equal(await page.evaluate(() => window.__pwned), undefined);
+
   await page.fill('#labels', ' ; ');
   await page.waitForFunction(() => window.__clearclip.error);
   assert.match(await page.textContent('#error'), /no classes given/);
@@ -450,5 +461,10 @@ test('a weights URL that fails says why and offers a retry', async () => {
   await page.waitForFunction(() => window.__clearclip.error, null, { timeout: 60_000 });
   assert.match(await page.textContent('#error'), /not found \(404\)/);
   assert.ok(await page.isVisible('#retry'));
+  // Weights from a plain-http site elsewhere are refused before any request.
+  await page.fill('#weights-url', 'http://example.com/clip.safetensors');
+  await page.click('#weights-form button[type=submit]');
+  await page.waitForFunction(() => /https/.test(window.__clearclip.error ?? ''), null, { timeout: 60_000 });
+  assert.match(await page.textContent('#error'), /only loaded over https .*http:\/\/example.com is not allowed/);
   await page.close();
 });

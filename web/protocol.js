@@ -16,7 +16,7 @@
 //   {type: 'catalog', catalog: {modes, attentions, presets, defaults}}   once the wasm module is up
 //   {type: 'progress', phase: 'download'|'cache'|'load'|'text'|'image', done, total}
 //   {type: 'ready', backend: 'webgpu'|'cpu', description, source: 'network'|'cache'|'file', warning?, loadMs}
-//   {type: 'result', id, result, compare?}               result: ResultSummary (crates/web) with typed arrays
+//   {type: 'result', id, result, compare?, wasmMemoryBytes}  result: ResultSummary (crates/web) with typed arrays
 //                                                         transferred: labels and labelColors (RGBA) at full
 //                                                         size, probs every probsStride-th pixel;
 //                                                         compare: {mode, result} of the second mode

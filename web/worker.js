@@ -122,7 +122,7 @@ async function runSegment({ id, image: file, request, compare }) {
     second = { mode: compare, result: side };
     transfer.push(...arrays(side));
   }
-  post({ type: MSG.RESULT, id, result, compare: second }, transfer);
+  post({ type: MSG.RESULT, id, result, compare: second, wasmMemoryBytes: wasmMemory.buffer.byteLength }, transfer);
 }
 
 function heatmap({ resultId, index }) {

@@ -374,6 +374,38 @@ test('a JPEG photo longer than 2048 px gives the CLI\'s answer (decoded in wasm,
   assert.deepEqual(size, [77, 123]);
 });
 
+test('a soak of 50 runs changing image, labels, mode and threshold keeps wasm memory flat (wasm CPU)', async () => {
+  const page = await openApp(`weights=${WEIGHTS}&webgpu=0`);
+  await waitForResult(page);
+  const images = [['fixtures/chelsea.png', 'chelsea.png', 'image/png'], ['web/assets/example.png', 'example.png', 'image/png'],
+    ['fixtures/jpeg/baseline_420_q90.jpg', 'photo.jpg', 'image/jpeg']];
+  const labels = ['cat; sky', 'cat; grass, lawn; wall; sky', 'tree; road; person, man; car; building', 'dog'];
+  const modes = ['clearclip', 'naclip', 'vanilla', 'sclip', 'maskclip'];
+  const memory = [];
+  const started = Date.now();
+  for (let run = 1; run <= 50; run++) {
+    await nextResult(page, async () => {
+      switch (run % 4) {
+        case 0: return dropFile(page, join(ROOT, images[run % 3][0]), images[run % 3][1], images[run % 3][2]);
+        case 1: return page.fill('#labels', labels[run % labels.length]);
+        case 2: return page.selectOption('#mode', modes[run % modes.length]);
+        default: return page.evaluate((t) => {
+          const slider = document.getElementById('threshold');
+          slider.value = t;
+          slider.dispatchEvent(new Event('input'));
+        }, String((run % 10) / 10));
+      }
+    });
+    if (run % 10 === 0) memory.push(await page.evaluate(() => window.__clearclip.result.wasmMemoryBytes));
+  }
+  const mb = memory.map((b) => +(b / 2 ** 20).toFixed(1));
+  console.log(`soak (wasm CPU): 50 runs in ${((Date.now() - started) / 1000).toFixed(0)} s; wasm memory at runs 10/20/30/40/50: ${mb.join(' / ')} MB`);
+  // Wasm memory only grows; after the first cycles through every image, label set and mode it must stop.
+  assert.ok(memory[4] <= memory[1] * 1.05, `wasm memory keeps growing: ${mb.join(' / ')} MB`);
+  assert.equal(await page.locator('#legend li').count(), (await page.inputValue('#labels')).split(';').length);
+  await page.close();
+});
+
 test('bad files get a visible message and the app keeps its model and result', async () => {
   const page = await openApp(`weights=${WEIGHTS}&webgpu=0`); // error handling, not the GPU: keep it quick
   await waitForResult(page);

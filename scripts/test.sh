@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of the project. On a fresh Debian machine it first installs
 # what the tests need (as root): Mesa's lavapipe, so the wgpu code path is
-# tested on the CPU, and Debian's Chromium for the browser tests; then the
-# npm packages (playwright-core drives that Chromium; binaryen's wasm-opt).
+# tested on the CPU, and Debian's Chromium and Firefox ESR for the browser
+# tests; then the npm packages (playwright-core drives Chromium,
+# puppeteer-core Firefox over WebDriver BiDi; binaryen's wasm-opt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in mesa-vulkan-drivers libvulkan1 chromium; do
+for pkg in mesa-vulkan-drivers libvulkan1 chromium firefox-esr; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -29,5 +30,5 @@ cargo test --workspace --locked
 echo "== wasm build"
 bash scripts/build-web.sh
 
-echo "== browser tests (headless Chromium, software WebGPU)"
+echo "== browser tests (headless Chromium with software WebGPU; Firefox ESR)"
 node --test --test-concurrency=1 web/tests/

@@ -5,18 +5,13 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { createServer } from 'node:http';
 import { after, before, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { serve } from '../../scripts/serve.mjs';
+import { CLI, LABELS, ROOT, TOLERANCE, WEIGHTS, maxAbsDiff, pageProbs, readNpy } from './helpers.mjs';
 
-const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
-const WEIGHTS = '/fixtures/tiny_openclip_bf16.safetensors';
-const LABELS = 'cat; grass, lawn; wall; sky';
-/** Probabilities: same pipeline, WebGPU/CPU in wasm vs native CPU, f32. */
-const TOLERANCE = 1e-4;
 /** SwiftShader is slow: a run of the tiny model takes 30-60 s there. */
 const RESULT_TIMEOUT = 400_000;
 
@@ -31,20 +26,10 @@ let context;
 let cliProbs;
 let cliNaclipProbs;
 
-function readNpy(path) {
-  const bytes = readFileSync(path);
-  const headerLength = bytes.readUInt16LE(8);
-  const header = bytes.subarray(10, 10 + headerLength).toString('latin1');
-  const shape = header.match(/'shape': \(([^)]*)\)/)[1].split(',').filter((s) => s.trim()).map(Number);
-  const data = new Float32Array(bytes.buffer.slice(bytes.byteOffset + 10 + headerLength));
-  return { shape, data };
-}
-
 before(async () => {
-  const cli = join(process.env.CARGO_TARGET_DIR ?? join(ROOT, 'target'), 'debug', 'clearclip');
-  assert.ok(existsSync(cli), 'target/debug/clearclip is missing: run `cargo test --workspace` first');
+  assert.ok(existsSync(CLI), 'target/debug/clearclip is missing: run `cargo test --workspace` first');
   const out = mkdtempSync(join(tmpdir(), 'clearclip-cli-'));
-  execFileSync(cli, ['segment', '--weights', join(ROOT, WEIGHTS), '--labels', LABELS, '--image',
+  execFileSync(CLI, ['segment', '--weights', join(ROOT, WEIGHTS), '--labels', LABELS, '--image',
     join(ROOT, 'web/assets/example.png'), '--out', out, '--mode', 'clearclip,naclip'], { stdio: 'pipe' });
   cliProbs = readNpy(join(out, 'clearclip', 'probs.npy'));
   cliNaclipProbs = readNpy(join(out, 'naclip', 'probs.npy'));
@@ -92,25 +77,6 @@ async function nextResult(page, action) {
   await action();
   await page.waitForFunction((b) => window.__clearclip.requestId > b, before, { timeout: 30_000 });
   await waitForResult(page);
-}
-
-async function pageProbs(page) {
-  const base64 = await page.evaluate(() => {
-    const p = window.__clearclip.result.result.probs;
-    let s = '';
-    const bytes = new Uint8Array(p.buffer, p.byteOffset, p.byteLength);
-    for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-    return btoa(s);
-  });
-  const bytes = Buffer.from(base64, 'base64');
-  return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-}
-
-function maxAbsDiff(a, b) {
-  assert.equal(a.length, b.length);
-  let worst = 0;
-  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
-  return worst;
 }
 
 async function dropFile(page, path, name, type) {
@@ -327,8 +293,7 @@ test('a JPEG photo longer than 2048 px gives the CLI\'s answer (decoded in wasm,
   const tmp = mkdtempSync(join(tmpdir(), 'clearclip-jpeg-'));
   const photo = join(tmp, 'large.jpg');
   writeFileSync(photo, Buffer.from(base64, 'base64'));
-  const cli = join(process.env.CARGO_TARGET_DIR ?? join(ROOT, 'target'), 'debug', 'clearclip');
-  execFileSync(cli, ['segment', '--weights', join(ROOT, WEIGHTS), '--labels', LABELS, '--image', photo,
+  execFileSync(CLI, ['segment', '--weights', join(ROOT, WEIGHTS), '--labels', LABELS, '--image', photo,
     '--out', join(tmp, 'out')], { stdio: 'pipe' });
   const cliLarge = readNpy(join(tmp, 'out', 'probs.npy'));
   assert.deepEqual(cliLarge.shape, [4, 1600, 2400]);

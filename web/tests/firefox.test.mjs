@@ -1,0 +1,56 @@
+// The app in a second browser: Debian's Firefox ESR, driven by puppeteer-core
+// over WebDriver BiDi. Firefox ESR has no WebGPU here, so the page must say
+// so and fall back to its wasm CPU path, with the CLI's probabilities.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import puppeteer from 'puppeteer-core';
+import { serve } from '../../scripts/serve.mjs';
+import { CLI, LABELS, ROOT, TOLERANCE, WEIGHTS, maxAbsDiff, pageProbs, readNpy } from './helpers.mjs';
+
+const FIREFOX = '/usr/bin/firefox-esr';
+let server;
+let browser;
+let cliProbs;
+
+before(async () => {
+  assert.ok(existsSync(FIREFOX), 'firefox-esr is missing: scripts/test.sh installs it');
+  const out = mkdtempSync(join(tmpdir(), 'clearclip-cli-'));
+  execFileSync(CLI, ['segment', '--weights', join(ROOT, WEIGHTS), '--labels', LABELS, '--image',
+    join(ROOT, 'web/assets/example.png'), '--out', out], { stdio: 'pipe' });
+  cliProbs = readNpy(join(out, 'probs.npy'));
+  server = await serve();
+  browser = await puppeteer.launch({ browser: 'firefox', executablePath: FIREFOX, headless: true });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.server.close();
+});
+
+test('Firefox ESR: the page falls back to the CPU, says so, and matches the CLI', async () => {
+  const page = await browser.newPage();
+  const logs = [];
+  page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
+  await page.goto(`http://127.0.0.1:${server.port}/?debug=1&weights=${WEIGHTS}`);
+  await page.waitForFunction(() => {
+    const s = window.__clearclip;
+    return s && ((s.result && s.result.id === s.requestId && !s.running) || (s.error && !s.loading));
+  }, { timeout: 300_000, polling: 250 }).catch((e) => { throw new Error(`${e.message}\n${logs.join('\n')}`); });
+  assert.equal(await page.evaluate(() => window.__clearclip.error), null, logs.join('\n'));
+  const { backend, hasWebGpu } = await page.evaluate(() => ({ backend: window.__clearclip.model.backend, hasWebGpu: 'gpu' in navigator }));
+  const status = await page.$eval('#model-status', (e) => e.textContent);
+  if (!hasWebGpu) {
+    assert.equal(backend, 'cpu');
+    assert.match(status, /no WebGPU/, 'the page says why it runs on the CPU');
+  }
+  const diff = maxAbsDiff(await pageProbs(page), cliProbs.data);
+  console.log(`firefox-esr (${backend}) vs CLI: max abs diff ${diff.toExponential(2)}; status: ${status}`);
+  assert.ok(diff <= TOLERANCE, `max abs diff ${diff}`);
+  assert.equal(await page.$$eval('#legend li', (items) => items.length), 4);
+  assert.ok(!logs.some((l) => /Content-Security-Policy|Content Security Policy/i.test(l)), logs.join('\n'));
+  await page.close();
+});

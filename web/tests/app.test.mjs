@@ -162,23 +162,46 @@ test('segments a dropped image on WebGPU and matches the CLI', async () => {
   await page.close();
 });
 
-test('a lost GPU device is reported and the app recovers with its image and labels', async () => {
+test('a lost GPU device, twice in a row, is reported and the app recovers with its image and labels', async () => {
   const page = await openApp(`weights=${WEIGHTS}`);
   await waitForResult(page);
   await nextResult(page, () => page.fill('#labels', 'cat; sky'));
   const before = await pageProbs(page);
-  const lastRequest = await page.evaluate(() => window.__clearclip.requestId);
-  await page.evaluate(() => window.__clearclipDebug.loseDevice());
-  // A new worker reloads the model (from the cache) and segments again.
-  await page.waitForFunction((last) => window.__clearclip.requestId > last, lastRequest, { timeout: RESULT_TIMEOUT, polling: 250 });
+  for (const round of [1, 2]) {
+    const lastRequest = await page.evaluate(() => window.__clearclip.requestId);
+    await page.evaluate(() => window.__clearclipDebug.loseDevice());
+    // A new worker reloads the model (from the cache) and segments again.
+    await page.waitForFunction((last) => window.__clearclip.requestId > last, lastRequest, { timeout: RESULT_TIMEOUT, polling: 250 });
+    await waitForResult(page);
+    assert.match(await page.evaluate(() => window.__clearclip.recovered), /^the GPU device was lost/, `round ${round}`);
+    assert.match(await page.textContent('#notes'), /restarted after: the GPU device was lost/);
+    assert.equal(await page.evaluate(() => window.__clearclip.model.source), 'cache');
+    assert.equal(await page.evaluate(() => window.__clearclip.model.backend), 'webgpu');
+    assert.equal(await page.inputValue('#labels'), 'cat; sky');
+    const diff = maxAbsDiff(await pageProbs(page), before);
+    assert.ok(diff <= TOLERANCE, `after restart ${round}: max abs diff ${diff}`);
+  }
+  await page.close();
+});
+
+test('weights switched while a segmentation runs: the new model takes over, image and labels stay', async () => {
+  const page = await openApp(`weights=${WEIGHTS}&webgpu=0`);
   await waitForResult(page);
-  assert.match(await page.evaluate(() => window.__clearclip.recovered), /^the GPU device was lost/);
-  assert.match(await page.textContent('#notes'), /restarted after: the GPU device was lost/);
-  assert.equal(await page.evaluate(() => window.__clearclip.model.source), 'cache');
-  assert.equal(await page.evaluate(() => window.__clearclip.model.backend), 'webgpu');
-  assert.equal(await page.inputValue('#labels'), 'cat; sky');
-  const diff = maxAbsDiff(await pageProbs(page), before);
-  assert.ok(diff <= TOLERANCE, `after the restart: max abs diff ${diff}`);
+  // Start a run (the same photo again), and drop other weights while it runs:
+  // the same model in the Hugging Face layout, f16.
+  const lastRequest = await page.evaluate(() => window.__clearclip.requestId);
+  await dropFile(page, join(ROOT, 'web/assets/example.png'), 'example.png', 'image/png');
+  await page.setInputFiles('#weights-input', join(ROOT, 'fixtures/tiny_hf_f16.safetensors'));
+  await page.waitForFunction((last) => {
+    const s = window.__clearclip;
+    return s.model?.source === 'file' && s.requestId > last + 1 && s.result?.id === s.requestId && !s.running;
+  }, lastRequest, { timeout: RESULT_TIMEOUT, polling: 250 });
+  assert.equal(await page.evaluate(() => window.__clearclip.error), null);
+  assert.match(await page.textContent('#model-status'), /HuggingFace layout/);
+  assert.equal(await page.inputValue('#labels'), LABELS);
+  const diff = maxAbsDiff(await pageProbs(page), cliProbs.data);
+  console.log(`weights switched mid-run, then the HF-layout model vs CLI: max abs diff ${diff.toExponential(2)}`);
+  assert.ok(diff <= TOLERANCE, `max abs diff ${diff}`);
   await page.close();
 });
 

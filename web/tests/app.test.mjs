@@ -2,15 +2,14 @@
 // software WebGPU adapter), with the tiny fixture model served locally.
 // The page's probabilities are compared with the native CLI's on the same inputs.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer } from 'node:http';
 import { after, before, test } from 'node:test';
 import { chromium } from 'playwright-core';
 import { serve } from '../../scripts/serve.mjs';
-import { CLI, LABELS, ROOT, TOLERANCE, WEIGHTS, maxAbsDiff, pageProbs, readNpy } from './helpers.mjs';
+import { LABELS, cliSegment, ROOT, TOLERANCE, WEIGHTS, maxAbsDiff, pageProbs, readNpy } from './helpers.mjs';
 
 /** SwiftShader is slow: a run of the tiny model takes 30-60 s there. */
 const RESULT_TIMEOUT = 400_000;
@@ -27,10 +26,7 @@ let cliProbs;
 let cliNaclipProbs;
 
 before(async () => {
-  assert.ok(existsSync(CLI), 'target/debug/clearclip is missing: run `cargo test --workspace` first');
-  const out = mkdtempSync(join(tmpdir(), 'clearclip-cli-'));
-  execFileSync(CLI, ['segment', '--weights', join(ROOT, WEIGHTS), '--labels', LABELS, '--image',
-    join(ROOT, 'web/assets/example.png'), '--out', out, '--mode', 'clearclip,naclip'], { stdio: 'pipe' });
+  const out = cliSegment(join(ROOT, 'web/assets/example.png'), ['--mode', 'clearclip,naclip']);
   cliProbs = readNpy(join(out, 'clearclip', 'probs.npy'));
   cliNaclipProbs = readNpy(join(out, 'naclip', 'probs.npy'));
   assert.deepEqual(cliProbs.shape, [4, 300, 451]);
@@ -316,9 +312,8 @@ test('a JPEG photo longer than 2048 px gives the CLI\'s answer (decoded in wasm,
   const tmp = mkdtempSync(join(tmpdir(), 'clearclip-jpeg-'));
   const photo = join(tmp, 'large.jpg');
   writeFileSync(photo, Buffer.from(base64, 'base64'));
-  execFileSync(CLI, ['segment', '--weights', join(ROOT, WEIGHTS), '--labels', LABELS, '--image', photo,
-    '--out', join(tmp, 'out')], { stdio: 'pipe' });
-  const cliLarge = readNpy(join(tmp, 'out', 'probs.npy'));
+  const cliOut = cliSegment(photo);
+  const cliLarge = readNpy(join(cliOut, 'probs.npy'));
   assert.deepEqual(cliLarge.shape, [4, 1600, 2400]);
 
   await nextResult(page, () => dropFile(page, photo, 'large.jpg', 'image/jpeg'));

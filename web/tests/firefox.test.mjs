@@ -2,14 +2,12 @@
 // over WebDriver BiDi. Firefox ESR has no WebGPU here, so the page must say
 // so and fall back to its wasm CPU path, with the CLI's probabilities.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import puppeteer from 'puppeteer-core';
 import { serve } from '../../scripts/serve.mjs';
-import { CLI, LABELS, ROOT, TOLERANCE, WEIGHTS, maxAbsDiff, pageProbs, readNpy } from './helpers.mjs';
+import { ROOT, TOLERANCE, WEIGHTS, cliSegment, maxAbsDiff, pageProbs, readNpy } from './helpers.mjs';
 
 const FIREFOX = '/usr/bin/firefox-esr';
 let server;
@@ -18,10 +16,7 @@ let cliProbs;
 
 before(async () => {
   assert.ok(existsSync(FIREFOX), 'firefox-esr is missing: scripts/test.sh installs it');
-  const out = mkdtempSync(join(tmpdir(), 'clearclip-cli-'));
-  execFileSync(CLI, ['segment', '--weights', join(ROOT, WEIGHTS), '--labels', LABELS, '--image',
-    join(ROOT, 'web/assets/example.png'), '--out', out], { stdio: 'pipe' });
-  cliProbs = readNpy(join(out, 'probs.npy'));
+  cliProbs = readNpy(join(cliSegment(join(ROOT, 'web/assets/example.png')), 'probs.npy'));
   server = await serve();
   browser = await puppeteer.launch({ browser: 'firefox', executablePath: FIREFOX, headless: true });
 });

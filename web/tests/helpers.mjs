@@ -1,7 +1,9 @@
 // Shared by the browser tests (Chromium through playwright-core, Firefox
 // through puppeteer-core): the CLI's outputs and the page's probabilities.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -40,4 +42,13 @@ export function maxAbsDiff(a, b) {
   let worst = 0;
   for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
   return worst;
+}
+
+/** Run the CLI on `image` with the test weights and labels (and `args`); returns its output folder. */
+export function cliSegment(image, args = []) {
+  assert.ok(existsSync(CLI), 'target/debug/clearclip is missing: run `cargo test --workspace` first');
+  const out = mkdtempSync(join(tmpdir(), 'clearclip-cli-'));
+  execFileSync(CLI, ['segment', '--weights', join(ROOT, WEIGHTS), '--labels', LABELS, '--image', image, '--out', out, ...args],
+    { stdio: 'pipe' });
+  return out;
 }

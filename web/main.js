@@ -1,22 +1,33 @@
 // The page: one state object, render functions by page region, and the
-// worker that owns the GPU. Lists and defaults come from the wasm catalog.
-import { DEFAULT_WEIGHTS_URL, MSG } from './protocol.js';
-import { drawOverlay, readout, renderHeatmaps, renderLegend } from './render.js';
+// worker that owns the GPU. Lists and defaults come from the wasm catalog;
+// the settings are mirrored in the query string (urlstate.js).
+import { DEFAULT_EXAMPLE, EXAMPLES, markCurrentExample, renderGallery } from './gallery.js';
+import { ClassEditor, labelText, splitClasses } from './labels.js';
+import { DEFAULT_MODEL, DEFAULT_WEIGHTS_URL, MSG } from './protocol.js';
+import { drawOverlay, emptyView, readout, renderHeatmaps, renderLegend } from './render.js';
+import { readSettings, writeSettings } from './urlstate.js';
+import { isCached } from './weights.js';
 
 const params = new URLSearchParams(location.search);
-const EXAMPLE = { url: new URL('./assets/example.png', import.meta.url).href, labels: 'cat; grass, lawn; wall; sky' };
+const fromUrl = readSettings(location.search);
 
 const $ = (id) => document.getElementById(id);
 const state = {
-  weightsUrl: params.get('weights') ? new URL(params.get('weights'), location.href).href : DEFAULT_WEIGHTS_URL,
+  // Weights: a URL (as typed, when the user typed one), or a dropped file.
+  weightsUrl: fromUrl.weights ? new URL(fromUrl.weights, location.href).href : DEFAULT_WEIGHTS_URL,
+  weightsTyped: fromUrl.weights ?? null, // what the query string keeps; never a local file's name
   weightsFile: null,
+  gelu: fromUrl.gelu ?? false,
   preferGpu: params.get('webgpu') !== '0',
-  catalog: null, // {modes: [{id, title, lastBlock}], attentions, presets, defaults}, from the worker
+  consent: false, // waiting for the user's click before a download
+  catalog: null, // {modes: [{id, title, lastBlock}], attentions, presets, defaults, classColors}, from the worker
   model: null, // {backend, description, source}
   loading: null, // {phase, done, total}: the weights
   progress: null, // {phase, done, total}: the running segmentation
-  image: null, // {id, blob, bitmap, width, height}: the file goes to the worker, the bitmap is for display
-  labels: EXAMPLE.labels,
+  notice: null, // a short note in the status line (a cancelled download or run)
+  image: null, // {id, blob, bitmap, width, height, example}: the file goes to the worker, the bitmap is for display
+  classes: [], // one entry per class: "horse, pony"
+  pendingClass: '', // typed, not yet ended with ';'
   threshold: 0,
   opacity: 0.55,
   lastBlock: null, // {attention, neighbourhoodStd, residualAlpha, ffn}: the knobs; the mode is derived from them
@@ -25,7 +36,11 @@ const state = {
   crop: null, // from the catalog's defaults
   stride: null,
   preset: '',
-  compare: '', // second mode shown side by side
+  compare: '', // second mode, shown through the before/after slider
+  compareSplit: 50, // % of the width showing the main mode
+  view: emptyView(), // which classes the overlay paints
+  viewKind: 'classes', // or 'heatmap': the selected class's probabilities over the image
+  heatmaps: new Map(), // class index -> canvas, for the shown result
   requestId: 0,
   running: false,
   result: null, // {id, result, compare?: {mode, result}, totalMs}
@@ -36,6 +51,9 @@ const state = {
 let worker = null;
 let requestStarted = 0;
 let renderedResult = null;
+let classEditor = null;
+
+const labels = () => labelText(state.classes, state.pendingClass);
 
 // Test hooks, only when the tests ask for them (?debug=1).
 if (params.get('debug') === '1') {
@@ -53,15 +71,27 @@ function startWorker() {
   };
 }
 
+/** Load the weights now: cached ones, a dropped file, or after the user agreed to download. */
 function loadModel() {
   $('weights-url').value = state.weightsFile ? '' : state.weightsUrl;
   $('weights-url').placeholder = state.weightsFile ? `local file: ${state.weightsFile.name}` : '';
   // The current model (if any) keeps serving until the new one is ready.
-  state.loading = { phase: 'download', done: 0, total: 0 };
+  state.consent = false;
+  state.loading = { phase: state.weightsFile ? 'file' : 'download', done: 0, total: 0 };
   state.error = null;
+  state.notice = null;
   worker.postMessage({ type: MSG.LOAD, url: state.weightsUrl, file: state.weightsFile, preferGpu: state.preferGpu,
-    gelu: $('gelu').checked });
+    gelu: state.gelu });
   render();
+}
+
+/** On opening: cached weights load at once; otherwise the page asks first. */
+async function loadOrAsk() {
+  if (await isCached(state.weightsUrl)) loadModel();
+  else {
+    state.consent = true;
+    render();
+  }
 }
 
 const sameBlock = (a, b) =>
@@ -79,12 +109,33 @@ function onCatalog(catalog) {
   state.lastBlock = { ...defaults.lastBlock };
   state.crop = defaults.crop;
   state.stride = defaults.stride;
+  state.threshold = defaults.backgroundThreshold;
   $('mode').append(...modes.map((m) => new Option(m.title, m.id)), new Option('custom (advanced)', 'custom'));
   $('mode').lastChild.disabled = true;
   $('compare').append(...modes.map((m) => new Option(m.title, m.id)));
   $('attention').append(...attentions.map((a) => new Option(a.title, a.id)));
   $('preset').append(...presets.map((p) => new Option(p.title, p.id)));
+  applyUrlSettings();
   showSettings();
+  classEditor.setColors((i) => catalog.classColors?.[i] ?? null);
+  requestSegment(true);
+}
+
+/** The settings the link asked for, checked against the catalog (unknown values are ignored). */
+function applyUrlSettings() {
+  const s = fromUrl;
+  const { catalog } = state;
+  if (s.preset && catalog.presets.some((p) => p.id === s.preset)) applyPreset(s.preset);
+  const mode = catalog.modes.find((m) => m.id === s.mode);
+  if (mode) state.lastBlock = { ...mode.lastBlock };
+  if (s.lastBlock && catalog.attentions.some((a) => a.id === s.lastBlock.attention)) state.lastBlock = s.lastBlock;
+  if (s.threshold !== undefined) state.threshold = Math.min(1, Math.max(0, s.threshold));
+  if (s.crop !== undefined) state.crop = s.crop;
+  if (s.stride !== undefined) state.stride = s.stride;
+  if (s.pamr !== undefined) state.pamr = s.pamr;
+  if (s.singleTemplate !== undefined) state.singleTemplate = s.singleTemplate;
+  if (s.compare && catalog.modes.some((m) => m.id === s.compare)) state.compare = s.compare;
+  if (s.labels !== undefined) setClasses(splitClasses(s.labels));
 }
 
 /** Put the settings into the controls. */
@@ -102,7 +153,35 @@ function showSettings() {
   $('stride').value = state.stride;
   $('threshold').value = state.threshold;
   $('threshold-value').textContent = state.threshold.toFixed(2);
-  $('labels').value = state.labels;
+  $('single-template').checked = state.singleTemplate;
+  $('compare').value = state.compare;
+  $('preset').value = state.preset;
+  $('gelu').checked = state.gelu;
+}
+
+/** The settings into the query string, so the link reproduces them. */
+function syncUrl() {
+  if (!state.catalog) return;
+  const { defaults, modes } = state.catalog;
+  const example = EXAMPLES.find((e) => e.id === state.image?.example);
+  const preset = state.catalog.presets.find((p) => p.id === state.preset);
+  const named = preset ? preset.labels : example ? labelText(example.labels) : null;
+  const search = writeSettings(location.search, {
+    example: example?.id,
+    labels: labels() === named ? undefined : labels(),
+    preset: state.preset,
+    mode: modeId(),
+    lastBlock: state.lastBlock,
+    threshold: state.threshold,
+    crop: state.crop,
+    stride: state.stride,
+    pamr: state.pamr,
+    singleTemplate: state.singleTemplate,
+    compare: state.compare,
+    weights: state.weightsFile ? null : state.weightsTyped,
+    gelu: state.gelu,
+  }, { mode: modes[0].id, crop: defaults.crop, stride: defaults.stride, backgroundThreshold: defaults.backgroundThreshold });
+  if (search !== location.search) history.replaceState(null, '', `${location.pathname}${search}${location.hash}`);
 }
 
 function onWorkerMessage(msg) {
@@ -111,25 +190,24 @@ function onWorkerMessage(msg) {
       onCatalog(msg.catalog);
       break;
     case MSG.PROGRESS:
-      if (['download', 'cache', 'load'].includes(msg.phase)) state.loading = msg;
+      if (['download', 'cache', 'file', 'prepare'].includes(msg.phase)) state.loading = msg;
       else state.progress = msg;
       break;
     case MSG.READY:
       state.model = msg;
       state.loading = null;
-      requestSegment();
+      requestSegment(true);
       break;
     case MSG.RESULT:
       // The worker skips requests replaced before their turn: an older
       // result is shown, and the run goes on until the latest's.
       state.running = msg.id !== state.requestId;
       if (!state.running) state.progress = null;
-      state.result = { ...msg, totalMs: performance.now() - requestStarted };
-      state.error = null;
+      onResult(msg);
       break;
     case MSG.HEATMAP:
-      showHeatmap(msg);
-      return; // drawn in place, nothing else changes
+      onHeatmap(msg);
+      return; // drawn in place
     case MSG.EXPORTED:
       download(new Blob([msg.bytes], { type: 'image/png' }), msg.what === 'overlay' ? 'overlay.png' : 'labels.png');
       break;
@@ -140,10 +218,28 @@ function onWorkerMessage(msg) {
   render();
 }
 
+function onResult(msg) {
+  const before = state.result?.result.classNames.join('\n');
+  state.result = { ...msg, totalMs: performance.now() - requestStarted };
+  state.heatmaps = new Map();
+  // Showing one class or hiding some carries over while the classes stay the same.
+  if (msg.result.classNames.join('\n') !== before) state.view = emptyView();
+  state.error = null;
+  state.notice = null;
+}
+
 function onError(msg) {
   if (msg.stage === 'load') state.loading = null;
-  if (msg.stage === 'segment') state.running = msg.id !== state.requestId;
+  if (msg.stage === 'segment') {
+    state.running = msg.id !== state.requestId;
+    if (!state.running) state.progress = null;
+  }
   if (msg.stage === 'device' && !msg.fatal) return; // nothing to lose on the CPU backend
+  if (msg.cancelled) {
+    state.notice = msg.stage === 'load' ? 'Download cancelled.' : 'Run cancelled; the last result stays.';
+    if (msg.stage === 'load' && !state.model) state.consent = true;
+    return;
+  }
   state.error = msg.message;
   if (msg.fatal) {
     // The wasm instance is gone (lost GPU device, internal error): start
@@ -160,7 +256,7 @@ function onError(msg) {
 /** The request for the current settings (a SegmentRequest, crates/segment/src/request.rs). */
 function segmentRequest() {
   return {
-    labels: state.labels,
+    labels: labels(),
     params: {
       backgroundThreshold: state.threshold,
       lastBlock: state.lastBlock,
@@ -175,9 +271,10 @@ function segmentRequest() {
 let debounce = 0;
 function requestSegment(now = false) {
   clearTimeout(debounce);
+  syncUrl();
   if (!state.model || !state.image || !state.catalog) return;
   const run = () => {
-    if (!state.labels.trim()) {
+    if (!labels()) {
       state.error = 'type at least one class name';
       render();
       return;
@@ -185,6 +282,7 @@ function requestSegment(now = false) {
     state.requestId += 1;
     state.running = true;
     state.error = null;
+    state.notice = null;
     requestStarted = performance.now();
     // The file itself: the worker decodes it as the CLI does (no resize or
     // re-encoding here), once per image.
@@ -196,9 +294,15 @@ function requestSegment(now = false) {
   else debounce = setTimeout(run, 350);
 }
 
+function cancelRun() {
+  clearTimeout(debounce);
+  if (state.running) worker.postMessage({ type: MSG.CANCEL, what: 'segment', id: state.requestId });
+}
+
 let imageCount = 0;
 
-async function setImage(blob) {
+/** Show `blob` and segment it; `example` is the gallery entry it came from. */
+async function setImage(blob, example = null) {
   let bitmap;
   try {
     // For display only; the worker decodes the same file for segmentation.
@@ -210,11 +314,27 @@ async function setImage(blob) {
   }
   state.image?.bitmap.close();
   imageCount += 1;
-  state.image = { id: imageCount, blob, bitmap, width: bitmap.width, height: bitmap.height };
+  state.image = { id: imageCount, blob, bitmap, width: bitmap.width, height: bitmap.height, example: example?.id ?? null };
   state.result = null;
   state.error = null;
+  markCurrentExample($('gallery'), state.image.example);
   render();
   requestSegment(true);
+}
+
+/** A gallery photo with its classes. */
+async function pickExample(example) {
+  setClasses(example.labels);
+  state.preset = '';
+  $('preset').value = '';
+  const blob = await (await fetch(example.image)).blob();
+  await setImage(blob, example);
+}
+
+function setClasses(classes) {
+  state.classes = [...classes];
+  state.pendingClass = '';
+  classEditor.set(state.classes);
 }
 
 function download(blob, name) {
@@ -245,22 +365,51 @@ function render() {
   renderResultPanels();
 }
 
-/** The model line, the download progress bar, the error and the retry button. */
+/**
+ * The model's one status line (derived from the state, so it never
+ * contradicts the error area), the consent panel, the progress bar, the
+ * error and the retry and cancel buttons.
+ */
 function renderModelStatus() {
   const s = state;
   const bar = $('progress');
+  let status = '';
+  let kind = 'idle';
   if (s.loading) {
     const { phase, done, total } = s.loading;
-    const verb = { download: 'Downloading weights', cache: 'Reading cached weights', load: 'Loading model' }[phase];
-    $('model-status').textContent = total
-      ? `${verb}: ${fmtBytes(done)} of ${fmtBytes(total)} (${((100 * done) / total).toFixed(0)}%)`
-      : `${verb}…`;
+    const verb = {
+      download: 'Downloading and converting the weights',
+      cache: 'Reading the weights from this browser\'s cache',
+      file: 'Reading the weights file',
+      prepare: 'Preparing the model',
+    }[phase];
+    status = total ? `${verb}: ${fmtBytes(done)} of ${fmtBytes(total)} (${((100 * done) / total).toFixed(0)}%)` : `${verb}…`;
+    kind = 'loading';
     bar.max = total || 1;
     bar.value = total ? done : 0;
+    if (!total) bar.removeAttribute('value'); // indeterminate
   } else if (s.model) {
-    $('model-status').textContent = `${s.model.description} — on ${s.model.backend === 'webgpu' ? 'WebGPU' : 'the CPU (no WebGPU: slower)'}, weights from ${s.model.source}`;
+    status = `${s.model.description} — on ${s.model.backend === 'webgpu' ? 'WebGPU' : 'the CPU (no WebGPU: slower)'}, weights from ${s.model.source}`;
+    kind = 'ready';
+  } else if (s.error) {
+    status = 'No model loaded: the weights could not be loaded (see below).';
+    kind = 'failed';
+  } else if (s.consent) {
+    status = s.notice ?? 'The model is not downloaded yet.';
   }
+  if (s.notice && kind === 'ready') status = `${s.notice} ${status}`;
+  $('model-status').textContent = status;
+  $('model-status').dataset.state = kind;
   bar.hidden = !s.loading;
+  $('cancel-load').hidden = !(s.loading && s.loading.phase !== 'prepare');
+  $('consent').hidden = !s.consent || !!s.loading;
+  if (s.consent) {
+    const isDefault = s.weightsUrl === DEFAULT_WEIGHTS_URL;
+    const url = new URL(s.weightsUrl);
+    $('consent-model').textContent = isDefault ? DEFAULT_MODEL.name : url.pathname.split('/').pop();
+    $('consent-source').textContent = isDefault ? DEFAULT_MODEL.source : url.host || 'this site';
+    $('consent-size').textContent = isDefault ? DEFAULT_MODEL.size : 'size shown once the download starts';
+  }
   document.body.dataset.backend = s.model?.backend ?? '';
   $('retry').hidden = !(s.error && !s.model && !s.loading);
   $('error').textContent = s.error ?? '';
@@ -273,38 +422,63 @@ function renderRunStatus() {
   let status = '';
   if (s.running) {
     const p = s.progress;
+    const firstOnGpu = s.model?.backend === 'webgpu' && !s.result;
     status = p ? `${p.phase === 'text' ? 'Encoding class names' : 'Segmenting windows'} ${p.done}/${p.total}…` : 'Segmenting…';
+    if (firstOnGpu) status += ' (the first run also compiles the GPU kernels)';
   } else if (s.result) {
     const r = s.result.result;
     const { textMs, imageMs } = r.timings;
     status = `text ${textMs.toFixed(0)} ms · image ${imageMs.toFixed(0)} ms · total ${s.result.totalMs.toFixed(0)} ms` +
       ` (${r.windows} windows at ${r.resized.join('x')}${r.reusedWindows ? '; last block only, first blocks reused' : ''})`;
+  } else if (!s.model && s.image) {
+    status = s.loading ? 'The image is segmented once the model is ready.' : 'Load the model to segment this image.';
   }
+  if (s.notice && !s.running && s.model) status = `${s.notice} ${status}`;
   $('run-status').textContent = status;
+  $('cancel-run').hidden = !s.running;
   const recovered = s.recovered && `restarted after: ${s.recovered}`;
   $('notes').textContent = [recovered, s.model?.warning, ...(s.result?.result.warnings ?? [])].filter(Boolean).join(' · ');
 }
 
-/** The image with its segmentation, and the comparison beside it. */
+/** The class whose heatmap the heatmap view shows: the one shown alone, or the one highlighted, or the first. */
+const heatmapClass = () => state.view.solo ?? state.view.highlight ?? 0;
+
+/** The image with its segmentation (or one class's heatmap), and the compared mode under the slider. */
 function renderPictures() {
   const s = state;
-  const canvas = $('overlay');
-  canvas.hidden = !s.image;
+  $('canvas-stack').hidden = !s.image;
   $('drop-hint').hidden = !!s.image;
-  if (s.image) drawOverlay(canvas, s.image.bitmap, s.result?.result, s.opacity);
-  $('main-caption').textContent = s.result && s.catalog ? `${modeTitle(modeId())}: ${s.result.result.lastBlock}` : '';
-  const second = s.image && s.result?.compare;
-  $('compare-figure').hidden = !second;
-  if (second) {
-    drawOverlay($('compare-overlay'), s.image.bitmap, second.result, s.opacity);
-    $('compare-caption').textContent = `${modeTitle(second.mode)}: ${second.result.lastBlock} (${second.result.timings.imageMs.toFixed(0)} ms)`;
+  const result = s.result?.result;
+  let heatmap = null;
+  if (result && s.viewKind === 'heatmap') {
+    heatmap = s.heatmaps.get(heatmapClass()) ?? null;
+    if (!heatmap) requestHeatmap(heatmapClass());
   }
+  $('heatmap-class').textContent = result ? result.classNames[heatmapClass()] ?? 'the first class' : 'the first class';
+  if (s.image) drawOverlay($('overlay'), s.image.bitmap, result, { opacity: s.opacity, view: s.view, heatmap });
+  const second = s.image && s.result?.compare;
+  $('compare-overlay').hidden = !second || s.viewKind === 'heatmap';
+  $('compare-slider-label').hidden = !second || s.viewKind === 'heatmap';
+  let caption = result && s.catalog ? `${modeTitle(modeId())}: ${result.lastBlock}` : '';
+  if (second && s.viewKind !== 'heatmap') {
+    const canvas = $('compare-overlay');
+    drawOverlay(canvas, s.image.bitmap, second.result, { opacity: s.opacity, view: s.view });
+    canvas.style.clipPath = `inset(0 0 0 ${s.compareSplit}%)`;
+    caption = `Left: ${caption}. Right: ${modeTitle(second.mode)}: ${second.result.lastBlock} (${second.result.timings.imageMs.toFixed(0)} ms).`;
+  }
+  $('main-caption').textContent = caption;
 }
 
-/** Legend and heatmaps: they change only with the result, not with progress or opacity. */
+let renderedView = null;
+
+/** Legend and heatmaps: they change only with the result, or (the legend) with the view. */
 function renderResultPanels() {
   const s = state;
   $('download-overlay').disabled = $('download-labels').disabled = !s.result;
+  $('legend-heading').hidden = $('heatmaps-section').hidden = !s.result;
+  const view = `${s.view.solo}|${[...s.view.hidden]}`;
+  if (s.result && (s.result !== renderedResult || view !== renderedView)) renderLegend($('legend'), s.result.result, s.view, legendActions);
+  renderedView = view;
   if (s.result === renderedResult) return;
   renderedResult = s.result;
   if (!s.result) {
@@ -312,18 +486,59 @@ function renderResultPanels() {
     $('heatmaps').replaceChildren();
     return;
   }
-  const resultId = s.result.id;
-  renderLegend($('legend'), s.result.result);
   // Each heatmap is asked for when its canvas scrolls into view.
-  renderHeatmaps($('heatmaps'), s.result.result, (index) => worker.postMessage({ type: MSG.HEATMAP, resultId, index }));
+  renderHeatmaps($('heatmaps'), s.result.result, requestHeatmap);
 }
 
-function showHeatmap({ resultId, index, rgba }) {
+const requested = new Set();
+function requestHeatmap(index) {
+  const key = `${state.result?.id}:${index}`;
+  if (!state.result || requested.has(key)) return;
+  requested.add(key);
+  worker.postMessage({ type: MSG.HEATMAP, resultId: state.result.id, index });
+}
+
+function onHeatmap({ resultId, index, rgba }) {
   if (resultId !== state.result?.id) return;
   const { probsWidth, probsHeight } = state.result.result;
+  const image = new ImageData(new Uint8ClampedArray(rgba.buffer), probsWidth, probsHeight);
+  const layer = new OffscreenCanvas(probsWidth, probsHeight);
+  layer.getContext('2d').putImageData(image, 0, 0);
+  state.heatmaps.set(index, layer);
   const canvas = $('heatmaps').querySelectorAll('canvas')[index];
-  canvas?.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba.buffer), probsWidth, probsHeight), 0, 0);
+  canvas?.getContext('2d').putImageData(image, 0, 0);
   if (canvas) canvas.dataset.drawn = 'true';
+  if (state.viewKind === 'heatmap' && heatmapClass() === index) renderPictures();
+}
+
+/** What the legend chips do to the view. */
+const legendActions = {
+  onSolo(i) {
+    state.view.solo = state.view.solo === i ? null : i;
+    state.view.hidden.delete(i);
+    renderView();
+  },
+  onHide(i) {
+    if (state.view.hidden.has(i)) state.view.hidden.delete(i);
+    else state.view.hidden.add(i);
+    if (state.view.solo === i) state.view.solo = null;
+    renderView();
+  },
+  onHighlight(i) {
+    if (state.view.highlight === i) return;
+    state.view.highlight = i;
+    renderPictures();
+  },
+};
+
+/** Redraw after a change of the view, keeping keyboard focus on the chip that made it. */
+function renderView() {
+  const focused = document.activeElement;
+  const index = focused?.closest?.('#legend li') ? [...$('legend').children].indexOf(focused.closest('li')) : -1;
+  const which = focused?.classList.contains('legend-hide') ? '.legend-hide' : '.legend-chip';
+  renderPictures();
+  renderResultPanels();
+  if (index >= 0) $('legend').children[index]?.querySelector(which)?.focus();
 }
 
 /** Read the last-block knobs and the window settings from the controls. */
@@ -347,17 +562,35 @@ function readKnobs() {
 function applyPreset(id) {
   const preset = state.catalog.presets.find((p) => p.id === id);
   const { backgroundThreshold, crop, stride } = preset ?? state.catalog.defaults;
-  state.preset = id;
-  Object.assign(state, { labels: preset?.labels ?? EXAMPLE.labels, threshold: backgroundThreshold, crop, stride });
+  state.preset = preset ? id : '';
+  const example = EXAMPLES.find((e) => e.id === state.image?.example) ?? DEFAULT_EXAMPLE;
+  setClasses(preset ? splitClasses(preset.labels) : example.labels);
+  Object.assign(state, { threshold: backgroundThreshold, crop, stride });
+}
+
+function onPointerMove(e) {
+  const main = state.result?.result;
+  if (!main) return;
+  const rect = $('canvas-stack').getBoundingClientRect();
+  const fx = (e.clientX - rect.left) / rect.width;
+  const compared = state.result.compare && state.viewKind !== 'heatmap' && fx * 100 >= state.compareSplit;
+  const r = compared ? state.result.compare.result : main;
+  const x = Math.floor(fx * r.width);
+  const y = Math.floor(((e.clientY - rect.top) / rect.height) * r.height);
+  const hit = readout(r, x, y);
+  const side = compared ? ` (${modeTitle(state.result.compare.mode)})` : '';
+  $('hover').textContent = hit ? `${hit.name}: ${(hit.probability * 100).toFixed(1)}% at (${x}, ${y})${side}` : '';
 }
 
 function wire() {
-  $('labels').value = state.labels;
-  $('labels').addEventListener('input', (e) => {
-    state.labels = e.target.value;
+  renderGallery($('gallery'), pickExample);
+  classEditor = new ClassEditor($('class-chips'), $('labels'), (classes, pending) => {
+    state.classes = classes;
+    state.pendingClass = pending;
     if (state.preset) $('preset').value = state.preset = '';
     requestSegment();
   });
+  $('clear-labels').addEventListener('click', () => classEditor.clear());
   $('threshold').addEventListener('input', (e) => {
     state.threshold = Number(e.target.value);
     $('threshold-value').textContent = state.threshold.toFixed(2);
@@ -365,7 +598,17 @@ function wire() {
   });
   $('opacity').addEventListener('input', (e) => {
     state.opacity = Number(e.target.value);
-    render();
+    renderPictures();
+  });
+  for (const radio of document.querySelectorAll('input[name=view-kind]')) {
+    radio.addEventListener('change', (e) => {
+      state.viewKind = e.target.value;
+      renderPictures();
+    });
+  }
+  $('compare-slider').addEventListener('input', (e) => {
+    state.compareSplit = Number(e.target.value);
+    $('compare-overlay').style.clipPath = `inset(0 0 0 ${state.compareSplit}%)`;
   });
   $('mode').addEventListener('change', (e) => {
     state.lastBlock = { ...state.catalog.modes.find((m) => m.id === e.target.value).lastBlock };
@@ -396,12 +639,32 @@ function wire() {
   $('weights-input').addEventListener('change', (e) => onFiles(e.target.files));
   $('weights-form').addEventListener('submit', (e) => {
     e.preventDefault();
-    state.weightsUrl = $('weights-url').value.trim() || DEFAULT_WEIGHTS_URL;
+    const typed = $('weights-url').value.trim();
+    state.weightsUrl = typed ? new URL(typed, location.href).href : DEFAULT_WEIGHTS_URL;
+    state.weightsTyped = typed && state.weightsUrl !== DEFAULT_WEIGHTS_URL ? typed : null;
     state.weightsFile = null;
-    loadModel();
+    syncUrl();
+    loadModel(); // the user asked for these weights: no further question
   });
-  $('gelu').addEventListener('change', loadModel);
+  $('gelu').addEventListener('change', (e) => {
+    state.gelu = e.target.checked;
+    syncUrl();
+    if (state.model || state.loading) loadModel();
+  });
+  $('load-model').addEventListener('click', loadModel);
   $('retry').addEventListener('click', loadModel);
+  $('cancel-load').addEventListener('click', () => worker.postMessage({ type: MSG.CANCEL, what: 'load' }));
+  $('cancel-run').addEventListener('click', cancelRun);
+  $('copy-link').addEventListener('click', async () => {
+    syncUrl();
+    try {
+      await navigator.clipboard.writeText(location.href);
+      state.notice = 'Link copied.';
+    } catch {
+      state.notice = 'The link is in the address bar (the clipboard was not available).';
+    }
+    renderRunStatus();
+  });
   $('download-overlay').addEventListener('click', () => worker.postMessage({ type: MSG.EXPORT, what: 'overlay', opacity: state.opacity }));
   $('download-labels').addEventListener('click', () => worker.postMessage({ type: MSG.EXPORT, what: 'labels' }));
   document.addEventListener('dragover', (e) => e.preventDefault());
@@ -413,18 +676,14 @@ function wire() {
     const item = [...e.clipboardData.items].find((i) => i.type.startsWith('image/'));
     if (item) setImage(item.getAsFile());
   });
-  $('overlay').addEventListener('mousemove', (e) => {
-    const r = state.result?.result;
-    if (!r) return;
-    const rect = e.target.getBoundingClientRect();
-    const x = Math.floor(((e.clientX - rect.left) / rect.width) * r.width);
-    const y = Math.floor(((e.clientY - rect.top) / rect.height) * r.height);
-    const hit = readout(r, x, y);
-    $('hover').textContent = hit ? `${hit.name}: ${(hit.probability * 100).toFixed(1)}% at (${x}, ${y})` : '';
-  });
+  $('canvas-stack').addEventListener('pointermove', onPointerMove);
+  $('canvas-stack').addEventListener('pointerleave', () => { $('hover').textContent = ''; });
 }
 
 wire();
+const firstExample = EXAMPLES.find((e) => e.id === fromUrl.example) ?? DEFAULT_EXAMPLE;
+setClasses(firstExample.labels);
+state.gelu = fromUrl.gelu ?? false;
 startWorker();
-loadModel();
-fetch(EXAMPLE.url).then((r) => r.blob()).then(setImage);
+loadOrAsk();
+fetch(firstExample.image).then((r) => r.blob()).then((blob) => setImage(blob, firstExample));

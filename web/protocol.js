@@ -11,10 +11,15 @@
 //      Latest wins: a request replaced by a newer one before its turn is skipped.
 //   {type: 'heatmap', resultId, index}                    RGBA heatmap of one class of the latest result
 //   {type: 'export', what: 'overlay'|'labels', opacity}   PNG bytes of the last result
+//   {type: 'cancel', what: 'load'|'segment', id?}         stop the weights transfer, or the run `id` (between
+//                                                         two class names or two windows); answered by an error
+//                                                         with `cancelled: true`
 //   {type: 'lose-device'}                                 destroy the GPU device (tests of the recovery path)
 // worker -> page
 //   {type: 'catalog', catalog: {modes, attentions, presets, defaults}}   once the wasm module is up
-//   {type: 'progress', phase: 'download'|'cache'|'load'|'text'|'image', done, total}
+//   {type: 'progress', phase: 'download'|'cache'|'file'|'prepare'|'text'|'image', done, total}
+//      download/cache/file: bytes of the weights streamed (each tensor is converted and uploaded as it
+//      completes); prepare: the tokenizer and the segmenter; text/image: a run's class names and windows
 //   {type: 'ready', backend: 'webgpu'|'cpu', description, source: 'network'|'cache'|'file', warning?, loadMs}
 //   {type: 'result', id, result, compare?, wasmMemoryBytes}  result: ResultSummary (crates/web) with typed arrays
 //                                                         transferred: labels and labelColors (RGBA) at full
@@ -22,7 +27,7 @@
 //                                                         compare: {mode, result} of the second mode
 //   {type: 'heatmap', resultId, index, rgba}             probsWidth x probsHeight RGBA
 //   {type: 'exported', what, bytes}
-//   {type: 'error', id?, stage: 'load'|'segment'|'heatmap'|'export'|'device', message, fatal}
+//   {type: 'error', id?, stage: 'load'|'segment'|'heatmap'|'export'|'device', message, fatal, cancelled?}
 //      fatal: the wasm instance is unusable (e.g. lost GPU device); the page restarts the worker.
 
 export const MSG = Object.freeze({
@@ -30,6 +35,7 @@ export const MSG = Object.freeze({
   SEGMENT: 'segment',
   HEATMAP: 'heatmap',
   EXPORT: 'export',
+  CANCEL: 'cancel',
   LOSE_DEVICE: 'lose-device',
   CATALOG: 'catalog',
   PROGRESS: 'progress',
@@ -42,6 +48,13 @@ export const MSG = Object.freeze({
 /** The default model: OpenAI CLIP ViT-B/16 in open_clip layout, from the Hugging Face hub. */
 export const DEFAULT_WEIGHTS_URL =
   'https://huggingface.co/timm/vit_base_patch16_clip_224.openai/resolve/main/open_clip_model.safetensors';
+
+/** What the page tells a user before the default weights are downloaded. */
+export const DEFAULT_MODEL = Object.freeze({
+  name: 'OpenAI CLIP ViT-B/16',
+  source: 'the Hugging Face hub (timm/vit_base_patch16_clip_224.openai)',
+  size: '598 MB', // fp32, as measured when the page streamed it (README, memory table)
+});
 
 /** Bump when the cached bytes must not be reused. */
 export const WEIGHTS_CACHE = 'clearclip-weights-v1';

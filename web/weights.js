@@ -7,6 +7,24 @@ import { WEIGHTS_CACHE } from './protocol.js';
 /** A failure of the transfer itself (HTTP status, network, interrupted stream). */
 export class WeightsError extends Error {}
 
+/** The user stopped the transfer (the page's Cancel button). */
+export class CancelledError extends Error {
+  constructor(done) {
+    super(`the download was cancelled after ${done} bytes`);
+    this.cancelled = true;
+  }
+}
+
+/** Whether the weights at `url` are in the browser cache (no request is made). */
+export async function isCached(url) {
+  if (typeof caches === 'undefined') return false;
+  try {
+    return !!(await (await caches.open(WEIGHTS_CACHE)).match(url));
+  } catch {
+    return false;
+  }
+}
+
 function describeHttp(response, url) {
   if (response.status === 404) return `the weights URL was not found (404): ${url}`;
   if (response.status === 401 || response.status === 403)
@@ -17,10 +35,11 @@ function describeHttp(response, url) {
 /**
  * Stream `response.body` into `await sink.push(chunk)`, reporting `onProgress(done, total)`.
  * A chunk the sink refuses (not a CLIP file, ...) throws its error and stops
- * the transfer at once; a broken stream throws a WeightsError.
+ * the transfer at once; a broken stream throws a WeightsError; `signal`
+ * aborted throws a CancelledError.
  * @returns {Promise<number>} bytes read
  */
-async function pump(response, sink, onProgress) {
+async function pump(response, sink, onProgress, signal) {
   const announced = Number(response.headers.get('content-length')) || 0;
   const reader = response.body.getReader();
   let done = 0;
@@ -30,8 +49,10 @@ async function pump(response, sink, onProgress) {
       try {
         next = await reader.read();
       } catch (e) {
+        if (signal?.aborted) throw new CancelledError(done);
         throw new WeightsError(`the transfer broke off after ${done} bytes: ${e.message}`);
       }
+      if (signal?.aborted) throw new CancelledError(done);
       if (next.done) break;
       await sink.push(next.value);
       done += next.value.byteLength;
@@ -67,17 +88,19 @@ export function checkWeightsUrl(url, origin = self.location.origin) {
 }
 
 /**
- * Stream the weights at `url` into `sink` (a WeightsLoader), from the cache if there.
+ * Stream the weights at `url` into `sink` (a WeightsLoader), from the cache
+ * if there; `signal` (an AbortSignal) stops it.
  * @returns {Promise<{source: 'cache'|'network', warning?: string}>}
  */
-export async function loadWeightsFromUrl(url, sink, onProgress) {
+export async function loadWeightsFromUrl(url, sink, onProgress, signal) {
   checkWeightsUrl(url);
   const cache = typeof caches !== 'undefined' ? await caches.open(WEIGHTS_CACHE).catch(() => null) : null;
   const cached = cache ? await cache.match(url) : undefined;
   if (cached) {
     try {
-      await pump(cached, sink, (d, t) => onProgress('cache', d, t));
+      await pump(cached, sink, (d, t) => onProgress('cache', d, t), signal);
     } catch (e) {
+      if (e.cancelled) throw e;
       // A bad cached copy must not stick: the next try downloads again.
       await cache.delete(url).catch(() => {});
       throw new Error(`${e.message} (the cached copy was removed; retrying downloads it again)`);
@@ -86,14 +109,15 @@ export async function loadWeightsFromUrl(url, sink, onProgress) {
   }
   let response;
   try {
-    response = await fetch(url, { mode: 'cors' });
+    response = await fetch(url, { mode: 'cors', signal });
   } catch (e) {
+    if (signal?.aborted) throw new CancelledError(0);
     throw new WeightsError(
       `could not reach ${url} (network error or the server does not allow cross-origin requests): ${e.message}`);
   }
   if (!response.ok) throw new WeightsError(describeHttp(response, url));
   if (!cache) {
-    await pump(response, sink, (d, t) => onProgress('download', d, t));
+    await pump(response, sink, (d, t) => onProgress('download', d, t), signal);
     return { source: 'network' };
   }
   // Each chunk goes to the loader and into the cache entry as it arrives; the
@@ -119,7 +143,7 @@ export async function loadWeightsFromUrl(url, sink, onProgress) {
     expectedBytes: () => sink.expectedBytes(),
   };
   try {
-    await pump(response, tee, (d, t) => onProgress('download', d, t));
+    await pump(response, tee, (d, t) => onProgress('download', d, t), signal);
   } catch (e) {
     // Nothing incomplete or refused is kept.
     toStream(() => controller.error(e));
@@ -138,8 +162,8 @@ export async function loadWeightsFromUrl(url, sink, onProgress) {
 }
 
 /** Stream a dropped or picked File into `sink` (a WeightsLoader). */
-export async function loadWeightsFromFile(file, sink, onProgress) {
+export async function loadWeightsFromFile(file, sink, onProgress, signal) {
   await pump(new Response(file.stream(), { headers: { 'content-length': String(file.size) } }), sink,
-    (d, t) => onProgress('load', d, t));
+    (d, t) => onProgress('file', d, t), signal);
   return { source: 'file' };
 }

@@ -10,6 +10,8 @@ let latestSegment = null; // the newest segment request received
 let keptResultId = null; // the request whose result the segmenter keeps (heatmaps, exports)
 let decoded = null; // {id, image: DecodedImage}: the page's current image, decoded once
 let modeBlocks = {}; // mode id -> its last block, from the catalog
+let loadAbort = null; // AbortController of the weights transfer under way
+let cancelledRun = null; // id of the run the page cancelled
 const post = (message, transfer = []) => self.postMessage(message, transfer);
 let wasmMemory = null; // to report its size: wasm memory grows and never shrinks
 const ready = init().then((wasm) => {
@@ -57,20 +59,24 @@ if (self.GPUAdapter) {
  */
 function fail(stage, error, id) {
   const fatal = error instanceof WebAssembly.RuntimeError || error?.fatal === true;
-  post({ type: MSG.ERROR, stage, id, message: String(error?.message ?? error), fatal });
+  const cancelled = error?.cancelled === true || error?.kind === 'cancelled';
+  post({ type: MSG.ERROR, stage, id, message: String(error?.message ?? error), fatal, cancelled });
 }
 
 async function load({ url, file, preferGpu, gelu }) {
   const started = performance.now();
   let weights = null; // the loader, until the segmenter takes it over
+  loadAbort?.abort(); // a newer load replaces one under way
+  const abort = new AbortController();
+  loadAbort = abort;
   try {
     await ready;
     const usesGpu = preferGpu && 'gpu' in navigator;
     weights = await WeightsLoader.create(usesGpu, !!gelu);
     const { source, warning } = file
-      ? await loadWeightsFromFile(file, weights, progress)
-      : await loadWeightsFromUrl(url, weights, progress);
-    progress('load', 0, 0);
+      ? await loadWeightsFromFile(file, weights, progress, abort.signal)
+      : await loadWeightsFromUrl(url, weights, progress, abort.signal);
+    progress('prepare', 0, 0);
     const tokenizerBytes = new Uint8Array(await tokenizer);
     const taken = weights;
     weights = null;
@@ -91,8 +97,10 @@ async function load({ url, file, preferGpu, gelu }) {
       wasmMemoryBytes: wasmMemory.buffer.byteLength,
     });
   } catch (e) {
-    weights?.free(); // what was uploaded of a refused or broken file
-    fail('load', e);
+    weights?.free(); // what was uploaded of a refused, broken or cancelled file
+    if (abort === loadAbort || !e?.cancelled) fail('load', e); // not for a load replaced by a newer one
+  } finally {
+    if (loadAbort === abort) loadAbort = null;
   }
 }
 
@@ -111,14 +119,19 @@ const arrays = (result) => [result.probs.buffer, result.labels.buffer, result.la
 async function runSegment({ id, image: file, request, compare }) {
   if (!segmenter) throw new Error('no model is loaded yet');
   const image = await imageFor(file);
-  const result = await segmenter.segment(image, request, true, progress);
+  // The progress callback's answer stops the run between two class names or windows.
+  const report = (phase, done, total) => {
+    progress(phase, done, total);
+    return cancelledRun === id;
+  };
+  const result = await segmenter.segment(image, request, true, report);
   keptResultId = id;
   const transfer = arrays(result);
   let second = null;
   if (compare) {
     // The named mode's own block; the first blocks of every window are reused.
     const params = { ...request.params, lastBlock: modeBlocks[compare] };
-    const side = await segmenter.segment(image, { ...request, params }, false, progress);
+    const side = await segmenter.segment(image, { ...request, params }, false, report);
     second = { mode: compare, result: side };
     transfer.push(...arrays(side));
   }
@@ -144,13 +157,24 @@ self.onmessage = ({ data }) => {
       break;
     case MSG.SEGMENT:
       latestSegment = data;
-      enqueue(() => (latestSegment === data ? runSegment(data) : null)).catch((e) => fail('segment', e, data.id));
+      enqueue(() => {
+        if (latestSegment === data) return runSegment(data);
+        if (cancelledRun === data.id) throw Object.assign(new Error('cancelled before it started'), { cancelled: true });
+        return null;
+      }).catch((e) => fail('segment', e, data.id));
       break;
     case MSG.HEATMAP:
       enqueue(() => heatmap(data)).catch((e) => fail('heatmap', e));
       break;
     case MSG.EXPORT:
       enqueue(() => exportPng(data)).catch((e) => fail('export', e));
+      break;
+    case MSG.CANCEL:
+      if (data.what === 'load') loadAbort?.abort();
+      else if (data.what === 'segment') {
+        cancelledRun = data.id;
+        if (latestSegment?.id === data.id) latestSegment = null; // not started yet: skipped
+      }
       break;
     case MSG.LOSE_DEVICE:
       if (gpuDevice) gpuDevice.destroy();

@@ -44,14 +44,46 @@ after(async () => {
 // debug=1: the page exposes its state and test hooks (window.__clearclip, __clearclipDebug).
 const appUrl = (query) => `http://127.0.0.1:${server.port}/?debug=1&${query}`;
 
-async function openApp(query) {
-  const page = await context.newPage();
+/** Open the app; where it asks before downloading the weights, agree (unless `accept: false`). */
+async function openApp(query, { accept = true, ctx = context } = {}) {
+  const page = await ctx.newPage();
   const logs = [];
   page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
   page.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
   await page.goto(appUrl(query));
   page.logs = logs;
+  if (accept) await acceptDownload(page);
   return page;
+}
+
+/** Cached weights load at once; otherwise the page waits for a click on Load. */
+async function acceptDownload(page) {
+  await page.waitForFunction(() => {
+    const s = window.__clearclip;
+    return s && (s.consent || s.loading || s.model || s.error);
+  }, null, { timeout: 60_000 });
+  if (await page.evaluate(() => window.__clearclip.consent)) await page.click('#load-model');
+}
+
+/** Replace the classes: clear the chips, type `text` (";" makes chips), Enter. */
+async function setLabels(page, text) {
+  await page.click('#clear-labels');
+  await page.fill('#labels', text);
+  await page.press('#labels', 'Enter');
+}
+
+/** The page's class list as one string ("a; b, c"). */
+const pageLabels = (page) => page.evaluate(() => {
+  const s = window.__clearclip;
+  return [...s.classes, s.pendingClass.trim()].filter(Boolean).join('; ');
+});
+
+async function setSlider(page, selector, value) {
+  await page.evaluate(([selector, value]) => {
+    const slider = document.querySelector(selector);
+    slider.value = value;
+    slider.dispatchEvent(new Event('input'));
+  }, [selector, value]);
 }
 
 /** Wait until the latest request has a result (or the page shows an error). */
@@ -93,7 +125,7 @@ test('segments a dropped image on WebGPU and matches the CLI', async () => {
   const backend = await page.evaluate(() => window.__clearclip.model.backend);
   assert.equal(backend, 'webgpu', `expected the WebGPU backend\n${page.logs.join('\n')}`);
 
-  assert.equal(await page.inputValue('#labels'), LABELS, 'labels pre-filled for the example');
+  assert.equal(await pageLabels(page), LABELS, 'labels pre-filled for the example');
   const exampleDiff = maxAbsDiff(await pageProbs(page), cliProbs.data);
   console.log(`webgpu (example) vs CLI: max abs diff ${exampleDiff.toExponential(2)}; first result ${firstResultMs} ms after page load`);
   assert.ok(exampleDiff <= TOLERANCE, `max abs diff ${exampleDiff}`);
@@ -161,7 +193,7 @@ test('segments a dropped image on WebGPU and matches the CLI', async () => {
 test('a lost GPU device, twice in a row, is reported and the app recovers with its image and labels', async () => {
   const page = await openApp(`weights=${WEIGHTS}`);
   await waitForResult(page);
-  await nextResult(page, () => page.fill('#labels', 'cat; sky'));
+  await nextResult(page, () => setLabels(page, 'cat; sky'));
   const before = await pageProbs(page);
   for (const round of [1, 2]) {
     const lastRequest = await page.evaluate(() => window.__clearclip.requestId);
@@ -173,7 +205,7 @@ test('a lost GPU device, twice in a row, is reported and the app recovers with i
     assert.match(await page.textContent('#notes'), /restarted after: the GPU device was lost/);
     assert.equal(await page.evaluate(() => window.__clearclip.model.source), 'cache');
     assert.equal(await page.evaluate(() => window.__clearclip.model.backend), 'webgpu');
-    assert.equal(await page.inputValue('#labels'), 'cat; sky');
+    assert.equal(await pageLabels(page), 'cat; sky');
     const diff = maxAbsDiff(await pageProbs(page), before);
     assert.ok(diff <= TOLERANCE, `after restart ${round}: max abs diff ${diff}`);
   }
@@ -194,7 +226,7 @@ test('weights switched while a segmentation runs: the new model takes over, imag
   }, lastRequest, { timeout: RESULT_TIMEOUT, polling: 250 });
   assert.equal(await page.evaluate(() => window.__clearclip.error), null);
   assert.match(await page.textContent('#model-status'), /HuggingFace layout/);
-  assert.equal(await page.inputValue('#labels'), LABELS);
+  assert.equal(await pageLabels(page), LABELS);
   const diff = maxAbsDiff(await pageProbs(page), cliProbs.data);
   console.log(`weights switched mid-run, then the HF-layout model vs CLI: max abs diff ${diff.toExponential(2)}`);
   assert.ok(diff <= TOLERANCE, `max abs diff ${diff}`);
@@ -241,7 +273,7 @@ test('without WebGPU the CPU backend in wasm gives the same answer', async () =>
   await page.check('#single-template');
   await nextResult(page, () => page.selectOption('#preset', 'voc21'));
   assert.equal(await page.locator('#legend li').count(), 21);
-  assert.match(await page.inputValue('#labels'), /^background; aeroplane; bicycle/);
+  assert.match(await pageLabels(page), /^background; aeroplane; bicycle/);
   assert.equal(await page.textContent('#threshold-value'), '0.50');
   // Side-by-side comparison with a second mode, which reuses the first blocks.
   await nextResult(page, () => page.selectOption('#compare', 'maskclip'));
@@ -338,7 +370,7 @@ test('a JPEG photo longer than 2048 px gives the CLI\'s answer (decoded in wasm,
   // The real JPEG photo of the pipeline fixture, against the official pipeline's
   // probabilities (scripts/gen_fixtures.py), in ClearCLIP and vanilla modes.
   const meta = JSON.parse(readFileSync(join(ROOT, 'fixtures/reference.json'), 'utf8')).pipeline_jpeg;
-  await nextResult(page, () => page.fill('#labels', meta.cases.clearclip.classes));
+  await nextResult(page, () => setLabels(page, meta.cases.clearclip.classes));
   await nextResult(page, () => dropFile(page, join(ROOT, 'fixtures', meta.file), 'retina.jpg', 'image/jpeg'));
   for (const mode of ['clearclip', 'vanilla']) {
     if (mode !== 'clearclip') await nextResult(page, () => page.selectOption('#mode', mode));
@@ -370,13 +402,9 @@ test('a soak of 50 runs changing image, labels, mode and threshold keeps wasm me
     await nextResult(page, async () => {
       switch (run % 4) {
         case 0: return dropFile(page, join(ROOT, images[run % 3][0]), images[run % 3][1], images[run % 3][2]);
-        case 1: return page.fill('#labels', labels[run % labels.length]);
+        case 1: return setLabels(page, labels[run % labels.length]);
         case 2: return page.selectOption('#mode', modes[run % modes.length]);
-        default: return page.evaluate((t) => {
-          const slider = document.getElementById('threshold');
-          slider.value = t;
-          slider.dispatchEvent(new Event('input'));
-        }, String((run % 10) / 10));
+        default: return setSlider(page, '#threshold', String((run % 10) / 10));
       }
     });
     if (run % 10 === 0) memory.push(await page.evaluate(() => window.__clearclip.result.wasmMemoryBytes));
@@ -385,7 +413,7 @@ test('a soak of 50 runs changing image, labels, mode and threshold keeps wasm me
   console.log(`soak (wasm CPU): 50 runs in ${((Date.now() - started) / 1000).toFixed(0)} s; wasm memory at runs 10/20/30/40/50: ${mb.join(' / ')} MB`);
   // Wasm memory only grows; after the first cycles through every image, label set and mode it must stop.
   assert.ok(memory[4] <= memory[1] * 1.05, `wasm memory keeps growing: ${mb.join(' / ')} MB`);
-  assert.equal(await page.locator('#legend li').count(), (await page.inputValue('#labels')).split(';').length);
+  assert.equal(await page.locator('#legend li').count(), (await pageLabels(page)).split(';').length);
   await page.close();
 });
 
@@ -404,20 +432,21 @@ test('bad files get a visible message and the app keeps its model and result', a
   await page.waitForFunction(() => /safetensors/.test(window.__clearclip.error ?? ''), null, { timeout: 60_000 });
   assert.match(await page.textContent('#error'), /not a readable safetensors file/);
   // The model loaded before still segments.
-  await nextResult(page, () => page.fill('#labels', 'cat; sky'));
+  await nextResult(page, () => setLabels(page, 'cat; sky'));
   assert.equal(await page.locator('#legend li').count(), 2);
 
   // Class names are text, never markup: nothing in them becomes an element.
   const hostile = '<img src=x onerror="window.__pwned=1">; <b>sky</b>';
-  await nextResult(page, () => page.fill('#labels', hostile));
+  await nextResult(page, () => setLabels(page, hostile));
   assert.equal(await page.locator('#legend li').count(), 2);
   assert.match(await page.textContent('#legend'), /<img src=x onerror="window.__pwned=1">/);
-  assert.equal(await page.locator('#legend img, #legend b, #heatmaps img, #heatmaps b').count(), 0);
+  assert.match(await page.textContent('#class-chips'), /<b>sky<\/b>/);
+  assert.equal(await page.locator('#legend img, #legend b, #class-chips img, #class-chips b, #heatmaps img, #heatmaps b').count(), 0);
   assert.equal(await page.evaluate(() => window.__pwned), undefined);
 
-  await page.fill('#labels', ' ; ');
+  await setLabels(page, ' ; ');
   await page.waitForFunction(() => window.__clearclip.error);
-  assert.match(await page.textContent('#error'), /no classes given/);
+  assert.match(await page.textContent('#error'), /type at least one class name/);
   await page.close();
 });
 
@@ -477,9 +506,284 @@ test('a weights URL that fails says why and offers a retry', async () => {
   assert.match(await page.textContent('#error'), /not found \(404\)/);
   assert.ok(await page.isVisible('#retry'));
   // Weights from a plain-http site elsewhere are refused before any request.
+  await page.click('#weights-options summary');
   await page.fill('#weights-url', 'http://example.com/clip.safetensors');
   await page.click('#weights-form button[type=submit]');
   await page.waitForFunction(() => /https/.test(window.__clearclip.error ?? ''), null, { timeout: 60_000 });
   assert.match(await page.textContent('#error'), /only loaded over https .*http:\/\/example.com is not allowed/);
   await page.close();
+});
+
+test('nothing is downloaded before the user agrees; cached weights load at once', async () => {
+  const fresh = await browser.newContext({ viewport: { width: 1200, height: 1100 } });
+  // The default model: the page names it, its source and its size, and waits.
+  const first = await openApp('webgpu=0', { accept: false, ctx: fresh });
+  await first.waitForSelector('#consent:not([hidden])');
+  assert.match(await first.textContent('#consent'), /OpenAI CLIP ViT-B\/16.*Hugging Face hub.*598 MB/s);
+  assert.match(await first.textContent('#model-status'), /not downloaded yet/);
+  assert.match(await first.textContent('#run-status'), /Load the model/);
+  await first.close();
+
+  const path = '/fixtures/tiny_hf_f16.safetensors';
+  const fetched = () => server.requests.filter((p) => p === path).length;
+  const page = await openApp(`weights=${path}&webgpu=0`, { accept: false, ctx: fresh });
+  await page.waitForSelector('#consent:not([hidden])');
+  assert.match(await page.textContent('#consent'), /tiny_hf_f16\.safetensors/);
+  await page.waitForTimeout(1500); // a request made on opening would have reached the server by now
+  assert.equal(fetched(), 0, 'no weights request before Load');
+  assert.equal(await page.evaluate(() => window.__clearclip.model), null);
+  await page.click('#load-model');
+  await waitForResult(page);
+  assert.equal(fetched(), 1, 'one request after Load');
+  assert.equal(await page.evaluate(() => window.__clearclip.model.source), 'network');
+
+  // The next visit finds the weights in the browser cache and loads them without asking.
+  await page.reload();
+  await page.waitForFunction(() => window.__clearclip?.model, null, { timeout: 120_000 });
+  assert.equal(await page.evaluate(() => window.__clearclip.model.source), 'cache');
+  assert.ok(await page.isHidden('#consent'));
+  assert.equal(fetched(), 1);
+  await fresh.close();
+});
+
+test('a download cancelled half-way stops the transfer, keeps nothing, and can be started again', async () => {
+  const bytes = readFileSync(join(ROOT, WEIGHTS));
+  const transfer = { stall: true, closed: false };
+  // Sends half the file and then nothing, until the page hangs up; the second time, all of it.
+  const remote = createServer((req, res) => {
+    res.writeHead(200, { 'content-length': bytes.length, 'access-control-allow-origin': '*' });
+    res.on('close', () => { transfer.closed = true; });
+    if (transfer.stall) res.write(bytes.subarray(0, bytes.length >> 1));
+    else res.end(bytes);
+  });
+  await new Promise((r) => remote.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${remote.address().port}/clip.safetensors`;
+  try {
+    const page = await openApp(`weights=${encodeURIComponent(url)}&webgpu=0`, { accept: false });
+    await page.waitForSelector('#consent:not([hidden])');
+    await page.click('#load-model');
+    await page.waitForFunction((half) => window.__clearclip.loading?.done >= half, bytes.length >> 1, { timeout: 60_000 });
+    assert.match(await page.textContent('#model-status'), /Downloading and converting the weights: .* \(50%\)/);
+    await page.click('#cancel-load');
+    await page.waitForFunction(() => !window.__clearclip.loading && window.__clearclip.consent, null, { timeout: 30_000 });
+    assert.match(await page.textContent('#model-status'), /Download cancelled/);
+    assert.equal(await page.evaluate(() => window.__clearclip.error), null, 'a cancel is not an error');
+    assert.ok(await page.isVisible('#load-model'), 'Load is offered again');
+    for (let i = 0; i < 100 && !transfer.closed; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.ok(transfer.closed, 'the page must hang up');
+    const cached = await page.evaluate(async (u) => {
+      for (const name of await caches.keys()) if (await (await caches.open(name)).match(u)) return true;
+      return false;
+    }, url);
+    assert.equal(cached, false, 'half a file must not stay in the cache');
+
+    transfer.stall = false;
+    await page.click('#load-model');
+    await waitForResult(page);
+    assert.equal(await page.evaluate(() => window.__clearclip.model.source), 'network');
+    const diff = maxAbsDiff(await pageProbs(page), cliProbs.data);
+    assert.ok(diff <= TOLERANCE, `after the second download: max abs diff ${diff}`);
+    await page.close();
+  } finally {
+    remote.closeAllConnections();
+    remote.close();
+  }
+});
+
+test('a running segmentation can be cancelled; the last result stays and the next run works', async () => {
+  const page = await openApp(`weights=${WEIGHTS}&webgpu=0`);
+  await waitForResult(page);
+  const before = await pageProbs(page);
+  // COCO-Stuff: 171 class names in 80 prompts each, a long text phase on the CPU.
+  await page.selectOption('#preset', 'coco-stuff');
+  await page.waitForFunction(() => window.__clearclip.progress?.phase === 'text' && window.__clearclip.progress.done >= 1,
+    null, { timeout: 60_000, polling: 50 });
+  assert.ok(await page.isVisible('#cancel-run'));
+  const started = Date.now();
+  await page.click('#cancel-run');
+  const reached = await page.evaluate(() => window.__clearclip.progress);
+  await page.waitForFunction(() => !window.__clearclip.running, null, { timeout: 30_000, polling: 50 });
+  const stoppedMs = Date.now() - started;
+  assert.ok(reached.done < reached.total, `cancelled at ${reached.done}/${reached.total} class names`);
+  const { progress, notice, error } = await page.evaluate(() => {
+    const s = window.__clearclip;
+    return { progress: s.progress, notice: s.notice, error: s.error };
+  });
+  assert.equal(error, null);
+  assert.match(notice, /cancelled/);
+  assert.match(await page.textContent('#run-status'), /cancelled; the last result stays/);
+  assert.equal(progress, null);
+  assert.equal(await page.locator('#legend li').count(), 4, 'the last result is still shown');
+  assert.equal(maxAbsDiff(await pageProbs(page), before), 0);
+  console.log(`a COCO-Stuff run (wasm CPU) stopped ${stoppedMs} ms after Cancel, at class name ${reached.done} of ${reached.total}`);
+  await nextResult(page, () => setLabels(page, 'cat; sky'));
+  assert.equal(await page.locator('#legend li').count(), 2);
+  await page.close();
+});
+
+/** Share of the overlay's pixels (per group) that differ from the photo: {label -> fraction}. */
+async function paintedShare(page) {
+  return page.evaluate(() => {
+    const s = window.__clearclip;
+    const r = s.result.result;
+    const c = document.getElementById('overlay');
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    const raw = new OffscreenCanvas(c.width, c.height).getContext('2d');
+    raw.drawImage(s.image.bitmap, 0, 0);
+    const p = raw.getImageData(0, 0, c.width, c.height).data;
+    const painted = new Array(r.classNames.length).fill(0);
+    const total = new Array(r.classNames.length).fill(0);
+    for (let i = 0; i < r.labels.length; i++) {
+      const diff = Math.abs(d[4 * i] - p[4 * i]) + Math.abs(d[4 * i + 1] - p[4 * i + 1]) + Math.abs(d[4 * i + 2] - p[4 * i + 2]);
+      total[r.labels[i]] += 1;
+      if (diff > 0) painted[r.labels[i]] += 1;
+    }
+    return painted.map((n, i) => (total[i] ? n / total[i] : null));
+  });
+}
+
+test('legend chips: one class alone leaves the others unpainted; hide; the heatmap view', async () => {
+  const page = await openApp(`weights=${WEIGHTS}&webgpu=0`);
+  await waitForResult(page);
+  const all = await paintedShare(page);
+  assert.ok(all.every((f) => f === null || f > 0.5), `every class painted: ${all}`);
+  const present = all.map((f, i) => (f === null ? -1 : i)).filter((i) => i >= 0);
+  assert.ok(present.length >= 2, `at least two classes in the result: ${all}`);
+  const [one, other] = present;
+
+  await page.locator('#legend .legend-chip').nth(one).click();
+  const solo = await paintedShare(page);
+  assert.ok(solo[one] > 0.5, `the chosen class is painted: ${solo}`);
+  for (const [i, f] of solo.entries()) if (i !== one && f !== null) assert.equal(f, 0, `class ${i} must be unpainted: ${solo}`);
+  assert.equal(await page.locator('#legend .legend-chip').nth(one).getAttribute('aria-pressed'), 'true');
+  // Again: every class.
+  await page.locator('#legend .legend-chip').nth(one).click();
+  assert.ok((await paintedShare(page))[other] > 0.5);
+
+  // Its hide button leaves just that class unpainted.
+  await page.locator('#legend .legend-hide').nth(other).click();
+  const hidden = await paintedShare(page);
+  assert.equal(hidden[other], 0);
+  assert.ok(hidden[one] > 0.5);
+  assert.equal(await page.locator('#legend .legend-hide').nth(other).getAttribute('aria-pressed'), 'true');
+
+  // The heatmap view: the selected class's probabilities over the whole image.
+  await page.locator('#legend .legend-chip').nth(one).click();
+  await page.check('input[name=view-kind][value=heatmap]');
+  await page.waitForFunction((i) => window.__clearclip.heatmaps.has(i), one, { timeout: 30_000 });
+  const heat = await paintedShare(page);
+  assert.ok(heat.every((f) => f === null || f > 0.9), `the heatmap covers the image: ${heat}`);
+  const name = await page.evaluate((i) => window.__clearclip.result.result.classNames[i], one);
+  assert.equal(await page.textContent('#heatmap-class'), name);
+  // Hovering the image reads out the class and probability under the pointer.
+  const box = await page.locator('#canvas-stack').boundingBox();
+  await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+  assert.match(await page.textContent('#hover'), /: \d+\.\d% at \(\d+, \d+\)/);
+  await page.close();
+});
+
+test('a gallery photo gives a result with its classes; the layout fits a phone', async () => {
+  const page = await openApp(`weights=${WEIGHTS}&webgpu=0`);
+  await waitForResult(page);
+  await nextResult(page, () => page.click('button.example[data-example=rocket]'));
+  const names = await page.evaluate(() => window.__clearclip.result.result.classNames);
+  assert.deepEqual(names, ['rocket', 'smoke', 'sky', 'trees', 'launch tower']);
+  assert.equal(await page.locator('#legend li').count(), 5);
+  assert.equal(await page.locator('button.example[data-example=rocket]').getAttribute('aria-current'), 'true');
+  const url = new URL(page.url());
+  assert.equal(url.searchParams.get('example'), 'rocket');
+  assert.equal(url.searchParams.get('labels'), null, 'the example names its classes');
+  await page.setViewportSize({ width: 1280, height: 900 });
+  mkdirSync(join(ROOT, 'test-results'), { recursive: true });
+  await page.screenshot({ path: join(ROOT, 'test-results', 'result-view.png') });
+  for (const width of [390, 320]) {
+    await page.setViewportSize({ width, height: 844 });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok(overflow <= width, `page ${overflow} px wide at a ${width} px viewport`);
+  }
+  await page.close();
+});
+
+test('the URL carries the settings: a reload (a shared link) restores them', async () => {
+  const page = await openApp(`weights=${WEIGHTS}&webgpu=0`);
+  await waitForResult(page);
+  await nextResult(page, () => setLabels(page, 'sky; tree, bush; cat'));
+  await nextResult(page, () => page.selectOption('#mode', 'naclip'));
+  await nextResult(page, () => setSlider(page, '#threshold', '0.3'));
+  await nextResult(page, () => page.check('#single-template'));
+  const url = new URL(page.url());
+  assert.equal(url.searchParams.get('labels'), 'sky; tree, bush; cat');
+  assert.equal(url.searchParams.get('mode'), 'naclip');
+  assert.equal(url.searchParams.get('threshold'), '0.3');
+  assert.equal(url.searchParams.get('templates'), 'single');
+  assert.equal(url.searchParams.get('weights'), WEIGHTS, 'the weights URL as it was given');
+  const before = await pageProbs(page);
+
+  await page.reload();
+  await waitForResult(page); // cached weights: no question asked
+  assert.equal(await pageLabels(page), 'sky; tree, bush; cat');
+  assert.equal(await page.inputValue('#mode'), 'naclip');
+  assert.equal(await page.textContent('#threshold-value'), '0.30');
+  assert.ok(await page.isChecked('#single-template'));
+  assert.equal(maxAbsDiff(await pageProbs(page), before), 0, 'the same settings give the same result');
+
+  // Knobs that are no named mode travel as knobs.
+  await page.locator('#advanced summary').click();
+  await nextResult(page, () => page.check('#ffn'));
+  assert.equal(new URL(page.url()).searchParams.get('ffn'), '1');
+  await page.reload();
+  await waitForResult(page);
+  assert.equal(await page.inputValue('#mode'), 'custom');
+  assert.ok(await page.isChecked('#ffn'));
+  assert.equal(await page.inputValue('#attention'), 'k-k');
+  await page.close();
+});
+
+test('keyboard only: Tab to the gallery, Enter; Tab to a legend chip, Enter', async () => {
+  const page = await openApp(`weights=${WEIGHTS}&webgpu=0`);
+  await waitForResult(page);
+  const tabTo = async (selector) => {
+    for (let i = 0; i < 80; i++) {
+      await page.keyboard.press('Tab');
+      if (await page.evaluate((s) => document.activeElement?.matches(s), selector)) return;
+    }
+    throw new Error(`Tab never reached ${selector}`);
+  };
+  await tabTo('button.example[data-example=coffee]');
+  await nextResult(page, () => page.keyboard.press('Enter'));
+  assert.equal(await page.locator('#legend li').count(), 4);
+  assert.match(await page.evaluate(() => window.__clearclip.result.result.classNames.join('; ')), /^coffee cup; saucer; spoon; table$/);
+  await tabTo('#legend .legend-chip');
+  // The focus is visible: an outline, not the browser's nothing.
+  assert.notEqual(await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle), 'none');
+  await page.keyboard.press('Enter');
+  assert.equal(await page.evaluate(() => window.__clearclip.view.solo), 0);
+  assert.equal(await page.evaluate(() => document.activeElement.getAttribute('aria-pressed')), 'true', 'focus stays on the chip');
+  await page.close();
+});
+
+test('axe-core: no serious or critical accessibility violation, first view and result view, light and dark', async () => {
+  const axe = readFileSync(join(ROOT, 'node_modules/axe-core/axe.min.js'), 'utf8');
+  const fresh = await browser.newContext({ viewport: { width: 1200, height: 1100 } });
+  const page = await openApp(`weights=${WEIGHTS}&webgpu=0`, { accept: false, ctx: fresh });
+  await page.waitForSelector('#consent:not([hidden])');
+  const audit = async (view) => {
+    await page.evaluate(axe);
+    const violations = await page.evaluate(async () => (await window.axe.run(document, { resultTypes: ['violations'] })).violations
+      .map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length, help: v.help })));
+    return violations.map((v) => ({ view, ...v }));
+  };
+  const findings = [...await audit('first view (light)')];
+  await page.click('#load-model');
+  await waitForResult(page);
+  findings.push(...await audit('result view (light)'));
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await page.waitForTimeout(500); // let the colour transitions end
+  findings.push(...await audit('result view (dark)'));
+  mkdirSync(join(ROOT, 'test-results'), { recursive: true });
+  writeFileSync(join(ROOT, 'test-results', 'axe.json'), JSON.stringify(findings, null, 1));
+  console.log(`axe-core: ${findings.length ? findings.map((f) => `${f.view}: ${f.id} (${f.impact}, ${f.nodes})`).join('; ') : 'no violations'}`);
+  const serious = findings.filter((f) => f.impact === 'serious' || f.impact === 'critical');
+  assert.deepEqual(serious, []);
+  await fresh.close();
 });

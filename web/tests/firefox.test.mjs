@@ -31,6 +31,9 @@ test('Firefox ESR: the page falls back to the CPU, says so, and matches the CLI'
   const logs = [];
   page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
   await page.goto(`http://127.0.0.1:${server.port}/?debug=1&weights=${WEIGHTS}`);
+  // Not cached yet: the page asks before downloading.
+  await page.waitForFunction(() => window.__clearclip?.consent, { timeout: 60_000, polling: 100 });
+  await page.click('#load-model');
   await page.waitForFunction(() => {
     const s = window.__clearclip;
     return s && ((s.result && s.result.id === s.requestId && !s.running) || (s.error && !s.loading));

@@ -7,7 +7,7 @@
 
 use burn::tensor::Device;
 use clearclip_model::{load_clip_from_reader, ClipTokenizer, LoadOptions};
-use clearclip_segment::{decode_image, ClassList, SegmentParams, Segmenter};
+use clearclip_segment::{decode_image, ClassList, Progress, SegmentParams, Segmenter};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let image = decode_image(&std::fs::read(&image)?)?;
     let (classes, warnings) = ClassList::parse(&labels)?;
     warnings.iter().for_each(|w| eprintln!("warning: {w}"));
-    let result = pollster::block_on(segmenter.segment(&image, &classes, &SegmentParams::default(), &mut |_| {}))?;
+    let result = pollster::block_on(segmenter.segment(&image, &classes, &SegmentParams::default(), &mut |_: Progress| {}))?;
     for (name, share) in result.class_names.iter().zip(result.class_shares()) {
         println!("{name:>20}: {:5.1}%", share * 100.0);
     }

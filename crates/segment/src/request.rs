@@ -7,7 +7,9 @@
 use clearclip_model::{AttentionKind, DenseMode, LastBlock, LastBlockError, Residual};
 use serde::{Deserialize, Serialize};
 
+use crate::classes::MAX_CLASSES;
 use crate::presets::{Preset, PRESETS};
+use crate::render::class_color;
 use crate::segmenter::SegmentParams;
 
 /// One segmentation, as the page sends it (JSON):
@@ -105,6 +107,9 @@ pub struct Catalog {
     pub presets: Vec<PresetEntry>,
     /// The default settings (crop, stride, threshold, ...).
     pub defaults: SegmentParams,
+    /// The colour of each class index, as results paint it (`[r, g, b]`), so
+    /// the page colours its class chips before a result exists.
+    pub class_colors: Vec<[u8; 3]>,
 }
 
 impl Catalog {
@@ -118,7 +123,13 @@ impl Catalog {
             .into_iter()
             .map(|k| AttentionEntry { id: k.name(), title: k.title(), has_scores: k.has_scores() })
             .collect();
-        Self { modes, attentions, presets: PRESETS.iter().map(PresetEntry::from).collect(), defaults: SegmentParams::default() }
+        Self {
+            modes,
+            attentions,
+            presets: PRESETS.iter().map(PresetEntry::from).collect(),
+            defaults: SegmentParams::default(),
+            class_colors: (0..MAX_CLASSES).map(class_color).collect(),
+        }
     }
 }
 
@@ -177,5 +188,7 @@ mod tests {
         let json = serde_json::to_value(&catalog).unwrap();
         assert_eq!(json["modes"][0]["lastBlock"]["attention"], "q-q");
         assert_eq!(json["defaults"]["crop"], 448);
+        assert_eq!(json["classColors"].as_array().unwrap().len(), MAX_CLASSES);
+        assert_eq!(json["classColors"][21], serde_json::json!(class_color(21)));
     }
 }

@@ -19,6 +19,9 @@
 //! trivial executor such as `pollster::block_on` drives it.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::pin::Pin;
 
 use burn::tensor::{Tensor, TensorData};
 use clearclip_model::{Clip, ClipConfig, ClipTokenizer, DenseMode, InputError, LastBlock, LastBlockError, LastBlockInput, TokenizerError};
@@ -115,6 +118,9 @@ pub enum SegmentError {
     Input(#[from] InputError),
     #[error("the GPU/CPU device failed: {0}")]
     Device(String),
+    /// The caller's [`Observer`] asked to stop.
+    #[error("the run was cancelled")]
+    Cancelled,
 }
 
 impl SegmentError {
@@ -133,6 +139,40 @@ pub enum Progress {
     Text { done: usize, total: usize },
     /// Sliding windows processed; `done: 0` is sent before the first starts.
     Window { done: usize, total: usize },
+}
+
+/// What a caller hears of a run as it goes, and its say in whether it goes on.
+///
+/// Any `FnMut(Progress)` closure is an observer that never stops a run (the
+/// CLI's progress bar). The browser worker implements it to stop a run the
+/// page cancelled, and to let its event loop deliver that message.
+pub trait Observer {
+    /// A step is done (a class name, a window). `Break` stops the run with
+    /// [`SegmentError::Cancelled`] before the next step.
+    fn progress(&mut self, progress: Progress) -> ControlFlow<()>;
+
+    /// Awaited before each step is reported. A host whose event loop must
+    /// run between steps (a worker reading a cancel message while the CPU
+    /// backend computes) waits here; by default nothing happens.
+    fn pause(&mut self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+impl<F: FnMut(Progress)> Observer for F {
+    fn progress(&mut self, progress: Progress) -> ControlFlow<()> {
+        self(progress);
+        ControlFlow::Continue(())
+    }
+}
+
+/// Report one finished step: let the host run, then ask whether to go on.
+async fn step(observer: &mut dyn Observer, progress: Progress) -> Result<(), SegmentError> {
+    observer.pause().await;
+    match observer.progress(progress) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(SegmentError::Cancelled),
+    }
 }
 
 /// Milliseconds on a monotonic clock, for the phase timings.
@@ -318,7 +358,7 @@ impl Segmenter {
         &mut self,
         names: &[&str],
         templates: Templates,
-        progress: &mut dyn FnMut(Progress),
+        observer: &mut dyn Observer,
         warnings: &mut Vec<String>,
     ) -> Result<(Vec<f32>, usize), SegmentError> {
         let total = names.len();
@@ -335,7 +375,7 @@ impl Segmenter {
                 }
             };
             out.extend_from_slice(embedding);
-            progress(Progress::Text { done: done + 1, total });
+            step(observer, Progress::Text { done: done + 1, total }).await?;
         }
         Ok((out, encoded))
     }
@@ -368,20 +408,21 @@ impl Segmenter {
     /// Segment `image` into `classes`: encode the class names, run the
     /// windows, merge them into probabilities at the original size. When
     /// `image` and the window geometry are those of the previous call, the
-    /// first `L-1` blocks are not run again.
+    /// first `L-1` blocks are not run again. `observer` hears of every class
+    /// name and window, and may stop the run between two of them.
     pub async fn segment(
         &mut self,
         image: &RgbImage,
         classes: &ClassList,
         params: &SegmentParams,
-        progress: &mut dyn FnMut(Progress),
+        observer: &mut dyn Observer,
     ) -> Result<Segmentation, SegmentError> {
         let (width, height) = image.dimensions();
         validate(width, height, self.model.config.vision.patch_size, params)?;
         let started = (self.clock)();
         let mut warnings = Vec::new();
         let (names, class_of_query) = classes.queries();
-        let (embeddings, classes_encoded) = self.class_embeddings(&names, params.templates, progress, &mut warnings).await?;
+        let (embeddings, classes_encoded) = self.class_embeddings(&names, params.templates, observer, &mut warnings).await?;
         let queries = self.queries(embeddings, names.len());
         let text_done = (self.clock)();
 
@@ -389,7 +430,7 @@ impl Segmenter {
         let prepared = self.prepare(image, geometry);
         let reused_windows = prepared.reused.is_some();
         let window_count = prepared.windows.len();
-        let (logits, inputs) = self.window_logits(&prepared, &queries, &params.last_block, progress).await?;
+        let (logits, inputs) = self.window_logits(&prepared, &queries, &params.last_block, observer).await?;
         let merge = ClassMerge::new(&class_of_query, classes.len(), params);
         let (probs, labels) = merge_logits(logits, &prepared.pixels, (height as usize, width as usize), params.pamr.as_ref(), &merge);
         let (rh, rw) = prepared.pixels.size();
@@ -446,14 +487,14 @@ impl Segmenter {
         image: &PreparedImage,
         queries: &Queries,
         last_block: &LastBlock,
-        progress: &mut dyn FnMut(Progress),
+        observer: &mut dyn Observer,
     ) -> Result<(Maps, Vec<LastBlockInput>), SegmentError> {
         let size = image.pixels.size();
         let total = image.windows.len();
         let mut reused = image.reused.clone().map(Vec::into_iter);
         let mut inputs = Vec::with_capacity(total);
         // Marks the end of the text phase for callers timing the two phases.
-        progress(Progress::Window { done: 0, total });
+        step(observer, Progress::Window { done: 0, total }).await?;
         let mut sum = Maps::zeros(queries.count, size);
         let mut count = vec![0u16; size.0 * size.1];
         for (i, window) in image.windows.iter().enumerate() {
@@ -473,7 +514,7 @@ impl Segmenter {
             for y in window.y..window.y + window.height {
                 count[y * size.1 + window.x..][..window.width].iter_mut().for_each(|c| *c += 1);
             }
-            progress(Progress::Window { done: i + 1, total });
+            step(observer, Progress::Window { done: i + 1, total }).await?;
         }
         let pixels = size.0 * size.1;
         for plane in sum.as_mut_slice().chunks_exact_mut(pixels.max(1)) {

@@ -3,13 +3,17 @@
 //! resize, and the final probability maps of a real photo through the sliding
 //! window, for both checkpoint layouts on every test device.
 
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::pin::Pin;
+
 use burn::tensor::Device;
 use clearclip_fixtures::{assert_close, label_agreement, load_fixture_model, read_fixture, strided, test_devices, tokenizer_json, Reference, CHECKPOINTS};
 use clearclip_model::{ClipTokenizer, DenseMode};
 use clearclip_segment::preprocess::{rescaled_size, resize_like_opencv};
 use clearclip_segment::resample::Maps;
 use clearclip_segment::prompts::OPENAI_IMAGENET_TEMPLATES;
-use clearclip_segment::{decode_image, ClassList, Pamr, SegmentParams, Segmenter, Templates};
+use clearclip_segment::{decode_image, ClassList, Observer, Pamr, Progress, SegmentError, SegmentParams, Segmenter, Templates};
 use image::RgbImage;
 
 /// Tolerances: class embeddings are unit vectors; probabilities are in [0, 1].
@@ -42,7 +46,7 @@ fn class_embeddings_match_reference() {
             let mut seg = segmenter(checkpoint, &device);
             for (templates, key) in [(Templates::OpenAiImageNet, "text.templates80"), (Templates::Single, "text.single")] {
                 let mut warnings = Vec::new();
-                let (ours, encoded) = pollster::block_on(seg.class_embeddings(&names, templates, &mut |_| {}, &mut warnings)).unwrap();
+                let (ours, encoded) = pollster::block_on(seg.class_embeddings(&names, templates, &mut |_: Progress| {}, &mut warnings)).unwrap();
                 assert_eq!(encoded, names.len());
                 let (expected, _) = reference.f32(key);
                 assert_close(&format!("{device_name} {checkpoint} {key}"), &ours, &expected, EMBEDDING_TOLERANCE);
@@ -50,7 +54,7 @@ fn class_embeddings_match_reference() {
                 assert_eq!(warnings.len(), 1, "{warnings:?}");
                 assert!(warnings[0].contains("cut to 77 tokens"), "{warnings:?}");
                 // Asked again, every name comes from the cache, with the same values.
-                let (again, encoded) = pollster::block_on(seg.class_embeddings(&names, templates, &mut |_| {}, &mut Vec::new())).unwrap();
+                let (again, encoded) = pollster::block_on(seg.class_embeddings(&names, templates, &mut |_: Progress| {}, &mut Vec::new())).unwrap();
                 assert_eq!((again, encoded), (ours, 0));
             }
         }
@@ -98,8 +102,8 @@ fn whole_image_probabilities_match_reference() {
                 let (classes, _) = ClassList::parse(meta["classes"].as_str().unwrap()).unwrap();
                 let params = params_for(meta);
                 let mut windows_seen = 0;
-                let result = pollster::block_on(seg.segment(&image, &classes, &params, &mut |p| {
-                    if let clearclip_segment::Progress::Window { done, .. } = p {
+                let result = pollster::block_on(seg.segment(&image, &classes, &params, &mut |p: Progress| {
+                    if let Progress::Window { done, .. } = p {
                         windows_seen = done;
                     }
                 }))
@@ -145,7 +149,7 @@ fn a_real_jpeg_photo_matches_reference_end_to_end() {
         for (case, case_meta) in meta["cases"].as_object().unwrap() {
             let (classes, _) = ClassList::parse(case_meta["classes"].as_str().unwrap()).unwrap();
             let params = params_for(case_meta);
-            let result = pollster::block_on(seg.segment(&image, &classes, &params, &mut |_| {})).unwrap();
+            let result = pollster::block_on(seg.segment(&image, &classes, &params, &mut |_: Progress| {})).unwrap();
             let resized = case_meta["resized"].as_array().unwrap();
             assert_eq!(result.resized.1 as u64, resized[0].as_u64().unwrap());
             let what = format!("{device_name} JPEG {case} ({} windows)", result.windows);
@@ -182,25 +186,70 @@ fn a_mode_switch_reuses_the_first_blocks_and_gives_the_same_result_as_a_fresh_ru
     let (classes, _) = ClassList::parse("cat; grass, lawn; wall").unwrap();
     let base = SegmentParams { short_side: 160, crop: 112, stride: 56, ..SegmentParams::default() };
     let mut kept = segmenter(CHECKPOINTS[1], &device);
-    let first = pollster::block_on(kept.segment(&image, &classes, &base, &mut |_| {})).unwrap();
+    let first = pollster::block_on(kept.segment(&image, &classes, &base, &mut |_: Progress| {})).unwrap();
     assert!(!first.reused_windows);
     for mode in DenseMode::ALL {
         let params = SegmentParams { last_block: mode.last_block(), ..base.clone() };
-        let reused = pollster::block_on(kept.segment(&image, &classes, &params, &mut |_| {})).unwrap();
+        let reused = pollster::block_on(kept.segment(&image, &classes, &params, &mut |_: Progress| {})).unwrap();
         assert!(reused.reused_windows, "{}", mode.name());
-        let fresh = pollster::block_on(segmenter(CHECKPOINTS[1], &device).segment(&image, &classes, &params, &mut |_| {})).unwrap();
+        let fresh = pollster::block_on(segmenter(CHECKPOINTS[1], &device).segment(&image, &classes, &params, &mut |_: Progress| {})).unwrap();
         assert!(!fresh.reused_windows);
         assert_eq!(reused.probs, fresh.probs, "{}", mode.name());
     }
     // Another crop, or another image, runs every block again.
     let other_crop = SegmentParams { crop: 96, ..base.clone() };
-    assert!(!pollster::block_on(kept.segment(&image, &classes, &other_crop, &mut |_| {})).unwrap().reused_windows);
+    assert!(!pollster::block_on(kept.segment(&image, &classes, &other_crop, &mut |_: Progress| {})).unwrap().reused_windows);
     let mut flipped = image.clone();
     image::imageops::flip_horizontal_in_place(&mut flipped);
-    assert!(!pollster::block_on(kept.segment(&flipped, &classes, &other_crop, &mut |_| {})).unwrap().reused_windows);
+    assert!(!pollster::block_on(kept.segment(&flipped, &classes, &other_crop, &mut |_: Progress| {})).unwrap().reused_windows);
     // The threshold and PAMR act after the windows: still reused.
     let pamr = SegmentParams { pamr: Some(Pamr::default()), background_threshold: 0.3, ..other_crop };
-    assert!(pollster::block_on(kept.segment(&flipped, &classes, &pamr, &mut |_| {})).unwrap().reused_windows);
+    assert!(pollster::block_on(kept.segment(&flipped, &classes, &pamr, &mut |_: Progress| {})).unwrap().reused_windows);
+}
+
+/// Stops the run once `stop_after` windows are done; counts the pauses.
+struct CancelAfter {
+    stop_after: usize,
+    windows: usize,
+    pauses: usize,
+}
+
+impl Observer for CancelAfter {
+    fn progress(&mut self, progress: Progress) -> ControlFlow<()> {
+        if let Progress::Window { done, .. } = progress {
+            self.windows = done;
+        }
+        if self.windows >= self.stop_after { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    }
+
+    fn pause(&mut self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+        self.pauses += 1;
+        Box::pin(std::future::ready(()))
+    }
+}
+
+#[test]
+fn a_cancelled_run_stops_between_windows_and_the_next_run_is_whole() {
+    let device = Device::flex();
+    let image = chelsea();
+    let (classes, _) = ClassList::parse("cat; grass, lawn; wall").unwrap();
+    let params = SegmentParams { short_side: 160, crop: 112, stride: 56, templates: Templates::Single, ..SegmentParams::default() };
+    let mut seg = segmenter(CHECKPOINTS[1], &device);
+    let whole = pollster::block_on(seg.segment(&image, &classes, &params, &mut |_: Progress| {})).unwrap();
+    assert!(whole.windows > 3);
+
+    let mut observer = CancelAfter { stop_after: 2, windows: 0, pauses: 0 };
+    let err = pollster::block_on(seg.segment(&image, &classes, &params, &mut observer)).unwrap_err();
+    assert!(matches!(err, SegmentError::Cancelled), "{err}");
+    assert!(!err.is_fatal());
+    assert_eq!(observer.windows, 2, "stopped right after the window that asked");
+    // 4 class names, the window-phase start, 2 windows: one pause before each report.
+    assert_eq!(observer.pauses, 4 + 1 + 2);
+
+    // The cancelled run dropped the kept windows; the next run computes them all again.
+    let again = pollster::block_on(seg.segment(&image, &classes, &params, &mut |_: Progress| {})).unwrap();
+    assert!(!again.reused_windows);
+    assert_eq!(again.probs, whole.probs);
 }
 
 #[test]
@@ -208,13 +257,13 @@ fn bad_images_and_settings_are_refused() {
     let mut seg = segmenter(CHECKPOINTS[1], &Device::flex());
     let (classes, _) = ClassList::parse("cat;dog").unwrap();
     let tiny = RgbImage::new(15, 40);
-    let err = pollster::block_on(seg.segment(&tiny, &classes, &SegmentParams::default(), &mut |_| {})).unwrap_err();
+    let err = pollster::block_on(seg.segment(&tiny, &classes, &SegmentParams::default(), &mut |_: Progress| {})).unwrap_err();
     assert!(err.to_string().contains("at least one patch"), "{err}");
     let params = SegmentParams { stride: 500, ..SegmentParams::default() };
-    let err = pollster::block_on(seg.segment(&chelsea(), &classes, &params, &mut |_| {})).unwrap_err();
+    let err = pollster::block_on(seg.segment(&chelsea(), &classes, &params, &mut |_: Progress| {})).unwrap_err();
     assert!(err.to_string().contains("stride"), "{err}");
     let huge = RgbImage::new(6400, 6400);
-    let err = pollster::block_on(seg.segment(&huge, &classes, &SegmentParams::default(), &mut |_| {})).unwrap_err();
+    let err = pollster::block_on(seg.segment(&huge, &classes, &SegmentParams::default(), &mut |_: Progress| {})).unwrap_err();
     assert!(err.to_string().contains("the limit is 40 megapixels"), "{err}");
 }
 
@@ -226,7 +275,7 @@ fn hostile_labels_give_a_result_or_a_clear_message() {
     let params = SegmentParams { short_side: 112, crop: 112, stride: 112, templates: Templates::Single, ..SegmentParams::default() };
     let mut run = |labels: &str| {
         let (classes, warnings) = ClassList::parse(labels).map_err(|e| e.to_string())?;
-        let result = pollster::block_on(seg.segment(&image, &classes, &params, &mut |_| {})).map_err(|e| e.to_string())?;
+        let result = pollster::block_on(seg.segment(&image, &classes, &params, &mut |_: Progress| {})).map_err(|e| e.to_string())?;
         assert_eq!(result.class_names.len(), classes.len());
         assert!(result.labels.iter().all(|&l| (l as usize) < classes.len()));
         assert!(result.probs.iter().all(|p| p.is_finite() && (0.0..=1.0).contains(p)));

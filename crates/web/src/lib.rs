@@ -15,11 +15,16 @@
 //! whether the model is still usable.
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::pin::Pin;
 use std::rc::Rc;
 
 use burn::tensor::Device;
 use clearclip_model::{Activation, CheckpointLoader, ClipTokenizer, LoadOptions};
-use clearclip_segment::{decode_image, render, Catalog, ClassList, Progress, SegmentRequest, Segmentation, Segmenter, Timings};
+use clearclip_segment::{
+    decode_image, render, Catalog, ClassList, Observer, Progress, SegmentError, SegmentRequest, Segmentation, Segmenter, Timings,
+};
 use image::RgbImage;
 use js_sys::{Float32Array, Function, Object, Reflect, Uint8Array};
 use serde::Serialize;
@@ -62,6 +67,60 @@ fn set(target: &Object, key: &str, value: impl Into<JsValue>) -> Result<(), JsVa
 fn performance_now() -> f64 {
     let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
     global.performance().map(|p| p.now()).unwrap_or(f64::NAN)
+}
+
+/// A promise that settles in a later task of the event loop (a message to
+/// itself: unlike `setTimeout(0)`, never clamped to 4 ms), so messages that
+/// arrived meanwhile are handled first.
+fn next_task() -> js_sys::Promise {
+    js_sys::Promise::new(&mut |resolve, _reject| {
+        match web_sys::MessageChannel::new() {
+            Ok(channel) => {
+                channel.port1().set_onmessage(Some(&resolve));
+                let _ = channel.port2().post_message(&JsValue::NULL);
+            }
+            Err(_) => {
+                let _ = resolve.call0(&JsValue::NULL);
+            }
+        }
+    })
+}
+
+/// The worker's side of a run: progress goes to `report(phase, done, total)`,
+/// whose truthy answer cancels the run; between steps the worker's event loop
+/// runs (so the page's cancel message is read even while the CPU backend
+/// computes).
+struct WorkerObserver {
+    report: Function,
+}
+
+impl Observer for WorkerObserver {
+    fn progress(&mut self, progress: Progress) -> ControlFlow<()> {
+        let (phase, done, total) = match progress {
+            Progress::Text { done, total } => ("text", done, total),
+            Progress::Window { done, total } => ("image", done, total),
+        };
+        let answer = self.report.call3(&JsValue::NULL, &phase.into(), &(done as u32).into(), &(total as u32).into());
+        if answer.is_ok_and(|cancel| cancel.is_truthy()) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+
+    fn pause(&mut self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+        Box::pin(async {
+            let _ = wasm_bindgen_futures::JsFuture::from(next_task()).await;
+        })
+    }
+}
+
+/// The report of a failed run: `cancelled` when the page stopped it.
+fn segment_error(error: &SegmentError) -> JsValue {
+    match error {
+        SegmentError::Cancelled => ErrorReport::new("cancelled", error, false),
+        _ => ErrorReport::new("segment", error, error.is_fatal()),
+    }
 }
 
 /// The modes, attention kinds, presets and default settings the page's
@@ -268,7 +327,8 @@ impl WebSegmenter {
 
     /// Segment `image` as `request` (a [`SegmentRequest`]) says; with `keep:
     /// false` it is a side run that does not replace the last result.
-    /// `progress(phase, done, total)` is called as text and windows complete.
+    /// `progress(phase, done, total)` is called as text and windows complete;
+    /// a truthy return value cancels the run (rejecting with kind `cancelled`).
     /// Resolves to a [`ResultSummary`] with the typed arrays `labels`
     /// (`Uint8Array [H*W]`), `labelColors` (`Uint8Array [H*W*4]`, RGBA) and
     /// `probs` (`Float32Array [C*h*w]`, every `probsStride`-th pixel of the
@@ -280,19 +340,13 @@ impl WebSegmenter {
         wasm_bindgen_futures::future_to_promise(async move {
             let request: SegmentRequest = serde_wasm_bindgen::from_value(request).map_err(|e| ErrorReport::new("request", e, false))?;
             let (classes, mut warnings) = ClassList::parse(&request.labels).map_err(|e| ErrorReport::new("labels", e, false))?;
-            let mut report = |p: Progress| {
-                let (phase, done, total) = match p {
-                    Progress::Text { done, total } => ("text", done, total),
-                    Progress::Window { done, total } => ("image", done, total),
-                };
-                let _ = progress.call3(&JsValue::NULL, &phase.into(), &(done as u32).into(), &(total as u32).into());
-            };
+            let mut observer = WorkerObserver { report: progress };
             let mut guard = state.borrow_mut();
             let mut seg = guard
                 .segmenter
-                .segment(&image, &classes, &request.params, &mut report)
+                .segment(&image, &classes, &request.params, &mut observer)
                 .await
-                .map_err(|e| ErrorReport::new("segment", &e, e.is_fatal()))?;
+                .map_err(|e| segment_error(&e))?;
             warnings.extend(seg.warnings.iter().cloned());
             let stride = render::display_stride(seg.width, seg.height);
             let display = seg.sampled(stride);

@@ -37,9 +37,11 @@ for (const gpu of backends.split(',')) {
   const page = browser.pages()[0] ?? await browser.newPage();
   const t0 = Date.now();
   page.on('console', (m) => { if (m.type() === 'error') console.log('console', m.text().slice(0, 200)); });
-  await page.goto(`http://127.0.0.1:${server.port}/?debug=1&weights=/${weightsPath}&webgpu=${gpu === 'webgpu' ? 1 : 0}`);
-  await page.fill('#labels', 'cat; grass');
-  await page.check('#single-template');
+  // Classes and one template through the query string; a fresh profile has no cached weights, so Load is clicked.
+  await page.goto(`http://127.0.0.1:${server.port}/?debug=1&weights=/${weightsPath}&webgpu=${gpu === 'webgpu' ? 1 : 0}` +
+    '&labels=cat%3B%20grass&templates=single');
+  await page.waitForFunction(() => { const s = window.__clearclip; return s.consent || s.loading || s.model; }, null, { timeout: 60000 });
+  if (await page.evaluate(() => window.__clearclip.consent)) await page.click('#load-model');
   await page.waitForFunction(() => window.__clearclip.model, null, { timeout: 600000 });
   const loadMs = await page.evaluate(() => window.__clearclip.model.loadMs);
   const memAfterLoad = peakRss();

@@ -585,8 +585,10 @@ function onPointerMove(e) {
 function wire() {
   renderGallery($('gallery'), pickExample);
   classEditor = new ClassEditor($('class-chips'), $('labels'), (classes, pending) => {
+    const before = labels();
     state.classes = classes;
     state.pendingClass = pending;
+    if (labels() === before) return; // a chip became text or text a chip: the same classes
     if (state.preset) $('preset').value = state.preset = '';
     requestSegment();
   });

@@ -389,14 +389,73 @@ test('a JPEG photo longer than 2048 px gives the CLI\'s answer (decoded in wasm,
   assert.deepEqual(size, [77, 123]);
 });
 
-test('a soak of 50 runs changing image, labels, mode and threshold keeps wasm memory flat (wasm CPU)', async () => {
-  const page = await openApp(`weights=${WEIGHTS}&webgpu=0`);
+/** Drop a file and wait for its result or its error: {error, size: [w, h] | null}. */
+async function dropAndSettle(page, path, name, type) {
+  const before = await page.evaluate(() => window.__clearclip.requestId);
+  await dropFile(page, path, name, type);
+  await page.waitForFunction((b) => {
+    const s = window.__clearclip;
+    return s.error || (s.requestId > b && s.result?.id === s.requestId && !s.running);
+  }, before, { timeout: RESULT_TIMEOUT, polling: 100 });
+  return page.evaluate(() => {
+    const s = window.__clearclip;
+    return { error: s.error, size: s.error ? null : [s.result.result.width, s.result.result.height] };
+  });
+}
+
+test('every kind of image file: a result at its size, or a clear message (page side of the decode tests)', async () => {
+  const page = await openApp(`weights=${WEIGHTS}&webgpu=0&templates=single`);
   await waitForResult(page);
+  await nextResult(page, () => setLabels(page, 'cat; sky'));
+  const cases = [];
+  const images = JSON.parse(readFileSync(join(ROOT, 'fixtures/images/manifest.json'), 'utf8'));
+  const type = (file) => ({ png: 'image/png', gif: 'image/gif', bmp: 'image/bmp', webp: 'image/webp', jpg: 'image/jpeg' })[file.split('.').pop()];
+  for (const [name, { file, size }] of Object.entries(images)) {
+    const refused = Math.max(...size) > 16384; // MAX_DECODE_SIDE (crates/segment/src/decode.rs)
+    cases.push({ name, path: join(ROOT, 'fixtures/images', file), type: type(file), expect: refused ? /16384 px a side/ : size });
+  }
+  const jpegs = JSON.parse(readFileSync(join(ROOT, 'fixtures/jpeg/manifest.json'), 'utf8')).files;
+  for (const name of ['cmyk_adobe', 'progressive_420', 'grayscale_progressive', 'restart_progressive', 'orientation_5', 'orientation_8', 'tiny_1x1']) {
+    const f = jpegs.find((j) => j.name === name);
+    const tooSmall = f.oriented_width < 16 || f.oriented_height < 16;
+    cases.push({ name, path: join(ROOT, 'fixtures/jpeg', `${name}.jpg`), type: 'image/jpeg',
+      expect: tooSmall ? /at least one patch/ : [f.oriented_width, f.oriented_height] });
+  }
+  const tmp = mkdtempSync(join(tmpdir(), 'clearclip-kinds-'));
+  const whole = readFileSync(join(ROOT, 'fixtures/jpeg/baseline_420_q90.jpg'));
+  writeFileSync(join(tmp, 'truncated.jpg'), whole.subarray(0, whole.length >> 1));
+  cases.push({ name: 'truncated JPEG', path: join(tmp, 'truncated.jpg'), type: 'image/jpeg', expect: /truncated|corrupt|not an image/ });
+
+  const outcomes = [];
+  for (const c of cases) {
+    const { error, size } = await dropAndSettle(page, c.path, c.path.split('/').pop(), c.type);
+    outcomes.push(`${c.name}: ${error ?? size.join('x')}`);
+    if (c.expect instanceof RegExp) assert.match(error ?? '', c.expect, `${c.name} must be refused clearly, got ${size}`);
+    else {
+      assert.equal(error, null, `${c.name}: ${error}`);
+      assert.deepEqual(size, c.expect, c.name);
+    }
+  }
+  console.log(`image kinds in the page (${cases.length}):\n  ${outcomes.join('\n  ')}`);
+  // After all of that, the page still segments.
+  await nextResult(page, () => dropFile(page, join(ROOT, 'web/assets/example.png'), 'example.png', 'image/png'));
+  await page.close();
+});
+
+/**
+ * 50 consecutive runs changing image, labels, mode and threshold; wasm memory
+ * (and, on WebGPU, the GPU allocator) read after every 10th run must stop growing.
+ */
+async function soak(backend, query) {
+  const page = await openApp(`weights=${WEIGHTS}&${query}`);
+  await waitForResult(page);
+  assert.equal(await page.evaluate(() => window.__clearclip.model.backend), backend);
   const images = [['fixtures/chelsea.png', 'chelsea.png', 'image/png'], ['web/assets/example.png', 'example.png', 'image/png'],
     ['fixtures/jpeg/baseline_420_q90.jpg', 'photo.jpg', 'image/jpeg']];
   const labels = ['cat; sky', 'cat; grass, lawn; wall; sky', 'tree; road; person, man; car; building', 'dog'];
   const modes = ['clearclip', 'naclip', 'vanilla', 'sclip', 'maskclip'];
   const memory = [];
+  const gpu = [];
   const started = Date.now();
   for (let run = 1; run <= 50; run++) {
     await nextResult(page, async () => {
@@ -407,15 +466,32 @@ test('a soak of 50 runs changing image, labels, mode and threshold keeps wasm me
         default: return setSlider(page, '#threshold', String((run % 10) / 10));
       }
     });
-    if (run % 10 === 0) memory.push(await page.evaluate(() => window.__clearclip.result.wasmMemoryBytes));
+    if (run % 10 === 0) {
+      const r = await page.evaluate(() => window.__clearclip.result);
+      memory.push(r.wasmMemoryBytes);
+      gpu.push(r.result.deviceMemory);
+    }
   }
-  const mb = memory.map((b) => +(b / 2 ** 20).toFixed(1));
-  console.log(`soak (wasm CPU): 50 runs in ${((Date.now() - started) / 1000).toFixed(0)} s; wasm memory at runs 10/20/30/40/50: ${mb.join(' / ')} MB`);
+  const mb = (bytes) => (bytes / 2 ** 20).toFixed(1);
+  const wasm = memory.map(mb).join(' / ');
+  const seconds = ((Date.now() - started) / 1000).toFixed(0);
+  let line = `soak (${backend}): 50 runs in ${seconds} s; wasm memory at runs 10/20/30/40/50: ${wasm} MB`;
+  if (backend === 'webgpu') {
+    assert.ok(gpu.every(Boolean), 'the WebGPU backend reports its allocator');
+    line += `; GPU in use ${gpu.map((g) => mb(g.bytesInUse)).join(' / ')} MB, reserved ${gpu.map((g) => mb(g.bytesReserved)).join(' / ')} MB`;
+    assert.ok(gpu[4].bytesReserved <= gpu[1].bytesReserved * 1.05, `GPU memory keeps growing: ${line}`);
+  }
+  console.log(line);
   // Wasm memory only grows; after the first cycles through every image, label set and mode it must stop.
-  assert.ok(memory[4] <= memory[1] * 1.05, `wasm memory keeps growing: ${mb.join(' / ')} MB`);
+  assert.ok(memory[4] <= memory[1] * 1.05, `wasm memory keeps growing: ${wasm} MB`);
   assert.equal(await page.locator('#legend li').count(), (await pageLabels(page)).split(';').length);
   await page.close();
-});
+}
+
+test('a soak of 50 runs changing image, labels, mode and threshold keeps wasm memory flat (wasm CPU)', () => soak('cpu', 'webgpu=0'));
+
+// One template and windows without overlap: SwiftShader runs WebGPU on the CPU, slowly.
+test('a soak of 50 runs keeps wasm and GPU memory flat (WebGPU)', () => soak('webgpu', 'templates=single&crop=448&stride=448'));
 
 test('bad files get a visible message and the app keeps its model and result', async () => {
   const page = await openApp(`weights=${WEIGHTS}&webgpu=0`); // error handling, not the GPU: keep it quick

@@ -347,6 +347,12 @@ impl Segmenter {
         &self.model.config
     }
 
+    /// What the device's allocator holds now (`None` where the backend does
+    /// not say), for memory soaks.
+    pub fn device_memory(&self) -> Option<burn::tensor::MemoryPoolUsage> {
+        self.model.vision.device().memory_pool_usage()
+    }
+
     fn embed_dim(&self) -> usize {
         self.model.config.vision.embed_dim
     }

@@ -269,6 +269,16 @@ pub struct ResultSummary {
     probs_stride: usize,
     probs_width: u32,
     probs_height: u32,
+    /// The GPU allocator after the run (WebGPU only), for the memory soak.
+    device_memory: Option<DeviceMemory>,
+}
+
+/// Bytes the GPU allocator holds: in live buffers, and reserved in all.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceMemory {
+    bytes_in_use: u64,
+    bytes_reserved: u64,
 }
 
 impl ResultSummary {
@@ -289,6 +299,7 @@ impl ResultSummary {
             probs_stride: stride,
             probs_width: display.width,
             probs_height: display.height,
+            device_memory: None,
         }
     }
 }
@@ -337,6 +348,7 @@ impl WebSegmenter {
     pub fn segment(&self, image: &DecodedImage, request: JsValue, keep: bool, progress: Function) -> js_sys::Promise {
         let state = self.state.clone();
         let image = image.image.clone();
+        let backend = self.backend;
         wasm_bindgen_futures::future_to_promise(async move {
             let request: SegmentRequest = serde_wasm_bindgen::from_value(request).map_err(|e| ErrorReport::new("request", e, false))?;
             let (classes, mut warnings) = ClassList::parse(&request.labels).map_err(|e| ErrorReport::new("labels", e, false))?;
@@ -351,7 +363,13 @@ impl WebSegmenter {
             let stride = render::display_stride(seg.width, seg.height);
             let display = seg.sampled(stride);
             seg.probs = Vec::new(); // the exports need only the labels
-            let summary = ResultSummary::new(&seg, &display, stride, warnings, request.params.describe_last_block());
+            let mut summary = ResultSummary::new(&seg, &display, stride, warnings, request.params.describe_last_block());
+            if backend == Backend::WebGpu {
+                summary.device_memory = guard
+                    .segmenter
+                    .device_memory()
+                    .map(|m| DeviceMemory { bytes_in_use: m.bytes_in_use, bytes_reserved: m.bytes_reserved });
+            }
             let out: Object = to_js(&summary)?.unchecked_into();
             set(&out, "probs", Float32Array::from(display.probs.as_slice()))?;
             set(&out, "labels", Uint8Array::from(seg.labels.as_slice()))?;

@@ -25,7 +25,7 @@ rm -rf web/pkg
 wasm-bindgen --target web --no-typescript --out-dir web/pkg \
   "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm"
 if [ -x node_modules/.bin/wasm-opt ]; then
-  node_modules/.bin/wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int \
+  node_modules/.bin/wasm-opt -Oz --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
     --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
     web/pkg/clearclip_web_bg.wasm -o web/pkg/clearclip_web_bg.opt.wasm
   mv web/pkg/clearclip_web_bg.opt.wasm web/pkg/clearclip_web_bg.wasm

@@ -14,7 +14,13 @@ let loadAbort = null; // AbortController of the weights transfer under way
 let cancelledRun = null; // id of the run the page cancelled
 const post = (message, transfer = []) => self.postMessage(message, transfer);
 let wasmMemory = null; // to report its size: wasm memory grows and never shrinks
-const ready = init().then((wasm) => {
+// The module is built with WebAssembly SIMD (.cargo/config.toml). This probe
+// (one function returning `i8x16.splat(0)`) validates only where SIMD is.
+const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 8, 1, 6, 0, 65, 0, 253, 15, 11]);
+const ready = (WebAssembly.validate(SIMD_PROBE)
+  ? init()
+  : Promise.reject(new Error('this browser\'s WebAssembly has no SIMD, which the app needs: use a current Chrome, Edge, Firefox or Safari'))
+).then((wasm) => {
   wasmMemory = wasm.memory;
   const list = catalog();
   modeBlocks = Object.fromEntries(list.modes.map((m) => [m.id, m.lastBlock]));

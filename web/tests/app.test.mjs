@@ -675,9 +675,9 @@ test('a running segmentation can be cancelled; the last result stays and the nex
   await page.waitForFunction(() => window.__clearclip.progress?.phase === 'text' && window.__clearclip.progress.done >= 1,
     null, { timeout: 60_000, polling: 50 });
   assert.ok(await page.isVisible('#cancel-run'));
+  const reached = await page.evaluate(() => window.__clearclip.progress); // before the click: the cancel clears it
   const started = Date.now();
   await page.click('#cancel-run');
-  const reached = await page.evaluate(() => window.__clearclip.progress);
   await page.waitForFunction(() => !window.__clearclip.running, null, { timeout: 30_000, polling: 50 });
   const stoppedMs = Date.now() - started;
   assert.ok(reached.done < reached.total, `cancelled at ${reached.done}/${reached.total} class names`);

@@ -24,7 +24,8 @@ const state = {
   model: null, // {backend, description, source}
   loading: null, // {phase, done, total}: the weights
   progress: null, // {phase, done, total}: the running segmentation
-  notice: null, // a short note in the status line (a cancelled download or run)
+  loadNotice: null, // a short note in the model's status line (a cancelled download)
+  runNotice: null, // a short note in the run's status line (a cancelled run, a copied link)
   image: null, // {id, blob, bitmap, width, height, example}: the file goes to the worker, the bitmap is for display
   classes: [], // one entry per class: "horse, pony"
   pendingClass: '', // typed, not yet ended with ';'
@@ -79,7 +80,7 @@ function loadModel() {
   state.consent = false;
   state.loading = { phase: state.weightsFile ? 'file' : 'download', done: 0, total: 0 };
   state.error = null;
-  state.notice = null;
+  state.loadNotice = null;
   worker.postMessage({ type: MSG.LOAD, url: state.weightsUrl, file: state.weightsFile, preferGpu: state.preferGpu,
     gelu: state.gelu });
   render();
@@ -225,7 +226,7 @@ function onResult(msg) {
   // Showing one class or hiding some carries over while the classes stay the same.
   if (msg.result.classNames.join('\n') !== before) state.view = emptyView();
   state.error = null;
-  state.notice = null;
+  state.runNotice = null;
 }
 
 function onError(msg) {
@@ -235,9 +236,13 @@ function onError(msg) {
     if (!state.running) state.progress = null;
   }
   if (msg.stage === 'device' && !msg.fatal) return; // nothing to lose on the CPU backend
+  if (msg.cancelled && msg.stage === 'load') {
+    state.loadNotice = 'Download cancelled.';
+    if (!state.model) state.consent = true;
+    return;
+  }
   if (msg.cancelled) {
-    state.notice = msg.stage === 'load' ? 'Download cancelled.' : 'Run cancelled; the last result stays.';
-    if (msg.stage === 'load' && !state.model) state.consent = true;
+    state.runNotice = 'Run cancelled; the last result stays.';
     return;
   }
   state.error = msg.message;
@@ -282,7 +287,7 @@ function requestSegment(now = false) {
     state.requestId += 1;
     state.running = true;
     state.error = null;
-    state.notice = null;
+    state.runNotice = null;
     requestStarted = performance.now();
     // The file itself: the worker decodes it as the CLI does (no resize or
     // re-encoding here), once per image.
@@ -395,9 +400,9 @@ function renderModelStatus() {
     status = 'No model loaded: the weights could not be loaded (see below).';
     kind = 'failed';
   } else if (s.consent) {
-    status = s.notice ?? 'The model is not downloaded yet.';
+    status = s.loadNotice ?? 'The model is not downloaded yet.';
   }
-  if (s.notice && kind === 'ready') status = `${s.notice} ${status}`;
+  if (s.loadNotice && kind === 'ready') status = `${s.loadNotice} ${status}`;
   $('model-status').textContent = status;
   $('model-status').dataset.state = kind;
   bar.hidden = !s.loading;
@@ -433,7 +438,7 @@ function renderRunStatus() {
   } else if (!s.model && s.image) {
     status = s.loading ? 'The image is segmented once the model is ready.' : 'Load the model to segment this image.';
   }
-  if (s.notice && !s.running && s.model) status = `${s.notice} ${status}`;
+  if (s.runNotice && !s.running && s.model) status = `${s.runNotice} ${status}`;
   $('run-status').textContent = status;
   $('cancel-run').hidden = !s.running;
   const recovered = s.recovered && `restarted after: ${s.recovered}`;
@@ -661,9 +666,9 @@ function wire() {
     syncUrl();
     try {
       await navigator.clipboard.writeText(location.href);
-      state.notice = 'Link copied.';
+      state.runNotice = 'Link copied.';
     } catch {
-      state.notice = 'The link is in the address bar (the clipboard was not available).';
+      state.runNotice = 'The link is in the address bar (the clipboard was not available).';
     }
     renderRunStatus();
   });

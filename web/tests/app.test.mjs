@@ -683,11 +683,12 @@ test('a running segmentation can be cancelled; the last result stays and the nex
   assert.ok(reached.done < reached.total, `cancelled at ${reached.done}/${reached.total} class names`);
   const { progress, notice, error } = await page.evaluate(() => {
     const s = window.__clearclip;
-    return { progress: s.progress, notice: s.notice, error: s.error };
+    return { progress: s.progress, notice: s.runNotice, error: s.error };
   });
   assert.equal(error, null);
   assert.match(notice, /cancelled/);
   assert.match(await page.textContent('#run-status'), /cancelled; the last result stays/);
+  assert.doesNotMatch(await page.textContent('#model-status'), /cancelled/, 'the note is said once, where the run is');
   assert.equal(progress, null);
   assert.equal(await page.locator('#legend li').count(), 4, 'the last result is still shown');
   assert.equal(maxAbsDiff(await pageProbs(page), before), 0);

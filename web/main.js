@@ -42,6 +42,7 @@ const state = {
   view: emptyView(), // which classes the overlay paints
   viewKind: 'classes', // or 'heatmap': the selected class's probabilities over the image
   heatmaps: new Map(), // class index -> canvas, for the shown result
+  heatmapsAsked: new Set(), // class indices asked of the worker for the shown result
   requestId: 0,
   running: false,
   result: null, // {id, result, compare?: {mode, result}, totalMs}
@@ -223,6 +224,7 @@ function onResult(msg) {
   const before = state.result?.result.classNames.join('\n');
   state.result = { ...msg, totalMs: performance.now() - requestStarted };
   state.heatmaps = new Map();
+  state.heatmapsAsked = new Set();
   // Showing one class or hiding some carries over while the classes stay the same.
   if (msg.result.classNames.join('\n') !== before) state.view = emptyView();
   state.error = null;
@@ -468,13 +470,18 @@ function renderPictures() {
   if (second && s.viewKind !== 'heatmap') {
     const canvas = $('compare-overlay');
     drawOverlay(canvas, s.image.bitmap, second.result, { opacity: s.opacity, view: s.view });
-    canvas.style.clipPath = `inset(0 0 0 ${s.compareSplit}%)`;
+    clipCompared();
     caption = `Left: ${caption}. Right: ${modeTitle(second.mode)}: ${second.result.lastBlock} (${second.result.timings.imageMs.toFixed(0)} ms).`;
   }
   $('main-caption').textContent = caption;
 }
 
 let renderedView = null;
+
+/** Show the compared mode right of the slider's position only. */
+function clipCompared() {
+  $('compare-overlay').style.clipPath = `inset(0 0 0 ${state.compareSplit}%)`;
+}
 
 /** Legend and heatmaps: they change only with the result, or (the legend) with the view. */
 function renderResultPanels() {
@@ -495,11 +502,9 @@ function renderResultPanels() {
   renderHeatmaps($('heatmaps'), s.result.result, requestHeatmap);
 }
 
-const requested = new Set();
 function requestHeatmap(index) {
-  const key = `${state.result?.id}:${index}`;
-  if (!state.result || requested.has(key)) return;
-  requested.add(key);
+  if (!state.result || state.heatmapsAsked.has(index)) return;
+  state.heatmapsAsked.add(index);
   worker.postMessage({ type: MSG.HEATMAP, resultId: state.result.id, index });
 }
 
@@ -615,7 +620,7 @@ function wire() {
   }
   $('compare-slider').addEventListener('input', (e) => {
     state.compareSplit = Number(e.target.value);
-    $('compare-overlay').style.clipPath = `inset(0 0 0 ${state.compareSplit}%)`;
+    clipCompared();
   });
   $('mode').addEventListener('change', (e) => {
     state.lastBlock = { ...state.catalog.modes.find((m) => m.id === e.target.value).lastBlock };
@@ -688,9 +693,6 @@ function wire() {
 }
 
 wire();
-const firstExample = EXAMPLES.find((e) => e.id === fromUrl.example) ?? DEFAULT_EXAMPLE;
-setClasses(firstExample.labels);
-state.gelu = fromUrl.gelu ?? false;
 startWorker();
 loadOrAsk();
-fetch(firstExample.image).then((r) => r.blob()).then((blob) => setImage(blob, firstExample));
+pickExample(EXAMPLES.find((e) => e.id === fromUrl.example) ?? DEFAULT_EXAMPLE);

@@ -18,6 +18,9 @@ export const EXAMPLES = Object.freeze([
 /** The first example: shown when the page opens. */
 export const DEFAULT_EXAMPLE = EXAMPLES[0];
 
+/** The example named `id`, or undefined. */
+export const exampleById = (id) => EXAMPLES.find((e) => e.id === id);
+
 /** Fill `list` with one button per example; `onPick(example)` on click or Enter. */
 export function renderGallery(list, onPick) {
   list.replaceChildren(

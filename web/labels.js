@@ -36,10 +36,6 @@ export class ClassEditor {
     this.render();
   }
 
-  get pending() {
-    return this.input.value;
-  }
-
   /** Colour the chips: `colorOf(index)` is `[r, g, b]` or null. */
   setColors(colorOf) {
     this.colorOf = colorOf;

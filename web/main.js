@@ -1,7 +1,7 @@
 // The page: one state object, render functions by page region, and the
 // worker that owns the GPU. Lists and defaults come from the wasm catalog;
 // the settings are mirrored in the query string (urlstate.js).
-import { DEFAULT_EXAMPLE, EXAMPLES, markCurrentExample, renderGallery } from './gallery.js';
+import { DEFAULT_EXAMPLE, exampleById, markCurrentExample, renderGallery } from './gallery.js';
 import { ClassEditor, labelText, splitClasses } from './labels.js';
 import { DEFAULT_MODEL, DEFAULT_WEIGHTS_URL, MSG } from './protocol.js';
 import { drawOverlay, emptyView, readout, renderHeatmaps, renderLegend } from './render.js';
@@ -165,7 +165,7 @@ function showSettings() {
 function syncUrl() {
   if (!state.catalog) return;
   const { defaults, modes } = state.catalog;
-  const example = EXAMPLES.find((e) => e.id === state.image?.example);
+  const example = exampleById(state.image?.example);
   const preset = state.catalog.presets.find((p) => p.id === state.preset);
   const named = preset ? preset.labels : example ? labelText(example.labels) : null;
   const search = writeSettings(location.search, {
@@ -573,7 +573,7 @@ function applyPreset(id) {
   const preset = state.catalog.presets.find((p) => p.id === id);
   const { backgroundThreshold, crop, stride } = preset ?? state.catalog.defaults;
   state.preset = preset ? id : '';
-  const example = EXAMPLES.find((e) => e.id === state.image?.example) ?? DEFAULT_EXAMPLE;
+  const example = exampleById(state.image?.example) ?? DEFAULT_EXAMPLE;
   setClasses(preset ? splitClasses(preset.labels) : example.labels);
   Object.assign(state, { threshold: backgroundThreshold, crop, stride });
 }
@@ -695,4 +695,4 @@ function wire() {
 wire();
 startWorker();
 loadOrAsk();
-pickExample(EXAMPLES.find((e) => e.id === fromUrl.example) ?? DEFAULT_EXAMPLE);
+pickExample(exampleById(fromUrl.example) ?? DEFAULT_EXAMPLE);

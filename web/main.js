@@ -592,8 +592,45 @@ function onPointerMove(e) {
   $('hover').textContent = hit ? `${hit.name}: ${(hit.probability * 100).toFixed(1)}% at (${x}, ${y})${side}` : '';
 }
 
-function wire() {
+/** Model: consent, typed URL, dropped weights, GELU, cancel and retry. */
+function wireModel() {
+  $('weights-input').addEventListener('change', (e) => onFiles(e.target.files));
+  $('weights-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const typed = $('weights-url').value.trim();
+    state.weightsUrl = typed ? new URL(typed, location.href).href : DEFAULT_WEIGHTS_URL;
+    state.weightsTyped = typed && state.weightsUrl !== DEFAULT_WEIGHTS_URL ? typed : null;
+    state.weightsFile = null;
+    syncUrl();
+    loadModel(); // the user asked for these weights: no further question
+  });
+  $('gelu').addEventListener('change', (e) => {
+    state.gelu = e.target.checked;
+    syncUrl();
+    if (state.model || state.loading) loadModel();
+  });
+  $('load-model').addEventListener('click', loadModel);
+  $('retry').addEventListener('click', loadModel);
+  $('cancel-load').addEventListener('click', () => worker.postMessage({ type: MSG.CANCEL, what: 'load' }));
+}
+
+/** Image: gallery, file picker, drop anywhere, paste. */
+function wireImage() {
   renderGallery($('gallery'), pickExample);
+  $('image-input').addEventListener('change', (e) => onFiles(e.target.files));
+  document.addEventListener('dragover', (e) => e.preventDefault());
+  document.addEventListener('drop', (e) => {
+    e.preventDefault();
+    onFiles(e.dataTransfer.files);
+  });
+  document.addEventListener('paste', (e) => {
+    const item = [...e.clipboardData.items].find((i) => i.type.startsWith('image/'));
+    if (item) setImage(item.getAsFile());
+  });
+}
+
+/** Classes: the chip editor and its clear button. */
+function wireClasses() {
   classEditor = new ClassEditor($('class-chips'), $('labels'), (classes, pending) => {
     const before = labels();
     state.classes = classes;
@@ -603,24 +640,14 @@ function wire() {
     requestSegment();
   });
   $('clear-labels').addEventListener('click', () => classEditor.clear());
+}
+
+/** Settings: mode and its knobs, comparison, dataset preset, threshold, templates. */
+function wireSettings() {
   $('threshold').addEventListener('input', (e) => {
     state.threshold = Number(e.target.value);
     $('threshold-value').textContent = state.threshold.toFixed(2);
     requestSegment();
-  });
-  $('opacity').addEventListener('input', (e) => {
-    state.opacity = Number(e.target.value);
-    renderPictures();
-  });
-  for (const radio of document.querySelectorAll('input[name=view-kind]')) {
-    radio.addEventListener('change', (e) => {
-      state.viewKind = e.target.value;
-      renderPictures();
-    });
-  }
-  $('compare-slider').addEventListener('input', (e) => {
-    state.compareSplit = Number(e.target.value);
-    clipCompared();
   });
   $('mode').addEventListener('change', (e) => {
     state.lastBlock = { ...state.catalog.modes.find((m) => m.id === e.target.value).lastBlock };
@@ -647,52 +674,48 @@ function wire() {
     state.singleTemplate = e.target.checked;
     requestSegment(true);
   });
-  $('image-input').addEventListener('change', (e) => onFiles(e.target.files));
-  $('weights-input').addEventListener('change', (e) => onFiles(e.target.files));
-  $('weights-form').addEventListener('submit', (e) => {
-    e.preventDefault();
-    const typed = $('weights-url').value.trim();
-    state.weightsUrl = typed ? new URL(typed, location.href).href : DEFAULT_WEIGHTS_URL;
-    state.weightsTyped = typed && state.weightsUrl !== DEFAULT_WEIGHTS_URL ? typed : null;
-    state.weightsFile = null;
-    syncUrl();
-    loadModel(); // the user asked for these weights: no further question
+}
+
+/** Result: view kind, opacity, compare slider, hover, cancel, link, downloads. */
+function wireResult() {
+  $('opacity').addEventListener('input', (e) => {
+    state.opacity = Number(e.target.value);
+    renderPictures();
   });
-  $('gelu').addEventListener('change', (e) => {
-    state.gelu = e.target.checked;
-    syncUrl();
-    if (state.model || state.loading) loadModel();
-  });
-  $('load-model').addEventListener('click', loadModel);
-  $('retry').addEventListener('click', loadModel);
-  $('cancel-load').addEventListener('click', () => worker.postMessage({ type: MSG.CANCEL, what: 'load' }));
-  $('cancel-run').addEventListener('click', cancelRun);
-  $('copy-link').addEventListener('click', async () => {
-    syncUrl();
-    try {
-      await navigator.clipboard.writeText(location.href);
-      state.runNotice = 'Link copied.';
-    } catch {
-      state.runNotice = 'The link is in the address bar (the clipboard was not available).';
-    }
-    renderRunStatus();
-  });
-  $('download-overlay').addEventListener('click', () => worker.postMessage({ type: MSG.EXPORT, what: 'overlay', opacity: state.opacity }));
-  $('download-labels').addEventListener('click', () => worker.postMessage({ type: MSG.EXPORT, what: 'labels' }));
-  document.addEventListener('dragover', (e) => e.preventDefault());
-  document.addEventListener('drop', (e) => {
-    e.preventDefault();
-    onFiles(e.dataTransfer.files);
-  });
-  document.addEventListener('paste', (e) => {
-    const item = [...e.clipboardData.items].find((i) => i.type.startsWith('image/'));
-    if (item) setImage(item.getAsFile());
+  for (const radio of document.querySelectorAll('input[name=view-kind]')) {
+    radio.addEventListener('change', (e) => {
+      state.viewKind = e.target.value;
+      renderPictures();
+    });
+  }
+  $('compare-slider').addEventListener('input', (e) => {
+    state.compareSplit = Number(e.target.value);
+    clipCompared();
   });
   $('canvas-stack').addEventListener('pointermove', onPointerMove);
   $('canvas-stack').addEventListener('pointerleave', () => { $('hover').textContent = ''; });
+  $('cancel-run').addEventListener('click', cancelRun);
+  $('copy-link').addEventListener('click', copyLink);
+  $('download-overlay').addEventListener('click', () => worker.postMessage({ type: MSG.EXPORT, what: 'overlay', opacity: state.opacity }));
+  $('download-labels').addEventListener('click', () => worker.postMessage({ type: MSG.EXPORT, what: 'labels' }));
 }
 
-wire();
+async function copyLink() {
+  syncUrl();
+  try {
+    await navigator.clipboard.writeText(location.href);
+    state.runNotice = 'Link copied.';
+  } catch {
+    state.runNotice = 'The link is in the address bar (the clipboard was not available).';
+  }
+  renderRunStatus();
+}
+
+wireModel();
+wireImage();
+wireClasses();
+wireSettings();
+wireResult();
 startWorker();
 loadOrAsk();
 pickExample(exampleById(fromUrl.example) ?? DEFAULT_EXAMPLE);

@@ -45,20 +45,10 @@ impl TextTransformer {
         let ids: Tensor<1, Int> = Tensor::from_data(TensorData::new(batch.ids.clone(), [rows * len]), &device);
         let x = self.token_embedding.clone().select(0, ids).reshape([rows, len, width]);
         let x = x + self.position_embedding.clone().narrow(0, 0, len).unsqueeze::<3>();
-        let mask = causal_mask(len, &device);
-        let x = self.blocks.iter().fold(x, |x, block| block.forward(x, Some(mask.clone())));
+        let x = self.blocks.iter().fold(x, |x, block| block.forward(x, true));
         let x = self.ln_final.forward(x).reshape([rows * len, width]);
         let eot: Vec<i64> = batch.eot.iter().enumerate().map(|(row, &pos)| (row * len + pos) as i64).collect();
         let eot: Tensor<1, Int> = Tensor::from_data(TensorData::new(eot, [rows]), &device);
         Ok(x.select(0, eot).matmul(self.projection.clone()))
     }
-}
-
-/// Additive causal mask: 0 on and below the diagonal, a large negative above.
-/// A finite value (not -inf) keeps every backend's softmax free of NaN.
-fn causal_mask(len: usize, device: &Device) -> Tensor<2> {
-    let data: Vec<f32> = (0..len * len)
-        .map(|i| if i % len > i / len { -1e30 } else { 0.0 })
-        .collect();
-    Tensor::from_data(TensorData::new(data, [len, len]), device)
 }

@@ -1,17 +1,20 @@
-"""Side-by-side CPU timing: the `clearclip` CLI vs the same work in PyTorch.
+"""Thread scaling on the CPU: `clearclip bench --device cpu` vs the same work in PyTorch.
 
-Both segment one 448x672 image (3 sliding windows) into 5 classes with a
-ViT-B/16-shaped random checkpoint, on this machine's CPU, alternating runs.
-PyTorch runs the reference pipeline of scripts/gen_fixtures.py (the official
-ClearCLIP code path, float32). Reports the median of each phase and the ratio.
+Both segment one 448x672 image (3 sliding windows) into 5 classes x 80
+prompts with a ViT-B/16-shaped random checkpoint. For each thread count the
+two sides run one after the other in this process's time slot: PyTorch runs
+the reference pipeline of scripts/gen_fixtures.py (the official ClearCLIP code
+path, float32) with torch.set_num_threads(T); ours is `clearclip bench
+--threads T --json` (load once, caches cleared each run). Both report the warm
+median of --runs runs (the first run of each is left out as the cold one).
 
   python scripts/gen_fixtures.py --vit-b16 /tmp/b16.safetensors
   cargo build --release -p clearclip-cli
-  python scripts/bench_cpu.py /tmp/b16.safetensors [--runs 3]
+  python scripts/bench_cpu.py /tmp/b16.safetensors --threads 1,2 [--runs 4]
 """
 import argparse
+import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -29,61 +32,63 @@ CLASSES = "cat;grass;wall;sky;tree"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def torch_run(model, img):
+def torch_runs(model, img, threads, runs):
+    """Warm medians (text, image) in seconds of `runs` runs, the first dropped."""
+    torch.set_num_threads(threads)
     names, idx = ref.split_classes(CLASSES)
-    t0 = time.perf_counter()
-    q = ref.class_embeddings(model, names, ref.OPENAI_IMAGENET_TEMPLATES)
-    t1 = time.perf_counter()
-    ref.segment(model, img, q, idx)
-    t2 = time.perf_counter()
-    return t1 - t0, t2 - t1, t2 - t0
+    text, image = [], []
+    with torch.no_grad():
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            q = ref.class_embeddings(model, names, ref.OPENAI_IMAGENET_TEMPLATES)
+            t1 = time.perf_counter()
+            ref.segment(model, img, q, idx)
+            t2 = time.perf_counter()
+            text.append(t1 - t0)
+            image.append(t2 - t1)
+    return statistics.median(text[1:]), statistics.median(image[1:])
 
 
-def cli_run(weights, image_path, out):
-    exe = os.path.join(ROOT, "target", "release", "clearclip")
-    t0 = time.perf_counter()
-    p = subprocess.run([exe, "segment", "--weights", weights, "--labels", CLASSES, "--image", image_path,
-                        "--out", out, "--device", "cpu"], capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - t0
-    m = re.search(r"text ([\d.]+)(m?s), image ([\d.]+)(m?s), total ([\d.]+)(m?s)", p.stderr)
-    sec = lambda v, u: float(v) / (1000 if u == "ms" else 1)
-    text, image, total = (sec(m.group(i), m.group(i + 1)) for i in (1, 3, 5))
-    m_load = re.search(r"loaded in ([\d.]+)(m?s)", p.stderr)
-    load = sec(m_load.group(1), m_load.group(2))
-    return text, image, total, wall, load
+def ours(weights, image_path, threads, runs):
+    exe = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "clearclip")
+    out = subprocess.run([exe, "bench", "--weights", weights, "--labels", CLASSES, "--image", image_path,
+                          "--device", "cpu", "--threads", str(threads), "--runs", str(runs), "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    phases = {p["phase"]: p["warmMedianMs"] / 1e3 for p in json.loads(out)["phases"]}
+    return phases["text (all prompts, uncached)"], phases["image (total)"]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("weights")
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    ap.add_argument("--runs", type=int, default=4)
     a = ap.parse_args()
     img = cv2.cvtColor(cv2.imread(os.path.join(ROOT, "fixtures", "chelsea.png")), cv2.COLOR_BGR2RGB)
     img = cv2.resize(img, (672, 448), interpolation=cv2.INTER_LINEAR)
-    tmp = tempfile.mkdtemp()
-    image_path = os.path.join(tmp, "bench_448x672.png")
+    image_path = os.path.join(tempfile.mkdtemp(), "bench_448x672.png")
     cv2.imwrite(image_path, cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
 
-    t0 = time.perf_counter()
     v = dict(width=768, layers=12, patch=16, image=224, mlp=3072)
     t = dict(width=512, layers=12, mlp=2048)
     model = ref.make_openclip_model(v, t, 512, load_file(a.weights))
-    torch_load = time.perf_counter() - t0
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; model load {torch_load:.2f}s", flush=True)
+    print(f"torch {torch.__version__}; {os.cpu_count()} cores; warm medians of {a.runs - 1} runs", flush=True)
 
-    rows = {"torch": [], "cli": []}
-    for run in range(a.runs):
-        rows["cli"].append(cli_run(a.weights, image_path, os.path.join(tmp, f"out{run}")))
-        with torch.no_grad():
-            rows["torch"].append(torch_run(model, img))
-        print(f"run {run + 1}: cli text/image/total/wall {rows['cli'][-1][:4]}, torch text/image/total {rows['torch'][-1]}", flush=True)
+    rows = []
+    for threads in [int(x) for x in a.threads.split(",")]:
+        o = ours(a.weights, image_path, threads, a.runs)
+        p = torch_runs(model, img, threads, a.runs)
+        rows.append((threads, o, p))
+        print(f"{threads} threads: ours text {o[0]:.2f} s image {o[1]:.2f} s; torch text {p[0]:.2f} s image {p[1]:.2f} s",
+              flush=True)
 
-    med = lambda rs, i: statistics.median(r[i] for r in rs)
-    print("\nmedian seconds   text    image   total")
-    print(f"clearclip CLI   {med(rows['cli'], 0):6.2f}  {med(rows['cli'], 1):6.2f}  {med(rows['cli'], 2):6.2f}"
-          f"   (process wall {med(rows['cli'], 3):.2f}, of which load {med(rows['cli'], 4):.2f})")
-    print(f"PyTorch         {med(rows['torch'], 0):6.2f}  {med(rows['torch'], 1):6.2f}  {med(rows['torch'], 2):6.2f}")
-    print("ratio CLI/torch " + "  ".join(f"{med(rows['cli'], i) / med(rows['torch'], i):6.2f}" for i in range(3)))
+    one = rows[0]
+    print("\n| threads | text: ours | text: PyTorch | ratio | image: ours | image: PyTorch | ratio "
+          f"| ours, image speed-up vs {one[0]} thread(s) | PyTorch, image speed-up |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for threads, o, p in rows:
+        print(f"| {threads} | {o[0]:.2f} s | {p[0]:.2f} s | {o[0] / p[0]:.2f} | {o[1]:.2f} s | {p[1]:.2f} s | "
+              f"{o[1] / p[1]:.2f} | {one[1][1] / o[1]:.2f}x | {one[2][1] / p[1]:.2f}x |")
 
 
 if __name__ == "__main__":

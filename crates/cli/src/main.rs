@@ -1,5 +1,6 @@
 //! `clearclip`: open-vocabulary segmentation of an image from the command line.
 
+mod bench;
 mod output;
 
 use std::io::Read;
@@ -30,6 +31,10 @@ struct Cli {
 enum Command {
     /// Segment an image into the given classes and write the results into a folder.
     Segment(SegmentArgs),
+    /// Time the pipeline: load once, then segment the image --runs times
+    /// (caches cleared, so each run encodes the classes and every window),
+    /// and report each phase cold (first run) and warm (median, min, max).
+    Bench(bench::BenchArgs),
     /// Print the architecture read from a checkpoint's tensor shapes.
     Inspect {
         #[arg(long)]
@@ -63,14 +68,29 @@ enum ActivationArg {
     Gelu,
 }
 
+/// The model and where it runs.
 #[derive(clap::Args)]
-struct SegmentArgs {
+struct ModelArgs {
     /// CLIP checkpoint (.safetensors, Hugging Face or OpenAI/open_clip layout).
     #[arg(long)]
     weights: PathBuf,
     /// CLIP tokenizer.json [default: the bundled one].
     #[arg(long)]
     tokenizer: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// Threads of the CPU backend (matrix products, attention, elementwise
+    /// work) [default: all cores].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+    /// MLP activation of the checkpoint (not recorded in safetensors files).
+    #[arg(long, value_enum, default_value = "quick-gelu")]
+    activation: ActivationArg,
+}
+
+/// What to segment the image into, and how.
+#[derive(clap::Args)]
+struct RequestArgs {
     /// Classes separated by ';', synonyms of a class by ',': "sky;horse,pony;grass".
     #[arg(long, required_unless_present = "preset")]
     labels: Option<String>,
@@ -79,11 +99,6 @@ struct SegmentArgs {
     /// --stride override it.
     #[arg(long, value_parser = parse_preset)]
     preset: Option<&'static Preset>,
-    #[arg(long)]
-    image: PathBuf,
-    /// Output folder (created if missing).
-    #[arg(long)]
-    out: PathBuf,
     /// Dense mode: clearclip, vanilla, maskclip, sclip, naclip. Several,
     /// comma-separated, segment with each in turn (results in OUT/<mode>/);
     /// only the first runs all blocks, the others re-run the last block.
@@ -115,8 +130,6 @@ struct SegmentArgs {
     /// Pixels whose top class probability is below this get class 0 [default: 0, or the preset's].
     #[arg(long)]
     background_threshold: Option<f32>,
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: DeviceArg,
     /// Short side of the image the model sees.
     #[arg(long, default_value_t = 448)]
     short_side: u32,
@@ -131,9 +144,19 @@ struct SegmentArgs {
     logit_scale: f32,
     #[arg(long, value_enum, default_value = "all")]
     templates: TemplatesArg,
-    /// MLP activation of the checkpoint (not recorded in safetensors files).
-    #[arg(long, value_enum, default_value = "quick-gelu")]
-    activation: ActivationArg,
+}
+
+#[derive(clap::Args)]
+struct SegmentArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    request: RequestArgs,
+    #[arg(long)]
+    image: PathBuf,
+    /// Output folder (created if missing).
+    #[arg(long)]
+    out: PathBuf,
     /// Opacity of the class colours in overlay.png.
     #[arg(long, default_value_t = 0.5)]
     opacity: f32,
@@ -143,6 +166,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Segment(args) => segment(args),
+        Command::Bench(args) => bench::run(args),
         Command::Inspect { weights } => inspect(&weights),
         Command::Presets => {
             print_presets();
@@ -197,7 +221,7 @@ fn print_presets() {
     }
 }
 
-impl SegmentArgs {
+impl RequestArgs {
     /// The last-block knobs given on the command line.
     fn overrides(&self) -> LastBlockOverrides {
         LastBlockOverrides {
@@ -288,13 +312,13 @@ fn make_device(arg: DeviceArg) -> Result<Device> {
 }
 
 fn segment(args: SegmentArgs) -> Result<()> {
-    let classes = args.classes()?;
+    let classes = args.request.classes()?;
     if !(0.0..=1.0).contains(&args.opacity) {
         bail!("--opacity must be between 0 and 1");
     }
-    let runs = args.params_per_mode()?;
+    let runs = args.request.params_per_mode()?;
     let image = read_image(&args.image)?;
-    let mut segmenter = load_segmenter(&args)?;
+    let (mut segmenter, _) = load_segmenter(&args.model)?;
     let several = runs.len() > 1;
     for (mode, params) in runs {
         let name = if DenseMode::of(&params.last_block) == Some(mode) { mode.name().to_string() } else { format!("{} with knobs", mode.name()) };
@@ -309,8 +333,17 @@ fn segment(args: SegmentArgs) -> Result<()> {
 }
 
 /// The model (streamed from the file: its bytes are never all in memory next
-/// to the model) and the tokenizer, on the chosen device.
-fn load_segmenter(args: &SegmentArgs) -> Result<Segmenter> {
+/// to the model) and the tokenizer, on the chosen device; and how long the
+/// load took.
+fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration)> {
+    if let Some(threads) = args.threads {
+        // One pool for everything: burn's CPU backend runs its batch loops
+        // on rayon's global pool and hands the same pool to gemm.
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.into())
+            .build_global()
+            .context("cannot start the thread pool")?;
+    }
     let tokenizer_json = match &args.tokenizer {
         Some(path) => std::fs::read(path).with_context(|| format!("cannot read tokenizer {}", path.display()))?,
         None => BUNDLED_TOKENIZER.to_vec(),
@@ -325,8 +358,9 @@ fn load_segmenter(args: &SegmentArgs) -> Result<Segmenter> {
     let model = load_clip_from_reader(weights, LoadOptions { activation }, &device)
         .with_context(|| format!("cannot load {}", args.weights.display()))?;
     let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json, model.config.text.context_length)?;
-    eprintln!("model: {} ({:?} layout), loaded in {:.2?}", model.config.describe(), model.layout, started.elapsed());
-    Ok(Segmenter::new(model, tokenizer))
+    let load_time = started.elapsed();
+    eprintln!("model: {} ({:?} layout), loaded in {load_time:.2?}", model.config.describe(), model.layout);
+    Ok((Segmenter::new(model, tokenizer), load_time))
 }
 
 /// One segmentation, with a progress bar for the text and window phases.

@@ -261,3 +261,75 @@ fn gpu_device_gives_the_same_numbers_as_cpu() {
     let (expected, _) = reference.f32("pipeline.default.probs");
     assert_close("CLI --device gpu vs reference", &probs, &expected, 1e-4);
 }
+
+#[test]
+fn bench_reports_every_phase_cold_and_warm_as_json() {
+    let weights = fixture(CHECKPOINTS[1]);
+    let image = fixtures_dir().join("../web/assets/example.png");
+    let output = clearclip(&[
+        "bench",
+        "--weights",
+        &weights,
+        "--labels",
+        "cat; grass, lawn; sky",
+        "--image",
+        image.to_str().unwrap(),
+        "--templates",
+        "single",
+        "--runs",
+        "3",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    assert_eq!(report["runs"], 3);
+    assert_eq!(report["threads"], 1);
+    assert_eq!(
+        report["classNames"], 4,
+        "synonyms are encoded as names of their own"
+    );
+    assert_eq!(report["promptsPerName"], 1);
+    assert!(report["windows"].as_u64().unwrap() >= 1);
+    let phases = report["phases"].as_array().unwrap();
+    let ms = |name: &str, key: &str| {
+        let phase = phases
+            .iter()
+            .find(|p| p["phase"].as_str().unwrap().starts_with(name))
+            .unwrap_or_else(|| panic!("no {name}"));
+        phase[key].as_f64().unwrap()
+    };
+    for p in phases {
+        let (min, median, max) = (
+            p["warmMinMs"].as_f64().unwrap(),
+            p["warmMedianMs"].as_f64().unwrap(),
+            p["warmMaxMs"].as_f64().unwrap(),
+        );
+        assert!(
+            p["coldMs"].as_f64().unwrap() >= 0.0 && 0.0 <= min && min <= median && median <= max,
+            "{p}"
+        );
+    }
+    // The caches are cleared: every run encodes the text and the first blocks.
+    assert!(ms("text (", "warmMinMs") > 0.0 && ms("image: first L-1", "warmMinMs") > 0.0);
+    // The parts of the image phase add up to at most its total.
+    let parts: f64 = [
+        "image: resize + normalise",
+        "image: first L-1 blocks",
+        "image: last block + logits",
+        "image: read-back",
+        "image: upsample + window merge",
+        "image: resize + softmax + argmax",
+    ]
+    .iter()
+    .map(|name| ms(name, "coldMs"))
+    .sum();
+    assert!(
+        parts <= ms("image (total)", "coldMs") + 1e-6,
+        "{parts} > total"
+    );
+    // The re-run skips the first blocks.
+    assert!(ms("re-run", "warmMedianMs") < ms("image (total)", "warmMedianMs"));
+}

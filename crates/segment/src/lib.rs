@@ -52,5 +52,5 @@ pub use presets::{Preset, PRESETS};
 pub use prompts::Templates;
 pub use request::{Catalog, LastBlockOverrides, SegmentRequest};
 pub use segmenter::{
-    Clock, Observer, Progress, SegmentError, SegmentParams, Segmentation, Segmenter, SettingsError, Timings, MAX_IMAGE_PIXELS, MAX_PAMR_PIXELS,
+    Clock, Observer, Progress, SegmentError, SegmentParams, Segmentation, Segmenter, SettingsError, Timings, ImagePhases, MAX_IMAGE_PIXELS, MAX_PAMR_PIXELS,
 };

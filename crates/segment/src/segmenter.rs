@@ -193,7 +193,7 @@ fn instant_clock() -> f64 {
 }
 
 /// How long the phases of one segmentation took, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Timings {
     /// Encoding the class names not cached yet.
@@ -202,6 +202,30 @@ pub struct Timings {
     pub image_ms: f64,
     /// How many class names were encoded (the rest came from the cache).
     pub classes_encoded: usize,
+    /// Where `image_ms` went.
+    pub image: ImagePhases,
+}
+
+/// The parts of the image phase, summed over the windows, in milliseconds.
+///
+/// A GPU backend queues work and runs it when a result is read: unless the
+/// segmenter synchronises after each phase ([`Segmenter::with_phase_sync`]),
+/// the device's compute shows up under `read_back_ms`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagePhases {
+    /// Resize and normalise the image, cut the windows.
+    pub prepare_ms: f64,
+    /// The first `L-1` vision blocks (0 when reused from the last run).
+    pub encoder_ms: f64,
+    /// The last block, `ln_post`, the projection and the cosine logits.
+    pub last_block_ms: f64,
+    /// Reading the window logits back from the device.
+    pub read_back_ms: f64,
+    /// Upsampling each window's logits, adding them up, averaging overlaps.
+    pub window_merge_ms: f64,
+    /// Resize to the original size, (PAMR,) softmax, synonym max, argmax.
+    pub probabilities_ms: f64,
 }
 
 /// Result of one segmentation, at the original image size.
@@ -275,6 +299,7 @@ pub struct Segmenter {
     text_cache: HashMap<(String, Templates), Vec<f32>>,
     window_cache: Option<WindowCache>,
     clock: Clock,
+    phase_sync: bool,
 }
 
 /// Everything of the last run that does not depend on the last block.
@@ -333,7 +358,32 @@ async fn read_back<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, Segmen
 
 impl Segmenter {
     pub fn new(model: Clip, tokenizer: ClipTokenizer) -> Self {
-        Self { model, tokenizer, text_cache: HashMap::new(), window_cache: None, clock: instant_clock }
+        Self { model, tokenizer, text_cache: HashMap::new(), window_cache: None, clock: instant_clock, phase_sync: false }
+    }
+
+    /// Wait for the device after each phase of the image, so that
+    /// [`ImagePhases`] says where the device's time went (for benchmarks;
+    /// costs a round trip per window). Native only: a browser cannot block.
+    pub fn with_phase_sync(mut self, sync: bool) -> Self {
+        self.phase_sync = sync;
+        self
+    }
+
+    /// Forget the class embeddings and the last image's first blocks, so the
+    /// next run computes everything (for benchmarks).
+    pub fn clear_caches(&mut self) {
+        self.text_cache.clear();
+        self.window_cache = None;
+    }
+
+    /// The clock's reading after the device has finished the queued work,
+    /// when phases are synchronised.
+    fn phase_end(&self) -> Result<f64, SegmentError> {
+        #[cfg(not(target_arch = "wasm32"))]
+        if self.phase_sync {
+            self.model.vision.device().sync().map_err(device_error)?;
+        }
+        Ok((self.clock)())
     }
 
     /// Use `clock` for the phase timings (the browser's `performance.now()`).
@@ -434,11 +484,15 @@ impl Segmenter {
 
         let geometry = Geometry::from(params);
         let prepared = self.prepare(image, geometry);
+        let mut phases = ImagePhases { prepare_ms: (self.clock)() - text_done, ..ImagePhases::default() };
         let reused_windows = prepared.reused.is_some();
         let window_count = prepared.windows.len();
-        let (logits, inputs) = self.window_logits(&prepared, &queries, &params.last_block, observer).await?;
+        let (logits, inputs) = self.window_logits(&prepared, &queries, &params.last_block, observer, &mut phases).await?;
         let merge = ClassMerge::new(&class_of_query, classes.len(), params);
+        let merge_started = (self.clock)();
         let (probs, labels) = merge_logits(logits, &prepared.pixels, (height as usize, width as usize), params.pamr.as_ref(), &merge);
+        let done = (self.clock)();
+        phases.probabilities_ms = done - merge_started;
         let (rh, rw) = prepared.pixels.size();
         self.window_cache = Some(WindowCache { image: image.clone(), geometry, pixels: prepared.pixels, inputs });
         Ok(Segmentation {
@@ -450,7 +504,7 @@ impl Segmenter {
             resized: (rw as u32, rh as u32),
             windows: window_count,
             reused_windows,
-            timings: Timings { text_ms: text_done - started, image_ms: (self.clock)() - text_done, classes_encoded },
+            timings: Timings { text_ms: text_done - started, image_ms: done - text_done, classes_encoded, image: phases },
             warnings,
         })
     }
@@ -494,6 +548,7 @@ impl Segmenter {
         queries: &Queries,
         last_block: &LastBlock,
         observer: &mut dyn Observer,
+        phases: &mut ImagePhases,
     ) -> Result<(Maps, Vec<LastBlockInput>), SegmentError> {
         let size = image.pixels.size();
         let total = image.windows.len();
@@ -504,11 +559,17 @@ impl Segmenter {
         let mut sum = Maps::zeros(queries.count, size);
         let mut count = vec![0u16; size.0 * size.1];
         for (i, window) in image.windows.iter().enumerate() {
+            let started = (self.clock)();
             let input = match reused.as_mut().and_then(Iterator::next) {
                 Some(input) => input,
                 None => self.encode_window(&image.pixels, window)?,
             };
-            let planes = self.window_logits_grid(&input, window, queries, last_block).await?;
+            let encoded = self.phase_end()?;
+            let scores = self.window_scores(&input, queries, last_block);
+            let scored = self.phase_end()?;
+            let scores = read_back(scores).await?;
+            let read = (self.clock)();
+            let planes = self.score_planes(&scores, window, queries.count);
             inputs.push(input);
             let paste = Paste {
                 scaled: (window.padded_height(), window.padded_width()),
@@ -520,14 +581,21 @@ impl Segmenter {
             for y in window.y..window.y + window.height {
                 count[y * size.1 + window.x..][..window.width].iter_mut().for_each(|c| *c += 1);
             }
+            let merged = (self.clock)();
+            phases.encoder_ms += encoded - started;
+            phases.last_block_ms += scored - encoded;
+            phases.read_back_ms += read - scored;
+            phases.window_merge_ms += merged - read;
             step(observer, Progress::Window { done: i + 1, total }).await?;
         }
+        let averaging = (self.clock)();
         let pixels = size.0 * size.1;
         for plane in sum.as_mut_slice().chunks_exact_mut(pixels.max(1)) {
             for (s, &c) in plane.iter_mut().zip(&count) {
                 *s /= c.max(1) as f32;
             }
         }
+        phases.window_merge_ms += (self.clock)() - averaging;
         Ok((sum, inputs))
     }
 
@@ -539,31 +607,34 @@ impl Segmenter {
         Ok(self.model.vision.encode_to_last_block(crop)?)
     }
 
-    /// Cosine similarity of every patch of one window with every query,
-    /// `[queries, grid_h, grid_w]`.
-    async fn window_logits_grid(
-        &self,
-        input: &LastBlockInput,
-        window: &Window,
-        queries: &Queries,
-        last_block: &LastBlock,
-    ) -> Result<Maps, SegmentError> {
+    /// The last block on one window, then the cosine similarity of every
+    /// patch with every query.
+    ///
+    /// # Shapes
+    /// - returns `[patches, queries]` on the device
+    fn window_scores(&self, input: &LastBlockInput, queries: &Queries, last_block: &LastBlock) -> Tensor<2> {
         let features = self.model.vision.dense_from_last_block(input, last_block);
         let [_, n, dim] = features.dims();
         let features = features.reshape([n, dim]);
         let norm = features.clone().square().sum_dim(1).sqrt();
-        let logits = read_back((features / norm).matmul(queries.transposed.clone())).await?;
+        (features / norm).matmul(queries.transposed.clone())
+    }
+
+    /// The read-back scores of one window as one plane per query.
+    ///
+    /// # Shapes
+    /// - `scores`: `[patches, queries]`; returns `[queries, grid_h, grid_w]`
+    fn score_planes(&self, scores: &[f32], window: &Window, queries: usize) -> Maps {
         let patch = self.model.config.vision.patch_size;
         let (gh, gw) = (window.padded_height() / patch, window.padded_width() / patch);
-        // [patches, queries] -> [queries, grid_h, grid_w]
-        let mut planes = Maps::zeros(queries.count, (gh, gw));
+        let mut planes = Maps::zeros(queries, (gh, gw));
         let out = planes.as_mut_slice();
-        for (p, row) in logits.chunks_exact(queries.count).enumerate().take(gh * gw) {
+        for (p, row) in scores.chunks_exact(queries).enumerate().take(gh * gw) {
             for (q, &value) in row.iter().enumerate() {
                 out[q * gh * gw + p] = value;
             }
         }
-        Ok(planes)
+        planes
     }
 }
 
@@ -708,7 +779,7 @@ mod sampling_tests {
             resized: (5, 3),
             windows: 1,
             reused_windows: false,
-            timings: Timings { text_ms: 0.0, image_ms: 0.0, classes_encoded: 0 },
+            timings: Timings::default(),
             warnings: Vec::new(),
         };
         let s = seg.sampled(2);

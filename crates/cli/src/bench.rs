@@ -1,0 +1,195 @@
+//! `clearclip bench`: the real pipeline, timed phase by phase in one process.
+//!
+//! The model is loaded once. Each run then clears the segmenter's caches, so
+//! it encodes every class name (all prompts) and every window, and is followed
+//! by a re-run on the same image and classes, which only runs the last block
+//! and what follows (what a mode switch costs). The first run after the load
+//! is reported as cold; the others give the warm median, minimum and maximum.
+//! On a GPU the segmenter waits for the device after each phase, so the
+//! device's time lands in the phase that queued it.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clearclip_segment::{SegmentParams, Segmentation, Segmenter};
+use serde::Serialize;
+
+use crate::{load_segmenter, read_image, DeviceArg, ModelArgs, RequestArgs};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    request: RequestArgs,
+    #[arg(long)]
+    image: PathBuf,
+    /// Runs after the load; the first is the cold one.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(2..))]
+    runs: u16,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One phase over all runs.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PhaseStats {
+    phase: &'static str,
+    cold_ms: f64,
+    warm_median_ms: f64,
+    warm_min_ms: f64,
+    warm_max_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    model: String,
+    device: &'static str,
+    /// Threads of the CPU backend's pool.
+    threads: usize,
+    image: [u32; 2],
+    resized: [u32; 2],
+    windows: usize,
+    class_names: usize,
+    prompts_per_name: usize,
+    runs: usize,
+    load_ms: f64,
+    /// Whether each phase waited for the device (GPU) before the next began.
+    phase_sync: bool,
+    phases: Vec<PhaseStats>,
+}
+
+/// The phases of one run as (name, milliseconds), in pipeline order.
+fn phases(full: &Segmentation, rerun: &Segmentation) -> [(&'static str, f64); 10] {
+    let t = &full.timings;
+    let i = &t.image;
+    [
+        ("text (all prompts, uncached)", t.text_ms),
+        ("image: resize + normalise", i.prepare_ms),
+        ("image: first L-1 blocks", i.encoder_ms),
+        ("image: last block + logits", i.last_block_ms),
+        ("image: read-back", i.read_back_ms),
+        ("image: upsample + window merge", i.window_merge_ms),
+        ("image: resize + softmax + argmax", i.probabilities_ms),
+        ("image (total)", t.image_ms),
+        ("text + image", t.text_ms + t.image_ms),
+        (
+            "re-run of the last block",
+            rerun.timings.text_ms + rerun.timings.image_ms,
+        ),
+    ]
+}
+
+fn stats(phase: &'static str, values: &[f64]) -> PhaseStats {
+    let mut warm = values[1..].to_vec();
+    warm.sort_by(f64::total_cmp);
+    let mid = warm.len() / 2;
+    let median = if warm.len() % 2 == 1 {
+        warm[mid]
+    } else {
+        (warm[mid - 1] + warm[mid]) / 2.0
+    };
+    PhaseStats {
+        phase,
+        cold_ms: values[0],
+        warm_median_ms: median,
+        warm_min_ms: warm[0],
+        warm_max_ms: warm[warm.len() - 1],
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let classes = args.request.classes()?;
+    let mut per_mode = args.request.params_per_mode()?;
+    if per_mode.len() != 1 {
+        bail!("bench times one --mode at a time");
+    }
+    let (_, params) = per_mode.remove(0);
+    let image = read_image(&args.image)?;
+    let gpu = matches!(args.model.device, DeviceArg::Gpu);
+    let (segmenter, load_time) = load_segmenter(&args.model)?;
+    let mut segmenter = segmenter.with_phase_sync(gpu);
+    let model = segmenter.config().describe();
+
+    let mut runs: Vec<[(&'static str, f64); 10]> = Vec::new();
+    let mut last = None;
+    for run in 0..args.runs {
+        segmenter.clear_caches();
+        let full = segment(&mut segmenter, &image, &classes, &params)?;
+        let rerun = segment(&mut segmenter, &image, &classes, &params)?;
+        if !rerun.reused_windows {
+            bail!("the re-run did not reuse the first blocks");
+        }
+        if !args.json {
+            eprintln!(
+                "run {}/{}: {:.0} ms",
+                run + 1,
+                args.runs,
+                full.timings.text_ms + full.timings.image_ms
+            );
+        }
+        runs.push(phases(&full, &rerun));
+        last = Some(full);
+    }
+    let full = last.expect("at least two runs");
+    let phases = (0..runs[0].len())
+        .map(|p| {
+            stats(
+                runs[0][p].0,
+                &runs.iter().map(|r| r[p].1).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let report = Report {
+        model,
+        device: if gpu { "gpu (wgpu)" } else { "cpu (flex)" },
+        threads: rayon::current_num_threads(),
+        image: [full.width, full.height],
+        resized: [full.resized.0, full.resized.1],
+        windows: full.windows,
+        class_names: classes.queries().0.len(),
+        prompts_per_name: params.templates.list().len(),
+        runs: runs.len(),
+        load_ms: load_time.as_secs_f64() * 1e3,
+        phase_sync: gpu,
+        phases,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn segment(
+    segmenter: &mut Segmenter,
+    image: &image::RgbImage,
+    classes: &clearclip_segment::ClassList,
+    params: &SegmentParams,
+) -> Result<Segmentation> {
+    Ok(pollster::block_on(segmenter.segment(
+        image,
+        classes,
+        params,
+        &mut |_| {},
+    ))?)
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "{} on {}, {} threads; image {}x{} (model input {}x{}, {} windows); {} class names x {} prompts; load {:.0} ms",
+        r.model, r.device, r.threads, r.image[0], r.image[1], r.resized[0], r.resized[1], r.windows, r.class_names, r.prompts_per_name, r.load_ms
+    );
+    println!("| phase (ms) | cold | warm median | warm min | warm max |");
+    println!("|---|---:|---:|---:|---:|");
+    for p in &r.phases {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            p.phase, p.cold_ms, p.warm_median_ms, p.warm_min_ms, p.warm_max_ms
+        );
+    }
+}

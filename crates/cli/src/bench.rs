@@ -71,9 +71,9 @@ fn phases(full: &Segmentation, rerun: &Segmentation) -> [(&'static str, f64); 10
         ("image: resize + normalise", i.prepare_ms),
         ("image: first L-1 blocks", i.encoder_ms),
         ("image: last block + logits", i.last_block_ms),
-        ("image: read-back", i.read_back_ms),
         ("image: upsample + window merge", i.window_merge_ms),
         ("image: resize + softmax + argmax", i.probabilities_ms),
+        ("image: read-back", i.read_back_ms),
         ("image (total)", t.image_ms),
         ("text + image", t.text_ms + t.image_ms),
         (

@@ -30,9 +30,9 @@ pub fn npy_f32(data: &[f32], shape: &[usize]) -> Vec<u8> {
 }
 
 pub fn write_results(dir: &Path, image: &RgbImage, seg: &Segmentation, opacity: f32) -> Result<()> {
-    let (w, h) = (seg.width as usize, seg.height as usize);
+    let (w, h) = seg.probs_size();
     let mut files: Vec<(String, Vec<u8>)> = vec![
-        ("probs.npy".into(), npy_f32(&seg.probs, &[seg.class_names.len(), h, w])),
+        ("probs.npy".into(), npy_f32(&seg.probs, &[seg.class_names.len(), h as usize, w as usize])),
         ("labels.png".into(), png(render::labels_image(seg).context("the label map does not match the image size")?)?),
         ("overlay.png".into(), png(render::overlay(image, seg, opacity).context("the result is not of this image")?)?),
     ];

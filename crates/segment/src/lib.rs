@@ -37,6 +37,7 @@ pub mod classes;
 pub mod decode;
 pub mod pamr;
 pub mod preprocess;
+pub mod merge;
 pub mod presets;
 pub mod prompts;
 pub mod render;
@@ -52,5 +53,5 @@ pub use presets::{Preset, PRESETS};
 pub use prompts::Templates;
 pub use request::{Catalog, LastBlockOverrides, SegmentRequest};
 pub use segmenter::{
-    Clock, Observer, Progress, SegmentError, SegmentParams, Segmentation, Segmenter, SettingsError, Timings, ImagePhases, MAX_IMAGE_PIXELS, MAX_PAMR_PIXELS,
+    Clock, ImagePhases, Observer, ProbabilityMaps, Progress, SegmentError, SegmentParams, Segmentation, Segmenter, SettingsError, Timings, MAX_IMAGE_PIXELS, MAX_PAMR_PIXELS,
 };

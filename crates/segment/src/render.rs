@@ -47,11 +47,13 @@ pub fn overlay(image: &RgbImage, seg: &Segmentation, opacity: f32) -> Option<Rgb
     Some(out)
 }
 
-/// The probability map of class `class` in viridis, `[height, width]`.
+/// The probability map of class `class` in viridis, at the size of the
+/// result's probability maps ([`Segmentation::probs_size`]).
 pub fn heatmap(seg: &Segmentation, class: usize) -> RgbImage {
-    let plane = &seg.probs[class * (seg.width * seg.height) as usize..][..(seg.width * seg.height) as usize];
-    RgbImage::from_fn(seg.width, seg.height, |x, y| {
-        let p = plane[(y * seg.width + x) as usize].clamp(0.0, 1.0);
+    let (width, height) = seg.probs_size();
+    let plane = &seg.probs[class * (width * height) as usize..][..(width * height) as usize];
+    RgbImage::from_fn(width, height, |x, y| {
+        let p = plane[(y * width + x) as usize].clamp(0.0, 1.0);
         let c = colorous::VIRIDIS.eval_continuous(p as f64);
         Rgb([c.r, c.g, c.b])
     })

@@ -4,12 +4,17 @@
 //! 1. class embeddings: every name in the prompt templates, encoded,
 //!    normalised, averaged, renormalised (`__init__`), cached by name;
 //! 2. resize + normalise the image ([`crate::preprocess`]);
-//! 3. per sliding window: dense features, cosine similarity with the classes,
-//!    bilinear upsampling to the crop, padding cut off, summed (`forward_slide`);
+//! 3. the sliding windows, as many in one batch as memory allows: dense
+//!    features, cosine similarity with the classes, bilinear upsampling to the
+//!    crop, padding cut off, summed (`forward_slide`);
 //! 4. average of overlaps, bilinear resize to the original size, optionally
 //!    PAMR ([`crate::pamr`], as NACLIP's `predict`), softmax of
 //!    `logit_scale * logits`, max over synonyms, argmax and background
 //!    threshold (`postprocess_result`).
+//!
+//! Steps 3 and 4 run on the model's device ([`crate::merge`]); one transfer
+//! at the end reads back the label map and the probability maps asked for
+//! ([`ProbabilityMaps`]).
 //!
 //! The output of the first `L-1` vision blocks of every window is kept for
 //! the last image, so a new [`LastBlock`] (another mode, another knob)
@@ -29,10 +34,12 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::classes::ClassList;
+use crate::merge::{classify, resize_to_host, ClassMerge, FullSizeLogits, WindowSum, BAND_BYTES};
 use crate::pamr::Pamr;
 use crate::preprocess::{normalize, rescaled_size, resize_like_opencv};
 use crate::prompts::Templates;
-use crate::resample::{linear_taps, resize_bilinear, upsample_crop_add, Maps, Paste};
+use crate::render::display_stride;
+use crate::resample::Maps;
 use crate::windows::{sliding_windows, Window};
 
 /// Every knob of the pipeline; defaults are the reference's. This is the
@@ -220,12 +227,36 @@ pub struct ImagePhases {
     pub encoder_ms: f64,
     /// The last block, `ln_post`, the projection and the cosine logits.
     pub last_block_ms: f64,
-    /// Reading the window logits back from the device.
-    pub read_back_ms: f64,
     /// Upsampling each window's logits, adding them up, averaging overlaps.
     pub window_merge_ms: f64,
     /// Resize to the original size, (PAMR,) softmax, synonym max, argmax.
     pub probabilities_ms: f64,
+    /// Reading the label map and the probability maps back from the device.
+    pub read_back_ms: f64,
+}
+
+/// Which probability maps a run reads back from the device (the label map
+/// always comes back at full size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProbabilityMaps {
+    /// Every pixel (the CLI's `probs.npy` and heatmaps).
+    #[default]
+    Full,
+    /// Every `n`-th pixel in each direction, starting at the first.
+    EveryNth(usize),
+    /// As [`Self::EveryNth`] with [`display_stride`]: at most
+    /// [`crate::render::DISPLAY_MAX_PIXELS`] pixels a class (the page).
+    ForDisplay,
+}
+
+impl ProbabilityMaps {
+    fn stride(self, width: u32, height: u32) -> usize {
+        match self {
+            Self::Full => 1,
+            Self::EveryNth(n) => n.max(1),
+            Self::ForDisplay => display_stride(width, height),
+        }
+    }
 }
 
 /// Result of one segmentation, at the original image size.
@@ -235,8 +266,12 @@ pub struct Segmentation {
     pub height: u32,
     /// Display name of each class.
     pub class_names: Vec<String>,
-    /// `[classes, height, width]`: softmax probabilities, max over synonyms.
+    /// `[classes, ceil(height / probs_stride), ceil(width / probs_stride)]`:
+    /// softmax probabilities, max over synonyms, every `probs_stride`-th
+    /// pixel of the full-size maps (`probs[:, ::s, ::s]`).
     pub probs: Vec<f32>,
+    /// 1 for full-size maps; see [`ProbabilityMaps`].
+    pub probs_stride: usize,
     /// `[height, width]`: class index per pixel (0 where below the threshold).
     pub labels: Vec<u8>,
     /// Size the model saw (after the resize), and the windows it ran.
@@ -262,34 +297,11 @@ impl Segmentation {
         counts.iter().map(|&c| c as f32 / self.labels.len().max(1) as f32).collect()
     }
 
-    /// Every `stride`-th pixel in each direction, starting at the first: the
-    /// values are the full-size ones, not averages (`probs[:, ::s, ::s]`).
-    /// The page shows heatmaps and the hover readout from this.
-    pub fn sampled(&self, stride: usize) -> Segmentation {
-        let stride = stride.max(1);
-        let (w, h) = (self.width as usize, self.height as usize);
-        let (sw, sh) = (w.div_ceil(stride), h.div_ceil(stride));
-        Segmentation {
-            width: sw as u32,
-            height: sh as u32,
-            probs: every_nth_pixel(&self.probs, w, h, stride),
-            labels: every_nth_pixel(&self.labels, w, h, stride),
-            class_names: self.class_names.clone(),
-            warnings: self.warnings.clone(),
-            ..*self
-        }
+    /// `(width, height)` of the probability maps.
+    pub fn probs_size(&self) -> (u32, u32) {
+        let stride = self.probs_stride.max(1) as u32;
+        (self.width.div_ceil(stride), self.height.div_ceil(stride))
     }
-}
-
-/// Every `stride`-th row and column of each `[height, width]` plane in `maps`.
-fn every_nth_pixel<T: Copy>(maps: &[T], width: usize, height: usize, stride: usize) -> Vec<T> {
-    let mut out = Vec::with_capacity(maps.len() / (stride * stride) + width + height);
-    for plane in maps.chunks_exact((width * height).max(1)) {
-        for row in plane.chunks_exact(width.max(1)).step_by(stride) {
-            out.extend(row.iter().step_by(stride));
-        }
-    }
-    out
 }
 
 /// A loaded model, its tokenizer and the class embeddings computed so far.
@@ -300,7 +312,15 @@ pub struct Segmenter {
     window_cache: Option<WindowCache>,
     clock: Clock,
     phase_sync: bool,
+    probability_maps: ProbabilityMaps,
+    /// Windows encoded in one batch; `None`: as many as [`BATCH_BYTES`] allows.
+    window_batch: Option<usize>,
 }
+
+/// The largest activation of a batch of windows, in bytes (the attention
+/// scores, `[windows, heads, tokens, tokens]`, or the MLP's hidden layer):
+/// WebGPU guarantees a storage binding of 128 MiB.
+const BATCH_BYTES: usize = 128 << 20;
 
 /// Everything of the last run that does not depend on the last block.
 struct WindowCache {
@@ -308,8 +328,8 @@ struct WindowCache {
     geometry: Geometry,
     /// The resized, normalised image, `[3, height, width]`.
     pixels: Maps,
-    /// Output of the first `L-1` blocks, one per window, on the device.
-    inputs: Vec<LastBlockInput>,
+    /// The windows of each batch, and the output of its first `L-1` blocks on the device.
+    batches: Vec<(std::ops::Range<usize>, LastBlockInput)>,
 }
 
 /// The settings that decide the windows and their pixels.
@@ -332,6 +352,8 @@ impl From<&SegmentParams> for Geometry {
 struct PreparedImage {
     pixels: Maps,
     windows: Vec<Window>,
+    /// Consecutive windows of one shape, encoded together.
+    batches: Vec<std::ops::Range<usize>>,
     reused: Option<Vec<LastBlockInput>>,
 }
 
@@ -342,7 +364,7 @@ struct Queries {
     count: usize,
 }
 
-fn device_error(e: impl std::fmt::Debug) -> SegmentError {
+pub(crate) fn device_error(e: impl std::fmt::Debug) -> SegmentError {
     SegmentError::Device(format!("{e:?}"))
 }
 
@@ -358,7 +380,30 @@ async fn read_back<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, Segmen
 
 impl Segmenter {
     pub fn new(model: Clip, tokenizer: ClipTokenizer) -> Self {
-        Self { model, tokenizer, text_cache: HashMap::new(), window_cache: None, clock: instant_clock, phase_sync: false }
+        Self {
+            model,
+            tokenizer,
+            text_cache: HashMap::new(),
+            window_cache: None,
+            clock: instant_clock,
+            phase_sync: false,
+            probability_maps: ProbabilityMaps::Full,
+            window_batch: None,
+        }
+    }
+
+    /// Which probability maps the results carry (full size by default).
+    pub fn with_probability_maps(mut self, maps: ProbabilityMaps) -> Self {
+        self.probability_maps = maps;
+        self
+    }
+
+    /// At most `windows` windows in one encoder batch (`None`: as many as
+    /// fit [`BATCH_BYTES`]). A host that must be able to cancel between
+    /// windows on a slow device (the page's CPU fallback) asks for 1.
+    pub fn with_window_batch(mut self, windows: Option<usize>) -> Self {
+        self.window_batch = windows.map(|n| n.max(1));
+        self
     }
 
     /// Wait for the device after each phase of the image, so that
@@ -487,26 +532,52 @@ impl Segmenter {
         let mut phases = ImagePhases { prepare_ms: (self.clock)() - text_done, ..ImagePhases::default() };
         let reused_windows = prepared.reused.is_some();
         let window_count = prepared.windows.len();
-        let (logits, inputs) = self.window_logits(&prepared, &queries, &params.last_block, observer, &mut phases).await?;
+        let (averaged, inputs) = self.merged_window_logits(&prepared, &queries, &params.last_block, observer, &mut phases).await?;
+
+        let merging = (self.clock)();
+        let size = (height as usize, width as usize);
         let merge = ClassMerge::new(&class_of_query, classes.len(), params);
-        let merge_started = (self.clock)();
-        let (probs, labels) = merge_logits(logits, &prepared.pixels, (height as usize, width as usize), params.pamr.as_ref(), &merge);
+        let probs_stride = self.probability_maps.stride(width, height);
+        let pending = match &params.pamr {
+            None => classify(FullSizeLogits::Resize(averaged), size, &merge, probs_stride, BAND_BYTES),
+            // NACLIP.predict: logits and the network input resized to the original size, then PAMR.
+            Some(pamr) => {
+                let mut logits = resize_to_host(averaged, size, BAND_BYTES).await?;
+                let pixels = resize_to_host(self.upload(&prepared.pixels), size, BAND_BYTES).await?;
+                pamr.refine(&pixels, &mut logits);
+                classify(FullSizeLogits::Host(&logits, self.model.vision.device()), size, &merge, probs_stride, BAND_BYTES)
+            }
+        };
+        let classified = self.phase_end()?;
+        let maps = pending.read().await?;
         let done = (self.clock)();
-        phases.probabilities_ms = done - merge_started;
+        phases.probabilities_ms = classified - merging;
+        phases.read_back_ms = done - classified;
+
         let (rh, rw) = prepared.pixels.size();
-        self.window_cache = Some(WindowCache { image: image.clone(), geometry, pixels: prepared.pixels, inputs });
+        self.window_cache = Some(WindowCache { image: image.clone(), geometry, pixels: prepared.pixels, batches: prepared.batches.into_iter().zip(inputs).collect() });
         Ok(Segmentation {
             width,
             height,
             class_names: classes.classes.iter().map(|c| c.display_name().to_string()).collect(),
-            probs,
-            labels,
+            probs: maps.probs,
+            probs_stride,
+            labels: maps.labels,
             resized: (rw as u32, rh as u32),
             windows: window_count,
             reused_windows,
             timings: Timings { text_ms: text_done - started, image_ms: done - text_done, classes_encoded, image: phases },
             warnings,
         })
+    }
+
+    /// `maps` on the model's device.
+    ///
+    /// # Shapes
+    /// - `maps`: `[channels, height, width]` -> the same
+    fn upload(&self, maps: &Maps) -> Tensor<3> {
+        let (height, width) = maps.size();
+        Tensor::from_data(TensorData::new(maps.as_slice().to_vec(), [maps.channels(), height, width]), &self.model.vision.device())
     }
 
     /// The class embeddings, `[queries, dim]`, uploaded transposed.
@@ -524,117 +595,109 @@ impl Segmenter {
 
     /// Resize, normalise and cut the image into windows, or take all of it
     /// (with the first blocks' output) from the previous run on the same
-    /// image and geometry. The cache is taken out: a run that fails half-way drops it.
+    /// image, geometry and batches. The cache is taken out: a run that fails half-way drops it.
     fn prepare(&mut self, image: &RgbImage, geometry: Geometry) -> PreparedImage {
         let (width, height) = image.dimensions();
         let (rw, rh) = rescaled_size(width, height, geometry.short_side, geometry.long_side_cap);
         let patch = self.model.config.vision.patch_size;
         let windows = sliding_windows(rw as usize, rh as usize, geometry.crop, geometry.stride, patch);
-        let cached = self.window_cache.take().filter(|c| c.geometry == geometry && c.image == *image);
+        let batches = self.window_batches(&windows);
+        let cached = self.window_cache.take().filter(|c| {
+            c.geometry == geometry && c.image == *image && c.batches.iter().map(|(b, _)| b).eq(batches.iter())
+        });
         match cached {
-            Some(c) => PreparedImage { pixels: c.pixels, windows, reused: Some(c.inputs) },
+            Some(c) => PreparedImage { pixels: c.pixels, windows, batches, reused: Some(c.batches.into_iter().map(|(_, input)| input).collect()) },
             None => {
                 let resized = if (rw, rh) == (width, height) { image.clone() } else { resize_like_opencv(image, rw, rh) };
-                PreparedImage { pixels: normalize(&resized), windows, reused: None }
+                PreparedImage { pixels: normalize(&resized), windows, batches, reused: None }
             }
         }
     }
 
-    /// Averaged window logits over the resized image, `[queries, height, width]`,
-    /// and the first `L-1` blocks' output of every window (reused, or computed).
-    async fn window_logits(
+    /// Runs of consecutive windows of one shape (in practice all of them
+    /// share it), each at most as long as the batch limit.
+    fn window_batches(&self, windows: &[Window]) -> Vec<std::ops::Range<usize>> {
+        let shape = |w: &Window| (w.padded_height(), w.padded_width(), w.pad_top, w.pad_left);
+        let mut batches: Vec<std::ops::Range<usize>> = Vec::new();
+        for (i, w) in windows.iter().enumerate() {
+            match batches.last_mut() {
+                Some(b) if b.len() < self.windows_per_batch(w) && shape(&windows[b.start]) == shape(w) => b.end = i + 1,
+                _ => batches.push(i..i + 1),
+            }
+        }
+        batches
+    }
+
+    /// How many windows like `window` go through the encoder together.
+    fn windows_per_batch(&self, window: &Window) -> usize {
+        self.window_batch.unwrap_or_else(|| {
+            let vision = &self.model.config.vision;
+            let tokens = 1 + (window.padded_height() / vision.patch_size) * (window.padded_width() / vision.patch_size);
+            let largest = 4 * tokens * (vision.heads * tokens).max(vision.mlp_width).max(1);
+            (BATCH_BYTES / largest).max(1)
+        })
+    }
+
+    /// The window logits averaged over the resized image, on the device, and
+    /// the first `L-1` blocks' output of every batch (reused, or computed).
+    ///
+    /// # Shapes
+    /// - returns `[queries, height, width]` at the resized image's size
+    async fn merged_window_logits(
         &self,
         image: &PreparedImage,
         queries: &Queries,
         last_block: &LastBlock,
         observer: &mut dyn Observer,
         phases: &mut ImagePhases,
-    ) -> Result<(Maps, Vec<LastBlockInput>), SegmentError> {
-        let size = image.pixels.size();
+    ) -> Result<(Tensor<3>, Vec<LastBlockInput>), SegmentError> {
         let total = image.windows.len();
         let mut reused = image.reused.clone().map(Vec::into_iter);
-        let mut inputs = Vec::with_capacity(total);
+        let mut inputs = Vec::with_capacity(image.batches.len());
         // Marks the end of the text phase for callers timing the two phases.
         step(observer, Progress::Window { done: 0, total }).await?;
-        let mut sum = Maps::zeros(queries.count, size);
-        let mut count = vec![0u16; size.0 * size.1];
-        for (i, window) in image.windows.iter().enumerate() {
+        let patch = self.model.config.vision.patch_size;
+        let mut sum = WindowSum::new(queries.count, image.pixels.size(), patch, &self.model.vision.device());
+        for batch in &image.batches {
+            let windows = &image.windows[batch.clone()];
             let started = (self.clock)();
             let input = match reused.as_mut().and_then(Iterator::next) {
                 Some(input) => input,
-                None => self.encode_window(&image.pixels, window)?,
+                None => self.encode_windows(&image.pixels, windows)?,
             };
             let encoded = self.phase_end()?;
             let scores = self.window_scores(&input, queries, last_block);
             let scored = self.phase_end()?;
-            let scores = read_back(scores).await?;
-            let read = (self.clock)();
-            let planes = self.score_planes(&scores, window, queries.count);
+            sum.add(scores, windows);
             inputs.push(input);
-            let paste = Paste {
-                scaled: (window.padded_height(), window.padded_width()),
-                from: (window.pad_top, window.pad_left),
-                extent: (window.height, window.width),
-                to: (window.y, window.x),
-            };
-            upsample_crop_add(&planes, &paste, &mut sum);
-            for y in window.y..window.y + window.height {
-                count[y * size.1 + window.x..][..window.width].iter_mut().for_each(|c| *c += 1);
-            }
-            let merged = (self.clock)();
+            let merged = self.phase_end()?;
             phases.encoder_ms += encoded - started;
             phases.last_block_ms += scored - encoded;
-            phases.read_back_ms += read - scored;
-            phases.window_merge_ms += merged - read;
-            step(observer, Progress::Window { done: i + 1, total }).await?;
+            phases.window_merge_ms += merged - scored;
+            step(observer, Progress::Window { done: batch.end, total }).await?;
         }
-        let averaging = (self.clock)();
-        let pixels = size.0 * size.1;
-        for plane in sum.as_mut_slice().chunks_exact_mut(pixels.max(1)) {
-            for (s, &c) in plane.iter_mut().zip(&count) {
-                *s /= c.max(1) as f32;
-            }
-        }
-        phases.window_merge_ms += (self.clock)() - averaging;
-        Ok((sum, inputs))
+        Ok((sum.average(), inputs))
     }
 
-    /// The first `L-1` blocks on one zero-padded window.
-    fn encode_window(&self, pixels: &Maps, window: &Window) -> Result<LastBlockInput, SegmentError> {
-        let (ph, pw) = (window.padded_height(), window.padded_width());
-        let crop = crop_padded(pixels, window);
-        let crop: Tensor<4> = Tensor::from_data(TensorData::new(crop, [1, 3, ph, pw]), &self.model.vision.device());
-        Ok(self.model.vision.encode_to_last_block(crop)?)
+    /// The first `L-1` blocks on zero-padded windows of one shape, as one batch.
+    fn encode_windows(&self, pixels: &Maps, windows: &[Window]) -> Result<LastBlockInput, SegmentError> {
+        let (ph, pw) = (windows[0].padded_height(), windows[0].padded_width());
+        let crops: Vec<f32> = windows.iter().flat_map(|w| crop_padded(pixels, w)).collect();
+        let crops: Tensor<4> = Tensor::from_data(TensorData::new(crops, [windows.len(), 3, ph, pw]), &self.model.vision.device());
+        Ok(self.model.vision.encode_to_last_block(crops)?)
     }
 
-    /// The last block on one window, then the cosine similarity of every
-    /// patch with every query.
+    /// The last block on a batch of windows, then the cosine similarity of
+    /// every patch with every query.
     ///
     /// # Shapes
-    /// - returns `[patches, queries]` on the device
-    fn window_scores(&self, input: &LastBlockInput, queries: &Queries, last_block: &LastBlock) -> Tensor<2> {
+    /// - returns `[windows, patches, queries]` on the device
+    fn window_scores(&self, input: &LastBlockInput, queries: &Queries, last_block: &LastBlock) -> Tensor<3> {
         let features = self.model.vision.dense_from_last_block(input, last_block);
-        let [_, n, dim] = features.dims();
-        let features = features.reshape([n, dim]);
+        let [batch, n, dim] = features.dims();
+        let features = features.reshape([batch * n, dim]);
         let norm = features.clone().square().sum_dim(1).sqrt();
-        (features / norm).matmul(queries.transposed.clone())
-    }
-
-    /// The read-back scores of one window as one plane per query.
-    ///
-    /// # Shapes
-    /// - `scores`: `[patches, queries]`; returns `[queries, grid_h, grid_w]`
-    fn score_planes(&self, scores: &[f32], window: &Window, queries: usize) -> Maps {
-        let patch = self.model.config.vision.patch_size;
-        let (gh, gw) = (window.padded_height() / patch, window.padded_width() / patch);
-        let mut planes = Maps::zeros(queries, (gh, gw));
-        let out = planes.as_mut_slice();
-        for (p, row) in scores.chunks_exact(queries).enumerate().take(gh * gw) {
-            for (q, &value) in row.iter().enumerate() {
-                out[q * gh * gw + p] = value;
-            }
-        }
-        planes
+        (features / norm).matmul(queries.transposed.clone()).reshape([batch, n, queries.count])
     }
 }
 
@@ -679,117 +742,4 @@ fn crop_padded(pixels: &Maps, w: &Window) -> Vec<f32> {
         }
     }
     out
-}
-
-/// How the queries' scores become class probabilities and labels.
-pub struct ClassMerge<'a> {
-    /// The class of each query (synonyms share one).
-    pub class_of_query: &'a [usize],
-    pub classes: usize,
-    pub logit_scale: f32,
-    pub background_threshold: f32,
-}
-
-impl<'a> ClassMerge<'a> {
-    pub fn new(class_of_query: &'a [usize], classes: usize, params: &SegmentParams) -> Self {
-        Self { class_of_query, classes, logit_scale: params.logit_scale, background_threshold: params.background_threshold }
-    }
-}
-
-/// The last step of `forward_slide` and `postprocess_result`: the averaged
-/// logits to the original size, then probabilities and labels; with PAMR as
-/// `NACLIP.predict`: logits and the network input, both resized bilinearly
-/// to the original size, then PAMR, then the softmax.
-///
-/// # Shapes
-/// - `logits`: `[queries, in_h, in_w]`; `pixels`: `[3, in_h, in_w]`
-/// - returns probabilities `[classes, out_h, out_w]` and labels `[out_h, out_w]`
-fn merge_logits(logits: Maps, pixels: &Maps, size: (usize, usize), pamr: Option<&Pamr>, merge: &ClassMerge) -> (Vec<f32>, Vec<u8>) {
-    match pamr {
-        None => probabilities(&logits, size, merge),
-        Some(pamr) => {
-            let mut full = resize_bilinear(&logits, size);
-            pamr.refine(&resize_bilinear(pixels, size), &mut full);
-            probabilities(&full, size, merge)
-        }
-    }
-}
-
-/// Resize the averaged logits to `(out_h, out_w)`, softmax over queries of
-/// `logit_scale * logits`, max over each class's synonyms, argmax with the
-/// background threshold. Row by row, so only the outputs are held in memory.
-///
-/// # Shapes
-/// - `logits`: `[queries, in_h, in_w]`
-/// - returns probabilities `[classes, out_h, out_w]` and labels `[out_h, out_w]`
-pub fn probabilities(logits: &Maps, (out_h, out_w): (usize, usize), merge: &ClassMerge) -> (Vec<f32>, Vec<u8>) {
-    let (in_h, in_w) = logits.size();
-    let ty = linear_taps(in_h, out_h);
-    let tx = linear_taps(in_w, out_w);
-    let n_classes = merge.classes;
-    let mut probs = vec![0.0f32; n_classes * out_h * out_w];
-    let mut labels = vec![0u8; out_h * out_w];
-    let mut scores = vec![0.0f32; logits.channels()];
-    let mut class_probs = vec![0.0f32; n_classes];
-    for (y, t) in ty.iter().enumerate() {
-        for (x, s) in tx.iter().enumerate() {
-            for (q, score) in scores.iter_mut().enumerate() {
-                let plane = logits.plane(q);
-                let a = &plane[t.i0 * in_w..][..in_w];
-                let b = &plane[t.i1 * in_w..][..in_w];
-                *score = t.blend(s, a, b) * merge.logit_scale;
-            }
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0.0;
-            for score in scores.iter_mut() {
-                *score = (*score - max).exp();
-                total += *score;
-            }
-            class_probs.iter_mut().for_each(|p| *p = f32::NEG_INFINITY);
-            for (&c, score) in merge.class_of_query.iter().zip(&scores) {
-                class_probs[c] = class_probs[c].max(score / total);
-            }
-            let pixel = y * out_w + x;
-            let mut best = 0;
-            for (c, &p) in class_probs.iter().enumerate() {
-                probs[c * out_h * out_w + pixel] = p;
-                if p > class_probs[best] {
-                    best = c;
-                }
-            }
-            labels[pixel] = if class_probs[best] < merge.background_threshold { 0 } else { best as u8 };
-        }
-    }
-    (probs, labels)
-}
-
-#[cfg(test)]
-mod sampling_tests {
-    use super::*;
-
-    #[test]
-    fn sampled_maps_hold_the_full_size_values_of_every_nth_pixel() {
-        let (w, h) = (5usize, 3usize);
-        let seg = Segmentation {
-            width: w as u32,
-            height: h as u32,
-            class_names: vec!["a".into(), "b".into()],
-            probs: (0..2 * w * h).map(|i| i as f32).collect(),
-            labels: (0..w * h).map(|i| (i % 2) as u8).collect(),
-            resized: (5, 3),
-            windows: 1,
-            reused_windows: false,
-            timings: Timings::default(),
-            warnings: Vec::new(),
-        };
-        let s = seg.sampled(2);
-        assert_eq!((s.width, s.height), (3, 2));
-        // Rows 0 and 2, columns 0, 2 and 4 of each class plane.
-        assert_eq!(s.probs, [0.0, 2.0, 4.0, 10.0, 12.0, 14.0, 15.0, 17.0, 19.0, 25.0, 27.0, 29.0]);
-        assert_eq!(s.labels, [0, 0, 0, 0, 0, 0]);
-        let same = seg.sampled(1);
-        assert_eq!((same.probs, same.labels), (seg.probs.clone(), seg.labels.clone()));
-        assert_eq!(crate::render::display_stride(4032, 3024), 3);
-        assert_eq!(crate::render::display_stride(1411, 1411), 1);
-    }
 }

@@ -23,7 +23,7 @@ use std::rc::Rc;
 use burn::tensor::Device;
 use clearclip_model::{Activation, CheckpointLoader, ClipTokenizer, LoadOptions};
 use clearclip_segment::{
-    decode_image, render, Catalog, ClassList, Observer, Progress, SegmentError, SegmentRequest, Segmentation, Segmenter, Timings,
+    decode_image, render, Catalog, ClassList, Observer, ProbabilityMaps, Progress, SegmentError, SegmentRequest, Segmentation, Segmenter, Timings,
 };
 use image::RgbImage;
 use js_sys::{Float32Array, Function, Object, Reflect, Uint8Array};
@@ -138,11 +138,10 @@ enum Backend {
 }
 
 /// The last result the page shows: the image, the full-size labels (exports)
-/// and the maps sampled for display (heatmaps).
+/// and the probability maps at display size (heatmaps).
 struct LastResult {
     image: Rc<RgbImage>,
-    full: Segmentation,
-    display: Segmentation,
+    segmentation: Segmentation,
 }
 
 struct State {
@@ -282,8 +281,8 @@ struct DeviceMemory {
 }
 
 impl ResultSummary {
-    /// `display` is `full` sampled every `stride`-th pixel.
-    fn new(full: &Segmentation, display: &Segmentation, stride: usize, warnings: Vec<String>, last_block: String) -> Self {
+    fn new(full: &Segmentation, warnings: Vec<String>, last_block: String) -> Self {
+        let (probs_width, probs_height) = full.probs_size();
         Self {
             width: full.width,
             height: full.height,
@@ -296,9 +295,9 @@ impl ResultSummary {
             resized: [full.resized.0, full.resized.1],
             reused_windows: full.reused_windows,
             last_block,
-            probs_stride: stride,
-            probs_width: display.width,
-            probs_height: display.height,
+            probs_stride: full.probs_stride,
+            probs_width,
+            probs_height,
             device_memory: None,
         }
     }
@@ -320,7 +319,12 @@ impl WebSegmenter {
         let tokenizer = ClipTokenizer::from_json_bytes(tokenizer_json, model.config.text.context_length)
             .map_err(|e| ErrorReport::new("tokenizer", e, false))?;
         let description = format!("{} [{:?} layout]{note}", model.config.describe(), model.layout);
-        let segmenter = Segmenter::new(model, tokenizer).with_clock(performance_now);
+        // The page draws heatmaps at display size; on the CPU one window at a
+        // time, so that a cancel is heard between windows.
+        let segmenter = Segmenter::new(model, tokenizer)
+            .with_clock(performance_now)
+            .with_probability_maps(ProbabilityMaps::ForDisplay)
+            .with_window_batch((backend == Backend::Cpu).then_some(1));
         Ok(WebSegmenter { state: Rc::new(RefCell::new(State { segmenter, last: None })), backend, description })
     }
 
@@ -354,16 +358,13 @@ impl WebSegmenter {
             let (classes, mut warnings) = ClassList::parse(&request.labels).map_err(|e| ErrorReport::new("labels", e, false))?;
             let mut observer = WorkerObserver { report: progress };
             let mut guard = state.borrow_mut();
-            let mut seg = guard
+            let seg = guard
                 .segmenter
                 .segment(&image, &classes, &request.params, &mut observer)
                 .await
                 .map_err(|e| segment_error(&e))?;
             warnings.extend(seg.warnings.iter().cloned());
-            let stride = render::display_stride(seg.width, seg.height);
-            let display = seg.sampled(stride);
-            seg.probs = Vec::new(); // the exports need only the labels
-            let mut summary = ResultSummary::new(&seg, &display, stride, warnings, request.params.describe_last_block());
+            let mut summary = ResultSummary::new(&seg, warnings, request.params.describe_last_block());
             if backend == Backend::WebGpu {
                 summary.device_memory = guard
                     .segmenter
@@ -371,11 +372,11 @@ impl WebSegmenter {
                     .map(|m| DeviceMemory { bytes_in_use: m.bytes_in_use, bytes_reserved: m.bytes_reserved });
             }
             let out: Object = to_js(&summary)?.unchecked_into();
-            set(&out, "probs", Float32Array::from(display.probs.as_slice()))?;
+            set(&out, "probs", Float32Array::from(seg.probs.as_slice()))?;
             set(&out, "labels", Uint8Array::from(seg.labels.as_slice()))?;
             set(&out, "labelColors", Uint8Array::from(render::label_colors(&seg, 255).as_raw().as_slice()))?;
             if keep {
-                guard.last = Some(LastResult { image, full: seg, display });
+                guard.last = Some(LastResult { image, segmentation: seg });
             }
             Ok(out.into())
         })
@@ -386,10 +387,10 @@ impl WebSegmenter {
     pub fn heatmap_rgba(&self, index: usize) -> Result<Vec<u8>, JsValue> {
         let state = self.state.borrow();
         let last = state.last.as_ref().ok_or_else(|| ErrorReport::new("export", "nothing segmented yet", false))?;
-        if index >= last.display.class_names.len() {
+        if index >= last.segmentation.class_names.len() {
             return Err(ErrorReport::new("export", format!("no class {index}"), false));
         }
-        let rgb = render::heatmap(&last.display, index);
+        let rgb = render::heatmap(&last.segmentation, index);
         Ok(image::DynamicImage::ImageRgb8(rgb).to_rgba8().into_raw())
     }
 
@@ -397,7 +398,7 @@ impl WebSegmenter {
     pub fn overlay_png(&self, opacity: f32) -> Result<Vec<u8>, JsValue> {
         let state = self.state.borrow();
         let last = state.last.as_ref().ok_or_else(|| ErrorReport::new("export", "nothing segmented yet", false))?;
-        let overlay = render::overlay(&last.image, &last.full, opacity.clamp(0.0, 1.0))
+        let overlay = render::overlay(&last.image, &last.segmentation, opacity.clamp(0.0, 1.0))
             .ok_or_else(|| ErrorReport::new("export", "the result is not of this image", false))?;
         render::png(overlay).map_err(|e| ErrorReport::new("export", e, false))
     }
@@ -406,7 +407,7 @@ impl WebSegmenter {
     pub fn labels_png(&self) -> Result<Vec<u8>, JsValue> {
         let state = self.state.borrow();
         let last = state.last.as_ref().ok_or_else(|| ErrorReport::new("export", "nothing segmented yet", false))?;
-        let labels = render::labels_image(&last.full).ok_or_else(|| ErrorReport::new("export", "the label map is damaged", false))?;
+        let labels = render::labels_image(&last.segmentation).ok_or_else(|| ErrorReport::new("export", "the label map is damaged", false))?;
         render::png(labels).map_err(|e| ErrorReport::new("export", e, false))
     }
 }

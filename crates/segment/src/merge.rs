@@ -1,0 +1,380 @@
+//! From window scores to class maps, on the model's device: the end of
+//! `forward_slide` (each window's logits upsampled to its crop, the padding
+//! cut off, added up, divided by the overlap count) and `postprocess_result`
+//! (resize to the original size, softmax of `logit_scale * logits`, max over
+//! synonyms, argmax, background threshold) in mc-lan/ClearCLIP
+//! `clearclip_segmentor.py`.
+//!
+//! The full-size maps are made in bands of rows, so no buffer outgrows what
+//! a browser lets one binding hold, and only what the caller uses is read
+//! back, all bands in one transfer: the label map, and the probabilities at
+//! full size or every `stride`-th pixel.
+
+use burn::tensor::{activation, Device, Int, Tensor, TensorData, Transaction};
+
+use crate::resample::{linear_taps, LinearTap, Maps};
+use crate::segmenter::{device_error, SegmentError, SegmentParams};
+use crate::windows::Window;
+
+/// The largest full-size intermediate, in bytes. WebGPU guarantees 128 MiB
+/// per storage binding (`maxStorageBufferBindingSize`); a band stays well
+/// below it whatever the image size and class count.
+pub(crate) const BAND_BYTES: usize = 32 << 20;
+
+/// How the queries' scores become class probabilities and labels.
+pub struct ClassMerge<'a> {
+    /// The class of each query (synonyms share one).
+    pub class_of_query: &'a [usize],
+    pub classes: usize,
+    pub logit_scale: f32,
+    pub background_threshold: f32,
+}
+
+impl<'a> ClassMerge<'a> {
+    pub fn new(class_of_query: &'a [usize], classes: usize, params: &SegmentParams) -> Self {
+        Self { class_of_query, classes, logit_scale: params.logit_scale, background_threshold: params.background_threshold }
+    }
+}
+
+/// The bilinear taps of one axis ([`linear_taps`]) as device tensors.
+struct DeviceTaps {
+    lower: Tensor<1, Int>,
+    upper: Tensor<1, Int>,
+    lower_weight: Tensor<1>,
+    upper_weight: Tensor<1>,
+}
+
+impl DeviceTaps {
+    fn new(taps: &[LinearTap], device: &Device) -> Self {
+        let n = taps.len();
+        let index = |pick: fn(&LinearTap) -> usize| {
+            Tensor::<1, Int>::from_data(TensorData::new(taps.iter().map(|t| pick(t) as i64).collect::<Vec<_>>(), [n]), device)
+        };
+        let weight = |pick: fn(&LinearTap) -> f32| Tensor::<1>::from_data(TensorData::new(taps.iter().map(pick).collect::<Vec<_>>(), [n]), device);
+        Self { lower: index(|t| t.i0), upper: index(|t| t.i1), lower_weight: weight(|t| t.w0), upper_weight: weight(|t| t.w1) }
+    }
+
+    /// `w0 * lower + w1 * upper`, the weights along `dim`.
+    fn blend<const D: usize>(&self, lower: Tensor<D>, upper: Tensor<D>, dim: usize) -> Tensor<D> {
+        let mut shape = [1; D];
+        shape[dim] = self.lower_weight.dims()[0];
+        lower * self.lower_weight.clone().reshape(shape) + upper * self.upper_weight.clone().reshape(shape)
+    }
+
+    /// `x` resampled along `dim`: `w0 * x[i0] + w1 * x[i1]` at every output position.
+    fn resample<const D: usize>(&self, x: Tensor<D>, dim: usize) -> Tensor<D> {
+        self.blend(x.clone().select(dim, self.lower.clone()), x.select(dim, self.upper.clone()), dim)
+    }
+}
+
+/// The rows `rows` of the bilinear resize of `source` to width `out_w`:
+/// columns first, then rows, PyTorch's order (see [`crate::resample`]).
+///
+/// # Shapes
+/// - `source`: `[channels, in_h, in_w]`; `rows`: the taps of the wanted output rows
+/// - returns `[channels, rows.len(), out_w]`
+fn resize_rows(source: &Tensor<3>, rows: &[LinearTap], columns: &DeviceTaps) -> Tensor<3> {
+    let rows = DeviceTaps::new(rows, &source.device());
+    let resized = |index: &Tensor<1, Int>| columns.resample(source.clone().select(1, index.clone()), 2);
+    rows.blend(resized(&rows.lower), resized(&rows.upper), 1)
+}
+
+/// The sum of the upsampled window logits over the resized image, and how
+/// many windows cover each pixel (`preds` and `count_mat` of `forward_slide`).
+pub(crate) struct WindowSum {
+    /// `[queries, height, width]` on the device.
+    sum: Tensor<3>,
+    /// `[height, width]`.
+    count: Vec<u16>,
+    patch: usize,
+}
+
+impl WindowSum {
+    pub fn new(queries: usize, (height, width): (usize, usize), patch: usize, device: &Device) -> Self {
+        Self { sum: Tensor::zeros([queries, height, width], device), count: vec![0; height * width], patch }
+    }
+
+    /// Upsample the scores of windows of one shape (same size and padding) to
+    /// their padded crop, keep the unpadded part, add it where it belongs.
+    ///
+    /// # Shapes
+    /// - `scores`: `[windows.len(), grid_h * grid_w, queries]`, patches of the padded window row-major
+    pub fn add(&mut self, scores: Tensor<3>, windows: &[Window]) {
+        let Some(&first) = windows.first() else { return };
+        let (ph, pw) = (first.padded_height(), first.padded_width());
+        let (gh, gw) = (ph / self.patch, pw / self.patch);
+        let [batch, _, queries] = scores.dims();
+        let device = scores.device();
+        let planes = scores.reshape([batch, gh, gw, queries]).permute([0, 3, 1, 2]);
+        // Only the rows and columns that survive the crop are computed.
+        let rows = DeviceTaps::new(&linear_taps(gh, ph)[first.pad_top..][..first.height], &device);
+        let columns = DeviceTaps::new(&linear_taps(gw, pw)[first.pad_left..][..first.width], &device);
+        let upsampled = rows.resample(columns.resample(planes, 3), 2);
+        let width = self.sum.dims()[2];
+        for (i, w) in windows.iter().enumerate() {
+            debug_assert_eq!((w.padded_height(), w.padded_width(), w.pad_top, w.pad_left), (ph, pw, first.pad_top, first.pad_left));
+            let crop = upsampled.clone().narrow(0, i, 1).reshape([queries, w.height, w.width]);
+            let at = [0..queries, w.y..w.y + w.height, w.x..w.x + w.width];
+            self.sum = self.sum.clone().slice_assign(at.clone(), self.sum.clone().slice(at) + crop);
+            for y in w.y..w.y + w.height {
+                self.count[y * width + w.x..][..w.width].iter_mut().for_each(|c| *c += 1);
+            }
+        }
+    }
+
+    /// The average over the windows covering each pixel.
+    ///
+    /// # Shapes
+    /// - returns `[queries, height, width]` on the device
+    pub fn average(self) -> Tensor<3> {
+        let [_, height, width] = self.sum.dims();
+        let count: Vec<f32> = self.count.iter().map(|&c| c.max(1) as f32).collect();
+        let count: Tensor<3> = Tensor::from_data(TensorData::new(count, [1, height, width]), &self.sum.device());
+        self.sum / count
+    }
+}
+
+/// The full-size logits, which are made band by band.
+pub(crate) enum FullSizeLogits<'a> {
+    /// Bilinear resize of the averaged window logits, `[queries, in_h, in_w]` on the device.
+    Resize(Tensor<3>),
+    /// Already at full size, on the host (PAMR's output).
+    Host(&'a Maps, Device),
+}
+
+/// The class maps read back.
+pub(crate) struct ClassMaps {
+    /// `[classes, height.div_ceil(stride), width.div_ceil(stride)]`.
+    pub probs: Vec<f32>,
+    /// `[height, width]`.
+    pub labels: Vec<u8>,
+}
+
+/// Rows per band of at most `band_bytes` for maps of `channels x width`
+/// floats, a multiple of `stride` (at least one stride).
+fn band_rows(band_bytes: usize, channels: usize, width: usize, stride: usize) -> usize {
+    let rows = band_bytes / (4 * channels.max(1) * width.max(1));
+    (rows / stride).max(1) * stride
+}
+
+/// Every `stride`-th of `0..n`, as an index tensor.
+fn every_nth(n: usize, stride: usize, device: &Device) -> Tensor<1, Int> {
+    let index: Vec<i64> = (0..n).step_by(stride).map(|i| i as i64).collect();
+    let len = index.len();
+    Tensor::from_data(TensorData::new(index, [len]), device)
+}
+
+/// Rows `rows` of every plane of `maps`, uploaded.
+///
+/// # Shapes
+/// - `maps`: `[channels, height, width]`; returns `[channels, rows.len(), width]`
+fn upload_rows(maps: &Maps, rows: std::ops::Range<usize>, device: &Device) -> Tensor<3> {
+    let width = maps.size().1;
+    let mut band = Vec::with_capacity(maps.channels() * rows.len() * width);
+    for c in 0..maps.channels() {
+        band.extend_from_slice(&maps.plane(c)[rows.start * width..rows.end * width]);
+    }
+    Tensor::from_data(TensorData::new(band, [maps.channels(), rows.len(), width]), device)
+}
+
+/// Bilinear resize of `source` to `(height, width)`, in bands of at most
+/// `band_bytes`, read back (PAMR's inputs).
+///
+/// # Shapes
+/// - `source`: `[channels, in_h, in_w]` on the device; returns `[channels, height, width]`
+pub(crate) async fn resize_to_host(source: Tensor<3>, (height, width): (usize, usize), band_bytes: usize) -> Result<Maps, SegmentError> {
+    let [channels, in_h, in_w] = source.dims();
+    let columns = DeviceTaps::new(&linear_taps(in_w, width), &source.device());
+    let rows = linear_taps(in_h, height);
+    let step = band_rows(band_bytes, channels, width, 1);
+    let bands = (0..height).step_by(step).map(|y| y..(y + step).min(height)).collect::<Vec<_>>();
+    let transaction = bands.iter().fold(Transaction::default(), |t, band| t.register(resize_rows(&source, &rows[band.clone()], &columns)));
+    let data = transaction.execute_async().await.map_err(device_error)?;
+    let mut out = Maps::zeros(channels, (height, width));
+    let pixels = height * width;
+    for (band, data) in bands.iter().zip(data) {
+        let values = data.iter::<f32>().collect::<Vec<_>>();
+        for (c, plane) in values.chunks_exact(band.len() * width).enumerate() {
+            out.as_mut_slice()[c * pixels + band.start * width..][..plane.len()].copy_from_slice(plane);
+        }
+    }
+    Ok(out)
+}
+
+/// The class maps, queued on the device; [`PendingClassMaps::read`] reads them back.
+pub(crate) struct PendingClassMaps {
+    transaction: Transaction,
+    bands: Vec<std::ops::Range<usize>>,
+    size: (usize, usize),
+    classes: usize,
+    stride: usize,
+}
+
+/// Probabilities and labels at `(height, width)` from the full-size logits,
+/// in bands of at most `band_bytes`; the probabilities are kept every
+/// `stride`-th pixel in each direction.
+pub(crate) fn classify(
+    logits: FullSizeLogits<'_>,
+    (height, width): (usize, usize),
+    merge: &ClassMerge<'_>,
+    stride: usize,
+    band_bytes: usize,
+) -> PendingClassMaps {
+    let (queries, device) = match &logits {
+        FullSizeLogits::Resize(t) => (t.dims()[0], t.device()),
+        FullSizeLogits::Host(maps, device) => (maps.channels(), device.clone()),
+    };
+    let columns = match &logits {
+        FullSizeLogits::Resize(t) => Some(DeviceTaps::new(&linear_taps(t.dims()[2], width), &device)),
+        FullSizeLogits::Host(..) => None,
+    };
+    let rows = match &logits {
+        FullSizeLogits::Resize(t) => linear_taps(t.dims()[1], height),
+        FullSizeLogits::Host(..) => Vec::new(),
+    };
+    // Each class's queries; none is needed when every class has one query.
+    let one_query_each = merge.class_of_query.len() == merge.classes && merge.class_of_query.iter().enumerate().all(|(q, &c)| q == c);
+    let synonyms: Option<Vec<Tensor<1, Int>>> = (!one_query_each).then(|| {
+        (0..merge.classes)
+            .map(|c| {
+                let of_class: Vec<i64> = (0..queries).filter(|&q| merge.class_of_query[q] == c).map(|q| q as i64).collect();
+                let n = of_class.len();
+                Tensor::from_data(TensorData::new(of_class, [n]), &device)
+            })
+            .collect()
+    });
+    let sampled_columns = (stride > 1).then(|| every_nth(width, stride, &device));
+    let step = band_rows(band_bytes, queries.max(merge.classes), width, stride);
+    let bands = (0..height).step_by(step).map(|y| y..(y + step).min(height)).collect::<Vec<_>>();
+    let mut transaction = Transaction::default();
+    for band in &bands {
+        let band_logits = match (&logits, &columns) {
+            (FullSizeLogits::Resize(averaged), Some(columns)) => resize_rows(averaged, &rows[band.clone()], columns),
+            (FullSizeLogits::Host(maps, _), _) => upload_rows(maps, band.clone(), &device),
+            (FullSizeLogits::Resize(_), None) => unreachable!("columns are made for a resize"),
+        };
+        let query_probs = activation::softmax(band_logits * merge.logit_scale, 0);
+        let probs = match &synonyms {
+            None => query_probs,
+            Some(of_class) => Tensor::cat(of_class.iter().map(|q| query_probs.clone().select(0, q.clone()).max_dim(0)).collect(), 0),
+        };
+        let (best, label) = probs.clone().max_dim_with_indices(0);
+        let labels = label.mask_fill(best.lower_elem(merge.background_threshold), 0);
+        let probs = match &sampled_columns {
+            None => probs,
+            Some(columns) => probs.select(1, every_nth(band.len(), stride, &device)).select(2, columns.clone()),
+        };
+        transaction = transaction.register(labels).register(probs);
+    }
+    PendingClassMaps { transaction, bands, size: (height, width), classes: merge.classes, stride }
+}
+
+impl PendingClassMaps {
+    /// Everything queued, read back in one transfer.
+    pub async fn read(self) -> Result<ClassMaps, SegmentError> {
+        let Self { transaction, bands, size: (height, width), classes, stride } = self;
+        let data = transaction.execute_async().await.map_err(device_error)?;
+
+        let (sampled_h, sampled_w) = (height.div_ceil(stride), width.div_ceil(stride));
+        let mut labels = Vec::with_capacity(height * width);
+        let mut probs = vec![0.0f32; classes * sampled_h * sampled_w];
+        let mut sampled_row = 0;
+        for (band, pair) in bands.iter().zip(data.chunks_exact(2)) {
+            labels.extend(pair[0].iter::<i64>().map(|l| l as u8));
+            let band_rows = band.len().div_ceil(stride);
+            let values = pair[1].iter::<f32>().collect::<Vec<_>>();
+            if values.len() != classes * band_rows * sampled_w {
+                return Err(SegmentError::Device(format!("read back {} probabilities for a band of {band_rows} rows", values.len())));
+            }
+            for (c, plane) in values.chunks_exact(band_rows * sampled_w).enumerate() {
+                probs[(c * sampled_h + sampled_row) * sampled_w..][..plane.len()].copy_from_slice(plane);
+            }
+            sampled_row += band_rows;
+        }
+        if labels.len() != height * width {
+            return Err(SegmentError::Device(format!("read back {} labels for {width}x{height} pixels", labels.len())));
+        }
+        Ok(ClassMaps { probs, labels })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn maps(values: &[f32], channels: usize, size: (usize, usize)) -> Tensor<3> {
+        Tensor::from_data(TensorData::new(values.to_vec(), [channels, size.0, size.1]), &Device::flex())
+    }
+
+    #[test]
+    fn doubling_matches_pytorch() {
+        // F.interpolate(torch.tensor([[[[0., 1.], [2., 3.]]]]), size=(4, 4), mode='bilinear')
+        let out = pollster::block_on(resize_to_host(maps(&[0., 1., 2., 3.], 1, (2, 2)), (4, 4), BAND_BYTES)).unwrap().into_vec();
+        let expected = [0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0];
+        for (a, b) in out.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-6, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn same_size_is_identity() {
+        let x: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        assert_eq!(pollster::block_on(resize_to_host(maps(&x, 2, (2, 3)), (2, 3), BAND_BYTES)).unwrap().into_vec(), x);
+    }
+
+    #[test]
+    fn bands_are_multiples_of_the_stride() {
+        assert_eq!(band_rows(BAND_BYTES, 10, 100_000, 1), BAND_BYTES / (4 * 10 * 100_000));
+        assert_eq!(band_rows(BAND_BYTES, 10, 100_000, 3) % 3, 0);
+        assert_eq!(band_rows(BAND_BYTES, 1000, 1_000_000, 4), 4, "at least one stride of rows");
+    }
+
+    /// Pseudo-random logits in [-0.5, 0.5).
+    fn logits(n: usize) -> Vec<f32> {
+        let mut state = 0x2545_f491_u32;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn maps_made_in_many_bands_equal_maps_made_in_one() {
+        // 5 queries, the second class with 3 synonyms; 23x31 output from a 7x9 map.
+        let class_of_query = [0, 1, 1, 1, 2];
+        let merge = ClassMerge { class_of_query: &class_of_query, classes: 3, logit_scale: 50.0, background_threshold: 0.4 };
+        let source = maps(&logits(5 * 7 * 9), 5, (7, 9));
+        let size = (23, 31);
+        let run = |stride, band_bytes| {
+            pollster::block_on(classify(FullSizeLogits::Resize(source.clone()), size, &merge, stride, band_bytes).read()).unwrap()
+        };
+        let one = run(1, BAND_BYTES);
+        // 4 * 5 * 31 bytes a row: bands of 3 rows, and of 2 rows with stride 2.
+        let banded = run(1, 3 * 4 * 5 * 31);
+        assert_eq!((&banded.probs, &banded.labels), (&one.probs, &one.labels));
+        let sampled = run(2, 2 * 4 * 5 * 31);
+        assert_eq!(sampled.labels, one.labels);
+        let (sh, sw) = (12, 16);
+        assert_eq!(sampled.probs.len(), 3 * sh * sw);
+        for c in 0..3 {
+            for (y, x) in (0..sh).flat_map(|y| (0..sw).map(move |x| (y, x))) {
+                assert_eq!(sampled.probs[(c * sh + y) * sw + x], one.probs[(c * 23 + 2 * y) * 31 + 2 * x]);
+            }
+        }
+        // Probabilities of a class are the max over its synonyms; classes sum to at most 1.
+        assert!(one.labels.iter().any(|&l| l == 0) && one.labels.iter().any(|&l| l != 0));
+        for p in 0..23 * 31 {
+            let total: f32 = (0..3).map(|c| one.probs[c * 23 * 31 + p]).sum();
+            assert!(total <= 1.0 + 1e-5, "{total}");
+        }
+
+        // The full-size logits given on the host (PAMR's path) give the same maps.
+        let full = pollster::block_on(resize_to_host(source.clone(), size, 4 * 5 * 31)).unwrap();
+        let host = pollster::block_on(classify(FullSizeLogits::Host(&full, Device::flex()), size, &merge, 1, 5 * 4 * 5 * 31).read()).unwrap();
+        assert_eq!((&host.probs, &host.labels), (&one.probs, &one.labels));
+    }
+}

@@ -53,5 +53,5 @@ pub use presets::{Preset, PRESETS};
 pub use prompts::Templates;
 pub use request::{Catalog, LastBlockOverrides, SegmentRequest};
 pub use segmenter::{
-    Clock, ImagePhases, Observer, ProbabilityMaps, Progress, SegmentError, SegmentParams, Segmentation, Segmenter, SettingsError, Timings, MAX_IMAGE_PIXELS, MAX_PAMR_PIXELS,
+    Batching, Clock, ImagePhases, Observer, ProbabilityMaps, Progress, SegmentError, SegmentParams, Segmentation, Segmenter, SettingsError, Timings, MAX_IMAGE_PIXELS, MAX_PAMR_PIXELS,
 };

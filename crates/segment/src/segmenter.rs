@@ -313,14 +313,26 @@ pub struct Segmenter {
     clock: Clock,
     phase_sync: bool,
     probability_maps: ProbabilityMaps,
-    /// Windows encoded in one batch; `None`: as many as [`BATCH_BYTES`] allows.
-    window_batch: Option<usize>,
+    batching: Batching,
 }
 
-/// The largest activation of a batch of windows, in bytes (the attention
-/// scores, `[windows, heads, tokens, tokens]`, or the MLP's hidden layer):
-/// WebGPU guarantees a storage binding of 128 MiB.
+/// The largest activation of a batch of windows or prompts, in bytes (the
+/// attention scores, `[batch, heads, tokens, tokens]`, or the MLP's hidden
+/// layer): WebGPU guarantees a storage binding of 128 MiB.
 const BATCH_BYTES: usize = 128 << 20;
+
+/// How many windows, and how many class names' prompts, go through an
+/// encoder together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Batching {
+    /// As many as keep the largest activation under [`BATCH_BYTES`].
+    #[default]
+    Memory,
+    /// At most `n` windows or `n` names in a batch. A host that must be able
+    /// to cancel between windows on a slow device (the page's CPU fallback)
+    /// asks for 1.
+    AtMost(usize),
+}
 
 /// Everything of the last run that does not depend on the last block.
 struct WindowCache {
@@ -388,7 +400,7 @@ impl Segmenter {
             clock: instant_clock,
             phase_sync: false,
             probability_maps: ProbabilityMaps::Full,
-            window_batch: None,
+            batching: Batching::Memory,
         }
     }
 
@@ -398,11 +410,12 @@ impl Segmenter {
         self
     }
 
-    /// At most `windows` windows in one encoder batch (`None`: as many as
-    /// fit [`BATCH_BYTES`]). A host that must be able to cancel between
-    /// windows on a slow device (the page's CPU fallback) asks for 1.
-    pub fn with_window_batch(mut self, windows: Option<usize>) -> Self {
-        self.window_batch = windows.map(|n| n.max(1));
+    /// How windows and class names are batched ([`Batching::Memory`] by default).
+    pub fn with_batching(mut self, batching: Batching) -> Self {
+        self.batching = match batching {
+            Batching::AtMost(n) => Batching::AtMost(n.max(1)),
+            memory => memory,
+        };
         self
     }
 
@@ -454,7 +467,8 @@ impl Segmenter {
 
     /// Normalised class embedding of each name, `[names, embed_dim]`
     /// row-major, computed once per (name, templates) and then cached.
-    /// Returns them with how many names had to be encoded.
+    /// Names not cached yet are encoded together, as many prompts per batch
+    /// as [`Batching`] allows. Returns them with how many names had to be encoded.
     pub async fn class_embeddings(
         &mut self,
         names: &[&str],
@@ -467,43 +481,78 @@ impl Segmenter {
         let mut encoded = 0;
         for (done, name) in names.iter().enumerate() {
             let key = (name.to_string(), templates);
-            let embedding = match self.text_cache.get(&key) {
-                Some(embedding) => embedding,
-                None => {
-                    let embedding = self.encode_class(name, templates, warnings).await?;
-                    encoded += 1;
-                    self.text_cache.entry(key).or_insert(embedding)
+            if !self.text_cache.contains_key(&key) {
+                let batch = self.uncached_names_batch(&names[done..], templates)?;
+                let embeddings = self.encode_classes(&batch, templates, warnings).await?;
+                encoded += batch.len();
+                for (name, embedding) in batch.iter().zip(embeddings) {
+                    self.text_cache.insert((name.to_string(), templates), embedding);
                 }
-            };
-            out.extend_from_slice(embedding);
+            }
+            out.extend_from_slice(&self.text_cache[&key]);
             step(observer, Progress::Text { done: done + 1, total }).await?;
         }
         Ok((out, encoded))
     }
 
-    async fn encode_class(&self, name: &str, templates: Templates, warnings: &mut Vec<String>) -> Result<Vec<f32>, SegmentError> {
-        let prompts = templates.prompts(name);
+    /// The first of `names` (not cached) and the following names not cached,
+    /// as many as fit one text batch: at most [`BATCH_BYTES`] in the largest
+    /// activation (`[prompts, tokens, mlp_width]` or the attention scores).
+    fn uncached_names_batch<'n>(&self, names: &[&'n str], templates: Templates) -> Result<Vec<&'n str>, SegmentError> {
+        let text = &self.model.config.text;
+        let mut batch: Vec<&str> = Vec::new();
+        let (mut rows, mut len) = (0, 0);
+        for &name in names {
+            if batch.contains(&name) || self.text_cache.contains_key(&(name.to_string(), templates)) {
+                continue;
+            }
+            let fits = match self.batching {
+                Batching::AtMost(n) => batch.len() < n,
+                Batching::Memory => {
+                    let tokens = self.tokenizer.encode_batch(&templates.prompts(name))?;
+                    let (r, l) = (rows + tokens.rows(), len.max(tokens.len));
+                    let fits = 4 * r * l * text.mlp_width.max(text.heads * l) <= BATCH_BYTES;
+                    (rows, len) = (r, l);
+                    fits
+                }
+            };
+            if !fits && !batch.is_empty() {
+                break;
+            }
+            batch.push(name);
+        }
+        Ok(batch)
+    }
+
+    /// The class embeddings of `names`, all their prompts in one batch.
+    async fn encode_classes(&self, names: &[&str], templates: Templates, warnings: &mut Vec<String>) -> Result<Vec<Vec<f32>>, SegmentError> {
+        let prompts: Vec<String> = names.iter().flat_map(|name| templates.prompts(name)).collect();
+        let per_name = prompts.len() / names.len().max(1);
         let batch = self.tokenizer.encode_batch(&prompts)?;
-        if batch.truncated.iter().any(|&t| t) {
-            warnings.push(format!(
-                "\"{name}\" is too long: its prompts were cut to {} tokens",
-                self.tokenizer.context_length()
-            ));
+        for (name, truncated) in names.iter().zip(batch.truncated.chunks(per_name)) {
+            if truncated.iter().any(|&t| t) {
+                warnings.push(format!("\"{name}\" is too long: its prompts were cut to {} tokens", self.tokenizer.context_length()));
+            }
         }
         let features = read_back(self.model.text.encode(&batch)?).await?;
         // clearclip_segmentor.py: feature /= norm; feature.mean(0); feature /= norm
         let dim = self.embed_dim();
-        let mut mean = vec![0.0f32; dim];
-        for row in features.chunks_exact(dim) {
-            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
-            for (m, x) in mean.iter_mut().zip(row) {
-                *m += x / norm;
-            }
-        }
-        let rows = features.len() / dim;
-        mean.iter_mut().for_each(|m| *m /= rows as f32);
-        l2_normalize(&mut mean);
-        Ok(mean)
+        let embeddings = features
+            .chunks_exact(per_name * dim)
+            .map(|rows| {
+                let mut mean = vec![0.0f32; dim];
+                for row in rows.chunks_exact(dim) {
+                    let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    for (m, x) in mean.iter_mut().zip(row) {
+                        *m += x / norm;
+                    }
+                }
+                mean.iter_mut().for_each(|m| *m /= per_name as f32);
+                l2_normalize(&mut mean);
+                mean
+            })
+            .collect();
+        Ok(embeddings)
     }
 
     /// Segment `image` into `classes`: encode the class names, run the
@@ -630,12 +679,15 @@ impl Segmenter {
 
     /// How many windows like `window` go through the encoder together.
     fn windows_per_batch(&self, window: &Window) -> usize {
-        self.window_batch.unwrap_or_else(|| {
-            let vision = &self.model.config.vision;
-            let tokens = 1 + (window.padded_height() / vision.patch_size) * (window.padded_width() / vision.patch_size);
-            let largest = 4 * tokens * (vision.heads * tokens).max(vision.mlp_width).max(1);
-            (BATCH_BYTES / largest).max(1)
-        })
+        match self.batching {
+            Batching::AtMost(n) => n,
+            Batching::Memory => {
+                let vision = &self.model.config.vision;
+                let tokens = 1 + (window.padded_height() / vision.patch_size) * (window.padded_width() / vision.patch_size);
+                let largest = 4 * tokens * (vision.heads * tokens).max(vision.mlp_width).max(1);
+                (BATCH_BYTES / largest).max(1)
+            }
+        }
     }
 
     /// The window logits averaged over the resized image, on the device, and

@@ -429,9 +429,7 @@ function renderRunStatus() {
   let status = '';
   if (s.running) {
     const p = s.progress;
-    const firstOnGpu = s.model?.backend === 'webgpu' && !s.result;
     status = p ? `${p.phase === 'text' ? 'Encoding class names' : 'Segmenting windows'} ${p.done}/${p.total}…` : 'Segmenting…';
-    if (firstOnGpu) status += ' (the first run also compiles the GPU kernels)';
   } else if (s.result) {
     const r = s.result.result;
     const { textMs, imageMs } = r.timings;

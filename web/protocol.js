@@ -19,8 +19,9 @@
 //   {type: 'catalog', catalog: {modes, attentions, presets, defaults}}   once the wasm module is up
 //   {type: 'progress', phase: 'download'|'cache'|'file'|'prepare'|'text'|'image', done, total}
 //      download/cache/file: bytes of the weights streamed (each tensor is converted and uploaded as it
-//      completes); prepare: the tokenizer and the segmenter; text/image: a run's class names and windows
-//   {type: 'ready', backend: 'webgpu'|'cpu', description, source: 'network'|'cache'|'file', warning?, loadMs}
+//      completes); prepare: the tokenizer, the segmenter and (WebGPU) the kernels' warm-up; text/image: a run's class names and windows
+//   {type: 'ready', backend: 'webgpu'|'cpu', description, source: 'network'|'cache'|'file', warning?, loadMs,
+//      warmUpMs}  warmUpMs: part of loadMs spent compiling the GPU kernels (one run on a blank image; 0 on the CPU)
 //   {type: 'result', id, result, compare?, wasmMemoryBytes}  result: ResultSummary (crates/web) with typed arrays
 //                                                         transferred: labels and labelColors (RGBA) at full
 //                                                         size, probs every probsStride-th pixel;

@@ -87,6 +87,17 @@ async function load({ url, file, preferGpu, gelu }) {
     const taken = weights;
     weights = null;
     const next = WebSegmenter.create(taken, tokenizerBytes);
+    // On WebGPU the kernels compile now, as part of loading, so the first image
+    // costs what the next ones do.
+    let warmUpMs = 0;
+    if (next.backend() === 'webgpu') {
+      try {
+        warmUpMs = await next.warmUp();
+      } catch (e) {
+        next.free();
+        throw e;
+      }
+    }
     // Keep the previous model until the new one works; swap between runs.
     await enqueue(() => {
       segmenter?.free();
@@ -100,6 +111,7 @@ async function load({ url, file, preferGpu, gelu }) {
       source,
       warning,
       loadMs: performance.now() - started,
+      warmUpMs,
       wasmMemoryBytes: wasmMemory.buffer.byteLength,
     });
   } catch (e) {

@@ -5,6 +5,9 @@
 //! by a re-run on the same image and classes, which only runs the last block
 //! and what follows (what a mode switch costs). The first run after the load
 //! is reported as cold; the others give the warm median, minimum and maximum.
+//! Between the load and the first run the segmenter warms up (one run on a
+//! blank image, [`Segmenter::warm_up`]), as the page does on WebGPU, unless
+//! `--no-warm-up` asks for the cold process.
 //! On a GPU the segmenter waits for the device after each phase, so the
 //! device's time lands in the phase that queued it.
 
@@ -30,6 +33,10 @@ pub struct BenchArgs {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Skip the warm-up after the load: the first run then also compiles
+    /// the GPU kernels.
+    #[arg(long)]
+    no_warm_up: bool,
 }
 
 /// One phase over all runs.
@@ -57,6 +64,8 @@ struct Report {
     prompts_per_name: usize,
     runs: usize,
     load_ms: f64,
+    /// The warm-up after the load (one run on a blank image), if it ran.
+    warm_up_ms: Option<f64>,
     /// Whether each phase waited for the device (GPU) before the next began.
     phase_sync: bool,
     phases: Vec<PhaseStats>,
@@ -113,6 +122,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let (segmenter, load_time) = load_segmenter(&args.model)?;
     let mut segmenter = segmenter.with_phase_sync(gpu);
     let model = segmenter.config().describe();
+    let warm_up_ms = match args.no_warm_up {
+        true => None,
+        false => Some(pollster::block_on(segmenter.warm_up(&params))?),
+    };
 
     let mut runs: Vec<[(&'static str, f64); 10]> = Vec::new();
     let mut last = None;
@@ -154,6 +167,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         prompts_per_name: params.templates.list().len(),
         runs: runs.len(),
         load_ms: load_time.as_secs_f64() * 1e3,
+        warm_up_ms,
         phase_sync: gpu,
         phases,
     };
@@ -181,8 +195,9 @@ fn segment(
 
 fn print_table(r: &Report) {
     println!(
-        "{} on {}, {} threads; image {}x{} (model input {}x{}, {} windows); {} class names x {} prompts; load {:.0} ms",
-        r.model, r.device, r.threads, r.image[0], r.image[1], r.resized[0], r.resized[1], r.windows, r.class_names, r.prompts_per_name, r.load_ms
+        "{} on {}, {} threads; image {}x{} (model input {}x{}, {} windows); {} class names x {} prompts; load {:.0} ms; warm-up {}",
+        r.model, r.device, r.threads, r.image[0], r.image[1], r.resized[0], r.resized[1], r.windows, r.class_names, r.prompts_per_name, r.load_ms,
+        r.warm_up_ms.map_or("skipped".to_string(), |ms| format!("{ms:.0} ms"))
     );
     println!("| phase (ms) | cold | warm median | warm min | warm max |");
     println!("|---|---:|---:|---:|---:|");

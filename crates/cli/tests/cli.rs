@@ -287,6 +287,7 @@ fn bench_reports_every_phase_cold_and_warm_as_json() {
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
     assert_eq!(report["runs"], 3);
     assert_eq!(report["threads"], 1);
+    assert!(report["warmUpMs"].as_f64().unwrap() > 0.0, "the warm-up runs after the load");
     assert_eq!(
         report["classNames"], 4,
         "synonyms are encoded as names of their own"

@@ -5,10 +5,15 @@
 //! synonyms, argmax, background threshold) in mc-lan/ClearCLIP
 //! `clearclip_segmentor.py`.
 //!
-//! The full-size maps are made in bands of rows, so no buffer outgrows what
-//! a browser lets one binding hold, and only what the caller uses is read
-//! back, all bands in one transfer: the label map, and the probabilities at
-//! full size or every `stride`-th pixel.
+//! On a GPU the full-size maps are made in bands of rows, so no buffer
+//! outgrows what a browser lets one binding hold, and only what the caller
+//! uses is read back, all bands in one transfer: the label map, and the
+//! probabilities at full size or every `stride`-th pixel.
+//!
+//! On the CPU backend the same step is one pass over the pixels
+//! ([`classify_on_host`]): there, some thirty tensor passes over the
+//! full-size maps cost 12x more than a loop that keeps each pixel's scores
+//! in registers (3.4 s against 0.27 s for a 2048x1367 photo and 6 queries).
 
 use burn::tensor::{activation, Device, Int, Tensor, TensorData, Transaction};
 
@@ -65,6 +70,71 @@ impl DeviceTaps {
     fn resample<const D: usize>(&self, x: Tensor<D>, dim: usize) -> Tensor<D> {
         self.blend(x.clone().select(dim, self.lower.clone()), x.select(dim, self.upper.clone()), dim)
     }
+}
+
+/// Whether `device` is the CPU backend, where [`classify_on_host`] runs.
+pub(crate) fn is_cpu(device: &Device) -> bool {
+    *device == Device::flex()
+}
+
+/// [`classify`] in one pass over the pixels, on the host: resize of the
+/// averaged logits, softmax, max over synonyms, argmax and threshold per
+/// pixel. Only every `stride`-th pixel's probabilities are kept.
+///
+/// # Shapes
+/// - `logits`: `[queries, in_h, in_w]` (`in` = `out` for PAMR's full-size logits)
+pub(crate) fn classify_on_host(logits: &Maps, (out_h, out_w): (usize, usize), merge: &ClassMerge, stride: usize) -> ClassMaps {
+    let (in_h, in_w) = logits.size();
+    let ty = linear_taps(in_h, out_h);
+    let tx = linear_taps(in_w, out_w);
+    let (sampled_h, sampled_w) = (out_h.div_ceil(stride), out_w.div_ceil(stride));
+    let mut probs = vec![0.0f32; merge.classes * sampled_h * sampled_w];
+    let mut labels = vec![0u8; out_h * out_w];
+    let mut scores = vec![0.0f32; logits.channels()];
+    let mut class_probs = vec![0.0f32; merge.classes];
+    for (y, t) in ty.iter().enumerate() {
+        for (x, s) in tx.iter().enumerate() {
+            for (q, score) in scores.iter_mut().enumerate() {
+                let plane = logits.plane(q);
+                let (a, b) = (&plane[t.i0 * in_w..][..in_w], &plane[t.i1 * in_w..][..in_w]);
+                // PyTorch's order: h0 * (w0 * a00 + w1 * a01) + h1 * (w0 * a10 + w1 * a11).
+                let value = t.w0 * (s.w0 * a[s.i0] + s.w1 * a[s.i1]) + t.w1 * (s.w0 * b[s.i0] + s.w1 * b[s.i1]);
+                *score = value * merge.logit_scale;
+            }
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0.0;
+            for score in scores.iter_mut() {
+                *score = (*score - max).exp();
+                total += *score;
+            }
+            class_probs.iter_mut().for_each(|p| *p = f32::NEG_INFINITY);
+            for (&c, score) in merge.class_of_query.iter().zip(&scores) {
+                class_probs[c] = class_probs[c].max(score / total);
+            }
+            let mut best = 0;
+            for (c, &p) in class_probs.iter().enumerate() {
+                if p > class_probs[best] {
+                    best = c;
+                }
+            }
+            labels[y * out_w + x] = if class_probs[best] < merge.background_threshold { 0 } else { best as u8 };
+            if y % stride == 0 && x % stride == 0 {
+                let at = (y / stride) * sampled_w + x / stride;
+                for (c, &p) in class_probs.iter().enumerate() {
+                    probs[c * sampled_h * sampled_w + at] = p;
+                }
+            }
+        }
+    }
+    ClassMaps { probs, labels }
+}
+
+/// Reads a `[channels, height, width]` tensor back as maps.
+pub(crate) async fn read_maps(tensor: Tensor<3>) -> Result<Maps, SegmentError> {
+    let [channels, height, width] = tensor.dims();
+    let data = tensor.into_data_async().await.map_err(device_error)?;
+    let values = data.iter::<f32>().collect::<Vec<_>>();
+    Maps::from_vec(values, channels, (height, width)).ok_or_else(|| SegmentError::Device("read back maps of the wrong size".into()))
 }
 
 /// The rows `rows` of the bilinear resize of `source` to width `out_w`:
@@ -329,6 +399,12 @@ mod tests {
         assert_eq!(band_rows(BAND_BYTES, 1000, 1_000_000, 4), 4, "at least one stride of rows");
     }
 
+    fn assert_close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        let max = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+        assert!(max < 1e-6, "max abs diff {max}");
+    }
+
     /// Pseudo-random logits in [-0.5, 0.5).
     fn logits(n: usize) -> Vec<f32> {
         let mut state = 0x2545_f491_u32;
@@ -371,6 +447,11 @@ mod tests {
             let total: f32 = (0..3).map(|c| one.probs[c * 23 * 31 + p]).sum();
             assert!(total <= 1.0 + 1e-5, "{total}");
         }
+
+        // In one pass on the host (the CPU backend's path): the same maps.
+        let host = classify_on_host(&pollster::block_on(read_maps(source.clone())).unwrap(), size, &merge, 2);
+        assert_eq!(host.labels, one.labels);
+        assert_close(&host.probs, &sampled.probs);
 
         // The full-size logits given on the host (PAMR's path) give the same maps.
         let full = pollster::block_on(resize_to_host(source.clone(), size, 4 * 5 * 31)).unwrap();

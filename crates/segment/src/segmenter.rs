@@ -12,9 +12,10 @@
 //!    `logit_scale * logits`, max over synonyms, argmax and background
 //!    threshold (`postprocess_result`).
 //!
-//! Steps 3 and 4 run on the model's device ([`crate::merge`]); one transfer
-//! at the end reads back the label map and the probability maps asked for
-//! ([`ProbabilityMaps`]).
+//! Steps 3 and 4 run on the model's device ([`crate::merge`]); on a GPU one
+//! transfer at the end reads back the label map and the probability maps
+//! asked for ([`ProbabilityMaps`]); on the CPU backend step 4 is one pass
+//! over the pixels.
 //!
 //! The output of the first `L-1` vision blocks of every window is kept for
 //! the last image, so a new [`LastBlock`] (another mode, another knob)
@@ -34,7 +35,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::classes::ClassList;
-use crate::merge::{classify, resize_to_host, ClassMerge, FullSizeLogits, WindowSum, BAND_BYTES};
+use crate::merge::{classify, classify_on_host, is_cpu, read_maps, resize_to_host, ClassMerge, FullSizeLogits, WindowSum, BAND_BYTES};
 use crate::pamr::Pamr;
 use crate::preprocess::{normalize, rescaled_size, resize_like_opencv};
 use crate::prompts::Templates;
@@ -587,18 +588,32 @@ impl Segmenter {
         let size = (height as usize, width as usize);
         let merge = ClassMerge::new(&class_of_query, classes.len(), params);
         let probs_stride = self.probability_maps.stride(width, height);
-        let pending = match &params.pamr {
-            None => classify(FullSizeLogits::Resize(averaged), size, &merge, probs_stride, BAND_BYTES),
-            // NACLIP.predict: logits and the network input resized to the original size, then PAMR.
+        let device = self.model.vision.device();
+        // NACLIP.predict: logits and the network input resized to the original size, then PAMR.
+        let refined = match &params.pamr {
+            None => None,
             Some(pamr) => {
-                let mut logits = resize_to_host(averaged, size, BAND_BYTES).await?;
+                let mut logits = resize_to_host(averaged.clone(), size, BAND_BYTES).await?;
                 let pixels = resize_to_host(self.upload(&prepared.pixels), size, BAND_BYTES).await?;
                 pamr.refine(&pixels, &mut logits);
-                classify(FullSizeLogits::Host(&logits, self.model.vision.device()), size, &merge, probs_stride, BAND_BYTES)
+                Some(logits)
             }
         };
-        let classified = self.phase_end()?;
-        let maps = pending.read().await?;
+        let (maps, classified) = if is_cpu(&device) {
+            let logits = match refined {
+                Some(logits) => logits,
+                None => read_maps(averaged).await?,
+            };
+            let maps = classify_on_host(&logits, size, &merge, probs_stride);
+            (maps, (self.clock)())
+        } else {
+            let pending = match &refined {
+                None => classify(FullSizeLogits::Resize(averaged), size, &merge, probs_stride, BAND_BYTES),
+                Some(logits) => classify(FullSizeLogits::Host(logits, device), size, &merge, probs_stride, BAND_BYTES),
+            };
+            let classified = self.phase_end()?;
+            (pending.read().await?, classified)
+        };
         let done = (self.clock)();
         phases.probabilities_ms = classified - merging;
         phases.read_back_ms = done - classified;
@@ -618,6 +633,24 @@ impl Segmenter {
             timings: Timings { text_ms: text_done - started, image_ms: done - text_done, classes_encoded, image: phases },
             warnings,
         })
+    }
+
+    /// Run the pipeline once, on a blank image that gives two windows of
+    /// `params`' crop and on one class name, so that a GPU compiles its
+    /// kernels at load rather than in the user's first request. The caches
+    /// are left as they were. Returns the milliseconds it took.
+    pub async fn warm_up(&mut self, params: &SegmentParams) -> Result<f64, SegmentError> {
+        let started = (self.clock)();
+        let text_cache = std::mem::take(&mut self.text_cache);
+        let window_cache = self.window_cache.take();
+        let side = params.short_side.max(self.model.config.vision.patch_size as u32);
+        let blank = RgbImage::from_pixel(side + side / 2, side, image::Rgb([128, 128, 128]));
+        let (classes, _) = ClassList::parse("a blank image").map_err(|e| SegmentError::Device(e.to_string()))?;
+        let result = self.segment(&blank, &classes, params, &mut |_: Progress| {}).await;
+        self.text_cache = text_cache;
+        self.window_cache = window_cache;
+        result?;
+        Ok((self.clock)() - started)
     }
 
     /// `maps` on the model's device.

@@ -23,7 +23,7 @@ use std::rc::Rc;
 use burn::tensor::Device;
 use clearclip_model::{Activation, CheckpointLoader, ClipTokenizer, LoadOptions};
 use clearclip_segment::{
-    decode_image, Batching, render, Catalog, ClassList, Observer, ProbabilityMaps, Progress, SegmentError, SegmentRequest, Segmentation, Segmenter, Timings,
+    decode_image, Batching, render, Catalog, ClassList, Observer, ProbabilityMaps, Progress, SegmentError, SegmentParams, SegmentRequest, Segmentation, Segmenter, Timings,
 };
 use image::RgbImage;
 use js_sys::{Float32Array, Function, Object, Reflect, Uint8Array};
@@ -338,6 +338,20 @@ impl WebSegmenter {
 
     pub fn description(&self) -> String {
         self.description.clone()
+    }
+
+    /// Run the default request once on a blank image, so that the GPU
+    /// compiles its kernels now rather than in the first real run (see
+    /// [`Segmenter::warm_up`]). Resolves to the milliseconds it took; rejects
+    /// with an [`ErrorReport`].
+    #[wasm_bindgen(js_name = warmUp)]
+    pub fn warm_up(&self) -> js_sys::Promise {
+        let state = self.state.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let mut guard = state.borrow_mut();
+            let ms = guard.segmenter.warm_up(&SegmentParams::default()).await.map_err(|e| segment_error(&e))?;
+            Ok(JsValue::from_f64(ms))
+        })
     }
 
     /// Segment `image` as `request` (a [`SegmentRequest`]) says; with `keep:

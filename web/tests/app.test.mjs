@@ -482,8 +482,13 @@ async function soak(backend, query) {
     assert.ok(gpu[4].bytesReserved <= gpu[1].bytesReserved * 1.05, `GPU memory keeps growing: ${line}`);
   }
   console.log(line);
-  // Wasm memory only grows; after the first cycles through every image, label set and mode it must stop.
-  assert.ok(memory[4] <= memory[1] * 1.05, `wasm memory keeps growing: ${wasm} MB`);
+  // Wasm memory only grows. A leaked result (labels, colours, maps: 0.05-3 MB a run
+  // here) grows it in every stretch of 10 runs; the allocator reaching a new high-water
+  // mark after an unlucky sequence of sizes is a single step (seen once: 36.4 to 38.8 MB
+  // between runs 30 and 40, flat after). Of the three stretches after run 20 at most
+  // one may grow, and by at most 10 % in all.
+  const grewIn = memory.slice(2).filter((m, i) => m > memory[i + 1]).length;
+  assert.ok(grewIn <= 1 && memory[4] <= memory[1] * 1.1, `wasm memory keeps growing: ${wasm} MB`);
   assert.equal(await page.locator('#legend li').count(), (await pageLabels(page)).split(';').length);
   await page.close();
 }

@@ -234,8 +234,8 @@ fn a_cancelled_run_stops_between_windows_and_the_next_run_is_whole() {
     let image = chelsea();
     let (classes, _) = ClassList::parse("cat; grass, lawn; wall").unwrap();
     let params = SegmentParams { short_side: 160, crop: 112, stride: 56, templates: Templates::Single, ..SegmentParams::default() };
-    // One window per batch, as the page's CPU fallback runs.
-    let mut seg = segmenter(CHECKPOINTS[1], &device).with_batching(Batching::AtMost(1));
+    // One window per batch, as the CPU backend runs by default.
+    let mut seg = segmenter(CHECKPOINTS[1], &device);
     let whole = pollster::block_on(seg.segment(&image, &classes, &params, &mut |_: Progress| {})).unwrap();
     assert!(whole.windows > 3);
 

@@ -23,7 +23,7 @@ use std::rc::Rc;
 use burn::tensor::Device;
 use clearclip_model::{Activation, CheckpointLoader, ClipTokenizer, LoadOptions};
 use clearclip_segment::{
-    decode_image, Batching, render, Catalog, ClassList, Observer, ProbabilityMaps, Progress, SegmentError, SegmentParams, SegmentRequest, Segmentation, Segmenter, Timings,
+    decode_image, render, Catalog, ClassList, Observer, ProbabilityMaps, Progress, SegmentError, SegmentParams, SegmentRequest, Segmentation, Segmenter, Timings,
 };
 use image::RgbImage;
 use js_sys::{Float32Array, Function, Object, Reflect, Uint8Array};
@@ -319,12 +319,9 @@ impl WebSegmenter {
         let tokenizer = ClipTokenizer::from_json_bytes(tokenizer_json, model.config.text.context_length)
             .map_err(|e| ErrorReport::new("tokenizer", e, false))?;
         let description = format!("{} [{:?} layout]{note}", model.config.describe(), model.layout);
-        // The page draws heatmaps at display size; on the CPU one window (one
-        // class name) at a time, so that a cancel is heard between them.
-        let segmenter = Segmenter::new(model, tokenizer)
-            .with_clock(performance_now)
-            .with_probability_maps(ProbabilityMaps::ForDisplay)
-            .with_batching(if backend == Backend::Cpu { Batching::AtMost(1) } else { Batching::Memory });
+        // The page draws heatmaps at display size. On the CPU the segmenter
+        // takes one window (one class name) at a time, so a cancel is heard between them.
+        let segmenter = Segmenter::new(model, tokenizer).with_clock(performance_now).with_probability_maps(ProbabilityMaps::ForDisplay);
         Ok(WebSegmenter { state: Rc::new(RefCell::new(State { segmenter, last: None })), backend, description })
     }
 

@@ -15,6 +15,8 @@
 //! full-size maps cost 12x more than a loop that keeps each pixel's scores
 //! in registers (3.4 s against 0.27 s for a 2048x1367 photo and 6 queries).
 
+use std::ops::Range;
+
 use burn::tensor::{activation, Device, Int, Tensor, TensorData, Transaction};
 
 use crate::resample::{linear_taps, LinearTap, Maps};
@@ -227,6 +229,11 @@ fn band_rows(band_bytes: usize, channels: usize, width: usize, stride: usize) ->
     (rows / stride).max(1) * stride
 }
 
+/// `0..height` cut into ranges of `step` rows (the last one shorter).
+fn bands(height: usize, step: usize) -> Vec<Range<usize>> {
+    (0..height).step_by(step).map(|y| y..(y + step).min(height)).collect()
+}
+
 /// Every `stride`-th of `0..n`, as an index tensor.
 fn every_nth(n: usize, stride: usize, device: &Device) -> Tensor<1, Int> {
     let index: Vec<i64> = (0..n).step_by(stride).map(|i| i as i64).collect();
@@ -238,7 +245,7 @@ fn every_nth(n: usize, stride: usize, device: &Device) -> Tensor<1, Int> {
 ///
 /// # Shapes
 /// - `maps`: `[channels, height, width]`; returns `[channels, rows.len(), width]`
-fn upload_rows(maps: &Maps, rows: std::ops::Range<usize>, device: &Device) -> Tensor<3> {
+fn upload_rows(maps: &Maps, rows: Range<usize>, device: &Device) -> Tensor<3> {
     let width = maps.size().1;
     let mut band = Vec::with_capacity(maps.channels() * rows.len() * width);
     for c in 0..maps.channels() {
@@ -257,7 +264,7 @@ pub(crate) async fn resize_to_host(source: Tensor<3>, (height, width): (usize, u
     let columns = DeviceTaps::new(&linear_taps(in_w, width), &source.device());
     let rows = linear_taps(in_h, height);
     let step = band_rows(band_bytes, channels, width, 1);
-    let bands = (0..height).step_by(step).map(|y| y..(y + step).min(height)).collect::<Vec<_>>();
+    let bands = bands(height, step);
     let transaction = bands.iter().fold(Transaction::default(), |t, band| t.register(resize_rows(&source, &rows[band.clone()], &columns)));
     let data = transaction.execute_async().await.map_err(device_error)?;
     let mut out = Maps::zeros(channels, (height, width));
@@ -274,7 +281,7 @@ pub(crate) async fn resize_to_host(source: Tensor<3>, (height, width): (usize, u
 /// The class maps, queued on the device; [`PendingClassMaps::read`] reads them back.
 pub(crate) struct PendingClassMaps {
     transaction: Transaction,
-    bands: Vec<std::ops::Range<usize>>,
+    bands: Vec<Range<usize>>,
     size: (usize, usize),
     classes: usize,
     stride: usize,
@@ -290,17 +297,19 @@ pub(crate) fn classify(
     stride: usize,
     band_bytes: usize,
 ) -> PendingClassMaps {
-    let (queries, device) = match &logits {
-        FullSizeLogits::Resize(t) => (t.dims()[0], t.device()),
-        FullSizeLogits::Host(maps, device) => (maps.channels(), device.clone()),
-    };
-    let columns = match &logits {
-        FullSizeLogits::Resize(t) => Some(DeviceTaps::new(&linear_taps(t.dims()[2], width), &device)),
-        FullSizeLogits::Host(..) => None,
-    };
-    let rows = match &logits {
-        FullSizeLogits::Resize(t) => linear_taps(t.dims()[1], height),
-        FullSizeLogits::Host(..) => Vec::new(),
+    // The full-size logits of a band of rows, `[queries, rows, width]`.
+    let (queries, device, band_logits): (usize, Device, Box<dyn Fn(Range<usize>) -> Tensor<3> + '_>) = match logits {
+        FullSizeLogits::Resize(averaged) => {
+            let [queries, in_h, in_w] = averaged.dims();
+            let device = averaged.device();
+            let rows = linear_taps(in_h, height);
+            let columns = DeviceTaps::new(&linear_taps(in_w, width), &device);
+            (queries, device, Box::new(move |band| resize_rows(&averaged, &rows[band], &columns)))
+        }
+        FullSizeLogits::Host(maps, device) => {
+            let upload_to = device.clone();
+            (maps.channels(), device, Box::new(move |band| upload_rows(maps, band, &upload_to)))
+        }
     };
     // Each class's queries; none is needed when every class has one query.
     let one_query_each = merge.class_of_query.len() == merge.classes && merge.class_of_query.iter().enumerate().all(|(q, &c)| q == c);
@@ -315,15 +324,10 @@ pub(crate) fn classify(
     });
     let sampled_columns = (stride > 1).then(|| every_nth(width, stride, &device));
     let step = band_rows(band_bytes, queries.max(merge.classes), width, stride);
-    let bands = (0..height).step_by(step).map(|y| y..(y + step).min(height)).collect::<Vec<_>>();
+    let bands = bands(height, step);
     let mut transaction = Transaction::default();
     for band in &bands {
-        let band_logits = match (&logits, &columns) {
-            (FullSizeLogits::Resize(averaged), Some(columns)) => resize_rows(averaged, &rows[band.clone()], columns),
-            (FullSizeLogits::Host(maps, _), _) => upload_rows(maps, band.clone(), &device),
-            (FullSizeLogits::Resize(_), None) => unreachable!("columns are made for a resize"),
-        };
-        let query_probs = activation::softmax(band_logits * merge.logit_scale, 0);
+        let query_probs = activation::softmax(band_logits(band.clone()) * merge.logit_scale, 0);
         let probs = match &synonyms {
             None => query_probs,
             Some(of_class) => Tensor::cat(of_class.iter().map(|q| query_probs.clone().select(0, q.clone()).max_dim(0)).collect(), 0),
@@ -399,12 +403,6 @@ mod tests {
         assert_eq!(band_rows(BAND_BYTES, 1000, 1_000_000, 4), 4, "at least one stride of rows");
     }
 
-    fn assert_close(a: &[f32], b: &[f32]) {
-        assert_eq!(a.len(), b.len());
-        let max = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-        assert!(max < 1e-6, "max abs diff {max}");
-    }
-
     /// Pseudo-random logits in [-0.5, 0.5).
     fn logits(n: usize) -> Vec<f32> {
         let mut state = 0x2545_f491_u32;
@@ -451,7 +449,7 @@ mod tests {
         // In one pass on the host (the CPU backend's path): the same maps.
         let host = classify_on_host(&pollster::block_on(read_maps(source.clone())).unwrap(), size, &merge, 2);
         assert_eq!(host.labels, one.labels);
-        assert_close(&host.probs, &sampled.probs);
+        clearclip_fixtures::assert_close("host one-pass vs device", &host.probs, &sampled.probs, 1e-6);
 
         // The full-size logits given on the host (PAMR's path) give the same maps.
         let full = pollster::block_on(resize_to_host(source.clone(), size, 4 * 5 * 31)).unwrap();

@@ -281,21 +281,21 @@ struct DeviceMemory {
 }
 
 impl ResultSummary {
-    fn new(full: &Segmentation, warnings: Vec<String>, last_block: String) -> Self {
-        let (probs_width, probs_height) = full.probs_size();
+    fn new(seg: &Segmentation, warnings: Vec<String>, last_block: String) -> Self {
+        let (probs_width, probs_height) = seg.probs_size();
         Self {
-            width: full.width,
-            height: full.height,
-            class_names: full.class_names.clone(),
-            colors: (0..full.class_names.len()).map(render::class_color).collect(),
-            shares: full.class_shares(),
+            width: seg.width,
+            height: seg.height,
+            class_names: seg.class_names.clone(),
+            colors: (0..seg.class_names.len()).map(render::class_color).collect(),
+            shares: seg.class_shares(),
             warnings,
-            timings: full.timings,
-            windows: full.windows,
-            resized: [full.resized.0, full.resized.1],
-            reused_windows: full.reused_windows,
+            timings: seg.timings,
+            windows: seg.windows,
+            resized: [seg.resized.0, seg.resized.1],
+            reused_windows: seg.reused_windows,
             last_block,
-            probs_stride: full.probs_stride,
+            probs_stride: seg.probs_stride,
             probs_width,
             probs_height,
             device_memory: None,

@@ -25,8 +25,13 @@ Usage:
   python scripts/gen_fixtures.py fixtures/             # the committed fixtures
   python scripts/gen_fixtures.py --vit-b16 /tmp/b16.safetensors
       # a ViT-B/16-shaped random checkpoint (open_clip layout, f32) for benchmarks
+  python scripts/gen_fixtures.py --dense-onnx /tmp/b16.safetensors /tmp/b16_dense.onnx
+      # that checkpoint's ClearCLIP dense encoder for one 448x448 window, as ONNX
+      # (the onnxruntime-web peer of scripts/bench_browser.mjs; needs `pip install onnx`,
+      # and checks the export with onnxruntime when that is installed)
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -36,6 +41,7 @@ import cv2
 import numpy as np
 import open_clip
 import safetensors
+import safetensors.torch
 import skimage
 import torch
 import torch.nn.functional as F
@@ -592,12 +598,76 @@ def generate_vit_b16(path):
     print(f"wrote {path}")
 
 
+def openclip_config(sd):
+    """The vision and text tower sizes of an open_clip-layout state dict, read from its shapes."""
+    def layers(prefix):
+        return 1 + max(int(k[len(prefix):].split(".")[0]) for k in sd if k.startswith(prefix))
+
+    width, _, patch, _ = sd["visual.conv1.weight"].shape
+    grid = int(math.isqrt(sd["visual.positional_embedding"].shape[0] - 1))
+    vision = dict(width=width, layers=layers("visual.transformer.resblocks."), patch=patch, image=grid * patch,
+                  mlp=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0])
+    text = dict(width=sd["ln_final.weight"].shape[0], layers=layers("transformer.resblocks."),
+                mlp=sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0])
+    return vision, text, sd["text_projection"].shape[1]
+
+
+class DenseEncoder(torch.nn.Module):
+    """ClearCLIP's dense features for one square window of a fixed size, L2-normalised
+    (`forward_feature` up to the cosine logits). The positional embeddings are resized
+    once here, because tracing cannot follow `interpolate_pos_encoding`'s Python arithmetic."""
+
+    def __init__(self, visual, window):
+        super().__init__()
+        self.visual = copy.deepcopy(visual)
+        tokens = (window // visual.patch_size[0]) ** 2 + 1
+        with torch.no_grad():
+            pos = interpolate_pos_encoding(visual, tokens, window, window)[0]
+        self.visual.positional_embedding = torch.nn.Parameter(pos.clone())
+
+    def forward(self, pixels):
+        f = dense_features(self.visual, pixels)
+        return f / f.norm(dim=-1, keepdim=True)
+
+
+def export_dense_onnx(checkpoint, out, window=448):
+    """The ClearCLIP dense encoder of `checkpoint` (open_clip layout) as ONNX, input
+    `pixels` [1, 3, window, window] (normalised), output `features` [1, patches, embed]."""
+    sd = safetensors.torch.load_file(checkpoint)
+    vision, text, embed = openclip_config(sd)
+    model = make_openclip_model(vision, text, embed, {k: v.float() for k, v in sd.items()})
+    dense = DenseEncoder(model.visual, window).eval()
+    torch.manual_seed(2)
+    pixels = torch.randn(1, 3, window, window)
+    with torch.no_grad():
+        expected = dense(pixels)
+        # the reference path itself, with the embeddings resized on the fly: the wrapper changes nothing
+        direct = dense_features(model.visual, pixels)
+        direct = direct / direct.norm(dim=-1, keepdim=True)
+    assert (expected - direct).abs().max().item() < 1e-5
+    torch.onnx.export(dense, (pixels,), out, input_names=["pixels"], output_names=["features"],
+                      opset_version=17, dynamo=False)
+    try:
+        import onnxruntime
+    except ImportError:
+        print(f"wrote {out} (not checked: onnxruntime is not installed)")
+        return
+    session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
+    got = session.run(None, {"pixels": pixels.numpy()})[0]
+    err = float(np.abs(got - expected.numpy()).max())
+    assert err < 1e-4, f"ONNX export disagrees with PyTorch: {err}"
+    print(f"wrote {out}; onnxruntime vs PyTorch max abs diff {err:.2e}")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("out", help="fixture directory, or checkpoint path with --vit-b16")
+    ap.add_argument("out", help="fixture directory, or checkpoint path with --vit-b16, or ONNX path with --dense-onnx")
     ap.add_argument("--vit-b16", action="store_true")
+    ap.add_argument("--dense-onnx", metavar="CHECKPOINT", help="export CHECKPOINT's dense encoder to ONNX")
     a = ap.parse_args()
     if a.vit_b16:
         generate_vit_b16(a.out)
+    elif a.dense_onnx:
+        export_dense_onnx(a.dense_onnx, a.out)
     else:
         generate_fixtures(a.out)

@@ -43,6 +43,24 @@ impl TokenBatch {
     pub fn rows(&self) -> usize {
         self.eot.len()
     }
+
+    /// The rows of `parts`, in order, in one batch padded to the longest:
+    /// what [`ClipTokenizer::encode_batch`] gives for all their texts at once.
+    pub fn concat<'a>(parts: impl IntoIterator<Item = &'a TokenBatch>) -> TokenBatch {
+        let parts: Vec<&TokenBatch> = parts.into_iter().collect();
+        let len = parts.iter().map(|p| p.len).max().unwrap_or(0);
+        let rows: usize = parts.iter().map(|p| p.rows()).sum();
+        let mut ids = Vec::with_capacity(rows * len);
+        for part in &parts {
+            for row in part.ids.chunks_exact(part.len.max(1)).take(part.rows()) {
+                ids.extend_from_slice(row);
+                ids.extend(std::iter::repeat_n(0, len - part.len));
+            }
+        }
+        let eot = parts.iter().flat_map(|p| p.eot.iter().copied()).collect();
+        let truncated = parts.iter().flat_map(|p| p.truncated.iter().copied()).collect();
+        TokenBatch { ids, len, eot, truncated }
+    }
 }
 
 impl ClipTokenizer {

@@ -4,7 +4,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use clearclip_fixtures::{assert_close, load_fixture_model, test_devices, tokenizer_json, Reference, CHECKPOINTS};
-use clearclip_model::{resize_patch_positions, AttentionKind, ClipTokenizer, DenseMode, LastBlock, Layout, Residual};
+use clearclip_model::{resize_patch_positions, AttentionKind, ClipTokenizer, DenseMode, LastBlock, Layout, Residual, TokenBatch};
 
 /// Features reach ~5 in magnitude; f32 on different kernels than PyTorch's.
 const FEATURE_TOLERANCE: f32 = 1e-4;
@@ -153,6 +153,17 @@ fn token_batches_pad_to_the_longest_and_report_eot() {
     assert_eq!(batch.len, 8);
     assert_eq!(batch.eot, vec![7, 2]);
     assert_eq!(batch.ids[8..], [49406, 2390, 49407, 0, 0, 0, 0, 0]);
+}
+
+#[test]
+fn token_batches_concatenate_as_if_encoded_together() {
+    let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json(), 77).unwrap();
+    let long = "word ".repeat(100);
+    let parts = [vec!["sky", "a photo of a cat."], vec!["grass"], vec![long.as_str(), "x"]];
+    let batches: Vec<_> = parts.iter().map(|texts| tokenizer.encode_batch(texts).unwrap()).collect();
+    let all: Vec<&str> = parts.concat();
+    assert_eq!(TokenBatch::concat(&batches), tokenizer.encode_batch(&all).unwrap());
+    assert_eq!(TokenBatch::concat(&batches[..2]), tokenizer.encode_batch(&all[..3]).unwrap());
 }
 
 #[test]

@@ -19,7 +19,7 @@ use std::ops::Range;
 
 use burn::tensor::{activation, Device, Int, Tensor, TensorData, Transaction};
 
-use crate::resample::{linear_taps, LinearTap, Maps};
+use crate::resample::{bilinear, linear_taps, LinearTap, Maps};
 use crate::segmenter::{device_error, SegmentError, SegmentParams};
 use crate::windows::Window;
 
@@ -98,10 +98,8 @@ pub(crate) fn classify_on_host(logits: &Maps, (out_h, out_w): (usize, usize), me
         for (x, s) in tx.iter().enumerate() {
             for (q, score) in scores.iter_mut().enumerate() {
                 let plane = logits.plane(q);
-                let (a, b) = (&plane[t.i0 * in_w..][..in_w], &plane[t.i1 * in_w..][..in_w]);
-                // PyTorch's order: h0 * (w0 * a00 + w1 * a01) + h1 * (w0 * a10 + w1 * a11).
-                let value = t.w0 * (s.w0 * a[s.i0] + s.w1 * a[s.i1]) + t.w1 * (s.w0 * b[s.i0] + s.w1 * b[s.i1]);
-                *score = value * merge.logit_scale;
+                let (upper, lower) = (&plane[t.i0 * in_w..][..in_w], &plane[t.i1 * in_w..][..in_w]);
+                *score = bilinear(t, s, upper, lower) * merge.logit_scale;
             }
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut total = 0.0;
@@ -234,6 +232,31 @@ fn bands(height: usize, step: usize) -> Vec<Range<usize>> {
     (0..height).step_by(step).map(|y| y..(y + step).min(height)).collect()
 }
 
+/// Labels packed four to an integer, little-endian, so the read-back takes a
+/// byte a pixel: WGSL has no 8-bit storage type. `l0 + l1 * 2^8 + l2 * 2^16 +
+/// l3 * 2^24` overflows a signed 32-bit integer from `l3 = 128`; the device's
+/// integer arithmetic wraps, so the low 32 bits hold the four bytes either way.
+///
+/// # Shapes
+/// - `labels`: any shape, `n` elements, each in `0..=255`; returns `[n.div_ceil(4)]`
+fn pack_labels<const D: usize>(labels: Tensor<D, Int>) -> Tensor<1, Int> {
+    let n = labels.shape().num_elements();
+    let device = labels.device();
+    let mut flat = labels.reshape([n]);
+    if n % 4 != 0 {
+        flat = Tensor::cat(vec![flat, Tensor::zeros([4 - n % 4], &device)], 0);
+    }
+    let place = Tensor::<2, Int>::from_data(TensorData::new(vec![1i64, 1 << 8, 1 << 16, 1 << 24], [1, 4]), &device);
+    (flat.reshape([n.div_ceil(4), 4]) * place).sum_dim(1).reshape([n.div_ceil(4)])
+}
+
+/// The bytes of [`pack_labels`]' integers, `n` of them.
+fn unpack_labels(packed: &TensorData, n: usize) -> Vec<u8> {
+    let mut labels: Vec<u8> = packed.iter::<i64>().flat_map(|word| (word as u32).to_le_bytes()).collect();
+    labels.truncate(n);
+    labels
+}
+
 /// Every `stride`-th of `0..n`, as an index tensor.
 fn every_nth(n: usize, stride: usize, device: &Device) -> Tensor<1, Int> {
     let index: Vec<i64> = (0..n).step_by(stride).map(|i| i as i64).collect();
@@ -338,7 +361,7 @@ pub(crate) fn classify(
             None => probs,
             Some(columns) => probs.select(1, every_nth(band.len(), stride, &device)).select(2, columns.clone()),
         };
-        transaction = transaction.register(labels).register(probs);
+        transaction = transaction.register(pack_labels(labels)).register(probs);
     }
     PendingClassMaps { transaction, bands, size: (height, width), classes: merge.classes, stride }
 }
@@ -354,7 +377,7 @@ impl PendingClassMaps {
         let mut probs = vec![0.0f32; classes * sampled_h * sampled_w];
         let mut sampled_row = 0;
         for (band, pair) in bands.iter().zip(data.chunks_exact(2)) {
-            labels.extend(pair[0].iter::<i64>().map(|l| l as u8));
+            labels.extend(unpack_labels(&pair[0], band.len() * width));
             let band_rows = band.len().div_ceil(stride);
             let values = pair[1].iter::<f32>().collect::<Vec<_>>();
             if values.len() != classes * band_rows * sampled_w {
@@ -391,9 +414,33 @@ mod tests {
     }
 
     #[test]
+    fn host_resize_equals_device_resize() {
+        // Down and up, in both axes, 3 planes.
+        let source = logits(3 * 7 * 9);
+        let on_host = Maps::from_vec(source.clone(), 3, (7, 9)).unwrap();
+        for size in [(23, 31), (4, 5), (7, 20)] {
+            let device = pollster::block_on(resize_to_host(maps(&source, 3, (7, 9)), size, BAND_BYTES)).unwrap().into_vec();
+            clearclip_fixtures::assert_close(&format!("host vs device resize to {size:?}"), on_host.resized(size).as_slice(), &device, 1e-6);
+        }
+    }
+
+    #[test]
     fn same_size_is_identity() {
         let x: Vec<f32> = (0..12).map(|i| i as f32).collect();
         assert_eq!(pollster::block_on(resize_to_host(maps(&x, 2, (2, 3)), (2, 3), BAND_BYTES)).unwrap().into_vec(), x);
+    }
+
+    #[test]
+    fn labels_are_packed_four_to_a_word() {
+        // Every byte value, in every position of a word, and a tail of 3 (1021 = 4 * 255 + 1).
+        let labels: Vec<i64> = (0..1021).map(|i| (i * 7 % 256) as i64).collect();
+        for (name, device) in clearclip_fixtures::test_devices() {
+            let tensor = Tensor::<2, Int>::from_data(TensorData::new(labels.clone(), [1, 1021]), &device);
+            let packed = pollster::block_on(pack_labels(tensor).into_data_async()).unwrap();
+            assert_eq!(packed.shape().to_vec(), vec![256], "{name}");
+            let back = unpack_labels(&packed, 1021);
+            assert_eq!(back, labels.iter().map(|&l| l as u8).collect::<Vec<_>>(), "{name}");
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! `(d + 0.5) * in / out - 0.5`, clamped at 0, the upper tap clamped to the
 //! border. The taps are computed here; [`crate::merge`] applies them on the
 //! device, columns first, then rows, in PyTorch's order
-//! `h0 * (w0 * a00 + w1 * a01) + h1 * (w0 * a10 + w1 * a11)`.
+//! `h0 * (w0 * a00 + w1 * a01) + h1 * (w0 * a10 + w1 * a11)`, and
+//! [`bilinear`] on the host, in the same order.
 
 /// Two-tap weights of one axis.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,6 +28,13 @@ pub fn linear_taps(in_size: usize, out_size: usize) -> Vec<LinearTap> {
             LinearTap { i0, i1, w0: 1.0 - w1, w1 }
         })
         .collect()
+}
+
+/// One output value from the two source rows `upper` (tap `row.i0`) and
+/// `lower` (`row.i1`), in PyTorch's order.
+#[inline]
+pub(crate) fn bilinear(row: &LinearTap, column: &LinearTap, upper: &[f32], lower: &[f32]) -> f32 {
+    row.w0 * (column.w0 * upper[column.i0] + column.w1 * upper[column.i1]) + row.w1 * (column.w0 * lower[column.i0] + column.w1 * lower[column.i1])
 }
 
 /// Planes of floats, `[channels, height, width]` row-major: class maps,
@@ -73,5 +81,22 @@ impl Maps {
 
     pub fn into_vec(self) -> Vec<f32> {
         self.data
+    }
+
+    /// Every plane resized to `(height, width)` on the host (the CPU backend's
+    /// PAMR inputs; a GPU uses [`crate::merge::resize_to_host`]).
+    pub fn resized(&self, (height, width): (usize, usize)) -> Maps {
+        let (in_h, in_w) = self.size;
+        let rows = linear_taps(in_h, height);
+        let columns = linear_taps(in_w, width);
+        let mut data = Vec::with_capacity(self.channels * height * width);
+        for c in 0..self.channels {
+            let plane = self.plane(c);
+            for row in &rows {
+                let (upper, lower) = (&plane[row.i0 * in_w..][..in_w], &plane[row.i1 * in_w..][..in_w]);
+                data.extend(columns.iter().map(|column| bilinear(row, column, upper, lower)));
+            }
+        }
+        Maps { data, channels: self.channels, size: (height, width) }
     }
 }

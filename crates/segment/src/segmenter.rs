@@ -30,7 +30,7 @@ use std::ops::ControlFlow;
 use std::pin::Pin;
 
 use burn::tensor::{Tensor, TensorData};
-use clearclip_model::{Clip, ClipConfig, ClipTokenizer, DenseMode, InputError, LastBlock, LastBlockError, LastBlockInput, TokenizerError};
+use clearclip_model::{Clip, ClipConfig, ClipTokenizer, DenseMode, InputError, LastBlock, LastBlockError, LastBlockInput, TokenBatch, TokenizerError};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
@@ -490,7 +490,7 @@ impl Segmenter {
                 let batch = self.uncached_names_batch(&names[done..], templates)?;
                 let embeddings = self.encode_classes(&batch, templates, warnings).await?;
                 encoded += batch.len();
-                for (name, embedding) in batch.iter().zip(embeddings) {
+                for ((name, _), embedding) in batch.iter().zip(embeddings) {
                     self.text_cache.insert((name.to_string(), templates), embedding);
                 }
             }
@@ -503,43 +503,41 @@ impl Segmenter {
     /// The first of `names` (not cached) and the following names not cached,
     /// as many as fit one text batch: at most [`BATCH_BYTES`] in the largest
     /// activation (`[prompts, tokens, mlp_width]` or the attention scores).
-    fn uncached_names_batch<'n>(&self, names: &[&'n str], templates: Templates) -> Result<Vec<&'n str>, SegmentError> {
+    /// Each comes with its prompts' tokens.
+    fn uncached_names_batch<'n>(&self, names: &[&'n str], templates: Templates) -> Result<Vec<(&'n str, TokenBatch)>, SegmentError> {
         let text = &self.model.config.text;
-        let mut batch: Vec<&str> = Vec::new();
+        let mut batch: Vec<(&str, TokenBatch)> = Vec::new();
         let (mut rows, mut len) = (0, 0);
         for &name in names {
-            if batch.contains(&name) || self.text_cache.contains_key(&(name.to_string(), templates)) {
+            if batch.iter().any(|(n, _)| *n == name) || self.text_cache.contains_key(&(name.to_string(), templates)) {
                 continue;
             }
-            let fits = match self.batching {
-                Batching::AtMost(n) => batch.len() < n,
-                Batching::Memory => {
-                    let tokens = self.tokenizer.encode_batch(&templates.prompts(name))?;
-                    let (r, l) = (rows + tokens.rows(), len.max(tokens.len));
-                    let fits = 4 * r * l * text.mlp_width.max(text.heads * l) <= BATCH_BYTES;
-                    (rows, len) = (r, l);
-                    fits
+            if let Batching::AtMost(n) = self.batching {
+                if batch.len() >= n.max(1) {
+                    break;
                 }
-            };
-            if !fits && !batch.is_empty() {
+            }
+            let tokens = self.tokenizer.encode_batch(&templates.prompts(name))?;
+            (rows, len) = (rows + tokens.rows(), len.max(tokens.len));
+            let fits = 4 * rows * len * text.mlp_width.max(text.heads * len) <= BATCH_BYTES;
+            if self.batching == Batching::Memory && !fits && !batch.is_empty() {
                 break;
             }
-            batch.push(name);
+            batch.push((name, tokens));
         }
         Ok(batch)
     }
 
-    /// The class embeddings of `names`, all their prompts in one batch.
-    async fn encode_classes(&self, names: &[&str], templates: Templates, warnings: &mut Vec<String>) -> Result<Vec<Vec<f32>>, SegmentError> {
-        let prompts: Vec<String> = names.iter().flat_map(|name| templates.prompts(name)).collect();
-        let per_name = prompts.len() / names.len().max(1);
-        let batch = self.tokenizer.encode_batch(&prompts)?;
-        for (name, truncated) in names.iter().zip(batch.truncated.chunks(per_name)) {
-            if truncated.iter().any(|&t| t) {
+    /// The class embeddings of the names of `batch`, all their prompts in one batch.
+    async fn encode_classes(&self, batch: &[(&str, TokenBatch)], templates: Templates, warnings: &mut Vec<String>) -> Result<Vec<Vec<f32>>, SegmentError> {
+        let per_name = templates.list().len();
+        for (name, tokens) in batch {
+            if tokens.truncated.iter().any(|&t| t) {
                 warnings.push(format!("\"{name}\" is too long: its prompts were cut to {} tokens", self.tokenizer.context_length()));
             }
         }
-        let features = read_back(self.model.text.encode(&batch)?).await?;
+        let tokens = TokenBatch::concat(batch.iter().map(|(_, tokens)| tokens));
+        let features = read_back(self.model.text.encode(&tokens)?).await?;
         // clearclip_segmentor.py: feature /= norm; feature.mean(0); feature /= norm
         let dim = self.embed_dim();
         let embeddings = features
@@ -597,8 +595,12 @@ impl Segmenter {
         let refined = match &params.pamr {
             None => None,
             Some(pamr) => {
-                let mut logits = resize_to_host(averaged.clone(), size, BAND_BYTES).await?;
-                let pixels = resize_to_host(self.upload(&prepared.pixels), size, BAND_BYTES).await?;
+                let (mut logits, pixels) = if is_cpu(&device) {
+                    (read_maps(averaged.clone()).await?.resized(size), prepared.pixels.resized(size))
+                } else {
+                    let logits = resize_to_host(averaged.clone(), size, BAND_BYTES).await?;
+                    (logits, resize_to_host(self.upload(&prepared.pixels), size, BAND_BYTES).await?)
+                };
                 pamr.refine(&pixels, &mut logits);
                 Some(logits)
             }

@@ -20,16 +20,19 @@ import { serve } from './serve.mjs';
 // rounds it switches through the modes and times each re-run. It prints one JSON line per
 // backend: the cold run, and the median/min/max of the warm rounds for text, image and each
 // image phase. `load-only` stops once the model is loaded and reports the memory that took
-// (peak resident size of the Chromium processes).
-const positional = process.argv.slice(2).filter((a) => !a.includes('=') && a !== 'load-only');
+// (peak resident size of the Chromium processes). `v8prof` runs Chromium with V8's sampling
+// profiler: each isolate (the page, the worker) writes isolate-*-v8.log into the current
+// directory, for `node --prof-process` (build with WASM_NAMES=1 to see the wasm functions' names).
+const positional = process.argv.slice(2).filter((a) => !a.includes('=') && a !== 'load-only' && a !== 'v8prof');
 const options = Object.fromEntries(process.argv.slice(2).filter((a) => a.includes('=')).map((a) => a.split(/=(.*)/s, 2)));
 const [weightsPath, imagePath, backends = 'cpu,webgpu'] = positional;
 const loadOnly = process.argv.includes('load-only');
+const v8prof = process.argv.includes('v8prof');
 const runs = Math.max(1, Number(options.runs ?? 3));
 const server = await serve(process.env.APP_ROOT ? { root: process.env.APP_ROOT } : {});
 const origin = `http://127.0.0.1:${server.port}`;
 const args = ['--enable-unsafe-webgpu', '--enable-unsafe-swiftshader', '--no-sandbox', '--no-first-run', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--disable-quic'];
+  '--disable-component-update', '--disable-sync', '--disable-quic', ...(v8prof ? ['--js-flags=--prof'] : [])];
 /** Class names for the rounds after the first: one new pair a round, so the text is encoded again. */
 const NAME_PAIRS = [['dog', 'sky'], ['tree', 'road'], ['car', 'water'], ['bird', 'house'], ['boat', 'snow'], ['horse', 'sand'], ['chair', 'wall']];
 

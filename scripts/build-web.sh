@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the wasm module into web/pkg: cargo (wasm32, profile wasm-release),
 # wasm-bindgen (installed at the exact version in Cargo.lock if missing),
-# then wasm-opt from npm's binaryen when node_modules has it.
+# then wasm-opt from npm's binaryen when node_modules has it. WASM_NAMES=1 keeps the
+# functions' names in the module (wasm-opt -g), for a profile (scripts/bench_browser.mjs v8prof).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,7 @@ rm -rf web/pkg
 wasm-bindgen --target web --no-typescript --out-dir web/pkg \
   "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm"
 if [ -x node_modules/.bin/wasm-opt ]; then
-  node_modules/.bin/wasm-opt -Oz --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
+  node_modules/.bin/wasm-opt -Oz ${WASM_NAMES:+-g} --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
     --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
     web/pkg/clearclip_web_bg.wasm -o web/pkg/clearclip_web_bg.opt.wasm
   mv web/pkg/clearclip_web_bg.opt.wasm web/pkg/clearclip_web_bg.wasm

@@ -12,6 +12,7 @@ use std::fmt;
 use burn::tensor::{activation, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::host::{self, AttentionSpec, Part};
 use crate::nn::{HeadProjections, ResidualAttentionBlock};
 
 /// Which similarity the last block's attention weights come from.
@@ -81,6 +82,19 @@ impl AttentionKind {
     /// Whether the kind has attention scores a bias can be added to.
     pub fn has_scores(self) -> bool {
         self != Self::Identity
+    }
+
+    /// The `(a, b)` of each `softmax(a b^T)` the kind sums; empty for identity.
+    fn score_parts(self) -> &'static [(Part, Part)] {
+        use Part::*;
+        match self {
+            Self::QueryKey => &[(Query, Key)],
+            Self::QueryQuery => &[(Query, Query)],
+            Self::KeyKey => &[(Key, Key)],
+            Self::ValueValue => &[(Value, Value)],
+            Self::QueryQueryPlusKeyKey => &[(Query, Query), (Key, Key)],
+            Self::Identity => &[],
+        }
     }
 }
 
@@ -271,27 +285,30 @@ impl LastBlock {
     pub(crate) fn forward(&self, block: &ResidualAttentionBlock, x: Tensor<3>, grid: (usize, usize)) -> Tensor<3> {
         let attn = &block.attn;
         let h = block.ln_1.forward(x.clone());
-        let HeadProjections { q, k, v } = attn.project(h);
         let scale = attn.scale();
-        let bias: Option<Tensor<4>> = self.neighbourhood_std.map(|std| {
-            let tokens = 1 + grid.0 * grid.1; // x's token count: both come from one `LastBlockInput`
-            let bias = neighbourhood_bias(grid, std);
-            Tensor::<2>::from_data(TensorData::new(bias, [tokens, tokens]), &x.device()).unsqueeze::<4>()
-        });
-        let softmax = |scores: Tensor<4>| {
-            let scores = scores * scale;
-            activation::softmax(if let Some(b) = &bias { scores + b.clone() } else { scores }, 3)
+        let tokens = 1 + grid.0 * grid.1; // x's token count: both come from one `LastBlockInput`
+        let bias = self.neighbourhood_std.map(|std| neighbourhood_bias(grid, std));
+        let a = if host::is_host(&x.device()) && self.attention.has_scores() {
+            let spec = AttentionSpec { scores: self.attention.score_parts(), scale: scale as f32, bias: bias.as_deref(), causal: false };
+            attn.out.forward(host::attention_tensor(attn.qkv.forward(h), attn.heads, spec))
+        } else {
+            let HeadProjections { q, k, v } = attn.project(h);
+            let bias = bias.map(|bias| Tensor::<2>::from_data(TensorData::new(bias, [tokens, tokens]), &x.device()).unsqueeze::<4>());
+            let softmax = |scores: Tensor<4>| {
+                let scores = scores * scale;
+                activation::softmax(if let Some(b) = &bias { scores + b.clone() } else { scores }, 3)
+            };
+            let self_softmax = |t: Tensor<4>| softmax(t.clone().matmul(t.swap_dims(2, 3)));
+            let mixed = match self.attention {
+                AttentionKind::QueryKey => softmax(q.matmul(k.swap_dims(2, 3))).matmul(v),
+                AttentionKind::QueryQuery => self_softmax(q).matmul(v),
+                AttentionKind::KeyKey => self_softmax(k).matmul(v),
+                AttentionKind::ValueValue => self_softmax(v.clone()).matmul(v),
+                AttentionKind::QueryQueryPlusKeyKey => (self_softmax(q) + self_softmax(k)).matmul(v),
+                AttentionKind::Identity => v,
+            };
+            attn.merge(mixed)
         };
-        let self_softmax = |t: Tensor<4>| softmax(t.clone().matmul(t.swap_dims(2, 3)));
-        let mixed = match self.attention {
-            AttentionKind::QueryKey => softmax(q.matmul(k.swap_dims(2, 3))).matmul(v),
-            AttentionKind::QueryQuery => self_softmax(q).matmul(v),
-            AttentionKind::KeyKey => self_softmax(k).matmul(v),
-            AttentionKind::ValueValue => self_softmax(v.clone()).matmul(v),
-            AttentionKind::QueryQueryPlusKeyKey => (self_softmax(q) + self_softmax(k)).matmul(v),
-            AttentionKind::Identity => v,
-        };
-        let a = attn.merge(mixed);
         let y = match self.residual {
             Residual::Skip => a,
             Residual::Keep { attention_scale } if attention_scale == 1.0 => x + a,

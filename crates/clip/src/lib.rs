@@ -48,6 +48,7 @@
 
 mod config;
 mod dense;
+pub mod host;
 mod loader;
 mod nn;
 mod pos_embed;

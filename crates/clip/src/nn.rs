@@ -4,6 +4,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{activation, module, Tensor};
 
 use crate::config::Activation;
+use crate::host::{self, AttentionSpec, Part};
 
 /// `y = x W + b`, with `W` stored input-major (`[in, out]`).
 #[derive(Debug, Clone)]
@@ -61,6 +62,7 @@ impl Mlp {
         let h = self.fc1.forward(x);
         let h = match self.activation {
             // open_clip/transformer.py QuickGELU: x * sigmoid(1.702 * x)
+            Activation::QuickGelu if host::is_host(&h.device()) => host::quick_gelu_tensor(h),
             Activation::QuickGelu => h.clone() * activation::sigmoid(h * 1.702),
             Activation::Gelu => activation::gelu(h),
         };
@@ -122,14 +124,17 @@ impl Attention {
     /// Standard scaled dot-product attention, `softmax(q k^T / sqrt(d)) v`,
     /// causal for the text tower.
     ///
-    /// Through burn's attention op: on the CPU backend a fused kernel, parallel
-    /// over batch and heads, that never materialises the `[tokens, tokens]`
-    /// scores of a 785-token window; on wgpu (no autotune) burn's separate
-    /// kernels, the same as writing it out.
+    /// On the CPU backend [`host::attention`] (a vectorised softmax between two
+    /// `gemm` calls per head); on wgpu burn's attention op, which without
+    /// autotune is its separate kernels, the same as writing it out.
     ///
     /// # Shapes
     /// - `x`: `[batch, tokens, width]` -> same
     pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
+        if host::is_host(&x.device()) {
+            let spec = AttentionSpec { scores: &[(Part::Query, Part::Key)], scale: self.scale() as f32, bias: None, causal };
+            return self.out.forward(host::attention_tensor(self.qkv.forward(x), self.heads, spec));
+        }
         let HeadProjections { q, k, v } = self.project(x);
         // scale None = head_dim^-0.5, as `self.scale()`.
         let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };

@@ -1,0 +1,367 @@
+//! Kernels for burn's CPU backend (burn-flex), run on the tensors' host memory.
+//!
+//! burn-flex computes `exp` one value at a time (libm's `expf`) in its fused
+//! attention, its softmax and its sigmoid, and its flash attention multiplies
+//! the keys in tiles of 32 on wasm, with the online-softmax bookkeeping in
+//! scalar loops between small matrix products. A profile of the page's wasm
+//! CPU backend on a ViT-B/16 448x448 window (`scripts/bench_browser.mjs
+//! v8prof`) had `expf` at 13 % of the time and that bookkeeping at another 5 %.
+//! Here attention runs one (image, head) at a time with its `[tokens, tokens]`
+//! scores materialised (2.5 MB for a 785-token window), as two `gemm` calls
+//! around a row softmax whose `exp` vectorises; QuickGELU is one pass.
+//!
+//! Everything else stays on burn's ops. The crate is built at `opt-level = 3`
+//! in every profile (the workspace's Cargo.toml): the loops here rely on
+//! LLVM's vectoriser, which `opt-level = "z"` turns off.
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// Whether tensors on `device` live in host memory (burn's CPU backend), where
+/// this module's kernels replace burn's ops.
+pub fn is_host(device: &Device) -> bool {
+    *device == Device::flex()
+}
+
+/// `e^x` in f32, branch-free so that loops over it vectorise.
+///
+/// Cephes' `expf`: `x = n ln 2 + r` with `|r| <= ln 2 / 2` (`ln 2` split in
+/// two constants so `r` is exact), a degree-7 polynomial for `e^r`, and `2^n`
+/// built in the exponent bits. Relative error below 2.5e-7 (about 2 ulp; the
+/// test below measures it against f64). `x` is clamped to `[-87.3, 88]`: below,
+/// the result is about 1.2e-38 instead of a subnormal or zero (what softmax
+/// and sigmoid add it to makes that invisible); above, it is about 1.7e38.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    // 1.5 * 2^23: adding it rounds a float below 2^22 to an integer, which
+    // then sits in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    const LN2_HI: f32 = 0.693_359_375;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = if x < -87.33 { -87.33 } else { x };
+    let x = if x > 88.0 { 88.0 } else { x };
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let n_int = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_2e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    let e_r = p * r * r + r + 1.0;
+    e_r * f32::from_bits(((n_int + 127) << 23) as u32)
+}
+
+/// Lanes of the reductions below: independent accumulators that vectorise.
+const LANES: usize = 8;
+
+fn max_of(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+fn sum_of(row: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (s, &v) in lanes.iter_mut().zip(chunk) {
+            *s += v;
+        }
+    }
+    chunks.remainder().iter().chain(&lanes).sum()
+}
+
+/// `row <- softmax(row)`.
+fn softmax_in_place(row: &mut [f32]) {
+    let max = max_of(row);
+    for v in row.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let inv_sum = 1.0 / sum_of(row);
+    for v in row.iter_mut() {
+        *v *= inv_sum;
+    }
+}
+
+/// QuickGELU in place: `x * sigmoid(1.702 x)` (open_clip/transformer.py).
+pub fn quick_gelu_in_place(values: &mut [f32]) {
+    for v in values.iter_mut() {
+        *v *= 1.0 / (1.0 + exp(-(1.702 * *v)));
+    }
+}
+
+/// One third of a fused `q, k, v` projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Query = 0,
+    Key = 1,
+    Value = 2,
+}
+
+/// The layout of a fused projection: `[batch, tokens, 3 * heads * head_dim]`,
+/// row-major, its thirds `q, k, v` in that order, each `[heads, head_dim]`.
+#[derive(Debug, Clone, Copy)]
+pub struct QkvShape {
+    pub batch: usize,
+    pub tokens: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl QkvShape {
+    fn width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
+/// What to attend with: `softmax(scale * a b^T + bias)` for each `(a, b)` in
+/// `scores`, summed (SCLIP's q-q + k-k), times `v`.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionSpec<'a> {
+    pub scores: &'a [(Part, Part)],
+    pub scale: f32,
+    /// `[tokens, tokens]`, row-major, added after the scale (NACLIP).
+    pub bias: Option<&'a [f32]>,
+    /// Token `i` attends to tokens `0..=i` only (the text tower).
+    pub causal: bool,
+}
+
+/// Multi-head attention on a fused projection, heads merged in the output.
+///
+/// # Shapes
+/// - `qkv`: `[batch, tokens, 3 * heads * head_dim]` (see [`QkvShape`]) -> `[batch, tokens, heads * head_dim]`
+pub fn attention(qkv: &[f32], shape: QkvShape, spec: AttentionSpec) -> Vec<f32> {
+    let QkvShape { batch, tokens, heads, head_dim } = shape;
+    assert_eq!(qkv.len(), batch * tokens * 3 * shape.width(), "qkv does not match {shape:?}");
+    if let Some(bias) = spec.bias {
+        assert_eq!(bias.len(), tokens * tokens, "the attention bias must be [tokens, tokens]");
+    }
+    // One contiguous [tokens, head_dim] block per (image, head), merged below.
+    let mut per_head = vec![0.0f32; batch * heads * tokens * head_dim];
+    let scratch = || vec![0.0f32; spec.scores.len().clamp(1, 2) * tokens * tokens];
+    let run = |scratch: &mut Vec<f32>, (index, out): (usize, &mut [f32])| {
+        let (image, head) = (index / heads, index % heads);
+        attend_one_head(&qkv[image * tokens * 3 * shape.width()..][..tokens * 3 * shape.width()], shape, head, spec, scratch, out);
+    };
+    let block = tokens * head_dim;
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        per_head.par_chunks_mut(block).enumerate().for_each_init(scratch, run);
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        let mut scratch = scratch();
+        per_head.chunks_mut(block).enumerate().for_each(|item| run(&mut scratch, item));
+    }
+    // [batch, heads, tokens, head_dim] -> [batch, tokens, heads * head_dim]
+    let mut merged = vec![0.0f32; per_head.len()];
+    for (index, values) in per_head.chunks(block).enumerate() {
+        let (image, head) = (index / heads, index % heads);
+        for (token, row) in values.chunks(head_dim).enumerate() {
+            let at = (image * tokens + token) * shape.width() + head * head_dim;
+            merged[at..at + head_dim].copy_from_slice(row);
+        }
+    }
+    merged
+}
+
+/// One head of one image: `out = (sum of softmax(scale a b^T + bias)) v`.
+///
+/// # Shapes
+/// - `qkv`: `[tokens, 3 * heads * head_dim]` (one image)
+/// - `scratch`: `tokens * tokens`, twice that when more than one score pair is summed
+/// - `out`: `[tokens, head_dim]`
+fn attend_one_head(qkv: &[f32], shape: QkvShape, head: usize, spec: AttentionSpec, scratch: &mut [f32], out: &mut [f32]) {
+    let QkvShape { tokens, head_dim, .. } = shape;
+    let row_stride = 3 * shape.width() as isize;
+    let part = |p: Part| qkv[p as usize * shape.width() + head * head_dim..].as_ptr();
+    // softmax(scale a b^T + bias) into `scores`, `[tokens, tokens]`.
+    let attention_weights = |(a, b): (Part, Part), scores: &mut [f32]| {
+        // scores[i, j] = scale * sum_d a[i, d] b[j, d]
+        // SAFETY: both operands are [tokens, head_dim] views into `qkv` (row
+        // stride 3 * width, its length checked by `attention`); the
+        // destination is `scores`, [tokens, tokens].
+        unsafe {
+            gemm::gemm(
+                tokens, tokens, head_dim,
+                scores.as_mut_ptr(), 1, tokens as isize, false,
+                part(a), 1, row_stride,
+                part(b), row_stride, 1,
+                0.0, spec.scale, false, false, false, gemm::Parallelism::None,
+            );
+        }
+        for (row_index, row) in scores.chunks_mut(tokens).enumerate() {
+            if let Some(bias) = spec.bias {
+                for (s, &b) in row.iter_mut().zip(&bias[row_index * tokens..]) {
+                    *s += b;
+                }
+            }
+            let attended = if spec.causal { row_index + 1 } else { tokens };
+            softmax_in_place(&mut row[..attended]);
+            row[attended..].fill(0.0);
+        }
+    };
+    let (weights, more) = scratch.split_at_mut(tokens * tokens);
+    for (i, &pair) in spec.scores.iter().enumerate() {
+        if i == 0 {
+            attention_weights(pair, weights);
+        } else {
+            let extra = &mut more[..tokens * tokens];
+            attention_weights(pair, extra);
+            for (sum, &w) in weights.iter_mut().zip(extra.iter()) {
+                *sum += w;
+            }
+        }
+    }
+    // out[i, d] = sum_j weights[i, j] v[j, d]
+    // SAFETY: `weights` is [tokens, tokens], v a [tokens, head_dim] view into
+    // `qkv`, `out` is [tokens, head_dim].
+    unsafe {
+        gemm::gemm(
+            tokens, head_dim, tokens,
+            out.as_mut_ptr(), 1, head_dim as isize, false,
+            weights.as_ptr(), 1, tokens as isize,
+            part(Part::Value), 1, row_stride,
+            0.0, 1.0, false, false, false, gemm::Parallelism::None,
+        );
+    }
+}
+
+/// The tensor's values as f32 on the host (no copy when it holds the only
+/// reference to contiguous f32 data, as a fresh result does).
+fn host_values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    let data = tensor.into_data().convert::<f32>();
+    data.try_into_vec::<f32>().expect("f32 data after convert")
+}
+
+/// [`attention`] on a tensor of burn's CPU backend.
+///
+/// # Shapes
+/// - `qkv`: `[batch, tokens, 3 * heads * head_dim]` -> `[batch, tokens, heads * head_dim]`
+pub(crate) fn attention_tensor(qkv: Tensor<3>, heads: usize, spec: AttentionSpec) -> Tensor<3> {
+    let [batch, tokens, width3] = qkv.dims();
+    let device = qkv.device();
+    let shape = QkvShape { batch, tokens, heads, head_dim: width3 / 3 / heads };
+    let out = attention(&host_values(qkv), shape, spec);
+    Tensor::from_data(TensorData::new(out, [batch, tokens, width3 / 3]), &device)
+}
+
+/// QuickGELU on a tensor of burn's CPU backend.
+///
+/// # Shapes
+/// - `x`: any -> same
+pub(crate) fn quick_gelu_tensor<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let (shape, device) = (x.shape(), x.device());
+    let mut values = host_values(x);
+    quick_gelu_in_place(&mut values);
+    Tensor::from_data(TensorData::new(values, shape), &device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The largest relative error of [`exp`] against f64 over every 1/1000
+    /// of softmax's and sigmoid's range.
+    #[test]
+    fn exp_is_within_two_and_a_half_parts_in_ten_million() {
+        let mut worst = 0.0f64;
+        for i in -87_000..=87_000 {
+            let x = i as f32 / 1000.0;
+            let want = (x as f64).exp();
+            worst = worst.max(((exp(x) as f64) - want).abs() / want);
+        }
+        assert!(worst < 2.5e-7, "worst relative error {worst:e}");
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(-1000.0) < 1.3e-38 && exp(-1000.0) >= 0.0);
+        assert!(exp(1000.0).is_finite());
+    }
+
+    /// Attention written out in f64, one head at a time.
+    fn reference(qkv: &[f32], s: QkvShape, spec: AttentionSpec) -> Vec<f32> {
+        let w = s.width();
+        let at = |b: usize, t: usize, p: Part, h: usize, d: usize| qkv[(b * s.tokens + t) * 3 * w + p as usize * w + h * s.head_dim + d] as f64;
+        let mut out = vec![0.0f32; s.batch * s.tokens * w];
+        for b in 0..s.batch {
+            for h in 0..s.heads {
+                let mut weights = vec![0.0f64; s.tokens * s.tokens];
+                for &(pa, pb) in spec.scores {
+                    for i in 0..s.tokens {
+                        let n = if spec.causal { i + 1 } else { s.tokens };
+                        let row: Vec<f64> = (0..n)
+                            .map(|j| {
+                                let dot: f64 = (0..s.head_dim).map(|d| at(b, i, pa, h, d) * at(b, j, pb, h, d)).sum();
+                                dot * spec.scale as f64 + spec.bias.map_or(0.0, |bias| bias[i * s.tokens + j] as f64)
+                            })
+                            .collect();
+                        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let sum: f64 = row.iter().map(|v| (v - max).exp()).sum();
+                        for (j, v) in row.iter().enumerate() {
+                            weights[i * s.tokens + j] += (v - max).exp() / sum;
+                        }
+                    }
+                }
+                for i in 0..s.tokens {
+                    for d in 0..s.head_dim {
+                        let v: f64 = (0..s.tokens).map(|j| weights[i * s.tokens + j] * at(b, j, Part::Value, h, d)).sum();
+                        out[(b * s.tokens + i) * w + h * s.head_dim + d] = v as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state as f32 / u32::MAX as f32) * 6.0 - 3.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn attention_matches_a_written_out_reference() {
+        // Odd sizes: tails of the 8-lane loops and of gemm's register blocks.
+        let shape = QkvShape { batch: 2, tokens: 37, heads: 3, head_dim: 5 };
+        let qkv = pseudo_random(shape.batch * shape.tokens * 3 * shape.width(), 7);
+        let bias = pseudo_random(shape.tokens * shape.tokens, 11);
+        use Part::*;
+        let cases: [(&[(Part, Part)], Option<&[f32]>, bool); 5] = [
+            (&[(Query, Key)], None, false),
+            (&[(Query, Key)], None, true),
+            (&[(Query, Query)], None, false),
+            (&[(Key, Key)], Some(&bias), false),
+            (&[(Query, Query), (Key, Key)], None, false),
+        ];
+        for (scores, bias, causal) in cases {
+            let spec = AttentionSpec { scores, scale: 0.4472, bias, causal };
+            let got = attention(&qkv, shape, spec);
+            let want = reference(&qkv, shape, spec);
+            let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+            assert!(worst < 2e-5, "{scores:?} bias {} causal {causal}: max abs diff {worst:e}", bias.is_some());
+        }
+    }
+
+    #[test]
+    fn quick_gelu_matches_its_definition() {
+        let mut values = pseudo_random(1001, 3).iter().map(|v| v * 5.0).collect::<Vec<_>>();
+        let want: Vec<f64> = values.iter().map(|&v| v as f64 / (1.0 + (-1.702 * v as f64).exp())).collect();
+        quick_gelu_in_place(&mut values);
+        for (g, w) in values.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() <= 1e-6 * w.abs().max(1.0), "{g} vs {w}");
+        }
+    }
+}

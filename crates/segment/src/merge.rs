@@ -74,11 +74,6 @@ impl DeviceTaps {
     }
 }
 
-/// Whether `device` is the CPU backend, where [`classify_on_host`] runs.
-pub(crate) fn is_cpu(device: &Device) -> bool {
-    *device == Device::flex()
-}
-
 /// [`classify`] in one pass over the pixels, on the host: resize of the
 /// averaged logits, softmax, max over synonyms, argmax and threshold per
 /// pixel. Only every `stride`-th pixel's probabilities are kept.

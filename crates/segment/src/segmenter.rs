@@ -31,11 +31,12 @@ use std::pin::Pin;
 
 use burn::tensor::{Tensor, TensorData};
 use clearclip_model::{Clip, ClipConfig, ClipTokenizer, DenseMode, InputError, LastBlock, LastBlockError, LastBlockInput, TokenBatch, TokenizerError};
+use clearclip_model::host::is_host;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::classes::ClassList;
-use crate::merge::{classify, classify_on_host, is_cpu, read_maps, resize_to_host, ClassMerge, FullSizeLogits, WindowSum, BAND_BYTES};
+use crate::merge::{classify, classify_on_host, read_maps, resize_to_host, ClassMerge, FullSizeLogits, WindowSum, BAND_BYTES};
 use crate::pamr::Pamr;
 use crate::preprocess::{normalize, rescaled_size, resize_like_opencv};
 use crate::prompts::Templates;
@@ -396,7 +397,7 @@ async fn read_back<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, Segmen
 
 impl Segmenter {
     pub fn new(model: Clip, tokenizer: ClipTokenizer) -> Self {
-        let batching = if is_cpu(&model.vision.device()) { Batching::AtMost(1) } else { Batching::Memory };
+        let batching = if is_host(&model.vision.device()) { Batching::AtMost(1) } else { Batching::Memory };
         Self {
             model,
             tokenizer,
@@ -595,7 +596,7 @@ impl Segmenter {
         let refined = match &params.pamr {
             None => None,
             Some(pamr) => {
-                let (mut logits, pixels) = if is_cpu(&device) {
+                let (mut logits, pixels) = if is_host(&device) {
                     (read_maps(averaged.clone()).await?.resized(size), prepared.pixels.resized(size))
                 } else {
                     let logits = resize_to_host(averaged.clone(), size, BAND_BYTES).await?;
@@ -605,7 +606,7 @@ impl Segmenter {
                 Some(logits)
             }
         };
-        let (maps, classified) = if is_cpu(&device) {
+        let (maps, classified) = if is_host(&device) {
             let logits = match refined {
                 Some(logits) => logits,
                 None => read_maps(averaged).await?,

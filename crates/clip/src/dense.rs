@@ -81,10 +81,11 @@ impl AttentionKind {
 
     /// Whether the kind has attention scores a bias can be added to.
     pub fn has_scores(self) -> bool {
-        self != Self::Identity
+        !self.score_parts().is_empty()
     }
 
-    /// The `(a, b)` of each `softmax(a b^T)` the kind sums; empty for identity.
+    /// The `(a, b)` of each `softmax(a b^T)` the kind sums, times `v`; empty
+    /// for identity (`v` itself). Both backends' last block read it.
     fn score_parts(self) -> &'static [(Part, Part)] {
         use Part::*;
         match self {
@@ -288,24 +289,26 @@ impl LastBlock {
         let scale = attn.scale();
         let tokens = 1 + grid.0 * grid.1; // x's token count: both come from one `LastBlockInput`
         let bias = self.neighbourhood_std.map(|std| neighbourhood_bias(grid, std));
-        let a = if host::is_host(&x.device()) && self.attention.has_scores() {
-            let spec = AttentionSpec { scores: self.attention.score_parts(), scale: scale as f32, bias: bias.as_deref(), causal: false };
+        let parts = self.attention.score_parts();
+        let a = if host::is_host(&x.device()) && !parts.is_empty() {
+            let spec = AttentionSpec { scores: parts, scale: scale as f32, bias: bias.as_deref(), causal: false };
             attn.out.forward(host::attention_tensor(attn.qkv.forward(h), attn.heads, spec))
         } else {
             let HeadProjections { q, k, v } = attn.project(h);
             let bias = bias.map(|bias| Tensor::<2>::from_data(TensorData::new(bias, [tokens, tokens]), &x.device()).unsqueeze::<4>());
-            let softmax = |scores: Tensor<4>| {
-                let scores = scores * scale;
-                activation::softmax(if let Some(b) = &bias { scores + b.clone() } else { scores }, 3)
+            let part = |p: Part| match p {
+                Part::Query => q.clone(),
+                Part::Key => k.clone(),
+                Part::Value => v.clone(),
             };
-            let self_softmax = |t: Tensor<4>| softmax(t.clone().matmul(t.swap_dims(2, 3)));
-            let mixed = match self.attention {
-                AttentionKind::QueryKey => softmax(q.matmul(k.swap_dims(2, 3))).matmul(v),
-                AttentionKind::QueryQuery => self_softmax(q).matmul(v),
-                AttentionKind::KeyKey => self_softmax(k).matmul(v),
-                AttentionKind::ValueValue => self_softmax(v.clone()).matmul(v),
-                AttentionKind::QueryQueryPlusKeyKey => (self_softmax(q) + self_softmax(k)).matmul(v),
-                AttentionKind::Identity => v,
+            // softmax(scale a b^T + bias), summed over the kind's pairs
+            let weights = parts.iter().map(|&(a, b)| {
+                let scores = part(a).matmul(part(b).swap_dims(2, 3)) * scale;
+                activation::softmax(if let Some(bias) = &bias { scores + bias.clone() } else { scores }, 3)
+            });
+            let mixed = match weights.reduce(|sum, w| sum + w) {
+                Some(weights) => weights.matmul(v.clone()),
+                None => v.clone(),
             };
             attn.merge(mixed)
         };

@@ -12,7 +12,8 @@ NACLIP and PAMR follow github sinahmr/NACLIP (commit 0cac3a6): `clip/model.py`
 `custom_attn`, `gaussian_window`, `get_attention_addition` (the "reduced" last
 block: no residual, no FFN), `pamr.py`, and `naclip.py` `predict` (PAMR on the
 logits at the original size, guided by the network input resized there).
-The reference runs in float32 (the official code runs in fp16 on GPU).
+The reference runs in float32 (the official code runs in fp16 on GPU); a few
+arrays (`dense_f16.*`, `text_f16.*`) repeat it on the model cast to float16.
 
 Checkpoints are a seeded random `transformers.CLIPModel` (Hugging Face layout)
 and the same weights renamed to the OpenAI/open_clip layout. Weights are
@@ -533,6 +534,20 @@ def generate_fixtures(out_dir):
         # A combination no named mode uses: k-k + neighbourhood (std 2), x + 0.5 * attn, FFN.
         ref["dense.knobs_kk_std2_alpha0.5_ffn_96x160"] = dense_features(
             oc.visual, x, "KK", ignore_residual=False, residual_alpha=0.5, neighbourhood_std=2.0)[0]
+
+    # Half precision, as the official code runs on a GPU (`model.half()`), here
+    # through PyTorch's CPU half kernels: every mode's dense features on the
+    # same input, and the text tower's raw embeddings of a few prompts next to
+    # their float32 values.
+    oc_half = copy.deepcopy(oc).half()
+    prompts = [f"a photo of a {name}." for name in text_names[:5]]
+    meta["text_prompts"] = prompts
+    tokens = open_clip.tokenize(prompts)
+    with torch.no_grad():
+        for mode, (mt, ir) in MODES.items():
+            ref[f"dense_f16.{mode}_96x160"] = dense_features(oc_half.visual, x.half(), mt, ir)[0].float()
+        ref["text.prompts"] = oc.encode_text(tokens)
+        ref["text_f16.prompts"] = oc_half.encode_text(tokens).float()
 
     # PAMR alone, on a random guide image with a smooth edge and random masks.
     torch.manual_seed(3)

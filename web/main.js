@@ -18,6 +18,7 @@ const state = {
   weightsTyped: fromUrl.weights ?? null, // what the query string keeps; never a local file's name
   weightsFile: null,
   gelu: fromUrl.gelu ?? false,
+  half: fromUrl.half ?? false, // f16 on a GPU with shader-f16
   preferGpu: params.get('webgpu') !== '0',
   consent: false, // waiting for the user's click before a download
   catalog: null, // {modes: [{id, title, lastBlock}], attentions, presets, defaults, classColors}, from the worker
@@ -83,7 +84,7 @@ function loadModel() {
   state.error = null;
   state.loadNotice = null;
   worker.postMessage({ type: MSG.LOAD, url: state.weightsUrl, file: state.weightsFile, preferGpu: state.preferGpu,
-    gelu: state.gelu });
+    gelu: state.gelu, half: state.half });
   render();
 }
 
@@ -159,6 +160,7 @@ function showSettings() {
   $('compare').value = state.compare;
   $('preset').value = state.preset;
   $('gelu').checked = state.gelu;
+  $('half').checked = state.half;
 }
 
 /** The settings into the query string, so the link reproduces them. */
@@ -182,6 +184,7 @@ function syncUrl() {
     compare: state.compare,
     weights: state.weightsFile ? null : state.weightsTyped,
     gelu: state.gelu,
+    half: state.half,
   }, { mode: modes[0].id, crop: defaults.crop, stride: defaults.stride, backgroundThreshold: defaults.backgroundThreshold });
   if (search !== location.search) history.replaceState(null, '', `${location.pathname}${search}${location.hash}`);
 }
@@ -602,11 +605,13 @@ function wireModel() {
     syncUrl();
     loadModel(); // the user asked for these weights: no further question
   });
-  $('gelu').addEventListener('change', (e) => {
-    state.gelu = e.target.checked;
-    syncUrl();
-    if (state.model || state.loading) loadModel();
-  });
+  for (const [id, key] of [['gelu', 'gelu'], ['half', 'half']]) {
+    $(id).addEventListener('change', (e) => {
+      state[key] = e.target.checked;
+      syncUrl();
+      if (state.model || state.loading) loadModel();
+    });
+  }
   $('load-model').addEventListener('click', loadModel);
   $('retry').addEventListener('click', loadModel);
   $('cancel-load').addEventListener('click', () => worker.postMessage({ type: MSG.CANCEL, what: 'load' }));

@@ -5,7 +5,7 @@
 // left as they are.
 
 const KEYS = ['example', 'labels', 'preset', 'mode', 'attention', 'std', 'alpha', 'ffn', 'threshold', 'crop', 'stride',
-  'pamr', 'templates', 'compare', 'weights', 'gelu'];
+  'pamr', 'templates', 'compare', 'weights', 'gelu', 'precision'];
 
 const number = (text) => (text === null || text.trim() === '' || !Number.isFinite(Number(text)) ? undefined : Number(text));
 
@@ -37,12 +37,13 @@ export function readSettings(search) {
   if (q.has('compare')) s.compare = q.get('compare');
   if (q.has('weights')) s.weights = q.get('weights');
   if (q.has('gelu')) s.gelu = q.get('gelu') === '1';
+  if (q.has('precision')) s.half = q.get('precision') === 'f16';
   return s;
 }
 
 /**
  * `search` with the settings written in (defaults left out, so links stay short).
- * @param {object} s  {example, labels, preset, mode, lastBlock, threshold, crop, stride, pamr, singleTemplate, compare, weights, gelu}
+ * @param {object} s  {example, labels, preset, mode, lastBlock, threshold, crop, stride, pamr, singleTemplate, compare, weights, gelu, half}
  * @param {object} defaults  the catalog's defaults ({crop, stride, backgroundThreshold})
  */
 export function writeSettings(search, s, defaults) {
@@ -69,6 +70,7 @@ export function writeSettings(search, s, defaults) {
   if (s.compare) q.set('compare', s.compare);
   if (s.weights) q.set('weights', s.weights);
   if (s.gelu) q.set('gelu', '1');
+  if (s.half) q.set('precision', 'f16');
   const text = q.toString();
   return text ? `?${text}` : '';
 }

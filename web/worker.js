@@ -69,7 +69,7 @@ function fail(stage, error, id) {
   post({ type: MSG.ERROR, stage, id, message: String(error?.message ?? error), fatal, cancelled });
 }
 
-async function load({ url, file, preferGpu, gelu }) {
+async function load({ url, file, preferGpu, gelu, half }) {
   const started = performance.now();
   let weights = null; // the loader, until the segmenter takes it over
   loadAbort?.abort(); // a newer load replaces one under way
@@ -78,7 +78,7 @@ async function load({ url, file, preferGpu, gelu }) {
   try {
     await ready;
     const usesGpu = preferGpu && 'gpu' in navigator;
-    weights = await WeightsLoader.create(usesGpu, !!gelu);
+    weights = await WeightsLoader.create(usesGpu, !!gelu, !!half);
     const { source, warning } = file
       ? await loadWeightsFromFile(file, weights, progress, abort.signal)
       : await loadWeightsFromUrl(url, weights, progress, abort.signal);

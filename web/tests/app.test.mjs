@@ -190,6 +190,28 @@ test('segments a dropped image on WebGPU and matches the CLI', async () => {
   await page.close();
 });
 
+test('f16 runs on WebGPU where the adapter has shader-f16; elsewhere the model stays f32 and says why', async () => {
+  const page = await openApp(`weights=${WEIGHTS}&precision=f16`);
+  await waitForResult(page);
+  const { backend, description } = await page.evaluate(() => window.__clearclip.model);
+  assert.equal(backend, 'webgpu', page.logs.join('\n'));
+  const hasF16 = await page.evaluate(async () => (await navigator.gpu.requestAdapter())?.features.has('shader-f16') ?? false);
+  const diff = maxAbsDiff(await pageProbs(page), cliProbs.data);
+  console.log(`webgpu, f16 asked for (adapter shader-f16: ${hasF16}): "${description}"; vs CLI f32: max abs diff ${diff.toExponential(2)}`);
+  if (hasF16) {
+    assert.match(description, /, f16\]/);
+    // f16 moves the probabilities (5.7e-4 natively on lavapipe), but not far.
+    assert.ok(diff > TOLERANCE && diff <= 5e-3, `max abs diff ${diff}`);
+  } else {
+    assert.match(description, /, f32\] \(f16 unavailable: this GPU has no shader-f16\)/);
+    assert.ok(diff <= TOLERANCE, `max abs diff ${diff}`);
+  }
+  // The setting shows, and stays in the link.
+  assert.equal(await page.isChecked('#half'), true);
+  assert.match(page.url(), /precision=f16/);
+  await page.close();
+});
+
 test('a lost GPU device, twice in a row, is reported and the app recovers with its image and labels', async () => {
   const page = await openApp(`weights=${WEIGHTS}`);
   await waitForResult(page);

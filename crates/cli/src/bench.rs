@@ -55,6 +55,8 @@ struct PhaseStats {
 struct Report {
     model: String,
     device: &'static str,
+    /// `f32` or `f16`.
+    precision: &'static str,
     /// Threads of the CPU backend's pool.
     threads: usize,
     image: [u32; 2],
@@ -159,6 +161,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let report = Report {
         model,
         device: if gpu { "gpu (wgpu)" } else { "cpu (flex)" },
+        precision: args.model.precision().name(),
         threads: rayon::current_num_threads(),
         image: [full.width, full.height],
         resized: [full.resized.0, full.resized.1],
@@ -195,8 +198,8 @@ fn segment(
 
 fn print_table(r: &Report) {
     println!(
-        "{} on {}, {} threads; image {}x{} (model input {}x{}, {} windows); {} class names x {} prompts; load {:.0} ms; warm-up {}",
-        r.model, r.device, r.threads, r.image[0], r.image[1], r.resized[0], r.resized[1], r.windows, r.class_names, r.prompts_per_name, r.load_ms,
+        "{} ({}) on {}, {} threads; image {}x{} (model input {}x{}, {} windows); {} class names x {} prompts; load {:.0} ms; warm-up {}",
+        r.model, r.precision, r.device, r.threads, r.image[0], r.image[1], r.resized[0], r.resized[1], r.windows, r.class_names, r.prompts_per_name, r.load_ms,
         r.warm_up_ms.map_or("skipped".to_string(), |ms| format!("{ms:.0} ms"))
     );
     println!("| phase (ms) | cold | warm median | warm min | warm max |");

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::tensor::Device;
 use clap::{Parser, Subcommand, ValueEnum};
-use clearclip_model::{inspect_config, load_clip_from_reader, Activation, AttentionKind, ClipTokenizer, DenseMode, LoadError, LoadOptions};
+use clearclip_model::{inspect_config, load_clip_from_reader, Activation, AttentionKind, ClipTokenizer, DenseMode, LoadError, LoadOptions, Precision};
 use clearclip_segment::{
     decode_image, ClassList, LastBlockOverrides, Pamr, Preset, Progress, SegmentParams, Segmentation, Segmenter, Templates, PRESETS,
 };
@@ -86,6 +86,25 @@ struct ModelArgs {
     /// MLP activation of the checkpoint (not recorded in safetensors files).
     #[arg(long, value_enum, default_value = "quick-gelu")]
     activation: ActivationArg,
+    /// Float type of the model: f32, or f16 as the official code runs on a GPU
+    /// (with --device gpu, on an adapter with shader-f16).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    F32,
+    F16,
+}
+
+impl ModelArgs {
+    fn precision(&self) -> Precision {
+        match self.precision {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::F16 => Precision::F16,
+        }
+    }
 }
 
 /// What to segment the image into, and how.
@@ -355,11 +374,12 @@ fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration)> 
         ActivationArg::QuickGelu => Activation::QuickGelu,
         ActivationArg::Gelu => Activation::Gelu,
     };
-    let model = load_clip_from_reader(weights, LoadOptions { activation }, &device)
+    let precision = args.precision();
+    let model = load_clip_from_reader(weights, LoadOptions { activation, precision }, &device)
         .with_context(|| format!("cannot load {}", args.weights.display()))?;
     let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json, model.config.text.context_length)?;
     let load_time = started.elapsed();
-    eprintln!("model: {} ({:?} layout), loaded in {load_time:.2?}", model.config.describe(), model.layout);
+    eprintln!("model: {} ({:?} layout, {}), loaded in {load_time:.2?}", model.config.describe(), model.layout, precision.name());
     Ok((Segmenter::new(model, tokenizer), load_time))
 }
 

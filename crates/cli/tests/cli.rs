@@ -252,14 +252,62 @@ fn gpu_device_gives_the_same_numbers_as_cpu() {
     args.extend(["--device", "gpu"]);
     let output = clearclip(&args);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() && stderr.contains("no usable GPU") {
-        eprintln!("SKIPPED: no wgpu adapter on this machine ({stderr})");
+    if skip_without_gpu(&output) {
         return;
     }
     assert!(output.status.success(), "{stderr}");
     let (_, probs) = read_npy(&out.join("probs.npy"));
     let (expected, _) = reference.f32("pipeline.default.probs");
     assert_close("CLI --device gpu vs reference", &probs, &expected, 1e-4);
+}
+
+/// Whether `output` failed for want of a wgpu adapter (and the test may be
+/// skipped: not where `CLEARCLIP_REQUIRE_WGPU=1`, as `scripts/test.sh` sets).
+fn skip_without_gpu(output: &Output) -> bool {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let missing = !output.status.success() && stderr.contains("no usable GPU");
+    if missing {
+        assert!(std::env::var("CLEARCLIP_REQUIRE_WGPU").as_deref() != Ok("1"), "CLEARCLIP_REQUIRE_WGPU=1: {stderr}");
+        eprintln!("SKIPPED: no wgpu adapter on this machine ({stderr})");
+    }
+    missing
+}
+
+#[test]
+fn half_precision_segments_like_the_f32_reference_on_the_gpu_and_is_refused_on_the_cpu() {
+    let reference = Reference::load();
+    let tmp = tempfile::tempdir().unwrap();
+    let (weights, image) = (fixture(CHECKPOINTS[1]), fixture("chelsea.png"));
+    let labels = reference.meta["pipeline"]["default"]["classes"].as_str().unwrap().to_string();
+
+    let out = tmp.path().join("cpu");
+    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    args.extend(["--precision", "f16"]);
+    let output = clearclip(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("cannot compute in f16") && stderr.contains("shader-f16"), "{stderr}");
+    assert!(!out.exists(), "nothing is written when the model is refused");
+
+    let out = tmp.path().join("gpu");
+    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    args.extend(["--device", "gpu", "--precision", "f16"]);
+    let output = clearclip(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if skip_without_gpu(&output) || (stderr.contains("cannot compute in f16") && std::env::var("CLEARCLIP_REQUIRE_WGPU").as_deref() != Ok("1")) {
+        return;
+    }
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains(", f16), loaded"), "{stderr}");
+    let (_, probs) = read_npy(&out.join("probs.npy"));
+    let (expected, _) = reference.f32("pipeline.default.probs");
+    let (expected_labels, _) = reference.u8("pipeline.default.labels");
+    let labels = image::open(out.join("labels.png")).unwrap().to_luma8().into_raw();
+    // Measured 5.7e-4 on lavapipe: f16 features move the cosines, and the
+    // logits are 50 times those.
+    assert_close("CLI --precision f16 vs the f32 reference", &probs, &expected, 5e-3);
+    let agreement = label_agreement(&labels, &expected_labels);
+    eprintln!("f16 labels agree with the f32 reference on {:.2}%", 100.0 * agreement);
+    assert!(agreement > 0.98, "{agreement}");
 }
 
 #[test]

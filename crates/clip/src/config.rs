@@ -1,6 +1,8 @@
 //! Architecture descriptions. [`ClipConfig::from_shapes`](crate::loader) fills
 //! them from a checkpoint's tensor shapes.
 
+use burn::tensor::{Device, FloatDType};
+
 /// The MLP activation. OpenAI CLIP and MetaCLIP "quickgelu" checkpoints use
 /// QuickGELU (`x * sigmoid(1.702 x)`); OpenCLIP LAION checkpoints use exact GELU.
 /// Safetensors files do not record it, so it is a load option.
@@ -9,6 +11,51 @@ pub enum Activation {
     #[default]
     QuickGelu,
     Gelu,
+}
+
+/// The float type the towers compute in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 throughout: the default, held to the f32 reference at 1e-4.
+    #[default]
+    F32,
+    /// What the official code runs on a GPU (`model.half()`): weights and
+    /// activations in f16, with the matrix products accumulating in f32 and the
+    /// layer norms and softmaxes computed in f32, as PyTorch's half kernels do.
+    /// The towers still return f32. Only on a GPU whose adapter has `shader-f16`.
+    F16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 2] = [Self::F32, Self::F16];
+
+    /// `f32` or `f16`, as the CLI and the page spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name().eq_ignore_ascii_case(name))
+    }
+
+    pub fn dtype(self) -> FloatDType {
+        match self {
+            Self::F32 => FloatDType::F32,
+            Self::F16 => FloatDType::F16,
+        }
+    }
+
+    /// Whether `device` can compute in this precision: f16 needs a GPU adapter
+    /// with `shader-f16` (the CPU backend's kernels are f32).
+    pub fn is_supported_on(self, device: &Device) -> bool {
+        match self {
+            Self::F32 => true,
+            Self::F16 => !crate::host::is_host(device) && device.supports_dtype(FloatDType::F16),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

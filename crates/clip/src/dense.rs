@@ -9,11 +9,11 @@
 
 use std::fmt;
 
-use burn::tensor::{activation, Tensor, TensorData};
+use burn::tensor::{FloatDType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::host::{self, AttentionSpec, Part};
-use crate::nn::{HeadProjections, ResidualAttentionBlock};
+use crate::nn::{attention_weights, HeadProjections, ResidualAttentionBlock};
 
 /// Which similarity the last block's attention weights come from.
 /// Serialised as its [`name`](Self::name).
@@ -301,11 +301,10 @@ impl LastBlock {
                 Part::Key => k.clone(),
                 Part::Value => v.clone(),
             };
-            // softmax(scale a b^T + bias), summed over the kind's pairs
-            let weights = parts.iter().map(|&(a, b)| {
-                let scores = part(a).matmul(part(b).swap_dims(2, 3)) * scale;
-                activation::softmax(if let Some(bias) = &bias { scores + bias.clone() } else { scores }, 3)
-            });
+            // softmax(scale a b^T + bias), each cast to v's precision and summed
+            // over the kind's pairs (the reference adds the half softmaxes)
+            let dtype = FloatDType::from(v.dtype());
+            let weights = parts.iter().map(|&(a, b)| attention_weights(part(a), part(b), scale, bias.as_ref(), false).cast(dtype));
             let mixed = match weights.reduce(|sum, w| sum + w) {
                 Some(weights) => weights.matmul(v.clone()),
                 None => v.clone(),

@@ -56,7 +56,7 @@ mod text;
 mod tokenizer;
 mod vision;
 
-pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
+pub use config::{Activation, ClipConfig, Precision, TextConfig, VisionConfig};
 pub use dense::{neighbourhood_bias, AttentionKind, DenseMode, LastBlock, LastBlockError, Residual, NACLIP_GAUSSIAN_STD};
 pub use loader::{inspect_config, load_clip, load_clip_from_reader, CheckpointLoader, Layout, LoadError, LoadOptions, ReadError};
 pub use pos_embed::{bicubic_scale_factor_weights, resize_patch_positions};

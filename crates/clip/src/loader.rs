@@ -18,7 +18,7 @@ use std::io::Read;
 use burn::tensor::Device;
 use safetensors::tensor::Dtype;
 
-use crate::config::{Activation, ClipConfig};
+use crate::config::{Activation, ClipConfig, Precision};
 use crate::Clip;
 use header::{header_length, plan, Plan, LENGTH_BYTES};
 use weights::{ClipWeights, Parts, WeightTree};
@@ -35,6 +35,8 @@ pub enum Layout {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
     pub activation: Activation,
+    /// The float type of the uploaded weights and of the computation.
+    pub precision: Precision,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,8 @@ pub enum LoadError {
     DType { name: String, dtype: String },
     #[error("unsupported architecture: {0}")]
     Architecture(String),
+    #[error("this device cannot compute in {}: it needs a GPU whose adapter has the shader-f16 feature", .0.name())]
+    Precision(Precision),
 }
 
 fn inside(tensor: &Option<String>) -> String {
@@ -165,7 +169,11 @@ impl CheckpointLoader {
                 return Ok(());
             }
             let plan = plan(&gathered[LENGTH_BYTES..])?;
-            let parts = Parts::new(plan.layout, &self.device);
+            let precision = self.options.precision;
+            if !precision.is_supported_on(&self.device) {
+                return Err(LoadError::Precision(precision));
+            }
+            let parts = Parts::new(plan.layout, &self.device, precision);
             self.stage = Stage::Tensors(Receiver { plan, next: 0, offset: 0, partial: Vec::new(), carry: Vec::new(), parts });
         }
         match &mut self.stage {

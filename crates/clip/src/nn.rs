@@ -1,7 +1,6 @@
 //! The few layers CLIP needs, as plain tensors (inference only).
 
-use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{activation, module, Tensor};
+use burn::tensor::{activation, Bool, FloatDType, Tensor};
 
 use crate::config::Activation;
 use crate::host::{self, AttentionSpec, Part};
@@ -38,12 +37,18 @@ pub struct LayerNorm {
 pub const LAYER_NORM_EPS: f64 = 1e-5;
 
 impl LayerNorm {
+    /// Computed in f32 (`gamma` and `beta` are f32) and returned in `x`'s
+    /// precision, as open_clip's `LayerNorm` and PyTorch's half kernels do.
+    ///
     /// # Shapes
     /// - `x`: `[..., width]` -> same
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let x = x.cast(FloatDType::F32);
         let (var, mean) = x.clone().var_mean_bias(D - 1);
         let x = (x - mean) / (var + LAYER_NORM_EPS).sqrt();
-        x * self.gamma.clone().unsqueeze::<D>() + self.beta.clone().unsqueeze::<D>()
+        let y = x * self.gamma.clone().unsqueeze::<D>() + self.beta.clone().unsqueeze::<D>();
+        y.cast(FloatDType::from(dtype))
     }
 }
 
@@ -125,8 +130,9 @@ impl Attention {
     /// causal for the text tower.
     ///
     /// On the CPU backend [`host::attention`] (a vectorised softmax between two
-    /// `gemm` calls per head); on wgpu burn's attention op, which without
-    /// autotune is its separate kernels, the same as writing it out.
+    /// `gemm` calls per head); elsewhere [`attention_weights`] then the value
+    /// product: the kernels burn's attention op runs without autotune, but with
+    /// the softmax in f32 at either precision.
     ///
     /// # Shapes
     /// - `x`: `[batch, tokens, width]` -> same
@@ -136,10 +142,36 @@ impl Attention {
             return self.out.forward(host::attention_tensor(self.qkv.forward(x), self.heads, spec));
         }
         let HeadProjections { q, k, v } = self.project(x);
-        // scale None = head_dim^-0.5, as `self.scale()`.
-        let options = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
-        self.merge(module::attention(q, k, v, None, None, options))
+        let weights = attention_weights(q, k, self.scale(), None, causal);
+        self.merge(weights.cast(FloatDType::from(v.dtype())).matmul(v))
     }
+}
+
+/// `softmax(scale a b^T + bias)` over the keys, with future keys masked out
+/// when `causal`. The product is in `a`'s precision (accumulated in f32 at
+/// f16); the softmax is computed and returned in f32, as PyTorch's half
+/// softmax computes in f32.
+///
+/// # Shapes
+/// - `a`, `b`: `[batch, heads, tokens, head_dim]`
+/// - `bias`: `[1, 1, tokens, tokens]`, f32
+/// - returns `[batch, heads, tokens, tokens]`, f32
+pub(crate) fn attention_weights(a: Tensor<4>, b: Tensor<4>, scale: f64, bias: Option<&Tensor<4>>, causal: bool) -> Tensor<4> {
+    let tokens = a.dims()[2];
+    let device = a.device();
+    let scores = a.matmul(b.swap_dims(2, 3)).cast(FloatDType::F32) * scale;
+    let scores = match bias {
+        Some(bias) => scores + bias.clone(),
+        None => scores,
+    };
+    let scores = if causal {
+        // true where the key comes after the query
+        let future = Tensor::<2, Bool>::tril_mask([tokens, tokens], 0, &device).unsqueeze::<4>().expand(scores.dims());
+        scores.mask_fill(future, f32::NEG_INFINITY)
+    } else {
+        scores
+    };
+    activation::softmax(scores, 3)
 }
 
 /// A pre-LN transformer block: `x + attn(ln_1(x))`, then `+ mlp(ln_2(.))`.

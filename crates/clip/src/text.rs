@@ -2,7 +2,7 @@
 //! (`open_clip/model.py`): token + position embedding, causal transformer,
 //! `ln_final`, features at the end-of-text token, `text_projection`.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::config::TextConfig;
 use crate::nn::{LayerNorm, ResidualAttentionBlock};
@@ -27,7 +27,7 @@ impl TextTransformer {
         self.projection.device()
     }
 
-    /// Text embeddings (not normalised) of a batch of token sequences.
+    /// Text embeddings (not normalised, f32 at either precision) of a batch of token sequences.
     ///
     /// The batch needs to be only as long as its longest sequence: with the
     /// causal mask, later (padding) tokens cannot change the end-of-text feature.
@@ -49,6 +49,6 @@ impl TextTransformer {
         let x = self.ln_final.forward(x).reshape([rows * len, width]);
         let eot: Vec<i64> = batch.eot.iter().enumerate().map(|(row, &pos)| (row * len + pos) as i64).collect();
         let eot: Tensor<1, Int> = Tensor::from_data(TensorData::new(eot, [rows]), &device);
-        Ok(x.select(0, eot).matmul(self.projection.clone()))
+        Ok(x.select(0, eot).matmul(self.projection.clone()).cast(FloatDType::F32))
     }
 }

@@ -1,7 +1,7 @@
 //! The CLIP ViT image tower, with dense per-patch output.
 //! Reference: `VisionTransformer.forward` in mc-lan/ClearCLIP `open_clip/transformer.py`.
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
 use crate::config::VisionConfig;
 use crate::dense::LastBlock;
@@ -57,6 +57,11 @@ impl VisionTransformer {
         self.projection.device()
     }
 
+    /// The float type the tower computes in (its weights').
+    fn dtype(&self) -> FloatDType {
+        self.projection.dtype().into()
+    }
+
     /// Patch and position embedding, `ln_pre`, and all blocks but the last:
     /// everything a change of [`LastBlock`] does not affect, so callers can
     /// keep it and re-run only [`Self::dense_from_last_block`].
@@ -76,7 +81,8 @@ impl VisionTransformer {
     }
 
     /// Run the last block as `last_block` says, then `ln_post` and the
-    /// projection on every patch token (class token dropped). Not normalised.
+    /// projection on every patch token (class token dropped). Not normalised;
+    /// f32 whatever the model's precision.
     ///
     /// # Shapes
     /// - `input.tokens`: `[batch, 1 + patches, width]` from [`Self::encode_to_last_block`]
@@ -86,7 +92,7 @@ impl VisionTransformer {
         let [batch, tokens, width] = y.dims();
         let patches = y.narrow(1, 1, tokens - 1).reshape([batch * (tokens - 1), width]);
         let embed = self.projection.dims()[1];
-        patches.matmul(self.projection.clone()).reshape([batch, tokens - 1, embed])
+        patches.matmul(self.projection.clone()).reshape([batch, tokens - 1, embed]).cast(FloatDType::F32)
     }
 
     /// Dense patch features: [`Self::encode_to_last_block`] then [`Self::dense_from_last_block`].
@@ -104,7 +110,9 @@ impl VisionTransformer {
         let patch = self.config.patch_size;
         let (grid_h, grid_w) = (height / patch, width_px / patch);
         let width = self.config.width;
+        let dtype = self.dtype();
         let patches = pixels
+            .cast(dtype)
             .reshape([batch, channels, grid_h, patch, grid_w, patch])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([batch * grid_h * grid_w, channels * patch * patch]);
@@ -115,7 +123,7 @@ impl VisionTransformer {
         let n = self.config.grid_size;
         let positions = resize_patch_positions(&self.patch_positions, n, width, patch, height, width_px)?;
         let device = self.device();
-        let positions: Tensor<2> = Tensor::from_data(TensorData::new(positions, [grid_h * grid_w, width]), &device);
+        let positions: Tensor<2> = Tensor::from_data(TensorData::new(positions, [grid_h * grid_w, width]), (&device, dtype.into()));
         let tokens = tokens + positions.unsqueeze::<3>();
 
         let cls = (self.class_embedding.clone() + self.class_position.clone())

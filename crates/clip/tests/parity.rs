@@ -3,8 +3,11 @@
 //! (`scripts/gen_fixtures.py`), in both tensor layouts, on every test device.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use clearclip_fixtures::{assert_close, load_fixture_model, test_devices, tokenizer_json, Reference, CHECKPOINTS};
-use clearclip_model::{resize_patch_positions, AttentionKind, ClipTokenizer, DenseMode, LastBlock, Layout, Residual, TokenBatch};
+use clearclip_fixtures::{assert_close, load_fixture_model, read_fixture, test_devices, tokenizer_json, wgpu_device, Reference, CHECKPOINTS};
+use clearclip_model::{
+    load_clip, resize_patch_positions, AttentionKind, ClipTokenizer, DenseMode, LastBlock, Layout, LoadError, LoadOptions, Precision, Residual,
+    TokenBatch,
+};
 
 /// Features reach ~5 in magnitude; f32 on different kernels than PyTorch's.
 const FEATURE_TOLERANCE: f32 = 1e-4;
@@ -48,6 +51,85 @@ fn dense_features_match_reference_for_every_mode() {
             assert_close(&format!("{device_name} {checkpoint} clearclip 64x64"), &features, &expected, FEATURE_TOLERANCE);
         }
     }
+}
+
+/// Largest absolute difference.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Outputs at f16 (magnitude up to ~5, where f16's step is 3.9e-3) against
+/// PyTorch's `model.half()`: the two round to f16 at different places, so
+/// they are compared element by element at a looser tolerance, ...
+const HALF_TOLERANCE: f32 = 2.5e-2;
+
+/// ... and, for accuracy, by their distance from the f32 reference: ours may
+/// be at most 1.5x as far from it as PyTorch's f16 is. It must also really be
+/// f16 (a hundredth of PyTorch's error at least), or the test would pass on an
+/// f32 run.
+fn assert_half_like_pytorch(what: &str, ours: &[f32], theirs_f16: &[f32], f32_reference: &[f32]) {
+    let pytorch_error = max_diff(theirs_f16, f32_reference);
+    let our_error = max_diff(ours, f32_reference);
+    let between = max_diff(ours, theirs_f16);
+    eprintln!("{what}: ours vs f32 {our_error:.2e}, PyTorch f16 vs f32 {pytorch_error:.2e}, ours vs PyTorch f16 {between:.2e}");
+    assert!(our_error <= 1.5 * pytorch_error, "{what}: ours is {our_error:e} from f32, PyTorch's f16 {pytorch_error:e}");
+    assert!(between <= HALF_TOLERANCE, "{what}: ours is {between:e} from PyTorch's f16, tolerance {HALF_TOLERANCE:e}");
+    assert!(our_error >= pytorch_error / 100.0, "{what}: {our_error:e} from f32: not computed in f16?");
+}
+
+#[test]
+fn half_precision_matches_pytorch_half_on_the_gpu() {
+    let Some(device) = wgpu_device() else { return };
+    if !Precision::F16.is_supported_on(&device) {
+        assert!(std::env::var("CLEARCLIP_REQUIRE_WGPU").as_deref() != Ok("1"), "the wgpu adapter has no shader-f16 (lavapipe has)");
+        eprintln!("SKIPPED: the wgpu adapter has no shader-f16");
+        return;
+    }
+    let reference = Reference::load();
+    let (input, shape) = reference.f32("dense.input_96x160");
+    let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json(), 77).unwrap();
+    let prompts: Vec<&str> = reference.meta["text_prompts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let options = LoadOptions { precision: Precision::F16, ..LoadOptions::default() };
+    for checkpoint in CHECKPOINTS {
+        let model = load_clip(&read_fixture(checkpoint), options, &device).unwrap();
+        for mode in DenseMode::ALL {
+            let pixels: Tensor<4> = Tensor::from_data(TensorData::new(input.clone(), [1, shape[0], shape[1], shape[2]]), &device);
+            let ours = read(model.vision.dense_features(pixels, &mode.last_block()));
+            let (theirs, _) = reference.f32(&format!("dense_f16.{}_96x160", mode.name()));
+            let (exact, _) = reference.f32(&format!("dense.{}_96x160", mode.name()));
+            assert_half_like_pytorch(&format!("{checkpoint} {} 96x160 f16", mode.name()), &ours, &theirs, &exact);
+        }
+        let text = model.text.encode(&tokenizer.encode_batch(&prompts).unwrap()).unwrap();
+        let ours = text.into_data().try_into_vec::<f32>().unwrap();
+        let (theirs, _) = reference.f32("text_f16.prompts");
+        let (exact, _) = reference.f32("text.prompts");
+        assert_half_like_pytorch(&format!("{checkpoint} text f16"), &ours, &theirs, &exact);
+    }
+}
+
+#[test]
+fn text_embeddings_match_reference() {
+    let reference = Reference::load();
+    let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json(), 77).unwrap();
+    let prompts: Vec<&str> = reference.meta["text_prompts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let (expected, _) = reference.f32("text.prompts");
+    for (device_name, device) in test_devices() {
+        for checkpoint in CHECKPOINTS {
+            let model = load_fixture_model(checkpoint, &device);
+            let text = model.text.encode(&tokenizer.encode_batch(&prompts).unwrap()).unwrap();
+            let ours = text.into_data().try_into_vec::<f32>().unwrap();
+            assert_close(&format!("{device_name} {checkpoint} text"), &ours, &expected, FEATURE_TOLERANCE);
+        }
+    }
+}
+
+#[test]
+fn half_precision_is_refused_where_it_cannot_run() {
+    let options = LoadOptions { precision: Precision::F16, ..LoadOptions::default() };
+    let err = load_clip(&read_fixture(CHECKPOINTS[1]), options, &Device::flex()).err().expect("the CPU backend has no f16 kernels");
+    assert!(matches!(err, LoadError::Precision(Precision::F16)), "{err}");
+    assert!(err.to_string().contains("shader-f16"), "{err}");
 }
 
 #[test]

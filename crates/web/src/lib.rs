@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 use burn::tensor::Device;
-use clearclip_model::{Activation, CheckpointLoader, ClipTokenizer, LoadOptions};
+use clearclip_model::{Activation, CheckpointLoader, ClipTokenizer, LoadOptions, Precision};
 use clearclip_segment::{
     decode_image, render, Catalog, ClassList, Observer, ProbabilityMaps, Progress, SegmentError, SegmentParams, SegmentRequest, Segmentation, Segmenter, Timings,
 };
@@ -212,15 +212,18 @@ async fn init_webgpu() -> Result<Device, String> {
 pub struct WeightsLoader {
     loader: CheckpointLoader,
     backend: Backend,
+    precision: Precision,
     note: String,
 }
 
 #[wasm_bindgen]
 impl WeightsLoader {
     /// `prefer_gpu` tries WebGPU first; if it fails (no adapter) the CPU
-    /// backend is used and the segmenter's `backend()` says so.
-    pub async fn create(prefer_gpu: bool, gelu: bool) -> WeightsLoader {
-        let (device, backend, note) = if prefer_gpu {
+    /// backend is used and the segmenter's `backend()` says so. `half` asks
+    /// for f16 ([`Precision::F16`]), which only a WebGPU adapter with
+    /// `shader-f16` gives; elsewhere the model is f32 and the description says why.
+    pub async fn create(prefer_gpu: bool, gelu: bool, half: bool) -> WeightsLoader {
+        let (device, backend, mut note) = if prefer_gpu {
             match webgpu_device().await {
                 Ok(device) => (device, Backend::WebGpu, String::new()),
                 Err(e) => (Device::flex(), Backend::Cpu, format!(" (WebGPU failed: {e})")),
@@ -228,8 +231,21 @@ impl WeightsLoader {
         } else {
             (Device::flex(), Backend::Cpu, String::new())
         };
+        let precision = match half {
+            true if Precision::F16.is_supported_on(&device) => Precision::F16,
+            true if backend == Backend::WebGpu => {
+                note.push_str(" (f16 unavailable: this GPU has no shader-f16)");
+                Precision::F32
+            }
+            true => {
+                note.push_str(" (f16 needs WebGPU)");
+                Precision::F32
+            }
+            false => Precision::F32,
+        };
         let activation = if gelu { Activation::Gelu } else { Activation::QuickGelu };
-        WeightsLoader { loader: CheckpointLoader::new(LoadOptions { activation }, &device), backend, note }
+        let loader = CheckpointLoader::new(LoadOptions { activation, precision }, &device);
+        WeightsLoader { loader, backend, precision, note }
     }
 
     /// The next chunk of the file (copied out of the JS array, converted and
@@ -314,11 +330,11 @@ pub struct WebSegmenter {
 impl WebSegmenter {
     /// The segmenter over the model `weights` received completely.
     pub fn create(weights: WeightsLoader, tokenizer_json: &[u8]) -> Result<WebSegmenter, JsValue> {
-        let WeightsLoader { loader, backend, note } = weights;
+        let WeightsLoader { loader, backend, precision, note } = weights;
         let model = loader.finish().map_err(|e| ErrorReport::new("weights", e, false))?;
         let tokenizer = ClipTokenizer::from_json_bytes(tokenizer_json, model.config.text.context_length)
             .map_err(|e| ErrorReport::new("tokenizer", e, false))?;
-        let description = format!("{} [{:?} layout]{note}", model.config.describe(), model.layout);
+        let description = format!("{} [{:?} layout, {}]{note}", model.config.describe(), model.layout, precision.name());
         // The page draws heatmaps at display size. On the CPU the segmenter
         // takes one window (one class name) at a time, so a cancel is heard between them.
         let segmenter = Segmenter::new(model, tokenizer).with_clock(performance_now).with_probability_maps(ProbabilityMaps::ForDisplay);

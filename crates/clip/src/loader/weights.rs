@@ -23,10 +23,10 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
 use super::{Layout, LoadError};
-use crate::config::{Activation, ClipConfig};
+use crate::config::{Activation, ClipConfig, Precision};
 use crate::nn::{Attention, LayerNorm, Linear, Mlp, ResidualAttentionBlock};
 use crate::text::TextTransformer;
 use crate::vision::VisionTransformer;
@@ -202,7 +202,10 @@ impl WeightTree for NormWeights {
     }
     fn build(self, parts: &mut Parts) -> Result<LayerNorm, LoadError> {
         let Self { gamma, beta } = self;
-        Ok(LayerNorm { gamma: gamma.build(parts)?, beta: beta.build(parts)? })
+        // Uploaded at the model's precision like every weight (so f16 rounds
+        // them as `model.half()` does), but used in f32: see `LayerNorm::forward`.
+        let f32 = |v: Tensor<1>| v.cast(FloatDType::F32);
+        Ok(LayerNorm { gamma: f32(gamma.build(parts)?), beta: f32(beta.build(parts)?) })
     }
 }
 
@@ -347,7 +350,7 @@ impl WeightTree for VisionWeights {
         let mut positions = positions.build(parts)?;
         // Row 0 is the class token's; the grid rows stay on the CPU for resizing.
         let patch_positions = positions.split_off(config.width.min(positions.len()));
-        let class_position = Tensor::from_data(TensorData::new(positions, [config.width]), &parts.device);
+        let class_position = Tensor::from_data(TensorData::new(positions, [config.width]), (&parts.device, parts.precision.dtype().into()));
         let mut blocks = blocks.build(parts)?;
         let last_block = blocks.pop().ok_or_else(|| LoadError::Architecture("the vision tower has no blocks".into()))?;
         Ok(VisionTransformer {
@@ -449,14 +452,16 @@ impl ClipWeights {
 pub(super) struct Parts {
     layout: Layout,
     device: Device,
+    precision: Precision,
     vectors: HashMap<String, Tensor<1>>,
     matrices: HashMap<String, Tensor<2>>,
     host: HashMap<String, Vec<f32>>,
 }
 
 impl Parts {
-    pub(super) fn new(layout: Layout, device: &Device) -> Self {
-        Self { layout, device: device.clone(), vectors: HashMap::new(), matrices: HashMap::new(), host: HashMap::new() }
+    pub(super) fn new(layout: Layout, device: &Device, precision: Precision) -> Self {
+        let (vectors, matrices, host) = (HashMap::new(), HashMap::new(), HashMap::new());
+        Self { layout, device: device.clone(), precision, vectors, matrices, host }
     }
 
     fn missing(&self, name: String) -> LoadError {
@@ -464,25 +469,31 @@ impl Parts {
     }
 
     /// Convert one complete tensor, stored with `shape`, as `role` says, and
-    /// upload it unless it stays on the host.
+    /// upload it at the model's precision unless it stays on the host.
     pub(super) fn insert(&mut self, name: String, shape: &[usize], role: Role, data: Vec<f32>) {
-        let device = &self.device;
+        let on_device = (&self.device, self.precision.dtype().into());
         match role {
             Role::Vector => {
                 let n = data.len();
-                self.vectors.insert(name, Tensor::from_data(TensorData::new(data, [n]), device));
+                self.vectors.insert(name, Tensor::from_data(TensorData::new(data, [n]), on_device));
             }
             Role::Matrix => {
                 let rows = shape.first().copied().unwrap_or(1).max(1);
                 let cols = data.len() / rows;
-                self.matrices.insert(name, Tensor::from_data(TensorData::new(data, [rows, cols]), device));
+                self.matrices.insert(name, Tensor::from_data(TensorData::new(data, [rows, cols]), on_device));
             }
             Role::MatrixTransposed => {
                 let rows = shape.first().copied().unwrap_or(1).max(1);
                 let cols = data.len() / rows;
-                self.matrices.insert(name, Tensor::from_data(TensorData::new(transpose(&data, rows, cols), [cols, rows]), device));
+                self.matrices.insert(name, Tensor::from_data(TensorData::new(transpose(&data, rows, cols), [cols, rows]), on_device));
             }
             Role::Host => {
+                // Kept as f32 for the CPU-side resize, holding the values the
+                // device's copy would (the reference resizes `model.half()`'s).
+                let data = match self.precision {
+                    Precision::F32 => data,
+                    Precision::F16 => data.into_iter().map(|x| half::f16::from_f32(x).to_f32()).collect(),
+                };
                 self.host.insert(name, data);
             }
         }

@@ -1,7 +1,7 @@
 """Thread scaling on the CPU: `clearclip bench --device cpu` vs the same work in PyTorch.
 
-Both segment one 448x672 image (3 sliding windows) into 5 classes x 80
-prompts with a ViT-B/16-shaped random checkpoint. For each thread count the
+Both segment one 672x448 image (2 sliding windows; a synthetic one, see
+scripts/bench_support.py) into 5 classes x 80 prompts with a ViT-B/16-shaped random checkpoint. For each thread count the
 two sides run one after the other in this process's time slot: PyTorch runs
 the reference pipeline of scripts/gen_fixtures.py (the official ClearCLIP code
 path, float32) with torch.set_num_threads(T); ours is `clearclip bench
@@ -10,26 +10,23 @@ median of --runs runs (the first run of each is left out as the cold one).
 
   python scripts/gen_fixtures.py --vit-b16 /tmp/b16.safetensors
   cargo build --release -p clearclip-cli
-  python scripts/bench_cpu.py /tmp/b16.safetensors --threads 1,2 [--runs 4]
+  python scripts/bench_cpu.py /tmp/b16.safetensors --threads 1,2 [--runs 4] [--exe target/release/clearclip]
 """
 import argparse
 import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
-import cv2
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, os.path.dirname(__file__))
-import gen_fixtures as ref  # noqa: E402
+from bench_support import bench_photo, clearclip_exe, reference
 
+ref = reference()
 CLASSES = "cat;grass;wall;sky;tree"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def torch_runs(model, img, threads, runs):
@@ -49,8 +46,7 @@ def torch_runs(model, img, threads, runs):
     return statistics.median(text[1:]), statistics.median(image[1:])
 
 
-def ours(weights, image_path, threads, runs):
-    exe = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "clearclip")
+def ours(exe, weights, image_path, threads, runs):
     out = subprocess.run([exe, "bench", "--weights", weights, "--labels", CLASSES, "--image", image_path,
                           "--device", "cpu", "--threads", str(threads), "--runs", str(runs), "--json"],
                          capture_output=True, text=True, check=True).stdout
@@ -63,11 +59,12 @@ def main():
     ap.add_argument("weights")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     ap.add_argument("--runs", type=int, default=4)
+    ap.add_argument("--exe", help="the clearclip binary [default: target/release/clearclip]")
     a = ap.parse_args()
-    img = cv2.cvtColor(cv2.imread(os.path.join(ROOT, "fixtures", "chelsea.png")), cv2.COLOR_BGR2RGB)
-    img = cv2.resize(img, (672, 448), interpolation=cv2.INTER_LINEAR)
-    image_path = os.path.join(tempfile.mkdtemp(), "bench_448x672.png")
-    cv2.imwrite(image_path, cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    exe = clearclip_exe(a.exe)
+    if not os.path.exists(a.weights):
+        ref.generate_vit_b16(a.weights)
+    image_path, img = bench_photo(672, 448, tempfile.mkdtemp())
 
     v = dict(width=768, layers=12, patch=16, image=224, mlp=3072)
     t = dict(width=512, layers=12, mlp=2048)
@@ -76,7 +73,7 @@ def main():
 
     rows = []
     for threads in [int(x) for x in a.threads.split(",")]:
-        o = ours(a.weights, image_path, threads, a.runs)
+        o = ours(exe, a.weights, image_path, threads, a.runs)
         p = torch_runs(model, img, threads, a.runs)
         rows.append((threads, o, p))
         print(f"{threads} threads: ours text {o[0]:.2f} s image {o[1]:.2f} s; torch text {p[0]:.2f} s image {p[1]:.2f} s",

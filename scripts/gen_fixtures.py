@@ -43,7 +43,6 @@ import numpy as np
 import open_clip
 import safetensors
 import safetensors.torch
-import skimage
 import torch
 import torch.nn.functional as F
 import transformers
@@ -356,7 +355,7 @@ def class_embeddings(model, names, templates):
     feats = []
     with torch.no_grad():
         for name in names:
-            tokens = open_clip.tokenize([t(name) for t in templates])
+            tokens = open_clip.tokenize([t(name) for t in templates]).to(model.positional_embedding.device)
             f = model.encode_text(tokens)
             f = f / f.norm(dim=-1, keepdim=True)
             f = f.mean(dim=0)
@@ -391,7 +390,7 @@ def segment(model, img_rgb, query_features, query_idx, *, mode="clearclip", shor
     patch = visual.patch_size[0]
     resized = mmcv_rescale(img_rgb, short_side)
     x = (torch.from_numpy(resized).float() - torch.tensor(MEAN)) / torch.tensor(STD)
-    img = x.permute(2, 0, 1).unsqueeze(0)
+    img = x.permute(2, 0, 1).unsqueeze(0).to(visual.proj)  # the model's device and dtype
     model_type, ignore_residual = MODES[mode]
 
     def forward_feature(crop_img):
@@ -442,7 +441,7 @@ def segment(model, img_rgb, query_features, query_idx, *, mode="clearclip", shor
     # postprocess_result
     seg_logits = seg_logits[0] * logit_scale
     seg_logits = seg_logits.softmax(0)
-    query_idx = torch.tensor(query_idx)
+    query_idx = torch.tensor(query_idx, device=seg_logits.device)
     num_cls, num_queries = int(query_idx.max()) + 1, len(query_idx)
     if num_cls != num_queries:
         seg_logits = seg_logits.unsqueeze(0)
@@ -474,6 +473,8 @@ def save_checkpoint(path, tensors, dtype, extra=None):
 
 
 def generate_fixtures(out_dir):
+    import skimage  # recorded in the metadata only (the photos come from it)
+
     os.makedirs(out_dir, exist_ok=True)
     v, t, e = TINY["vision"], TINY["text"], TINY["embed"]
     hf = make_hf_model(v, t, e, SEED)

@@ -1,0 +1,115 @@
+"""The GPU bench of issue 11: `clearclip bench --device gpu` at f32 and f16 next
+to the official pipeline in PyTorch at fp32 and fp16, on the same GPU, in one call.
+
+Both sides segment one 2048x1367 photo (671x448 model input, 3 sliding
+windows, full-size maps; a synthetic one, see scripts/bench_support.py) into
+5 classes, one with a synonym: 6 names x 80 prompts. PyTorch runs the reference pipeline of
+scripts/gen_fixtures.py (the official ClearCLIP code path) on CUDA when there
+is one (else on the CPU, for a dry run), with the model cast by `.half()` for
+fp16; ours is `clearclip bench --json` (load once, caches cleared each run).
+Each side reports the first (cold) run and the warm median of the rest.
+
+  python scripts/bench_gpu.py B16.safetensors [--runs 5] [--exe target/release/clearclip]
+      # B16.safetensors is generated first if missing (gen_fixtures.py --vit-b16)
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from bench_support import bench_photo, clearclip_exe, reference
+
+ref = reference()
+CLASSES = "cat;grass,lawn;wall;sky;tree"
+SIZE = (2048, 1367)
+
+
+def torch_runs(model, img, runs, device):
+    """(cold, warm median) seconds of text and image over `runs` runs."""
+    names, idx = ref.split_classes(CLASSES)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    text, image = [], []
+    with torch.no_grad():
+        for _ in range(runs):
+            sync()
+            t0 = time.perf_counter()
+            q = ref.class_embeddings(model, names, ref.OPENAI_IMAGENET_TEMPLATES)
+            sync()
+            t1 = time.perf_counter()
+            _, probs, labels = ref.segment(model, img, q, idx)
+            probs.cpu(), labels.cpu()  # read back, as ours does
+            sync()
+            t2 = time.perf_counter()
+            text.append(t1 - t0)
+            image.append(t2 - t1)
+    warm = lambda xs: statistics.median(xs[1:]) if len(xs) > 1 else float("nan")  # noqa: E731
+    return {"text": (text[0], warm(text)), "image (total)": (image[0], warm(image))}
+
+
+def ours(exe, weights, image_path, precision, runs):
+    """Every phase of `clearclip bench` as {phase: (cold, warm median)} in seconds, and the report."""
+    out = subprocess.run([exe, "bench", "--weights", weights, "--labels", CLASSES, "--image", image_path,
+                          "--device", "gpu", "--precision", precision, "--runs", str(runs), "--json"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return None, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+    report = json.loads(out.stdout)
+    return {p["phase"]: (p["coldMs"] / 1e3, p["warmMedianMs"] / 1e3) for p in report["phases"]}, report
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("weights")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--exe", help="the clearclip binary [default: target/release/clearclip]")
+    a = ap.parse_args()
+    exe = clearclip_exe(a.exe)
+    if not os.path.exists(a.weights):
+        ref.generate_vit_b16(a.weights)
+    image_path, img = bench_photo(*SIZE, tempfile.mkdtemp())
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu = torch.cuda.get_device_name() if device == "cuda" else "no CUDA: PyTorch on the CPU"
+    print(f"torch {torch.__version__} on {device} ({gpu}); {a.runs} runs each, warm = median of runs 2..{a.runs}",
+          flush=True)
+
+    columns = {}
+    for precision in ["f32", "f16"]:
+        phases, report = ours(exe, a.weights, image_path, precision, a.runs)
+        if phases is None:
+            print(f"ours {precision}: failed: {report}", flush=True)
+        else:
+            print(f"ours {precision}: {report['model']}, load {report['loadMs']:.0f} ms, "
+                  f"warm-up {report['warmUpMs'] or 0:.0f} ms", flush=True)
+            columns[f"ours {precision}"] = phases
+    v = dict(width=768, layers=12, patch=16, image=224, mlp=3072)
+    t = dict(width=512, layers=12, mlp=2048)
+    model = ref.make_openclip_model(v, t, 512, load_file(a.weights)).to(device)
+    columns["PyTorch fp32"] = torch_runs(model, img, a.runs, device)
+    if device == "cuda":  # CPU half kernels are not what anyone runs
+        columns["PyTorch fp16"] = torch_runs(model.half(), img, a.runs, device)
+
+    phases = []
+    for c in columns.values():
+        phases += [p for p in c if p not in phases]
+    names = list(columns)
+    print("\n| phase (s): cold / warm | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for p in phases:
+        cells = [f"{columns[n][p][0]:.3f} / {columns[n][p][1]:.3f}" if p in columns[n] else "" for n in names]
+        print(f"| {p} | " + " | ".join(cells) + " |")
+    for ours_name, theirs in [("ours f32", "PyTorch fp32"), ("ours f16", "PyTorch fp16")]:
+        if ours_name in columns and theirs in columns:
+            o, p = columns[ours_name], columns[theirs]
+            print(f"{ours_name} / {theirs}, warm: image {o['image (total)'][1] / p['image (total)'][1]:.2f}, "
+                  f"text {o['text (all prompts, uncached)'][1] / p['text'][1]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

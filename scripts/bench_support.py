@@ -1,0 +1,87 @@
+"""What the bench scripts share, written so that they also run on a machine
+that has only torch, transformers and safetensors (the lent GPU machine of
+scripts/device_run.sh, with open_clip carried in by scripts/prepare_device.sh):
+
+- `reference()`: scripts/gen_fixtures.py, the official ClearCLIP code path.
+  Without OpenCV its one use of it in the pipeline, the mmseg bilinear resize,
+  is done by torch's bilinear interpolation (same sampling grid, rounding to
+  uint8 may differ by one level): right for timing, not for fixtures.
+- `bench_photo()`: a deterministic synthetic RGB photo, written as PNG with
+  the standard library. The checkpoints are random, so the content does not
+  change what is timed, only the size does.
+"""
+import os
+import struct
+import sys
+import types
+import zlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cv2_stand_in():
+    cv2 = types.ModuleType("cv2")
+    cv2.INTER_LINEAR = 1
+    cv2.__version__ = "absent (torch bilinear stand-in)"
+
+    def resize(img, size, interpolation=1):
+        assert interpolation == 1, "only bilinear"
+        w, h = size
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+        y = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+    cv2.resize = resize
+    return cv2
+
+
+def reference():
+    """scripts/gen_fixtures.py, importable without OpenCV (see above)."""
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        print("no OpenCV: the reference's resize is torch's bilinear (timing only)", flush=True)
+        sys.modules["cv2"] = _cv2_stand_in()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import gen_fixtures
+    return gen_fixtures
+
+
+def bench_photo(width, height, directory):
+    """(path of a PNG, the same pixels as an `[height, width, 3]` uint8 array)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgb = np.stack([
+        128 + 100 * np.sin(x / 37.0) * np.cos(y / 53.0),
+        128 + 90 * np.cos((x + y) / 71.0),
+        np.where((x // 160 + y // 120) % 2 == 0, 60.0, 190.0),
+    ], axis=-1)
+    rgb += np.random.default_rng(0).normal(0, 8, rgb.shape)
+    rgb = rgb.clip(0, 255).astype(np.uint8)
+    path = os.path.join(directory, f"bench_{width}x{height}.png")
+    write_png(path, rgb)
+    return path, rgb
+
+
+def write_png(path, rgb):
+    """An 8-bit RGB PNG (no filtering), with zlib only."""
+    height, width, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[row].tobytes() for row in range(height))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
+        f.write(chunk(b"IDAT", zlib.compress(raw, 6)))
+        f.write(chunk(b"IEND", b""))
+
+
+def clearclip_exe(explicit=None):
+    """The release CLI: `explicit`, else $CARGO_TARGET_DIR (or target/)/release/clearclip."""
+    return explicit or os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release",
+                                    "clearclip")

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (NVIDIA, CUDA PyTorch, no network), after
+# scripts/prepare_device.sh here: the GPU bench of issue 11 (ours at f32 and
+# f16 vs PyTorch fp32 and fp16, scripts/bench_gpu.py) and the CPU thread
+# scaling of issue 13 (ours vs PyTorch at 1-16 threads, scripts/bench_cpu.py).
+# Everything goes to $OUT (it comes back) and to stdout.
+#   run(carry=[".gl", ".gpu"], command="bash scripts/device_run.sh", timeout_s=600)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-$(mktemp -d)}
+started=$(date +%s)
+stamp() { echo "== $* ($(( $(date +%s) - started )) s)"; }
+
+# The NVIDIA Vulkan driver needs the loader and glvnd (../shared/gpu/README.md).
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+export VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}
+xz -dkf .gpu/clearclip.xz && chmod +x .gpu/clearclip
+export PYTHONPATH=$PWD/.gpu/py${PYTHONPATH:+:$PYTHONPATH}
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; python3 -c 'import torch; print(torch.__version__)'; } 2>&1 | tee "$out/machine.txt"
+
+weights=/tmp/b16.safetensors
+stamp "GPU: ours f32/f16 vs PyTorch fp32/fp16"
+timeout 330 python3 scripts/bench_gpu.py "$weights" --runs ${GPU_RUNS:-5} --exe .gpu/clearclip 2>&1 | tee "$out/bench_gpu.txt"
+stamp "CPU: thread scaling"
+timeout $(( 570 - ($(date +%s) - started) )) python3 scripts/bench_cpu.py "$weights" --threads ${THREADS:-1,2,4,8,16} --runs ${CPU_RUNS:-3} \
+  --exe .gpu/clearclip 2>&1 | tee "$out/bench_cpu.txt"
+stamp "done"

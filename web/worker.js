@@ -1,7 +1,7 @@
 // The one worker that owns the wasm module and the GPU. See protocol.js.
 // Work runs one task at a time on a promise queue; a segment request that a
 // newer one has replaced before its turn is skipped (latest wins).
-import init, { DecodedImage, WebSegmenter, WeightsLoader, catalog } from './pkg/clearclip_web.js';
+import init, { DecodedImage, WebSegmenter, WeightsLoader, catalog, deviceLostEvent, loseGpuDevice } from './pkg/clearclip_web.js';
 import { MSG, TOKENIZER_URL } from './protocol.js';
 import { loadWeightsFromFile, loadWeightsFromUrl } from './weights.js';
 
@@ -22,6 +22,12 @@ const ready = (WebAssembly.validate(SIMD_PROBE)
   : Promise.reject(new Error('this browser\'s WebAssembly has no SIMD, which the app needs: use a current Chrome, Edge, Firefox or Safari'))
 ).then((wasm) => {
   wasmMemory = wasm.memory;
+  // A lost GPU device (driver reset, GPU process crash, `destroy()`), which
+  // wgpu reports from inside the wasm (crates/web: webgpu_device), cannot be
+  // recovered in this instance: report it as fatal; the page starts a new worker.
+  self.addEventListener(deviceLostEvent(), (e) => {
+    post({ type: MSG.ERROR, stage: 'device', message: `the GPU device was lost (${e.detail})`, fatal: true });
+  });
   const list = catalog();
   modeBlocks = Object.fromEntries(list.modes.map((m) => [m.id, m.lastBlock]));
   post({ type: MSG.CATALOG, catalog: list });
@@ -40,24 +46,6 @@ function enqueue(task) {
 }
 
 const progress = (phase, done, total) => post({ type: MSG.PROGRESS, phase, done, total });
-
-// The GPU device wgpu asks for, watched for loss. A lost device (driver
-// reset, GPU process crash, `device.destroy()`) cannot be recovered inside
-// this wasm instance: report it as fatal and let the page start a new worker.
-let gpuDevice = null;
-if (self.GPUAdapter) {
-  const requestDevice = GPUAdapter.prototype.requestDevice;
-  GPUAdapter.prototype.requestDevice = async function (...args) {
-    const device = await requestDevice.apply(this, args);
-    gpuDevice = device;
-    device.lost.then((info) => {
-      if (device !== gpuDevice) return;
-      const reason = info.message || info.reason || 'unknown reason';
-      post({ type: MSG.ERROR, stage: 'device', message: `the GPU device was lost (${reason})`, fatal: true });
-    });
-    return device;
-  };
-}
 
 /**
  * Errors from wasm are `{kind, message, fatal}` reports (see `ErrorReport`
@@ -195,8 +183,7 @@ self.onmessage = ({ data }) => {
       }
       break;
     case MSG.LOSE_DEVICE:
-      if (gpuDevice) gpuDevice.destroy();
-      else post({ type: MSG.ERROR, stage: 'device', message: 'no GPU device to lose (CPU backend)', fatal: false });
+      if (!loseGpuDevice()) post({ type: MSG.ERROR, stage: 'device', message: 'no GPU device to lose (CPU backend)', fatal: false });
       break;
     default:
       post({ type: MSG.ERROR, stage: 'protocol', message: `unknown message ${data.type}`, fatal: false });

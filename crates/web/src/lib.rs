@@ -176,31 +176,78 @@ impl DecodedImage {
     }
 }
 
-/// WebGPU device, initialised once per page (a second init fails).
+/// The event [`webgpu_device`] dispatches on the worker's global scope when
+/// the GPU device is lost; its `detail` is the browser's message.
+pub const DEVICE_LOST_EVENT: &str = "gpu-device-lost";
+
+#[cfg(target_arch = "wasm32")]
+type GpuDevice = burn::tensor::wgpu::wgpu::Device;
+#[cfg(not(target_arch = "wasm32"))]
+type GpuDevice = ();
+
+thread_local! {
+    /// burn's device and the wgpu device under it, initialised once per worker
+    /// (a second init fails; a lost device means a new worker).
+    static WEBGPU: RefCell<Option<(Device, GpuDevice)>> = const { RefCell::new(None) };
+}
+
+/// The WebGPU device. A loss of it (driver reset, GPU process crash,
+/// `destroy()`) cannot be recovered inside this wasm instance: wgpu's
+/// device-lost callback dispatches [`DEVICE_LOST_EVENT`] for the worker to
+/// report, and the page starts a new worker.
 async fn webgpu_device() -> Result<Device, String> {
-    thread_local! {
-        static DEVICE: RefCell<Option<Device>> = const { RefCell::new(None) };
-    }
-    if let Some(device) = DEVICE.with(|d| d.borrow().clone()) {
+    if let Some(device) = WEBGPU.with(|d| d.borrow().as_ref().map(|(device, _)| device.clone())) {
         return Ok(device);
     }
-    let device = init_webgpu().await?;
-    DEVICE.with(|d| *d.borrow_mut() = Some(device.clone()));
+    let (device, gpu) = init_webgpu().await?;
+    WEBGPU.with(|d| *d.borrow_mut() = Some((device.clone(), gpu)));
     Ok(device)
 }
 
 #[cfg(target_arch = "wasm32")]
-async fn init_webgpu() -> Result<Device, String> {
-    Device::wgpu_options()
+async fn init_webgpu() -> Result<(Device, GpuDevice), String> {
+    let (device, setup) = Device::wgpu_options()
         .graphics_api(burn::tensor::wgpu::WgpuBackend::WebGpu)
-        .init_async()
+        .init_with_setup_async()
         .await
-        .map_err(|e| format!("{e:?}"))
+        .map_err(|e| format!("{e:?}"))?;
+    setup.device.set_device_lost_callback(|reason, message| {
+        let message = if message.is_empty() { format!("{reason:?}") } else { message };
+        let init = web_sys::CustomEventInit::new();
+        init.set_detail(&JsValue::from_str(&message));
+        if let Ok(event) = web_sys::CustomEvent::new_with_event_init_dict(DEVICE_LOST_EVENT, &init) {
+            let global: web_sys::EventTarget = js_sys::global().unchecked_into();
+            let _ = global.dispatch_event(&event);
+        }
+    });
+    Ok((device, setup.device))
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-async fn init_webgpu() -> Result<Device, String> {
+async fn init_webgpu() -> Result<(Device, GpuDevice), String> {
     Err("WebGPU exists only in the browser".to_string())
+}
+
+/// Destroy the WebGPU device, as a driver reset would lose it (the tests of
+/// the recovery path). False when there is none (the CPU backend).
+#[wasm_bindgen(js_name = loseGpuDevice)]
+pub fn lose_gpu_device() -> bool {
+    WEBGPU.with(|d| match d.borrow().as_ref() {
+        #[cfg(target_arch = "wasm32")]
+        Some((_, gpu)) => {
+            gpu.destroy();
+            true
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        Some(_) => false,
+        None => false,
+    })
+}
+
+/// The name of the event that reports a lost GPU device ([`DEVICE_LOST_EVENT`]).
+#[wasm_bindgen(js_name = deviceLostEvent)]
+pub fn device_lost_event() -> String {
+    DEVICE_LOST_EVENT.to_string()
 }
 
 /// Receives the weights file chunk by chunk while it downloads (or a dropped

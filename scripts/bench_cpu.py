@@ -17,13 +17,11 @@ import json
 import os
 import statistics
 import subprocess
-import tempfile
 import time
 
 import torch
-from safetensors.torch import load_file
 
-from bench_support import bench_photo, clearclip_exe, reference
+from bench_support import prepare, reference
 
 ref = reference()
 CLASSES = "cat;grass;wall;sky;tree"
@@ -61,14 +59,7 @@ def main():
     ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--exe", help="the clearclip binary [default: target/release/clearclip]")
     a = ap.parse_args()
-    exe = clearclip_exe(a.exe)
-    if not os.path.exists(a.weights):
-        ref.generate_vit_b16(a.weights)
-    image_path, img = bench_photo(672, 448, tempfile.mkdtemp())
-
-    v = dict(width=768, layers=12, patch=16, image=224, mlp=3072)
-    t = dict(width=512, layers=12, mlp=2048)
-    model = ref.make_openclip_model(v, t, 512, load_file(a.weights))
+    exe, image_path, img, model = prepare(ref, a.weights, a.exe, (672, 448))
     print(f"torch {torch.__version__}; {os.cpu_count()} cores; warm medians of {a.runs - 1} runs", flush=True)
 
     rows = []

@@ -14,16 +14,13 @@ Each side reports the first (cold) run and the warm median of the rest.
 """
 import argparse
 import json
-import os
 import statistics
 import subprocess
-import tempfile
 import time
 
 import torch
-from safetensors.torch import load_file
 
-from bench_support import bench_photo, clearclip_exe, reference
+from bench_support import prepare, reference
 
 ref = reference()
 CLASSES = "cat;grass,lawn;wall;sky;tree"
@@ -69,10 +66,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--exe", help="the clearclip binary [default: target/release/clearclip]")
     a = ap.parse_args()
-    exe = clearclip_exe(a.exe)
-    if not os.path.exists(a.weights):
-        ref.generate_vit_b16(a.weights)
-    image_path, img = bench_photo(*SIZE, tempfile.mkdtemp())
+    exe, image_path, img, model = prepare(ref, a.weights, a.exe, SIZE)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu = torch.cuda.get_device_name() if device == "cuda" else "no CUDA: PyTorch on the CPU"
@@ -88,9 +82,7 @@ def main():
             print(f"ours {precision}: {report['model']}, load {report['loadMs']:.0f} ms, "
                   f"warm-up {report['warmUpMs'] or 0:.0f} ms", flush=True)
             columns[f"ours {precision}"] = phases
-    v = dict(width=768, layers=12, patch=16, image=224, mlp=3072)
-    t = dict(width=512, layers=12, mlp=2048)
-    model = ref.make_openclip_model(v, t, 512, load_file(a.weights)).to(device)
+    model = model.to(device)
     columns["PyTorch fp32"] = torch_runs(model, img, a.runs, device)
     if device == "cuda":  # CPU half kernels are not what anyone runs
         columns["PyTorch fp16"] = torch_runs(model.half(), img, a.runs, device)

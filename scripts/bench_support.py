@@ -81,6 +81,18 @@ def write_png(path, rgb):
         f.write(chunk(b"IEND", b""))
 
 
+def prepare(ref, weights, exe, size):
+    """What both bench scripts start with: the CLI's path, the bench photo of
+    `size` (path and pixels), and the model in PyTorch, after generating the
+    ViT-B/16-shaped checkpoint at `weights` if it is missing."""
+    import tempfile
+
+    if not os.path.exists(weights):
+        ref.generate_vit_b16(weights)
+    image_path, img = bench_photo(*size, tempfile.mkdtemp())
+    return clearclip_exe(exe), image_path, img, ref.load_openclip_checkpoint(weights)
+
+
 def clearclip_exe(explicit=None):
     """The release CLI: `explicit`, else $CARGO_TARGET_DIR (or target/)/release/clearclip."""
     return explicit or os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release",

@@ -614,6 +614,13 @@ def generate_vit_b16(path):
     print(f"wrote {path}")
 
 
+def load_openclip_checkpoint(path):
+    """An open_clip-layout checkpoint as an open_clip CLIP model (float32), its sizes read from its shapes."""
+    sd = safetensors.torch.load_file(path)
+    vision, text, embed = openclip_config(sd)
+    return make_openclip_model(vision, text, embed, {k: v.float() for k, v in sd.items()})
+
+
 def openclip_config(sd):
     """The vision and text tower sizes of an open_clip-layout state dict, read from its shapes."""
     def layers(prefix):
@@ -649,9 +656,7 @@ class DenseEncoder(torch.nn.Module):
 def export_dense_onnx(checkpoint, out, window=448):
     """The ClearCLIP dense encoder of `checkpoint` (open_clip layout) as ONNX, input
     `pixels` [1, 3, window, window] (normalised), output `features` [1, patches, embed]."""
-    sd = safetensors.torch.load_file(checkpoint)
-    vision, text, embed = openclip_config(sd)
-    model = make_openclip_model(vision, text, embed, {k: v.float() for k, v in sd.items()})
+    model = load_openclip_checkpoint(checkpoint)
     dense = DenseEncoder(model.visual, window).eval()
     torch.manual_seed(2)
     pixels = torch.randn(1, 3, window, window)

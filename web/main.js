@@ -313,6 +313,8 @@ let imageCount = 0;
 
 /** Show `blob` and segment it; `example` is the gallery entry it came from. */
 async function setImage(blob, example = null) {
+  // The previous file's message goes at once, not after the decode below.
+  state.error = null;
   let bitmap;
   try {
     // For display only; the worker decodes the same file for segmentation.

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use clearclip_fixtures::{assert_close, fixtures_dir, label_agreement, strided, Reference, CHECKPOINTS};
+use clearclip_fixtures::{assert_close, fixtures_dir, label_agreement, strided, wgpu_required, Reference, CHECKPOINTS};
 
 fn clearclip(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_clearclip")).args(args).output().expect("run clearclip")
@@ -267,7 +267,7 @@ fn skip_without_gpu(output: &Output) -> bool {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let missing = !output.status.success() && stderr.contains("no usable GPU");
     if missing {
-        assert!(std::env::var("CLEARCLIP_REQUIRE_WGPU").as_deref() != Ok("1"), "CLEARCLIP_REQUIRE_WGPU=1: {stderr}");
+        assert!(!wgpu_required(), "CLEARCLIP_REQUIRE_WGPU=1: {stderr}");
         eprintln!("SKIPPED: no wgpu adapter on this machine ({stderr})");
     }
     missing
@@ -293,7 +293,7 @@ fn half_precision_segments_like_the_f32_reference_on_the_gpu_and_is_refused_on_t
     args.extend(["--device", "gpu", "--precision", "f16"]);
     let output = clearclip(&args);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    if skip_without_gpu(&output) || (stderr.contains("cannot compute in f16") && std::env::var("CLEARCLIP_REQUIRE_WGPU").as_deref() != Ok("1")) {
+    if skip_without_gpu(&output) || (stderr.contains("cannot compute in f16") && !wgpu_required()) {
         return;
     }
     assert!(output.status.success(), "{stderr}");

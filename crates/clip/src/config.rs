@@ -27,18 +27,12 @@ pub enum Precision {
 }
 
 impl Precision {
-    pub const ALL: [Precision; 2] = [Self::F32, Self::F16];
-
     /// `f32` or `f16`, as the CLI and the page spell it.
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32",
             Self::F16 => "f16",
         }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.name().eq_ignore_ascii_case(name))
     }
 
     pub fn dtype(self) -> FloatDType {

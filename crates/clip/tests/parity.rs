@@ -3,7 +3,7 @@
 //! (`scripts/gen_fixtures.py`), in both tensor layouts, on every test device.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use clearclip_fixtures::{assert_close, load_fixture_model, read_fixture, test_devices, tokenizer_json, wgpu_device, Reference, CHECKPOINTS};
+use clearclip_fixtures::{assert_close, load_fixture_model, read_fixture, test_devices, tokenizer_json, wgpu_device, wgpu_required, Reference, CHECKPOINTS};
 use clearclip_model::{
     load_clip, resize_patch_positions, AttentionKind, ClipTokenizer, DenseMode, LastBlock, Layout, LoadError, LoadOptions, Precision, Residual,
     TokenBatch,
@@ -82,7 +82,7 @@ fn assert_half_like_pytorch(what: &str, ours: &[f32], theirs_f16: &[f32], f32_re
 fn half_precision_matches_pytorch_half_on_the_gpu() {
     let Some(device) = wgpu_device() else { return };
     if !Precision::F16.is_supported_on(&device) {
-        assert!(std::env::var("CLEARCLIP_REQUIRE_WGPU").as_deref() != Ok("1"), "the wgpu adapter has no shader-f16 (lavapipe has)");
+        assert!(!wgpu_required(), "the wgpu adapter has no shader-f16 (lavapipe has)");
         eprintln!("SKIPPED: the wgpu adapter has no shader-f16");
         return;
     }

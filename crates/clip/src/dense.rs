@@ -304,7 +304,7 @@ impl LastBlock {
             // softmax(scale a b^T + bias), each cast to v's precision and summed
             // over the kind's pairs (the reference adds the half softmaxes)
             let dtype = FloatDType::from(v.dtype());
-            let weights = parts.iter().map(|&(a, b)| attention_weights(part(a), part(b), scale, bias.as_ref(), false).cast(dtype));
+            let weights = parts.iter().map(|&(a, b)| attention_weights(part(a), part(b), scale, bias.as_ref(), None).cast(dtype));
             let mixed = match weights.reduce(|sum, w| sum + w) {
                 Some(weights) => weights.matmul(v.clone()),
                 None => v.clone(),

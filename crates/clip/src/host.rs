@@ -143,43 +143,62 @@ pub fn attention(qkv: &[f32], shape: QkvShape, spec: AttentionSpec) -> Vec<f32> 
     if let Some(bias) = spec.bias {
         assert_eq!(bias.len(), tokens * tokens, "the attention bias must be [tokens, tokens]");
     }
-    // One contiguous [tokens, head_dim] block per (image, head), merged below.
-    let mut per_head = vec![0.0f32; batch * heads * tokens * head_dim];
+    // [batch, tokens, heads * head_dim]: each (image, head) writes its own
+    // head_dim columns of its image's rows.
+    let mut merged = vec![0.0f32; batch * tokens * shape.width()];
+    let out = SharedOutput(merged.as_mut_ptr(), merged.len());
     let scratch = || vec![0.0f32; spec.scores.len().clamp(1, 2) * tokens * tokens];
-    let run = |scratch: &mut Vec<f32>, (index, out): (usize, &mut [f32])| {
+    let run = |scratch: &mut Vec<f32>, index: usize| {
         let (image, head) = (index / heads, index % heads);
-        attend_one_head(&qkv[image * tokens * 3 * shape.width()..][..tokens * 3 * shape.width()], shape, head, spec, scratch, out);
+        let image_qkv = &qkv[image * tokens * 3 * shape.width()..][..tokens * 3 * shape.width()];
+        // SAFETY: `merged` outlives the loop, its length is checked by
+        // `SharedOutput::at`, and no two (image, head) pairs write the same
+        // element.
+        unsafe { attend_one_head(image_qkv, shape, head, spec, scratch, out.at(image * tokens * shape.width() + head * head_dim)) };
     };
-    let block = tokens * head_dim;
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
-        per_head.par_chunks_mut(block).enumerate().for_each_init(scratch, run);
+        (0..batch * heads).into_par_iter().for_each_init(scratch, run);
     }
     #[cfg(not(feature = "rayon"))]
     {
         let mut scratch = scratch();
-        per_head.chunks_mut(block).enumerate().for_each(|item| run(&mut scratch, item));
-    }
-    // [batch, heads, tokens, head_dim] -> [batch, tokens, heads * head_dim]
-    let mut merged = vec![0.0f32; per_head.len()];
-    for (index, values) in per_head.chunks(block).enumerate() {
-        let (image, head) = (index / heads, index % heads);
-        for (token, row) in values.chunks(head_dim).enumerate() {
-            let at = (image * tokens + token) * shape.width() + head * head_dim;
-            merged[at..at + head_dim].copy_from_slice(row);
-        }
+        (0..batch * heads).for_each(|index| run(&mut scratch, index));
     }
     merged
 }
+
+/// The output of [`attention`] and its length, written by every head at once
+/// at disjoint places.
+#[derive(Clone, Copy)]
+struct SharedOutput(*mut f32, usize);
+
+impl SharedOutput {
+    /// The element at `offset`, which must be in bounds.
+    fn at(self, offset: usize) -> *mut f32 {
+        assert!(offset < self.1);
+        // SAFETY: in bounds of the allocation.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+// SAFETY: the heads write disjoint elements (see `attention`).
+unsafe impl Send for SharedOutput {}
+unsafe impl Sync for SharedOutput {}
 
 /// One head of one image: `out = (sum of softmax(scale a b^T + bias)) v`.
 ///
 /// # Shapes
 /// - `qkv`: `[tokens, 3 * heads * head_dim]` (one image)
 /// - `scratch`: `tokens * tokens`, twice that when more than one score pair is summed
-/// - `out`: `[tokens, head_dim]`
-fn attend_one_head(qkv: &[f32], shape: QkvShape, head: usize, spec: AttentionSpec, scratch: &mut [f32], out: &mut [f32]) {
+/// - `out`: `[tokens, head_dim]` with a row stride of `heads * head_dim`:
+///   this head's columns of the merged `[tokens, heads * head_dim]` output
+///
+/// # Safety
+/// `out` must be valid for writes at `t * heads * head_dim + d` for every
+/// token `t` and `d < head_dim`, and nothing else may access those elements.
+unsafe fn attend_one_head(qkv: &[f32], shape: QkvShape, head: usize, spec: AttentionSpec, scratch: &mut [f32], out: *mut f32) {
     let QkvShape { tokens, head_dim, .. } = shape;
     let row_stride = 3 * shape.width() as isize;
     let part = |p: Part| qkv[p as usize * shape.width() + head * head_dim..].as_ptr();
@@ -223,11 +242,11 @@ fn attend_one_head(qkv: &[f32], shape: QkvShape, head: usize, spec: AttentionSpe
     }
     // out[i, d] = sum_j weights[i, j] v[j, d]
     // SAFETY: `weights` is [tokens, tokens], v a [tokens, head_dim] view into
-    // `qkv`, `out` is [tokens, head_dim].
+    // `qkv`, `out` a [tokens, head_dim] view (the caller's contract).
     unsafe {
         gemm::gemm(
             tokens, head_dim, tokens,
-            out.as_mut_ptr(), 1, head_dim as isize, false,
+            out, 1, shape.width() as isize, false,
             weights.as_ptr(), 1, tokens as isize,
             part(Part::Value), 1, row_stride,
             0.0, 1.0, false, false, false, gemm::Parallelism::None,
@@ -267,6 +286,8 @@ pub(crate) fn quick_gelu_tensor<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 
 #[cfg(test)]
 mod tests {
+    use clearclip_fixtures::{largest_difference, SeededRng};
+
     use super::*;
 
     /// The largest relative error of [`exp`] against f64 over every 1/1000
@@ -320,24 +341,13 @@ mod tests {
         out
     }
 
-    fn pseudo_random(len: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state as f32 / u32::MAX as f32) * 6.0 - 3.0
-            })
-            .collect()
-    }
-
     #[test]
     fn attention_matches_a_written_out_reference() {
         // Odd sizes: tails of the 8-lane loops and of gemm's register blocks.
         let shape = QkvShape { batch: 2, tokens: 37, heads: 3, head_dim: 5 };
-        let qkv = pseudo_random(shape.batch * shape.tokens * 3 * shape.width(), 7);
-        let bias = pseudo_random(shape.tokens * shape.tokens, 11);
+        let mut rng = SeededRng::new(7);
+        let qkv = rng.uniform(shape.batch * shape.tokens * 3 * shape.width(), -3.0, 3.0);
+        let bias = rng.uniform(shape.tokens * shape.tokens, -3.0, 3.0);
         use Part::*;
         let cases: [(&[(Part, Part)], Option<&[f32]>, bool); 5] = [
             (&[(Query, Key)], None, false),
@@ -350,14 +360,14 @@ mod tests {
             let spec = AttentionSpec { scores, scale: 0.4472, bias, causal };
             let got = attention(&qkv, shape, spec);
             let want = reference(&qkv, shape, spec);
-            let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max);
+            let (worst, _) = largest_difference(&got, &want);
             assert!(worst < 2e-5, "{scores:?} bias {} causal {causal}: max abs diff {worst:e}", bias.is_some());
         }
     }
 
     #[test]
     fn quick_gelu_matches_its_definition() {
-        let mut values = pseudo_random(1001, 3).iter().map(|v| v * 5.0).collect::<Vec<_>>();
+        let mut values = SeededRng::new(3).uniform(1001, -15.0, 15.0);
         let want: Vec<f64> = values.iter().map(|&v| v as f64 / (1.0 + (-1.702 * v as f64).exp())).collect();
         quick_gelu_in_place(&mut values);
         for (g, w) in values.iter().zip(&want) {

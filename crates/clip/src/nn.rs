@@ -1,6 +1,6 @@
 //! The few layers CLIP needs, as plain tensors (inference only).
 
-use burn::tensor::{activation, Bool, FloatDType, Tensor};
+use burn::tensor::{activation, Bool, Device, FloatDType, Tensor};
 
 use crate::config::Activation;
 use crate::host::{self, AttentionSpec, Part};
@@ -126,8 +126,9 @@ impl Attention {
         self.out.forward(heads.swap_dims(1, 2).reshape([batch, tokens, n_heads * head_dim]))
     }
 
-    /// Standard scaled dot-product attention, `softmax(q k^T / sqrt(d)) v`,
-    /// causal for the text tower.
+    /// Standard scaled dot-product attention, `softmax(q k^T / sqrt(d)) v`;
+    /// causal for the text tower, which passes [`causal_mask`] (built once per
+    /// batch) as `future`.
     ///
     /// On the CPU backend [`host::attention`] (a vectorised softmax between two
     /// `gemm` calls per head); elsewhere [`attention_weights`] then the value
@@ -136,40 +137,48 @@ impl Attention {
     ///
     /// # Shapes
     /// - `x`: `[batch, tokens, width]` -> same
-    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, future: Option<&Tensor<2, Bool>>) -> Tensor<3> {
         if host::is_host(&x.device()) {
+            let causal = future.is_some();
             let spec = AttentionSpec { scores: &[(Part::Query, Part::Key)], scale: self.scale() as f32, bias: None, causal };
             return self.out.forward(host::attention_tensor(self.qkv.forward(x), self.heads, spec));
         }
         let HeadProjections { q, k, v } = self.project(x);
-        let weights = attention_weights(q, k, self.scale(), None, causal);
+        let weights = attention_weights(q, k, self.scale(), None, future);
         self.merge(weights.cast(FloatDType::from(v.dtype())).matmul(v))
     }
 }
 
-/// `softmax(scale a b^T + bias)` over the keys, with future keys masked out
-/// when `causal`. The product is in `a`'s precision (accumulated in f32 at
+/// `true` where key `j` comes after query `i`: the text tower's causal mask.
+///
+/// # Shapes
+/// - returns `[tokens, tokens]`
+pub fn causal_mask(tokens: usize, device: &Device) -> Tensor<2, Bool> {
+    Tensor::<2, Bool>::tril_mask([tokens, tokens], 0, device)
+}
+
+/// `softmax(scale a b^T + bias)` over the keys, with the keys where `future`
+/// is `true` masked out. The product is in `a`'s precision (accumulated in f32 at
 /// f16); the softmax is computed and returned in f32, as PyTorch's half
 /// softmax computes in f32.
 ///
 /// # Shapes
 /// - `a`, `b`: `[batch, heads, tokens, head_dim]`
 /// - `bias`: `[1, 1, tokens, tokens]`, f32
+/// - `future`: `[tokens, tokens]` ([`causal_mask`])
 /// - returns `[batch, heads, tokens, tokens]`, f32
-pub(crate) fn attention_weights(a: Tensor<4>, b: Tensor<4>, scale: f64, bias: Option<&Tensor<4>>, causal: bool) -> Tensor<4> {
-    let tokens = a.dims()[2];
-    let device = a.device();
+pub(crate) fn attention_weights(a: Tensor<4>, b: Tensor<4>, scale: f64, bias: Option<&Tensor<4>>, future: Option<&Tensor<2, Bool>>) -> Tensor<4> {
     let scores = a.matmul(b.swap_dims(2, 3)).cast(FloatDType::F32) * scale;
     let scores = match bias {
         Some(bias) => scores + bias.clone(),
         None => scores,
     };
-    let scores = if causal {
-        // true where the key comes after the query
-        let future = Tensor::<2, Bool>::tril_mask([tokens, tokens], 0, &device).unsqueeze::<4>().expand(scores.dims());
-        scores.mask_fill(future, f32::NEG_INFINITY)
-    } else {
-        scores
+    let scores = match future {
+        Some(future) => {
+            let future = future.clone().unsqueeze::<4>().expand(scores.dims());
+            scores.mask_fill(future, f32::NEG_INFINITY)
+        }
+        None => scores,
     };
     activation::softmax(scores, 3)
 }
@@ -186,8 +195,9 @@ pub struct ResidualAttentionBlock {
 impl ResidualAttentionBlock {
     /// # Shapes
     /// - `x`: `[batch, tokens, width]` -> same
-    pub fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), causal);
+    /// - `future`: `[tokens, tokens]`, see [`Attention::forward`]
+    pub fn forward(&self, x: Tensor<3>, future: Option<&Tensor<2, Bool>>) -> Tensor<3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), future);
         x.clone() + self.mlp.forward(self.ln_2.forward(x))
     }
 }

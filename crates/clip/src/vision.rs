@@ -76,7 +76,7 @@ impl VisionTransformer {
             return Err(InputError::NotPatchMultiple { width, height, patch });
         }
         let x = self.embed(pixels)?;
-        let tokens = self.blocks.iter().fold(x, |x, block| block.forward(x, false));
+        let tokens = self.blocks.iter().fold(x, |x, block| block.forward(x, None));
         Ok(LastBlockInput { tokens, grid: (height / patch, width / patch) })
     }
 

@@ -8,24 +8,9 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use burn::tensor::{Device, Tensor, TensorData};
-use clearclip_fixtures::{load_model, read_fixture, CHECKPOINTS};
+use clearclip_fixtures::{load_model, read_fixture, SeededRng, CHECKPOINTS};
 use clearclip_model::{CheckpointLoader, Clip, ClipTokenizer, DenseMode, LoadError, LoadOptions};
 use safetensors::SafeTensors;
-
-/// xorshift64*: reproducible without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// Dense image features and text features: two outputs that use every tensor.
 fn outputs(model: &Clip) -> (Vec<f32>, Vec<f32>) {
@@ -67,7 +52,7 @@ fn random_splits_down_to_single_bytes_load_bit_identically_holding_one_tensor_at
         let largest_f32 = SafeTensors::deserialize(&bytes).unwrap().tensors().iter().map(|(_, v)| 4 * v.shape().iter().product::<usize>()).max().unwrap();
         let cap = largest_f32.max(header_end(&bytes));
         for seed in 1..=4u64 {
-            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut rng = SeededRng::new(seed);
             let mut cuts = Vec::new();
             let mut at = 0usize;
             loop {

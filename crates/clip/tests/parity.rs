@@ -3,7 +3,7 @@
 //! (`scripts/gen_fixtures.py`), in both tensor layouts, on every test device.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use clearclip_fixtures::{assert_close, load_fixture_model, read_fixture, test_devices, tokenizer_json, wgpu_device, wgpu_required, Reference, CHECKPOINTS};
+use clearclip_fixtures::{assert_close, largest_difference, load_fixture_model, read_fixture, test_devices, tokenizer_json, wgpu_device, wgpu_required, Reference, CHECKPOINTS};
 use clearclip_model::{
     load_clip, resize_patch_positions, AttentionKind, ClipTokenizer, DenseMode, LastBlock, Layout, LoadError, LoadOptions, Precision, Residual,
     TokenBatch,
@@ -53,12 +53,6 @@ fn dense_features_match_reference_for_every_mode() {
     }
 }
 
-/// Largest absolute difference.
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 /// Outputs at f16 (magnitude up to ~5, where f16's step is 3.9e-3) against
 /// PyTorch's `model.half()`: the two round to f16 at different places, so
 /// they are compared element by element at a looser tolerance, ...
@@ -69,9 +63,9 @@ const HALF_TOLERANCE: f32 = 2.5e-2;
 /// f16 (a hundredth of PyTorch's error at least), or the test would pass on an
 /// f32 run.
 fn assert_half_like_pytorch(what: &str, ours: &[f32], theirs_f16: &[f32], f32_reference: &[f32]) {
-    let pytorch_error = max_diff(theirs_f16, f32_reference);
-    let our_error = max_diff(ours, f32_reference);
-    let between = max_diff(ours, theirs_f16);
+    let (pytorch_error, _) = largest_difference(theirs_f16, f32_reference);
+    let (our_error, _) = largest_difference(ours, f32_reference);
+    let (between, _) = largest_difference(ours, theirs_f16);
     eprintln!("{what}: ours vs f32 {our_error:.2e}, PyTorch f16 vs f32 {pytorch_error:.2e}, ours vs PyTorch f16 {between:.2e}");
     assert!(our_error <= 1.5 * pytorch_error, "{what}: ours is {our_error:e} from f32, PyTorch's f16 {pytorch_error:e}");
     assert!(between <= HALF_TOLERANCE, "{what}: ours is {between:e} from PyTorch's f16, tolerance {HALF_TOLERANCE:e}");
@@ -192,7 +186,7 @@ fn knob_settings_reproduce_every_named_mode_exactly() {
     let outputs: Vec<Vec<f32>> = DenseMode::ALL.iter().map(|m| read(Ok(model.vision.dense_from_last_block(&kept, &m.last_block())))).collect();
     for i in 0..outputs.len() {
         for j in i + 1..outputs.len() {
-            let diff = outputs[i].iter().zip(&outputs[j]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            let (diff, _) = largest_difference(&outputs[i], &outputs[j]);
             assert!(diff > 1e-2, "{} and {} agree to {diff}", DenseMode::ALL[i].name(), DenseMode::ALL[j].name());
         }
     }

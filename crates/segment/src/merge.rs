@@ -447,15 +447,7 @@ mod tests {
 
     /// Pseudo-random logits in [-0.5, 0.5).
     fn logits(n: usize) -> Vec<f32> {
-        let mut state = 0x2545_f491_u32;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-            })
-            .collect()
+        clearclip_fixtures::SeededRng::new(5).uniform(n, -0.5, 0.5)
     }
 
     #[test]

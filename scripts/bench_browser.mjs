@@ -2,14 +2,17 @@ import { chromium } from 'playwright-core';
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { serve } from './serve.mjs';
+import { ISOLATION, serve } from './serve.mjs';
 // Times the page in headless Chromium:
 //   node scripts/bench_browser.mjs WEIGHTS IMAGE [BACKENDS] [runs=N] [onnx=MODEL] [load-only]
 // BACKENDS is a comma list (default cpu,webgpu) of
-//   cpu     the page on its wasm CPU backend,
+//   cpu     the page on its wasm CPU backend, with its default thread count (the server sends
+//           the cross-origin isolation headers; see web/worker.js); `cpu:N` on N threads
+//           (?threads=N: 1 is the one-thread module, more the threaded one),
 //   webgpu  the page on WebGPU,
-//   onnx    the peer: onnxruntime-web's wasm backend on 1 thread running MODEL, the ClearCLIP
-//           dense encoder for one 448x448 window (`scripts/gen_fixtures.py --dense-onnx`).
+//   onnx    the peer: onnxruntime-web's wasm backend running MODEL, the ClearCLIP dense encoder
+//           for one 448x448 window (`scripts/gen_fixtures.py --dense-onnx`), on 1 thread
+//           (`onnx:N`: on N, its own pool of web workers, as the page's threaded module).
 // WEIGHTS and MODEL are paths under the served root (the repository, or $APP_ROOT to measure
 // another checkout side by side), IMAGE a PNG file (448x448 to compare with the peer).
 // For the page: load (and warm-up), the first run after load (the page's example image, when it
@@ -23,6 +26,7 @@ import { serve } from './serve.mjs';
 // (peak resident size of the Chromium processes). `v8prof` runs Chromium with V8's sampling
 // profiler: each isolate (the page, the worker) writes isolate-*-v8.log into the current
 // directory, for `node --prof-process` (build with WASM_NAMES=1 to see the wasm functions' names).
+// `jsflags=FLAGS` passes V8 flags (e.g. jsflags=--no-wasm-deopt).
 const positional = process.argv.slice(2).filter((a) => !a.includes('=') && a !== 'load-only' && a !== 'v8prof');
 const options = Object.fromEntries(process.argv.slice(2).filter((a) => a.includes('=')).map((a) => a.split(/=(.*)/s, 2)));
 const [weightsPath, imagePath, backends = 'cpu,webgpu'] = positional;
@@ -32,7 +36,8 @@ const runs = Math.max(1, Number(options.runs ?? 3));
 const server = await serve(process.env.APP_ROOT ? { root: process.env.APP_ROOT } : {});
 const origin = `http://127.0.0.1:${server.port}`;
 const args = ['--enable-unsafe-webgpu', '--enable-unsafe-swiftshader', '--no-sandbox', '--no-first-run', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--disable-quic', ...(v8prof ? ['--js-flags=--prof'] : [])];
+  '--disable-component-update', '--disable-sync', '--disable-quic',
+  ...(v8prof || options.jsflags ? [`--js-flags=${[v8prof ? '--prof' : '', options.jsflags ?? ''].join(' ').trim()}`] : [])];
 /** Class names for the rounds after the first: one new pair a round, so the text is encoded again. */
 const NAME_PAIRS = [['dog', 'sky'], ['tree', 'road'], ['car', 'water'], ['bird', 'house'], ['boat', 'snow'], ['horse', 'sand'], ['chair', 'wall']];
 
@@ -109,18 +114,21 @@ async function setNames(page, names) {
   return page.evaluate(() => window.__clearclip.result.result);
 }
 
-/** The page on `backend` (cpu or webgpu). */
+/** The page on `backend` (cpu, cpu:N or webgpu). */
 async function benchPage(backend, png) {
   const { page, close } = await launch();
   const t0 = Date.now();
   // Classes and one template through the query string; a fresh profile has no cached weights, so Load is clicked.
-  await page.goto(`${origin}/?debug=1&weights=/${weightsPath}&webgpu=${backend === 'webgpu' ? 1 : 0}&labels=cat%3B%20grass&templates=single`);
+  const [name, threads] = backend.split(':');
+  const query = { webgpu: 'webgpu=1', cpu: `webgpu=0${threads ? `&threads=${threads}` : ''}` }[name];
+  if (!query) throw new Error(`unknown backend ${backend}`);
+  await page.goto(`${origin}/?debug=1&weights=/${weightsPath}&${query}&labels=cat%3B%20grass&templates=single`);
   await page.waitForFunction(() => { const s = window.__clearclip; return s.consent || s.loading || s.model; }, null, { timeout: 60000 });
   if (await page.evaluate(() => window.__clearclip.consent)) await page.click('#load-model');
   await page.waitForFunction(() => window.__clearclip.model || window.__clearclip.error, null, { timeout: 1_800_000 });
   const model = await page.evaluate(() => window.__clearclip.model);
   if (!model) throw new Error(`load failed: ${JSON.stringify(await page.evaluate(() => window.__clearclip.error))}`);
-  const load = { root: process.env.APP_ROOT ?? 'repository', backend: model.backend, loadMs: Math.round(model.loadMs),
+  const load = { root: process.env.APP_ROOT ?? 'repository', backend: model.backend, description: model.description, loadMs: Math.round(model.loadMs),
     warmUpMs: Math.round(model.warmUpMs ?? 0), wasmMemoryMB: model.wasmMemoryBytes && Math.round(model.wasmMemoryBytes / 2 ** 20),
     memAfterLoad: peakRss() };
   if (loadOnly) {
@@ -131,11 +139,13 @@ async function benchPage(backend, png) {
   await page.waitForFunction(() => { const s = window.__clearclip; return !s.image || (s.result && !s.running); }, null, { timeout: 1_800_000, polling: 200 });
   const first = await page.evaluate(() => window.__clearclip.result?.result ?? null);
   const cold = await dropImage(page, png);
+  console.error(`${backend} round 1 (cold): image ${Math.round(cold.timings.imageMs)} ms`);
   const warm = [];
   for (let round = 1; round < runs; round++) {
     const renamed = await setNames(page, NAME_PAIRS[(round - 1) % NAME_PAIRS.length]);
     const full = await dropImage(page, png, round);
     warm.push({ textMs: renamed.timings.textMs, rerunMs: renamed.timings.imageMs, imageMs: full.timings.imageMs, phases: full.timings.image });
+    console.error(`${backend} round ${round + 1}: text ${Math.round(renamed.timings.textMs)} ms, last-block re-run ${Math.round(renamed.timings.imageMs)} ms, image ${Math.round(full.timings.imageMs)} ms`);
   }
   // Mode switches on the same image: only the last block (and what follows) runs again.
   const switches = {};
@@ -168,16 +178,18 @@ async function benchPage(backend, png) {
   return report;
 }
 
-/** The peer: onnxruntime-web, wasm backend, 1 thread, `runs` inferences of the dense encoder. */
-async function benchOnnx(modelPath) {
+/** The peer: onnxruntime-web, wasm backend, on `threads` threads, `runs` inferences of the dense encoder. */
+async function benchOnnx(modelPath, threads) {
   if (!modelPath) throw new Error('the onnx backend needs onnx=MODEL (scripts/gen_fixtures.py --dense-onnx)');
   const { page, close } = await launch();
   // An empty page of the served origin, so the module and the model load from it.
-  await page.route(`${origin}/__peer.html`, (route) => route.fulfill({ contentType: 'text/html', body: '<!doctype html><title>peer</title>' }));
+  // Cross-origin isolated as the app is, so that its threads can share memory.
+  await page.route(`${origin}/__peer.html`, (route) => route.fulfill({ contentType: 'text/html', headers: ISOLATION,
+    body: '<!doctype html><title>peer</title>' }));
   await page.goto(`${origin}/__peer.html`);
-  const result = await page.evaluate(async ({ modelUrl, runs }) => {
+  const result = await page.evaluate(async ({ modelUrl, runs, threads }) => {
     const ort = await import('/node_modules/onnxruntime-web/dist/ort.wasm.min.mjs');
-    ort.env.wasm.numThreads = 1;
+    ort.env.wasm.numThreads = threads;
     ort.env.wasm.wasmPaths = '/node_modules/onnxruntime-web/dist/';
     let t = performance.now();
     const session = await ort.InferenceSession.create(modelUrl, { executionProviders: ['wasm'] });
@@ -194,15 +206,16 @@ async function benchOnnx(modelPath) {
       out.features.dispose?.();
     }
     return { version: ort.env.versions?.web, loadMs, times, dims };
-  }, { modelUrl: `/${modelPath}`, runs });
+  }, { modelUrl: `/${modelPath}`, runs, threads });
   await close();
-  return { backend: `onnxruntime-web ${result.version} (wasm, 1 thread)`, loadMs: Math.round(result.loadMs), runs,
+  return { backend: `onnxruntime-web ${result.version} (wasm, ${threads} thread${threads > 1 ? 's' : ''})`, loadMs: Math.round(result.loadMs), runs,
     outputDims: result.dims, cold: { imageMs: Math.round(result.times[0]) }, warm: { imageMs: spread(result.times.slice(1)) } };
 }
 
 const png = readFileSync(imagePath);
 for (const backend of backends.split(',')) {
-  const report = backend === 'onnx' ? await benchOnnx(options.onnx) : await benchPage(backend, png);
+  const [name, threads] = backend.split(':');
+  const report = name === 'onnx' ? await benchOnnx(options.onnx, Math.max(1, Number(threads ?? 1))) : await benchPage(backend, png);
   console.log(JSON.stringify(report));
 }
 server.server.close();

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the wasm module into web/pkg: cargo (wasm32, profile wasm-release),
+# Builds the two wasm modules, web/pkg (WebGPU, and the CPU on one thread) and
+# web/pkg-threads (the CPU on a pool of web workers): cargo (wasm32, profile wasm-release),
 # wasm-bindgen (installed at the exact version in Cargo.lock if missing),
 # then wasm-opt from npm's binaryen when node_modules has it. WASM_NAMES=1 keeps the
 # functions' names in the module (wasm-opt -g), for a profile (scripts/bench_browser.mjs v8prof).
@@ -21,15 +22,44 @@ if [ ! -x node_modules/.bin/wasm-opt ] && command -v npm >/dev/null; then
   npm ci --no-audit --no-fund
 fi
 
+# wasm-bindgen, then wasm-opt: `bind OUT_DIR WASM [wasm-opt flags]`.
+bind() {
+  local out=$1 wasm=$2
+  shift 2
+  rm -rf "$out"
+  wasm-bindgen --target web --no-typescript --out-dir "$out" "$wasm"
+  if [ -x node_modules/.bin/wasm-opt ]; then
+    node_modules/.bin/wasm-opt -Oz ${WASM_NAMES:+-g} --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
+      --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue "$@" \
+      "$out/clearclip_web_bg.wasm" -o "$out/clearclip_web_bg.opt.wasm"
+    mv "$out/clearclip_web_bg.opt.wasm" "$out/clearclip_web_bg.wasm"
+  fi
+  ls -l "$out/clearclip_web_bg.wasm"
+  echo "gzipped: $(gzip -9 -c "$out/clearclip_web_bg.wasm" | wc -c) bytes"
+}
+
+target=${CARGO_TARGET_DIR:-target}
+
+# web/pkg: WebGPU, and the CPU backend on the worker's one thread.
 cargo build -p clearclip-web --target wasm32-unknown-unknown --profile wasm-release --locked
-rm -rf web/pkg
-wasm-bindgen --target web --no-typescript --out-dir web/pkg \
-  "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm"
-if [ -x node_modules/.bin/wasm-opt ]; then
-  node_modules/.bin/wasm-opt -Oz ${WASM_NAMES:+-g} --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
-    --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
-    web/pkg/clearclip_web_bg.wasm -o web/pkg/clearclip_web_bg.opt.wasm
-  mv web/pkg/clearclip_web_bg.opt.wasm web/pkg/clearclip_web_bg.wasm
+bind web/pkg "$target/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm"
+
+# web/pkg-threads: the CPU backend on a pool of web workers (the `threads`
+# feature), for cross-origin isolated pages without WebGPU (web/worker.js).
+# Threads in wasm need atomics in every crate, std included, so std is rebuilt
+# from the rust-src component (-Z build-std, allowed on this stable toolchain
+# by RUSTC_BOOTSTRAP=1). The link makes the memory shared and imported (the
+# worker pool's workers instantiate the module on it), with a 4 GiB maximum,
+# and exports the thread-local storage hooks wasm-bindgen starts threads with:
+# rustc does not add these for wasm32-unknown-unknown. The module has its own
+# target directory: its flags differ from the other module's in every crate.
+if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+  rustup component add rust-src
 fi
-ls -l web/pkg/clearclip_web_bg.wasm
-echo "gzipped: $(gzip -9 -c web/pkg/clearclip_web_bg.wasm | wc -c) bytes"
+shared_memory=(--shared-memory --import-memory --max-memory=4294967296
+  --export=__wasm_init_tls --export=__tls_size --export=__tls_align --export=__tls_base)
+RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$target/wasm-threads" \
+  RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals" \
+  cargo rustc -p clearclip-web --lib --crate-type cdylib --target wasm32-unknown-unknown --profile wasm-release --locked \
+  --no-default-features --features threads -Z build-std=panic_abort,std -- "${shared_memory[@]/#/-Clink-arg=}"
+bind web/pkg-threads "$target/wasm-threads/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm" --enable-threads

@@ -14,8 +14,21 @@ const TYPES = {
   '.jpg': 'image/jpeg', '.safetensors': 'application/octet-stream', '.md': 'text/plain; charset=utf-8',
 };
 
-/** Start serving `root`; resolves to {server, port, requests}. */
-export function serve({ port = 0, root = ROOT } = {}) {
+/**
+ * Cross-origin isolation, which gives the page SharedArrayBuffer and so the
+ * threaded CPU module (web/worker.js). Under it the page can still fetch the
+ * weights from another origin that answers CORS requests, as the Hugging Face
+ * hub does; `cross-origin-resource-policy` lets other isolated pages load
+ * what this server serves.
+ */
+export const ISOLATION = {
+  'cross-origin-opener-policy': 'same-origin',
+  'cross-origin-embedder-policy': 'require-corp',
+  'cross-origin-resource-policy': 'cross-origin',
+};
+
+/** Start serving `root`; resolves to {server, port, requests}. `isolated: false` leaves out {@link ISOLATION}. */
+export function serve({ port = 0, root = ROOT, isolated = true } = {}) {
   const requests = [];
   const server = createServer(async (req, res) => {
     const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
@@ -33,6 +46,7 @@ export function serve({ port = 0, root = ROOT } = {}) {
         'content-length': info.size,
         'access-control-allow-origin': '*',
         'cache-control': 'no-cache',
+        ...(isolated ? ISOLATION : {}),
       });
       createReadStream(file).pipe(res);
     } catch {

@@ -66,7 +66,12 @@ if (params.get('debug') === '1') {
 
 function startWorker() {
   worker?.terminate();
-  worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  // What the worker needs before its first message: which wasm module to
+  // start (worker.js), from whether WebGPU is wanted and how many threads.
+  const url = new URL('./worker.js', import.meta.url);
+  if (!state.preferGpu) url.searchParams.set('webgpu', '0');
+  if (params.get('threads')) url.searchParams.set('threads', params.get('threads'));
+  worker = new Worker(url, { type: 'module' });
   worker.onmessage = ({ data }) => onWorkerMessage(data);
   worker.onerror = (e) => {
     state.error = `the worker failed: ${e.message}`;

@@ -1,10 +1,10 @@
 // The one worker that owns the wasm module and the GPU. See protocol.js.
 // Work runs one task at a time on a promise queue; a segment request that a
 // newer one has replaced before its turn is skipped (latest wins).
-import init, { DecodedImage, WebSegmenter, WeightsLoader, catalog, deviceLostEvent, loseGpuDevice } from './pkg/clearclip_web.js';
 import { MSG, TOKENIZER_URL } from './protocol.js';
 import { loadWeightsFromFile, loadWeightsFromUrl } from './weights.js';
 
+let wasm = null; // the module's exports, once `ready`
 let segmenter = null;
 let latestSegment = null; // the newest segment request received
 let keptResultId = null; // the request whose result the segmenter keeps (heatmaps, exports)
@@ -14,21 +14,56 @@ let loadAbort = null; // AbortController of the weights transfer under way
 let cancelledRun = null; // id of the run the page cancelled
 const post = (message, transfer = []) => self.postMessage(message, transfer);
 let wasmMemory = null; // to report its size: wasm memory grows and never shrinks
-// The module is built with WebAssembly SIMD (.cargo/config.toml). This probe
-// (one function returning `i8x16.splat(0)`) validates only where SIMD is.
+
+// Two builds of the module (scripts/build-web.sh). pkg/ has WebGPU and a
+// CPU backend on this worker's one thread; pkg-threads/ has only the CPU
+// backend, on a pool of web workers sharing its memory (wasm-bindgen-rayon),
+// which needs a cross-origin isolated page (the COOP and COEP headers that
+// scripts/serve.mjs sends). The page says in this worker's URL whether it
+// wants WebGPU (`webgpu=0`: no) and how many threads (`threads=N`; 1 is the
+// one-thread module).
+//
+// The pool is opt-in for now: on the 2-core test machine the first run of an
+// image is 1.25-1.65x faster on 2 threads than on one, but later runs in the
+// same page were slower than on one thread, each pool thread spending about
+// twice the CPU time on the same work, for a reason not found yet (README,
+// "Benchmarks").
+const workerParams = new URL(self.location.href).searchParams;
+const wantsGpu = workerParams.get('webgpu') !== '0' && 'gpu' in navigator;
+const threads = wantsGpu || !self.crossOriginIsolated ? 1 : Math.min(64, Math.max(1, Math.floor(Number(workerParams.get('threads')) || 1)));
+
+/** The threaded module with its pool started, or the one-thread module where that cannot be. */
+async function instantiate() {
+  if (threads > 1) {
+    try {
+      const threaded = await import('./pkg-threads/clearclip_web.js');
+      const exports = await threaded.default();
+      await threaded.initThreadPool(threads);
+      return { module: threaded, exports };
+    } catch (e) {
+      console.warn(`the threaded CPU module failed (${e?.message ?? e}); using one thread`);
+    }
+  }
+  const single = await import('./pkg/clearclip_web.js');
+  return { module: single, exports: await single.default() };
+}
+
+// Both modules are built with WebAssembly SIMD (.cargo/config.toml). This
+// probe (one function returning `i8x16.splat(0)`) validates only where SIMD is.
 const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 8, 1, 6, 0, 65, 0, 253, 15, 11]);
 const ready = (WebAssembly.validate(SIMD_PROBE)
-  ? init()
+  ? instantiate()
   : Promise.reject(new Error('this browser\'s WebAssembly has no SIMD, which the app needs: use a current Chrome, Edge, Firefox or Safari'))
-).then((wasm) => {
-  wasmMemory = wasm.memory;
+).then(({ module, exports }) => {
+  wasm = module;
+  wasmMemory = exports.memory;
   // A lost GPU device (driver reset, GPU process crash, `destroy()`), which
   // wgpu reports from inside the wasm (crates/web: webgpu_device), cannot be
   // recovered in this instance: report it as fatal; the page starts a new worker.
-  self.addEventListener(deviceLostEvent(), (e) => {
+  self.addEventListener(wasm.deviceLostEvent(), (e) => {
     post({ type: MSG.ERROR, stage: 'device', message: `the GPU device was lost (${e.detail})`, fatal: true });
   });
-  const list = catalog();
+  const list = wasm.catalog();
   modeBlocks = Object.fromEntries(list.modes.map((m) => [m.id, m.lastBlock]));
   post({ type: MSG.CATALOG, catalog: list });
 });
@@ -66,7 +101,7 @@ async function load({ url, file, preferGpu, gelu, half }) {
   try {
     await ready;
     const usesGpu = preferGpu && 'gpu' in navigator;
-    weights = await WeightsLoader.create(usesGpu, !!gelu, !!half);
+    weights = await wasm.WeightsLoader.create(usesGpu, !!gelu, !!half);
     const { source, warning } = file
       ? await loadWeightsFromFile(file, weights, progress, abort.signal)
       : await loadWeightsFromUrl(url, weights, progress, abort.signal);
@@ -74,7 +109,7 @@ async function load({ url, file, preferGpu, gelu, half }) {
     const tokenizerBytes = new Uint8Array(await tokenizer);
     const taken = weights;
     weights = null;
-    const next = WebSegmenter.create(taken, tokenizerBytes);
+    const next = wasm.WebSegmenter.create(taken, tokenizerBytes);
     // On WebGPU the kernels compile now, as part of loading, so the first image
     // costs what the next ones do.
     let warmUpMs = 0;
@@ -115,7 +150,7 @@ async function imageFor({ id, blob }) {
   if (decoded?.id === id) return decoded.image;
   decoded?.image.free();
   decoded = null;
-  const image = DecodedImage.decode(new Uint8Array(await blob.arrayBuffer()));
+  const image = wasm.DecodedImage.decode(new Uint8Array(await blob.arrayBuffer()));
   decoded = { id, image };
   return image;
 }
@@ -183,7 +218,7 @@ self.onmessage = ({ data }) => {
       }
       break;
     case MSG.LOSE_DEVICE:
-      if (!loseGpuDevice()) post({ type: MSG.ERROR, stage: 'device', message: 'no GPU device to lose (CPU backend)', fatal: false });
+      if (!wasm?.loseGpuDevice()) post({ type: MSG.ERROR, stage: 'device', message: 'no GPU device to lose (CPU backend)', fatal: false });
       break;
     default:
       post({ type: MSG.ERROR, stage: 'protocol', message: `unknown message ${data.type}`, fatal: false });

@@ -283,14 +283,26 @@ test('a second visit reads the weights from the cache, not the network', async (
   await page.close();
 });
 
-test('without WebGPU the CPU backend in wasm gives the same answer', async () => {
-  const page = await openApp(`weights=${WEIGHTS}&webgpu=0`);
+test('without WebGPU the CPU backend in wasm gives the same answer, on a pool of threads and on one', async () => {
+  // One thread: the module with WebGPU, whose CPU backend runs in the worker itself.
+  const single = await openApp(`weights=${WEIGHTS}&webgpu=0&threads=1`);
+  await waitForResult(single);
+  assert.equal(await single.evaluate(() => window.__clearclip.model.backend), 'cpu');
+  assert.doesNotMatch(await single.textContent('#model-status'), /threads/);
+  const singleDiff = maxAbsDiff(await pageProbs(single), cliProbs.data);
+  console.log(`wasm cpu (1 thread) vs CLI: max abs diff ${singleDiff.toExponential(2)}`);
+  assert.ok(singleDiff <= TOLERANCE, `one thread: max abs diff ${singleDiff}`);
+  await single.close();
+  // The test server sends the cross-origin isolation headers, so the page can
+  // have the threaded module (opt-in: asked for here).
+  const page = await openApp(`weights=${WEIGHTS}&webgpu=0&threads=3`);
   await waitForResult(page);
+  assert.equal(await page.evaluate(() => crossOriginIsolated), true);
   assert.equal(await page.evaluate(() => window.__clearclip.model.backend), 'cpu');
-  assert.match(await page.textContent('#model-status'), /CPU/);
+  assert.match(await page.textContent('#model-status'), /CPU on 3 threads/);
   const diff = maxAbsDiff(await pageProbs(page), cliProbs.data);
-  console.log(`wasm cpu vs CLI: max abs diff ${diff.toExponential(2)}`);
-  assert.ok(diff <= TOLERANCE, `max abs diff ${diff}`);
+  console.log(`wasm cpu (3 threads) vs CLI: max abs diff ${diff.toExponential(2)}`);
+  assert.ok(diff <= TOLERANCE, `threads: max abs diff ${diff}`);
   // A dataset preset sets the classes, the threshold and the windows.
   await page.check('#single-template');
   await nextResult(page, () => page.selectOption('#preset', 'voc21'));

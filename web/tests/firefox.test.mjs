@@ -1,6 +1,7 @@
 // The app in a second browser: Debian's Firefox ESR, driven by puppeteer-core
 // over WebDriver BiDi. Firefox ESR has no WebGPU here, so the page must say
-// so and fall back to its wasm CPU path, with the CLI's probabilities.
+// so and fall back to its wasm CPU path, with the CLI's probabilities; the
+// threaded CPU module is asked for, so it is tested in a second engine.
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -30,7 +31,7 @@ test('Firefox ESR: the page falls back to the CPU, says so, and matches the CLI'
   const page = await browser.newPage();
   const logs = [];
   page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
-  await page.goto(`http://127.0.0.1:${server.port}/?debug=1&weights=${WEIGHTS}`);
+  await page.goto(`http://127.0.0.1:${server.port}/?debug=1&weights=${WEIGHTS}&threads=2`);
   // Not cached yet: the page asks before downloading.
   await page.waitForFunction(() => window.__clearclip?.consent, { timeout: 60_000, polling: 100 });
   await page.click('#load-model');
@@ -44,6 +45,8 @@ test('Firefox ESR: the page falls back to the CPU, says so, and matches the CLI'
   if (!hasWebGpu) {
     assert.equal(backend, 'cpu');
     assert.match(status, /no WebGPU/, 'the page says why it runs on the CPU');
+    assert.equal(await page.evaluate(() => crossOriginIsolated), true);
+    assert.match(status, /CPU on 2 threads/, logs.join('\n'));
   }
   const diff = maxAbsDiff(await pageProbs(page), cliProbs.data);
   console.log(`firefox-esr (${backend}) vs CLI: max abs diff ${diff.toExponential(2)}; status: ${status}`);

@@ -180,9 +180,9 @@ impl DecodedImage {
 /// the GPU device is lost; its `detail` is the browser's message.
 pub const DEVICE_LOST_EVENT: &str = "gpu-device-lost";
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "webgpu"))]
 type GpuDevice = burn::tensor::wgpu::wgpu::Device;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(not(all(target_arch = "wasm32", feature = "webgpu")))]
 type GpuDevice = ();
 
 thread_local! {
@@ -204,7 +204,7 @@ async fn webgpu_device() -> Result<Device, String> {
     Ok(device)
 }
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "webgpu"))]
 async fn init_webgpu() -> Result<(Device, GpuDevice), String> {
     let (device, setup) = Device::wgpu_options()
         .graphics_api(burn::tensor::wgpu::WgpuBackend::WebGpu)
@@ -223,22 +223,31 @@ async fn init_webgpu() -> Result<(Device, GpuDevice), String> {
     Ok((device, setup.device))
 }
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(not(all(target_arch = "wasm32", feature = "webgpu")))]
 async fn init_webgpu() -> Result<(Device, GpuDevice), String> {
-    Err("WebGPU exists only in the browser".to_string())
+    Err(match cfg!(target_arch = "wasm32") {
+        true => "this is the threaded CPU module, built without WebGPU".to_string(),
+        false => "WebGPU exists only in the browser".to_string(),
+    })
 }
+
+/// Starts the pool of web workers the CPU backend runs on (the threaded
+/// module only): `initThreadPool(n)` returns a promise, to be awaited
+/// before any other call.
+#[cfg(all(target_arch = "wasm32", feature = "threads"))]
+pub use wasm_bindgen_rayon::init_thread_pool;
 
 /// Destroy the WebGPU device, as a driver reset would lose it (the tests of
 /// the recovery path). False when there is none (the CPU backend).
 #[wasm_bindgen(js_name = loseGpuDevice)]
 pub fn lose_gpu_device() -> bool {
     WEBGPU.with(|d| match d.borrow().as_ref() {
-        #[cfg(target_arch = "wasm32")]
+        #[cfg(all(target_arch = "wasm32", feature = "webgpu"))]
         Some((_, gpu)) => {
             gpu.destroy();
             true
         }
-        #[cfg(not(target_arch = "wasm32"))]
+        #[cfg(not(all(target_arch = "wasm32", feature = "webgpu")))]
         Some(_) => false,
         None => false,
     })
@@ -278,6 +287,10 @@ impl WeightsLoader {
         } else {
             (Device::flex(), Backend::Cpu, String::new())
         };
+        #[cfg(feature = "threads")]
+        if backend == Backend::Cpu {
+            note.push_str(&format!(" (CPU on {} threads)", rayon::current_num_threads()));
+        }
         let precision = match half {
             true if Precision::F16.is_supported_on(&device) => Precision::F16,
             true if backend == Backend::WebGpu => {

@@ -56,6 +56,7 @@ bind web/pkg "$target/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm"
 if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
   rustup component add rust-src
 fi
+# RUSTFLAGS replaces .cargo/config.toml's flags, so +simd128 is named again.
 shared_memory=(--shared-memory --import-memory --max-memory=4294967296
   --export=__wasm_init_tls --export=__tls_size --export=__tls_align --export=__tls_base)
 RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$target/wasm-threads" \

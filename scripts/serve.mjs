@@ -27,8 +27,8 @@ export const ISOLATION = {
   'cross-origin-resource-policy': 'cross-origin',
 };
 
-/** Start serving `root`; resolves to {server, port, requests}. `isolated: false` leaves out {@link ISOLATION}. */
-export function serve({ port = 0, root = ROOT, isolated = true } = {}) {
+/** Start serving `root` (with {@link ISOLATION}); resolves to {server, port, requests}. */
+export function serve({ port = 0, root = ROOT } = {}) {
   const requests = [];
   const server = createServer(async (req, res) => {
     const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
@@ -46,7 +46,7 @@ export function serve({ port = 0, root = ROOT, isolated = true } = {}) {
         'content-length': info.size,
         'access-control-allow-origin': '*',
         'cache-control': 'no-cache',
-        ...(isolated ? ISOLATION : {}),
+        ...ISOLATION,
       });
       createReadStream(file).pipe(res);
     } catch {

@@ -100,8 +100,7 @@ async function load({ url, file, preferGpu, gelu, half }) {
   loadAbort = abort;
   try {
     await ready;
-    const usesGpu = preferGpu && 'gpu' in navigator;
-    weights = await wasm.WeightsLoader.create(usesGpu, !!gelu, !!half);
+    weights = await wasm.WeightsLoader.create(wantsGpu, !!gelu, !!half);
     const { source, warning } = file
       ? await loadWeightsFromFile(file, weights, progress, abort.signal)
       : await loadWeightsFromUrl(url, weights, progress, abort.signal);
@@ -130,7 +129,7 @@ async function load({ url, file, preferGpu, gelu, half }) {
     post({
       type: MSG.READY,
       backend: segmenter.backend(),
-      description: segmenter.description() + (preferGpu && !usesGpu ? ' (this browser has no WebGPU)' : ''),
+      description: segmenter.description() + (preferGpu && !wantsGpu ? ' (this browser has no WebGPU)' : ''),
       source,
       warning,
       loadMs: performance.now() - started,

@@ -8,6 +8,8 @@ scripts/gen_fixtures.py (the official ClearCLIP code path) on CUDA when there
 is one (else on the CPU, for a dry run), with the model cast by `.half()` for
 fp16; ours is `clearclip bench --json` (load once, caches cleared each run).
 Each side reports the first (cold) run and the warm median of the rest.
+A last pair of rows times the image at f32 / fp32 in NACLIP mode with PAMR
+(10 iterations, dilations 8 and 16, at the full 2048x1367 size).
 
   python scripts/bench_gpu.py B16.safetensors [--runs 5] [--exe target/release/clearclip]
       # B16.safetensors is generated first if missing (gen_fixtures.py --vit-b16)
@@ -27,7 +29,7 @@ CLASSES = "cat;grass,lawn;wall;sky;tree"
 SIZE = (2048, 1367)
 
 
-def torch_runs(model, img, runs, device):
+def torch_runs(model, img, runs, device, **segment_args):
     """(cold, warm median) seconds of text and image over `runs` runs."""
     names, idx = ref.split_classes(CLASSES)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -39,7 +41,7 @@ def torch_runs(model, img, runs, device):
             q = ref.class_embeddings(model, names, ref.OPENAI_IMAGENET_TEMPLATES)
             sync()
             t1 = time.perf_counter()
-            _, probs, labels = ref.segment(model, img, q, idx)
+            _, probs, labels = ref.segment(model, img, q, idx, **segment_args)
             probs.cpu(), labels.cpu()  # read back, as ours does
             sync()
             t2 = time.perf_counter()
@@ -49,10 +51,10 @@ def torch_runs(model, img, runs, device):
     return {"text": (text[0], warm(text)), "image (total)": (image[0], warm(image))}
 
 
-def ours(exe, weights, image_path, precision, runs):
+def ours(exe, weights, image_path, precision, runs, extra=()):
     """Every phase of `clearclip bench` as {phase: (cold, warm median)} in seconds, and the report."""
     out = subprocess.run([exe, "bench", "--weights", weights, "--labels", CLASSES, "--image", image_path,
-                          "--device", "gpu", "--precision", precision, "--runs", str(runs), "--json"],
+                          "--device", "gpu", "--precision", precision, "--runs", str(runs), "--json", *extra],
                          capture_output=True, text=True)
     if out.returncode != 0:
         return None, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
@@ -84,6 +86,14 @@ def main():
             columns[f"ours {precision}"] = phases
     model = model.to(device)
     columns["PyTorch fp32"] = torch_runs(model, img, a.runs, device)
+    pamr_row = "image (total), NACLIP + PAMR"
+    pamr_runs = min(a.runs, 3)
+    phases, report = ours(exe, a.weights, image_path, "f32", pamr_runs, ["--mode", "naclip", "--pamr"])
+    if phases is None:
+        print(f"ours f32 NACLIP + PAMR: failed: {report}", flush=True)
+    elif "ours f32" in columns:
+        columns["ours f32"][pamr_row] = phases["image (total)"]
+    columns["PyTorch fp32"][pamr_row] = torch_runs(model, img, pamr_runs, device, mode="naclip", pamr_steps=10)["image (total)"]
     if device == "cuda":  # CPU half kernels are not what anyone runs
         columns["PyTorch fp16"] = torch_runs(model.half(), img, a.runs, device)
 
@@ -100,7 +110,8 @@ def main():
         if ours_name in columns and theirs in columns:
             o, p = columns[ours_name], columns[theirs]
             print(f"{ours_name} / {theirs}, warm: image {o['image (total)'][1] / p['image (total)'][1]:.2f}, "
-                  f"text {o['text (all prompts, uncached)'][1] / p['text'][1]:.2f}")
+                  f"text {o['text (all prompts, uncached)'][1] / p['text'][1]:.2f}"
+                  + (f", NACLIP + PAMR image {o[pamr_row][1] / p[pamr_row][1]:.2f}" if pamr_row in o and pamr_row in p else ""))
 
 
 if __name__ == "__main__":

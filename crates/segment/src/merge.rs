@@ -19,6 +19,7 @@ use std::ops::Range;
 
 use burn::tensor::{activation, Device, Int, Tensor, TensorData, Transaction};
 
+use crate::pamr::Pamr;
 use crate::resample::{bilinear, linear_taps, LinearTap, Maps};
 use crate::segmenter::{device_error, SegmentError, SegmentParams};
 use crate::windows::Window;
@@ -203,8 +204,11 @@ impl WindowSum {
 pub(crate) enum FullSizeLogits<'a> {
     /// Bilinear resize of the averaged window logits, `[queries, in_h, in_w]` on the device.
     Resize(Tensor<3>),
-    /// Already at full size, on the host (PAMR's output).
-    Host(&'a Maps, Device),
+    /// The same, refined by PAMR guided by the network input resized to the
+    /// full size likewise (NACLIP's `predict`), `[channels, rh, rw]` on the
+    /// device. Each band is refined with [`Pamr::halo`] rows of context on
+    /// each side, which makes it equal to PAMR of the whole image.
+    Refined { averaged: Tensor<3>, guide: Tensor<3>, pamr: &'a Pamr },
 }
 
 /// The class maps read back.
@@ -259,43 +263,6 @@ fn every_nth(n: usize, stride: usize, device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(index, [len]), device)
 }
 
-/// Rows `rows` of every plane of `maps`, uploaded.
-///
-/// # Shapes
-/// - `maps`: `[channels, height, width]`; returns `[channels, rows.len(), width]`
-fn upload_rows(maps: &Maps, rows: Range<usize>, device: &Device) -> Tensor<3> {
-    let width = maps.size().1;
-    let mut band = Vec::with_capacity(maps.channels() * rows.len() * width);
-    for c in 0..maps.channels() {
-        band.extend_from_slice(&maps.plane(c)[rows.start * width..rows.end * width]);
-    }
-    Tensor::from_data(TensorData::new(band, [maps.channels(), rows.len(), width]), device)
-}
-
-/// Bilinear resize of `source` to `(height, width)`, in bands of at most
-/// `band_bytes`, read back (PAMR's inputs).
-///
-/// # Shapes
-/// - `source`: `[channels, in_h, in_w]` on the device; returns `[channels, height, width]`
-pub(crate) async fn resize_to_host(source: Tensor<3>, (height, width): (usize, usize), band_bytes: usize) -> Result<Maps, SegmentError> {
-    let [channels, in_h, in_w] = source.dims();
-    let columns = DeviceTaps::new(&linear_taps(in_w, width), &source.device());
-    let rows = linear_taps(in_h, height);
-    let step = band_rows(band_bytes, channels, width, 1);
-    let bands = bands(height, step);
-    let transaction = bands.iter().fold(Transaction::default(), |t, band| t.register(resize_rows(&source, &rows[band.clone()], &columns)));
-    let data = transaction.execute_async().await.map_err(device_error)?;
-    let mut out = Maps::zeros(channels, (height, width));
-    let pixels = height * width;
-    for (band, data) in bands.iter().zip(data) {
-        let values = data.iter::<f32>().collect::<Vec<_>>();
-        for (c, plane) in values.chunks_exact(band.len() * width).enumerate() {
-            out.as_mut_slice()[c * pixels + band.start * width..][..plane.len()].copy_from_slice(plane);
-        }
-    }
-    Ok(out)
-}
-
 /// The class maps, queued on the device; [`PendingClassMaps::read`] reads them back.
 pub(crate) struct PendingClassMaps {
     transaction: Transaction,
@@ -324,9 +291,21 @@ pub(crate) fn classify(
             let columns = DeviceTaps::new(&linear_taps(in_w, width), &device);
             (queries, device, Box::new(move |band| resize_rows(&averaged, &rows[band], &columns)))
         }
-        FullSizeLogits::Host(maps, device) => {
-            let upload_to = device.clone();
-            (maps.channels(), device, Box::new(move |band| upload_rows(maps, band, &upload_to)))
+        FullSizeLogits::Refined { averaged, guide, pamr } => {
+            let [queries, in_h, in_w] = averaged.dims();
+            let [_, guide_h, guide_w] = guide.dims();
+            let device = averaged.device();
+            let (rows, columns) = (linear_taps(in_h, height), DeviceTaps::new(&linear_taps(in_w, width), &device));
+            let (guide_rows, guide_columns) = (linear_taps(guide_h, height), DeviceTaps::new(&linear_taps(guide_w, width), &device));
+            let refined_band = move |band: Range<usize>| {
+                let context = band.start.saturating_sub(pamr.halo())..(band.end + pamr.halo()).min(height);
+                let logits = resize_rows(&averaged, &rows[context.clone()], &columns);
+                let guide = resize_rows(&guide, &guide_rows[context.clone()], &guide_columns);
+                // Buffers of up to three bands: PAMR's gathers grow with the
+                // neighbours they hold, and fewer, larger ones are fewer kernels.
+                pamr.refine_tensor(guide, logits, 3 * band_bytes).narrow(1, band.start - context.start, band.len())
+            };
+            (queries, device, Box::new(refined_band))
         }
     };
     // Each class's queries; none is needed when every class has one query.
@@ -398,10 +377,17 @@ mod tests {
         Tensor::from_data(TensorData::new(values.to_vec(), [channels, size.0, size.1]), &Device::flex())
     }
 
+    /// The bilinear resize of `source` to `size`, made on the device and read back.
+    fn resized_on_device(source: Tensor<3>, (height, width): (usize, usize)) -> Vec<f32> {
+        let [_, in_h, in_w] = source.dims();
+        let columns = DeviceTaps::new(&linear_taps(in_w, width), &source.device());
+        pollster::block_on(read_maps(resize_rows(&source, &linear_taps(in_h, height), &columns))).unwrap().into_vec()
+    }
+
     #[test]
     fn doubling_matches_pytorch() {
         // F.interpolate(torch.tensor([[[[0., 1.], [2., 3.]]]]), size=(4, 4), mode='bilinear')
-        let out = pollster::block_on(resize_to_host(maps(&[0., 1., 2., 3.], 1, (2, 2)), (4, 4), BAND_BYTES)).unwrap().into_vec();
+        let out = resized_on_device(maps(&[0., 1., 2., 3.], 1, (2, 2)), (4, 4));
         let expected = [0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0];
         for (a, b) in out.iter().zip(expected) {
             assert!((a - b).abs() < 1e-6, "{out:?}");
@@ -414,7 +400,7 @@ mod tests {
         let source = logits(3 * 7 * 9);
         let on_host = Maps::from_vec(source.clone(), 3, (7, 9)).unwrap();
         for size in [(23, 31), (4, 5), (7, 20)] {
-            let device = pollster::block_on(resize_to_host(maps(&source, 3, (7, 9)), size, BAND_BYTES)).unwrap().into_vec();
+            let device = resized_on_device(maps(&source, 3, (7, 9)), size);
             clearclip_fixtures::assert_close(&format!("host vs device resize to {size:?}"), on_host.resized(size).as_slice(), &device, 1e-6);
         }
     }
@@ -422,7 +408,7 @@ mod tests {
     #[test]
     fn same_size_is_identity() {
         let x: Vec<f32> = (0..12).map(|i| i as f32).collect();
-        assert_eq!(pollster::block_on(resize_to_host(maps(&x, 2, (2, 3)), (2, 3), BAND_BYTES)).unwrap().into_vec(), x);
+        assert_eq!(resized_on_device(maps(&x, 2, (2, 3)), (2, 3)), x);
     }
 
     #[test]
@@ -484,10 +470,33 @@ mod tests {
         let host = classify_on_host(&pollster::block_on(read_maps(source.clone())).unwrap(), size, &merge, 2);
         assert_eq!(host.labels, one.labels);
         clearclip_fixtures::assert_close("host one-pass vs device", &host.probs, &sampled.probs, 1e-6);
+    }
 
-        // The full-size logits given on the host (PAMR's path) give the same maps.
-        let full = pollster::block_on(resize_to_host(source.clone(), size, 4 * 5 * 31)).unwrap();
-        let host = pollster::block_on(classify(FullSizeLogits::Host(&full, Device::flex()), size, &merge, 1, 5 * 4 * 5 * 31).read()).unwrap();
-        assert_eq!((&host.probs, &host.labels), (&one.probs, &one.labels));
+    /// PAMR on the device, band by band with a halo and a few queries at a
+    /// time, gives the maps of PAMR on the host over the whole image (the
+    /// CPU backend's path), on every test device.
+    #[test]
+    fn refined_in_bands_equals_refined_whole_on_the_host() {
+        let class_of_query = [0, 1, 1, 1, 2];
+        let merge = ClassMerge { class_of_query: &class_of_query, classes: 3, logit_scale: 50.0, background_threshold: 0.2 };
+        let (source, guide) = (logits(5 * 7 * 9), logits(3 * 11 * 13));
+        let size = (61, 31);
+        let pamr = Pamr { iterations: 3, dilations: vec![1, 3] };
+        let mut refined = Maps::from_vec(source.clone(), 5, (7, 9)).unwrap().resized(size);
+        pamr.refine(&Maps::from_vec(guide.clone(), 3, (11, 13)).unwrap().resized(size), &mut refined);
+        let host = classify_on_host(&refined, size, &merge, 1);
+        for (name, device) in clearclip_fixtures::test_devices() {
+            let upload = |v: &[f32], channels, (h, w)| Tensor::<3>::from_data(TensorData::new(v.to_vec(), [channels, h, w]), &device);
+            let (averaged, guide) = (upload(&source, 5, (7, 9)), upload(&guide, 3, (11, 13)));
+            // One band; then bands of 6 rows (a halo of 9 rows each side), a query or two at a time.
+            for band_bytes in [BAND_BYTES, 6 * 4 * 5 * 31] {
+                let logits = FullSizeLogits::Refined { averaged: averaged.clone(), guide: guide.clone(), pamr: &pamr };
+                let maps = pollster::block_on(classify(logits, size, &merge, 1, band_bytes).read()).unwrap();
+                let what = format!("{name}: PAMR in bands of {band_bytes} bytes vs on the host");
+                clearclip_fixtures::assert_close(&what, &maps.probs, &host.probs, 1e-5);
+                let differing = maps.labels.iter().zip(&host.labels).filter(|(a, b)| a != b).count();
+                assert!(differing <= 2, "{what}: {differing} labels differ");
+            }
+        }
     }
 }

@@ -11,7 +11,13 @@
 //! neighbours at every dilation (the centre counted once per dilation),
 //! soft-maxed over the neighbours. Then, `iterations` times, every mask value
 //! becomes the affinity-weighted sum of its neighbours' values.
+//!
+//! Two implementations of the one definition: [`Pamr::refine`] loops over the
+//! pixels on the host (the CPU backend's path), [`Pamr::refine_tensor`] is
+//! tensor ops on the model's device (a GPU's path, run band by band with
+//! [`Pamr::halo`] rows of context by [`crate::merge`]).
 
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::resample::Maps;
@@ -38,6 +44,16 @@ fn neighbour_offsets(d: isize) -> [(isize, isize); 8] {
 }
 
 impl Pamr {
+    /// Rows of context a band of rows needs on each side for PAMR of the
+    /// band alone to equal PAMR of the whole image on the band's rows.
+    ///
+    /// A band's own edges are replicated as if they were the image's border,
+    /// which is wrong within the largest dilation of them; each iteration
+    /// carries that error one largest dilation further in.
+    pub fn halo(&self) -> usize {
+        self.iterations * self.dilations.iter().copied().max().unwrap_or(0)
+    }
+
     pub fn validate(&self) -> Result<(), SettingsError> {
         if self.dilations.is_empty() || self.dilations.contains(&0) {
             return Err(SettingsError::PamrDilations(self.dilations.clone()));
@@ -87,6 +103,89 @@ impl Pamr {
             }
             masks.copy_from_slice(&next);
         }
+    }
+
+    /// [`Self::refine`] as tensor ops on the tensors' device. The tensors'
+    /// edges are the image border (replicated).
+    ///
+    /// Each step gathers the neighbours of a group of offsets for a chunk of
+    /// queries in one `select`, weights them and sums over the group: a few
+    /// kernels per step rather than a few per neighbour. Groups and chunks
+    /// are as large as `budget_bytes` per buffer allows (every offset and
+    /// query at once for a small image), so no binding outgrows a browser's
+    /// limits.
+    ///
+    /// # Shapes
+    /// - `guide`: `[channels, rows, width]`
+    /// - `masks`: `[queries, rows, width]` -> the same
+    pub fn refine_tensor(&self, guide: Tensor<3>, masks: Tensor<3>, budget_bytes: usize) -> Tensor<3> {
+        let [queries, rows, width] = masks.dims();
+        let [channels, ..] = guide.dims();
+        if self.iterations == 0 || rows == 0 || width == 0 || queries == 0 {
+            return masks;
+        }
+        let pixels = rows * width;
+        let offsets: Vec<(isize, isize)> = self.dilations.iter().flat_map(|&d| neighbour_offsets(d as isize)).collect();
+        let floats = (budget_bytes / (4 * pixels)).max(1);
+        let groups: Vec<NeighbourGroup> = offsets
+            .chunks((floats / channels).clamp(1, offsets.len()))
+            .map(|group| NeighbourGroup::new(group, (rows, width), &guide.device()))
+            .collect();
+        let weights = self.affinity_tensors(guide.reshape([channels, pixels]), &groups);
+        let refine = |mut masks: Tensor<2>| {
+            let chunk = masks.dims()[0];
+            for _ in 0..self.iterations {
+                // (m * x).sum(2), a group of neighbours at a time.
+                masks = groups
+                    .iter()
+                    .zip(&weights)
+                    .map(|(group, w)| (group.gather(masks.clone()) * w.clone()).sum_dim(1).reshape([chunk, pixels]))
+                    .reduce(|sum, part| sum + part)
+                    .expect("at least one group");
+            }
+            masks
+        };
+        let largest_group = groups.iter().map(|g| g.len).max().unwrap_or(1);
+        let chunk = (floats / largest_group).clamp(1, queries);
+        let masks = masks.reshape([queries, pixels]);
+        let refined = if chunk == queries {
+            refine(masks)
+        } else {
+            Tensor::cat((0..queries).step_by(chunk).map(|q| refine(masks.clone().narrow(0, q, chunk.min(queries - q)))).collect(), 0)
+        };
+        refined.reshape([queries, rows, width])
+    }
+
+    /// The soft-maxed affinity of every pixel to each neighbour, `[1,
+    /// group.len, pixels]` per group ([`Self::affinities`] on the device).
+    ///
+    /// # Shapes
+    /// - `guide`: `[channels, pixels]`
+    fn affinity_tensors(&self, guide: Tensor<2>, groups: &[NeighbourGroup]) -> Vec<Tensor<3>> {
+        let [channels, pixels] = guide.dims();
+        let centre = guide.clone().reshape([channels, 1, pixels]);
+        let centre_copies = self.dilations.len() as f32;
+        let samples = 9.0 * centre_copies; // LocalStDev: 3x3 per dilation
+        let sum_over_groups = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
+            groups.iter().map(|g| f(g.gather(guide.clone())).sum_dim(1)).reduce(|a, b| a + b).expect("at least one group")
+        };
+        // x.std(2), unbiased, over the centre (once per dilation) and the neighbours.
+        let mean = (sum_over_groups(&|n| n) + centre.clone() * centre_copies) / samples;
+        let squared = |x: Tensor<3>| {
+            let deviation = x - mean.clone();
+            deviation.clone() * deviation
+        };
+        let variance = sum_over_groups(&squared) + squared(centre.clone()) * centre_copies;
+        let scale = (variance / (samples - 1.0)).sqrt() * 0.1 + 1e-8;
+        // -mean_c(|x - x(neighbour)| / (1e-8 + 0.1 std)), then F.softmax over all neighbours.
+        let affinity: Vec<Tensor<3>> = groups
+            .iter()
+            .map(|g| -((centre.clone() - g.gather(guide.clone())).abs() / scale.clone()).sum_dim(0) / channels as f32)
+            .collect();
+        let max = affinity.iter().map(|a| a.clone().max_dim(1)).reduce(|a, b| a.max_pair(b)).expect("at least one group");
+        let exp: Vec<Tensor<3>> = affinity.into_iter().map(|a| (a - max.clone()).exp()).collect();
+        let total = exp.iter().map(|e| e.clone().sum_dim(1)).reduce(|a, b| a + b).expect("at least one group");
+        exp.into_iter().map(|e| e / total.clone()).collect()
     }
 
     /// Soft-maxed affinities of every pixel to its neighbours, `[pixels, neighbours]`.
@@ -139,9 +238,70 @@ impl Pamr {
     }
 }
 
+/// A few neighbour offsets and, on the device, the flat index of each
+/// pixel's neighbour at each of them, borders replicated
+/// (`F.pad(mode='replicate')` then the neighbour's view).
+struct NeighbourGroup {
+    len: usize,
+    /// `[len * pixels]`: for offset `k` and pixel `y * width + x`,
+    /// `clamp(y + dy_k) * width + clamp(x + dx_k)`.
+    index: Tensor<1, Int>,
+}
+
+impl NeighbourGroup {
+    fn new(offsets: &[(isize, isize)], (rows, width): (usize, usize), device: &Device) -> Self {
+        // Built on the device from two small index vectors per offset: the
+        // flat index would be 8 bytes a pixel and neighbour on the host.
+        let clamped = |n: usize, offset: isize| {
+            let index: Vec<i64> = (0..n as isize).map(|i| (i + offset).clamp(0, n as isize - 1) as i64).collect();
+            Tensor::<1, Int>::from_data(TensorData::new(index, [n]), device)
+        };
+        let per_offset = offsets
+            .iter()
+            .map(|&(dy, dx)| (clamped(rows, dy).reshape([rows, 1]) * width as i64 + clamped(width, dx).reshape([1, width])).reshape([rows * width]));
+        Self { len: offsets.len(), index: Tensor::cat(per_offset.collect(), 0) }
+    }
+
+    /// `out[c, k, p] = x[c, neighbour k of p]`.
+    ///
+    /// # Shapes
+    /// - `x`: `[channels, pixels]` -> `[channels, len, pixels]`
+    fn gather(&self, x: Tensor<2>) -> Tensor<3> {
+        let [channels, pixels] = x.dims();
+        x.select(1, self.index.clone()).reshape([channels, self.len, pixels])
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use clearclip_fixtures::{assert_close, test_devices, SeededRng};
+
     use super::*;
+
+    /// Random guide and masks with edges, on every test device: the tensor
+    /// version equals the host loop, whole and in chunks of queries.
+    #[test]
+    fn on_the_device_equals_on_the_host() {
+        let (h, w, queries) = (29, 37, 5);
+        let mut rng = SeededRng::new(11);
+        // Smooth regions plus noise, so the affinities are far from uniform.
+        let guide: Vec<f32> = (0..3 * h * w)
+            .map(|i| if (i % w) * 2 < w + (i / w) % h { 1.0 } else { -0.5 } + 0.2 * rng.uniform(1, -1.0, 1.0)[0])
+            .collect();
+        let masks = rng.uniform(queries * h * w, -3.0, 3.0);
+        let pamr = Pamr { iterations: 4, dilations: vec![2, 5] };
+        let mut expected = Maps::from_vec(masks.clone(), queries, (h, w)).unwrap();
+        pamr.refine(&Maps::from_vec(guide.clone(), 3, (h, w)).unwrap(), &mut expected);
+        for (name, device) in test_devices() {
+            let upload = |v: &[f32], c| Tensor::<3>::from_data(TensorData::new(v.to_vec(), [c, h, w]), &device);
+            // Everything at once; then groups of 5 offsets (16 = 5 + 5 + 5 + 1), queries 3 at a time.
+            for budget in [1 << 30, 4 * 15 * h * w] {
+                let refined = pamr.refine_tensor(upload(&guide, 3), upload(&masks, queries), budget);
+                let refined = pollster::block_on(refined.into_data_async()).unwrap().iter::<f32>().collect::<Vec<_>>();
+                assert_close(&format!("{name}: device PAMR with {budget} bytes a buffer vs host"), &refined, expected.as_slice(), 1e-5);
+            }
+        }
+    }
 
     #[test]
     fn a_flat_image_averages_neighbours_uniformly() {

@@ -84,7 +84,7 @@ impl Maps {
     }
 
     /// Every plane resized to `(height, width)` on the host (the CPU backend's
-    /// PAMR inputs; a GPU uses [`crate::merge::resize_to_host`]).
+    /// PAMR inputs; a GPU resizes band by band in [`crate::merge::classify`]).
     pub fn resized(&self, (height, width): (usize, usize)) -> Maps {
         let (in_h, in_w) = self.size;
         let rows = linear_taps(in_h, height);

@@ -36,7 +36,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::classes::ClassList;
-use crate::merge::{classify, classify_on_host, read_maps, resize_to_host, ClassMerge, FullSizeLogits, WindowSum, BAND_BYTES};
+use crate::merge::{classify, classify_on_host, read_maps, ClassMerge, FullSizeLogits, WindowSum, BAND_BYTES};
 use crate::pamr::Pamr;
 use crate::preprocess::{normalize, rescaled_size, resize_like_opencv};
 use crate::prompts::Templates;
@@ -593,31 +593,20 @@ impl Segmenter {
         let probs_stride = self.probability_maps.stride(width, height);
         let device = self.model.vision.device();
         // NACLIP.predict: logits and the network input resized to the original size, then PAMR.
-        let refined = match &params.pamr {
-            None => None,
-            Some(pamr) => {
-                let (mut logits, pixels) = if is_host(&device) {
-                    (read_maps(averaged.clone()).await?.resized(size), prepared.pixels.resized(size))
-                } else {
-                    let logits = resize_to_host(averaged.clone(), size, BAND_BYTES).await?;
-                    (logits, resize_to_host(self.upload(&prepared.pixels), size, BAND_BYTES).await?)
-                };
-                pamr.refine(&pixels, &mut logits);
-                Some(logits)
-            }
-        };
         let (maps, classified) = if is_host(&device) {
-            let logits = match refined {
-                Some(logits) => logits,
-                None => read_maps(averaged).await?,
-            };
+            let mut logits = read_maps(averaged).await?;
+            if let Some(pamr) = &params.pamr {
+                logits = logits.resized(size);
+                pamr.refine(&prepared.pixels.resized(size), &mut logits);
+            }
             let maps = classify_on_host(&logits, size, &merge, probs_stride);
             (maps, (self.clock)())
         } else {
-            let pending = match &refined {
-                None => classify(FullSizeLogits::Resize(averaged), size, &merge, probs_stride, BAND_BYTES),
-                Some(logits) => classify(FullSizeLogits::Host(logits, device), size, &merge, probs_stride, BAND_BYTES),
+            let logits = match &params.pamr {
+                None => FullSizeLogits::Resize(averaged),
+                Some(pamr) => FullSizeLogits::Refined { averaged, guide: self.upload(&prepared.pixels), pamr },
             };
+            let pending = classify(logits, size, &merge, probs_stride, BAND_BYTES);
             let classified = self.phase_end()?;
             (pending.read().await?, classified)
         };

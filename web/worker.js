@@ -23,14 +23,16 @@ let wasmMemory = null; // to report its size: wasm memory grows and never shrink
 // wants WebGPU (`webgpu=0`: no) and how many threads (`threads=N`; 1 is the
 // one-thread module).
 //
-// The pool is opt-in for now: on the 2-core test machine the first run of an
-// image is 1.25-1.65x faster on 2 threads than on one, but later runs in the
-// same page were slower than on one thread, each pool thread spending about
-// twice the CPU time on the same work, for a reason not found yet (README,
+// Without WebGPU the pool is the default on a cross-origin isolated page, one
+// thread per core the browser reports (at most 16); `threads=1` asks for the
+// one-thread module. On the 2-core test machine an image takes 0.63x the
+// time on 2 threads that it takes on one (0.90x for the first image; README,
 // "Benchmarks").
 const workerParams = new URL(self.location.href).searchParams;
 const wantsGpu = workerParams.get('webgpu') !== '0' && 'gpu' in navigator;
-const threads = wantsGpu || !self.crossOriginIsolated ? 1 : Math.min(64, Math.max(1, Math.floor(Number(workerParams.get('threads')) || 1)));
+const askedThreads = Math.floor(Number(workerParams.get('threads')));
+const threads = wantsGpu || !self.crossOriginIsolated ? 1
+  : Math.min(64, Math.max(1, askedThreads || Math.min(16, navigator.hardwareConcurrency || 1)));
 
 /** The threaded module with its pool started, or the one-thread module where that cannot be. */
 async function instantiate() {

@@ -237,6 +237,9 @@ test('a lost GPU device, twice in a row, is reported and the app recovers with i
 test('weights switched while a segmentation runs: the new model takes over, image and labels stay', async () => {
   const page = await openApp(`weights=${WEIGHTS}&webgpu=0`);
   await waitForResult(page);
+  // Without WebGPU on a cross-origin isolated page, the pool is the default: a thread per core.
+  const cores = await page.evaluate(() => Math.min(16, navigator.hardwareConcurrency || 1));
+  if (cores > 1) assert.match(await page.textContent('#model-status'), new RegExp(`CPU on ${cores} threads`));
   // Start a run (the same photo again), and drop other weights while it runs:
   // the same model in the Hugging Face layout, f16.
   const lastRequest = await page.evaluate(() => window.__clearclip.requestId);
@@ -294,7 +297,7 @@ test('without WebGPU the CPU backend in wasm gives the same answer, on a pool of
   assert.ok(singleDiff <= TOLERANCE, `one thread: max abs diff ${singleDiff}`);
   await single.close();
   // The test server sends the cross-origin isolation headers, so the page can
-  // have the threaded module (opt-in: asked for here).
+  // have the threaded module (by default a thread per core; 3 asked for here).
   const page = await openApp(`weights=${WEIGHTS}&webgpu=0&threads=3`);
   await waitForResult(page);
   assert.equal(await page.evaluate(() => crossOriginIsolated), true);

@@ -133,16 +133,32 @@ pub(crate) async fn read_maps(tensor: Tensor<3>) -> Result<Maps, SegmentError> {
     Maps::from_vec(values, channels, (height, width)).ok_or_else(|| SegmentError::Device("read back maps of the wrong size".into()))
 }
 
-/// The rows `rows` of the bilinear resize of `source` to width `out_w`:
-/// columns first, then rows, PyTorch's order (see [`crate::resample`]).
-///
-/// # Shapes
-/// - `source`: `[channels, in_h, in_w]`; `rows`: the taps of the wanted output rows
-/// - returns `[channels, rows.len(), out_w]`
-fn resize_rows(source: &Tensor<3>, rows: &[LinearTap], columns: &DeviceTaps) -> Tensor<3> {
-    let rows = DeviceTaps::new(rows, &source.device());
-    let resized = |index: &Tensor<1, Int>| columns.resample(source.clone().select(1, index.clone()), 2);
-    rows.blend(resized(&rows.lower), resized(&rows.upper), 1)
+/// A bilinear resize of one `[channels, in_h, in_w]` tensor to `(height,
+/// width)`, made band by band of output rows: columns first, then rows,
+/// PyTorch's order (see [`crate::resample`]).
+struct BandResize {
+    source: Tensor<3>,
+    /// The taps of every output row.
+    rows: Vec<LinearTap>,
+    columns: DeviceTaps,
+}
+
+impl BandResize {
+    fn new(source: Tensor<3>, (height, width): (usize, usize)) -> Self {
+        let [_, in_h, in_w] = source.dims();
+        let columns = DeviceTaps::new(&linear_taps(in_w, width), &source.device());
+        Self { rows: linear_taps(in_h, height), columns, source }
+    }
+
+    /// Output rows `band`.
+    ///
+    /// # Shapes
+    /// - returns `[channels, band.len(), width]`
+    fn rows(&self, band: Range<usize>) -> Tensor<3> {
+        let rows = DeviceTaps::new(&self.rows[band], &self.source.device());
+        let resized = |index: &Tensor<1, Int>| self.columns.resample(self.source.clone().select(1, index.clone()), 2);
+        rows.blend(resized(&rows.lower), resized(&rows.upper), 1)
+    }
 }
 
 /// The sum of the upsampled window logits over the resized image, and how
@@ -285,25 +301,19 @@ pub(crate) fn classify(
     // The full-size logits of a band of rows, `[queries, rows, width]`.
     let (queries, device, band_logits): (usize, Device, Box<dyn Fn(Range<usize>) -> Tensor<3> + '_>) = match logits {
         FullSizeLogits::Resize(averaged) => {
-            let [queries, in_h, in_w] = averaged.dims();
-            let device = averaged.device();
-            let rows = linear_taps(in_h, height);
-            let columns = DeviceTaps::new(&linear_taps(in_w, width), &device);
-            (queries, device, Box::new(move |band| resize_rows(&averaged, &rows[band], &columns)))
+            let (queries, device) = (averaged.dims()[0], averaged.device());
+            let logits = BandResize::new(averaged, (height, width));
+            (queries, device, Box::new(move |band| logits.rows(band)))
         }
         FullSizeLogits::Refined { averaged, guide, pamr } => {
-            let [queries, in_h, in_w] = averaged.dims();
-            let [_, guide_h, guide_w] = guide.dims();
-            let device = averaged.device();
-            let (rows, columns) = (linear_taps(in_h, height), DeviceTaps::new(&linear_taps(in_w, width), &device));
-            let (guide_rows, guide_columns) = (linear_taps(guide_h, height), DeviceTaps::new(&linear_taps(guide_w, width), &device));
+            let (queries, device) = (averaged.dims()[0], averaged.device());
+            let (logits, guide) = (BandResize::new(averaged, (height, width)), BandResize::new(guide, (height, width)));
             let refined_band = move |band: Range<usize>| {
                 let context = band.start.saturating_sub(pamr.halo())..(band.end + pamr.halo()).min(height);
-                let logits = resize_rows(&averaged, &rows[context.clone()], &columns);
-                let guide = resize_rows(&guide, &guide_rows[context.clone()], &guide_columns);
                 // Buffers of up to three bands: PAMR's gathers grow with the
                 // neighbours they hold, and fewer, larger ones are fewer kernels.
-                pamr.refine_tensor(guide, logits, 3 * band_bytes).narrow(1, band.start - context.start, band.len())
+                pamr.refine_tensor(guide.rows(context.clone()), logits.rows(context.clone()), 3 * band_bytes)
+                    .narrow(1, band.start - context.start, band.len())
             };
             (queries, device, Box::new(refined_band))
         }
@@ -379,9 +389,8 @@ mod tests {
 
     /// The bilinear resize of `source` to `size`, made on the device and read back.
     fn resized_on_device(source: Tensor<3>, (height, width): (usize, usize)) -> Vec<f32> {
-        let [_, in_h, in_w] = source.dims();
-        let columns = DeviceTaps::new(&linear_taps(in_w, width), &source.device());
-        pollster::block_on(read_maps(resize_rows(&source, &linear_taps(in_h, height), &columns))).unwrap().into_vec()
+        let resized = BandResize::new(source, (height, width)).rows(0..height);
+        pollster::block_on(read_maps(resized)).unwrap().into_vec()
     }
 
     #[test]

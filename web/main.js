@@ -88,7 +88,7 @@ function loadModel() {
   state.loading = { phase: state.weightsFile ? 'file' : 'download', done: 0, total: 0 };
   state.error = null;
   state.loadNotice = null;
-  worker.postMessage({ type: MSG.LOAD, url: state.weightsUrl, file: state.weightsFile, preferGpu: state.preferGpu,
+  worker.postMessage({ type: MSG.LOAD, url: state.weightsUrl, file: state.weightsFile,
     gelu: state.gelu, half: state.half });
   render();
 }

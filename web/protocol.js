@@ -3,7 +3,7 @@
 // carry the id of the request they answer.
 //
 // page -> worker
-//   {type: 'load', url?, file?, preferGpu, gelu, half}   load weights (URL with cache, or a File); half: f16 where the GPU has shader-f16
+//   {type: 'load', url?, file?, gelu, half}   load weights (URL with cache, or a File); half: f16 where the GPU has shader-f16
 //   {type: 'segment', id, image: {id, blob}, request, compare?}
 //      image: the file as dropped (a Blob), decoded by the worker in wasm as the CLI decodes it, once per image id;
 //      request: a SegmentRequest (crates/segment/src/request.rs): {labels, params: {lastBlock, crop, stride,

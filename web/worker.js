@@ -29,7 +29,8 @@ let wasmMemory = null; // to report its size: wasm memory grows and never shrink
 // time on 2 threads that it takes on one (0.90x for the first image; README,
 // "Benchmarks").
 const workerParams = new URL(self.location.href).searchParams;
-const wantsGpu = workerParams.get('webgpu') !== '0' && 'gpu' in navigator;
+const asksGpu = workerParams.get('webgpu') !== '0';
+const wantsGpu = asksGpu && 'gpu' in navigator;
 const askedThreads = Math.floor(Number(workerParams.get('threads')));
 const threads = wantsGpu || !self.crossOriginIsolated ? 1
   : Math.min(64, Math.max(1, askedThreads || Math.min(16, navigator.hardwareConcurrency || 1)));
@@ -94,7 +95,7 @@ function fail(stage, error, id) {
   post({ type: MSG.ERROR, stage, id, message: String(error?.message ?? error), fatal, cancelled });
 }
 
-async function load({ url, file, preferGpu, gelu, half }) {
+async function load({ url, file, gelu, half }) {
   const started = performance.now();
   let weights = null; // the loader, until the segmenter takes it over
   loadAbort?.abort(); // a newer load replaces one under way
@@ -131,7 +132,7 @@ async function load({ url, file, preferGpu, gelu, half }) {
     post({
       type: MSG.READY,
       backend: segmenter.backend(),
-      description: segmenter.description() + (preferGpu && !wantsGpu ? ' (this browser has no WebGPU)' : ''),
+      description: segmenter.description() + (asksGpu && !wantsGpu ? ' (this browser has no WebGPU)' : ''),
       source,
       warning,
       loadMs: performance.now() - started,

@@ -899,7 +899,10 @@ test('axe-core: no serious or critical accessibility violation, first view and r
   await waitForResult(page);
   findings.push(...await audit('result view (light)'));
   await page.emulateMedia({ colorScheme: 'dark' });
-  await page.waitForTimeout(500); // let the colour transitions end
+  // The colour transitions (0.15 s) must end before the audit; a fixed wait was
+  // too short on a loaded CI machine (axe saw the half-way colours). getAnimations()
+  // flushes the style change, so it lists every transition the switch started.
+  await page.evaluate(() => Promise.all(document.getAnimations().map((a) => a.finished)));
   findings.push(...await audit('result view (dark)'));
   mkdirSync(join(ROOT, 'test-results'), { recursive: true });
   writeFileSync(join(ROOT, 'test-results', 'axe.json'), JSON.stringify(findings, null, 1));

@@ -91,10 +91,25 @@ fn softmax_in_place(row: &mut [f32]) {
 }
 
 /// QuickGELU in place: `x * sigmoid(1.702 x)` (open_clip/transformer.py).
+///
+/// In chunks on rayon's pool where there is one: run on one thread, it left
+/// the wasm pool's workers idle for 1-2 % of the image phase, and it is 2.4 M
+/// values per block of a ViT-B/16 window.
 pub fn quick_gelu_in_place(values: &mut [f32]) {
-    for v in values.iter_mut() {
-        *v *= 1.0 / (1.0 + exp(-(1.702 * *v)));
+    fn quick_gelu_chunk(values: &mut [f32]) {
+        for v in values.iter_mut() {
+            *v *= 1.0 / (1.0 + exp(-(1.702 * *v)));
+        }
     }
+    /// Values per task: large enough that the pool's hand-over costs little.
+    const CHUNK: usize = 1 << 16;
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        values.par_chunks_mut(CHUNK).for_each(quick_gelu_chunk);
+    }
+    #[cfg(not(feature = "rayon"))]
+    values.chunks_mut(CHUNK).for_each(quick_gelu_chunk);
 }
 
 /// One third of a fused `q, k, v` projection.
@@ -367,7 +382,8 @@ mod tests {
 
     #[test]
     fn quick_gelu_matches_its_definition() {
-        let mut values = SeededRng::new(3).uniform(1001, -15.0, 15.0);
+        // More than two chunks of the pool's tasks, the last one partial.
+        let mut values = SeededRng::new(3).uniform(150_001, -15.0, 15.0);
         let want: Vec<f64> = values.iter().map(|&v| v as f64 / (1.0 + (-1.702 * v as f64).exp())).collect();
         quick_gelu_in_place(&mut values);
         for (g, w) in values.iter().zip(&want) {

@@ -9,10 +9,12 @@ is one (else on the CPU, for a dry run), with the model cast by `.half()` for
 fp16; ours is `clearclip bench --json` (load once, caches cleared each run).
 Each side reports the first (cold) run and the warm median of the rest.
 A last pair of rows times the image at f32 / fp32 in NACLIP mode with PAMR
-(10 iterations, dilations 8 and 16, at the full 2048x1367 size).
+(10 iterations, dilations 8 and 16, at the full 2048x1367 size). With
+--exe-fused, a column "ours f32, fusion" runs the CLI built with burn's kernel
+fusion (`cargo build --release -p clearclip-cli --features fusion`).
 
   python scripts/bench_gpu.py B16.safetensors [--runs 5] [--exe target/release/clearclip]
-      # B16.safetensors is generated first if missing (gen_fixtures.py --vit-b16)
+      [--exe-fused EXE]   # B16.safetensors is generated first if missing (gen_fixtures.py --vit-b16)
 """
 import argparse
 import json
@@ -67,6 +69,7 @@ def main():
     ap.add_argument("weights")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--exe", help="the clearclip binary [default: target/release/clearclip]")
+    ap.add_argument("--exe-fused", help="a clearclip binary built with --features fusion: one more f32 column")
     a = ap.parse_args()
     exe, image_path, img, model = prepare(ref, a.weights, a.exe, SIZE)
 
@@ -84,6 +87,13 @@ def main():
             print(f"ours {precision}: {report['model']}, load {report['loadMs']:.0f} ms, "
                   f"warm-up {report['warmUpMs'] or 0:.0f} ms", flush=True)
             columns[f"ours {precision}"] = phases
+    if a.exe_fused:
+        phases, report = ours(a.exe_fused, a.weights, image_path, "f32", a.runs)
+        if phases is None:
+            print(f"ours f32, fusion: failed: {report}", flush=True)
+        else:
+            print(f"ours f32, fusion: warm-up {report['warmUpMs'] or 0:.0f} ms", flush=True)
+            columns["ours f32, fusion"] = phases
     model = model.to(device)
     columns["PyTorch fp32"] = torch_runs(model, img, a.runs, device)
     pamr_row = "image (total), NACLIP + PAMR"
@@ -106,7 +116,7 @@ def main():
     for p in phases:
         cells = [f"{columns[n][p][0]:.3f} / {columns[n][p][1]:.3f}" if p in columns[n] else "" for n in names]
         print(f"| {p} | " + " | ".join(cells) + " |")
-    for ours_name, theirs in [("ours f32", "PyTorch fp32"), ("ours f16", "PyTorch fp16")]:
+    for ours_name, theirs in [("ours f32", "PyTorch fp32"), ("ours f32, fusion", "PyTorch fp32"), ("ours f16", "PyTorch fp16")]:
         if ours_name in columns and theirs in columns:
             o, p = columns[ours_name], columns[theirs]
             print(f"{ours_name} / {theirs}, warm: image {o['image (total)'][1] / p['image (total)'][1]:.2f}, "

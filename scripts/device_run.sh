@@ -15,13 +15,14 @@ stamp() { echo "== $* ($(( $(date +%s) - started )) s)"; }
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}
-xz -dkf .gpu/clearclip.xz && chmod +x .gpu/clearclip
+for exe in clearclip clearclip-fusion; do xz -dkf ".gpu/$exe.xz" && chmod +x ".gpu/$exe"; done
 export PYTHONPATH=$PWD/.gpu/py${PYTHONPATH:+:$PYTHONPATH}
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; python3 -c 'import torch; print(torch.__version__)'; } 2>&1 | tee "$out/machine.txt"
 
 weights=/tmp/b16.safetensors
 stamp "GPU: ours f32/f16 vs PyTorch fp32/fp16"
-timeout 330 python3 scripts/bench_gpu.py "$weights" --runs ${GPU_RUNS:-5} --exe .gpu/clearclip 2>&1 | tee "$out/bench_gpu.txt"
+timeout 330 python3 scripts/bench_gpu.py "$weights" --runs ${GPU_RUNS:-5} --exe .gpu/clearclip \
+  --exe-fused .gpu/clearclip-fusion 2>&1 | tee "$out/bench_gpu.txt"
 stamp "CPU: thread scaling"
 timeout $(( 570 - ($(date +%s) - started) )) python3 scripts/bench_cpu.py "$weights" --threads ${THREADS:-1,2,4,8,16} --runs ${CPU_RUNS:-3} \
   --exe .gpu/clearclip 2>&1 | tee "$out/bench_cpu.txt"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares, on this machine, what one call on a lent GPU machine (the device
-# tool) needs for scripts/device_run.sh: the release CLI (stripped and
-# xz-compressed: the carried tree is limited to 64 MiB), the Vulkan loader and
+# tool) needs for scripts/device_run.sh: the release CLI, without and with
+# kernel fusion (stripped and xz-compressed: the carried tree is limited to 64 MiB), the Vulkan loader and
 # glvnd packages that wgpu needs there (unpacked there with dpkg -x), and
 # open_clip (with ftfy and wcwidth) for the PyTorch side, which has only torch,
 # transformers and safetensors. Both folders are git-ignored locally and
@@ -11,9 +11,15 @@ cd "$(dirname "$0")/.."
 grep -qx '/.gl/' .git/info/exclude 2>/dev/null || printf '/.gl/\n/.gpu/\n' >> .git/info/exclude
 rm -rf .gl .gpu && mkdir -p .gl .gpu/py
 
-cargo build --release --locked -p clearclip-cli
-cp "${CARGO_TARGET_DIR:-target}/release/clearclip" .gpu/clearclip
-strip .gpu/clearclip && xz -T2 -f .gpu/clearclip
+# The CLI as it ships, and with burn's kernel fusion (crates/cli/Cargo.toml's
+# `fusion` feature) for bench_gpu.py's side-by-side column.
+for variant in clearclip clearclip-fusion; do
+  features=()
+  [ "$variant" = clearclip-fusion ] && features=(--features fusion)
+  cargo build --release --locked -p clearclip-cli "${features[@]}"
+  cp "${CARGO_TARGET_DIR:-target}/release/clearclip" ".gpu/$variant"
+  strip ".gpu/$variant" && xz -T2 -f ".gpu/$variant"
+done
 
 # Debian's amd64 packages, whatever this machine's own package lists hold.
 lists=$(mktemp -d) && mkdir -p "$lists/partial"

@@ -79,21 +79,17 @@ def main():
           flush=True)
 
     columns = {}
-    for precision in ["f32", "f16"]:
-        phases, report = ours(exe, a.weights, image_path, precision, a.runs)
-        if phases is None:
-            print(f"ours {precision}: failed: {report}", flush=True)
-        else:
-            print(f"ours {precision}: {report['model']}, load {report['loadMs']:.0f} ms, "
-                  f"warm-up {report['warmUpMs'] or 0:.0f} ms", flush=True)
-            columns[f"ours {precision}"] = phases
+    variants = [("ours f32", exe, "f32"), ("ours f16", exe, "f16")]
     if a.exe_fused:
-        phases, report = ours(a.exe_fused, a.weights, image_path, "f32", a.runs)
+        variants.append(("ours f32, fusion", a.exe_fused, "f32"))
+    for name, variant_exe, precision in variants:
+        phases, report = ours(variant_exe, a.weights, image_path, precision, a.runs)
         if phases is None:
-            print(f"ours f32, fusion: failed: {report}", flush=True)
+            print(f"{name}: failed: {report}", flush=True)
         else:
-            print(f"ours f32, fusion: warm-up {report['warmUpMs'] or 0:.0f} ms", flush=True)
-            columns["ours f32, fusion"] = phases
+            print(f"{name}: {report['model']}, load {report['loadMs']:.0f} ms, "
+                  f"warm-up {report['warmUpMs'] or 0:.0f} ms", flush=True)
+            columns[name] = phases
     model = model.to(device)
     columns["PyTorch fp32"] = torch_runs(model, img, a.runs, device)
     pamr_row = "image (total), NACLIP + PAMR"

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Prepares, on this machine, what one call on a lent GPU machine (the device
 # tool) needs for scripts/device_run.sh: the release CLI, without and with
-# kernel fusion (stripped and xz-compressed: the carried tree is limited to 64 MiB), the Vulkan loader and
-# glvnd packages that wgpu needs there (unpacked there with dpkg -x), and
-# open_clip (with ftfy and wcwidth) for the PyTorch side, which has only torch,
-# transformers and safetensors. Both folders are git-ignored locally and
-# carried: run(carry=[".gl", ".gpu"], command="bash scripts/device_run.sh").
+# kernel fusion (stripped and xz-compressed: the carried tree is limited to
+# 64 MiB), the Vulkan loader and glvnd packages that wgpu needs there
+# (unpacked there with dpkg -x), and open_clip (with ftfy and wcwidth) for the
+# PyTorch side, which has only torch, transformers and safetensors. Both
+# folders are git-ignored locally and carried: run(carry=[".gl", ".gpu"], command="bash scripts/device_run.sh").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.gl/' .git/info/exclude 2>/dev/null || printf '/.gl/\n/.gpu/\n' >> .git/info/exclude

@@ -8,7 +8,8 @@ import { ISOLATION, serve } from './serve.mjs';
 // BACKENDS is a comma list (default cpu,webgpu) of
 //   cpu     the page on its wasm CPU backend, with its default thread count (the server sends
 //           the cross-origin isolation headers; see web/worker.js); `cpu:N` on N threads
-//           (?threads=N: 1 is the one-thread module, more the threaded one),
+//           (?threads=N: 1 is the one-thread module, more the threaded one, with relaxed SIMD
+//           where Chromium has it; `cpu:N:plain` the threaded module without it, ?relaxed=0),
 //   webgpu  the page on WebGPU,
 //   onnx    the peer: onnxruntime-web's wasm backend running MODEL, the ClearCLIP dense encoder
 //           for one 448x448 window (`scripts/gen_fixtures.py --dense-onnx`), on 1 thread
@@ -114,14 +115,14 @@ async function setNames(page, names) {
   return page.evaluate(() => window.__clearclip.result.result);
 }
 
-/** The page on `backend` (cpu, cpu:N or webgpu). */
+/** The page on `backend` (cpu, cpu:N, cpu:N:plain or webgpu). */
 async function benchPage(backend, png) {
   const { page, close } = await launch();
   const t0 = Date.now();
   // Classes and one template through the query string; a fresh profile has no cached weights, so Load is clicked.
-  const [name, threads] = backend.split(':');
-  const query = { webgpu: 'webgpu=1', cpu: `webgpu=0${threads ? `&threads=${threads}` : ''}` }[name];
-  if (!query) throw new Error(`unknown backend ${backend}`);
+  const [name, threads, simd] = backend.split(':');
+  const query = { webgpu: 'webgpu=1', cpu: `webgpu=0${threads ? `&threads=${threads}` : ''}${simd === 'plain' ? '&relaxed=0' : ''}` }[name];
+  if (!query || (simd && simd !== 'plain')) throw new Error(`unknown backend ${backend}`);
   await page.goto(`${origin}/?debug=1&weights=/${weightsPath}&${query}&labels=cat%3B%20grass&templates=single`);
   await page.waitForFunction(() => { const s = window.__clearclip; return s.consent || s.loading || s.model; }, null, { timeout: 60000 });
   if (await page.evaluate(() => window.__clearclip.consent)) await page.click('#load-model');

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds the two wasm modules, web/pkg (WebGPU, and the CPU on one thread) and
-# web/pkg-threads (the CPU on a pool of web workers): cargo (wasm32, profile wasm-release),
+# Builds the three wasm modules: web/pkg (WebGPU, and the CPU on one thread),
+# web/pkg-threads (the CPU on a pool of web workers) and web/pkg-threads-relaxed
+# (the same with relaxed SIMD's fused multiply-add, for browsers that have it):
+# cargo (wasm32, profile wasm-release),
 # wasm-bindgen (installed at the exact version in Cargo.lock if missing),
 # then wasm-opt from npm's binaryen when node_modules has it. WASM_NAMES=1 keeps the
 # functions' names in the module (wasm-opt -g), for a profile (scripts/bench_browser.mjs v8prof).
@@ -59,8 +61,21 @@ fi
 # RUSTFLAGS replaces .cargo/config.toml's flags, so +simd128 is named again.
 shared_memory=(--shared-memory --import-memory --max-memory=4294967296
   --export=__wasm_init_tls --export=__tls_size --export=__tls_align --export=__tls_base)
-RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$target/wasm-threads" \
-  RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals" \
-  cargo rustc -p clearclip-web --lib --crate-type cdylib --target wasm32-unknown-unknown --profile wasm-release --locked \
-  --no-default-features --features threads -Z build-std=panic_abort,std -- "${shared_memory[@]/#/-Clink-arg=}"
-bind web/pkg-threads "$target/wasm-threads/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm" --enable-threads
+# `threaded OUT_DIR FEATURES [wasm-opt flags]`
+threaded() {
+  local out=$1 features=$2
+  shift 2
+  RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$target/wasm-threads" \
+    RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals" \
+    cargo rustc -p clearclip-web --lib --crate-type cdylib --target wasm32-unknown-unknown --profile wasm-release --locked \
+    --no-default-features --features "$features" -Z build-std=panic_abort,std -- "${shared_memory[@]/#/-Clink-arg=}"
+  bind "$out" "$target/wasm-threads/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm" --enable-threads "$@"
+}
+threaded web/pkg-threads threads
+# web/pkg-threads-relaxed: the same with gemm's register blocks multiplying
+# and adding in one `f32x4.relaxed_madd` (the `relaxed-simd` feature;
+# vendor/gemm-f32; README, "Benchmarks"). Chromium has relaxed SIMD, Firefox
+# ESR 140 and Safari do not: a module that uses it does not validate there, so
+# the worker takes this build only where a probe validates (web/worker.js).
+# Only gemm and the crates above it are compiled again for it.
+threaded web/pkg-threads-relaxed threads,relaxed-simd --enable-relaxed-simd

@@ -67,10 +67,11 @@ if (params.get('debug') === '1') {
 function startWorker() {
   worker?.terminate();
   // What the worker needs before its first message: which wasm module to
-  // start (worker.js), from whether WebGPU is wanted and how many threads.
+  // start (worker.js), from whether WebGPU is wanted, how many threads and
+  // whether relaxed SIMD may be used.
   const url = new URL('./worker.js', import.meta.url);
   if (!state.preferGpu) url.searchParams.set('webgpu', '0');
-  if (params.get('threads')) url.searchParams.set('threads', params.get('threads'));
+  for (const key of ['threads', 'relaxed']) if (params.get(key)) url.searchParams.set(key, params.get(key));
   worker = new Worker(url, { type: 'module' });
   worker.onmessage = ({ data }) => onWorkerMessage(data);
   worker.onerror = (e) => {

@@ -2,6 +2,7 @@
 // Work runs one task at a time on a promise queue; a segment request that a
 // newer one has replaced before its turn is skipped (latest wins).
 import { MSG, TOKENIZER_URL } from './protocol.js';
+import { hasRelaxedSimd, hasSimd } from './wasm-features.js';
 import { loadWeightsFromFile, loadWeightsFromUrl } from './weights.js';
 
 let wasm = null; // the module's exports, once `ready`
@@ -15,13 +16,15 @@ let cancelledRun = null; // id of the run the page cancelled
 const post = (message, transfer = []) => self.postMessage(message, transfer);
 let wasmMemory = null; // to report its size: wasm memory grows and never shrinks
 
-// Two builds of the module (scripts/build-web.sh). pkg/ has WebGPU and a
+// Three builds of the module (scripts/build-web.sh). pkg/ has WebGPU and a
 // CPU backend on this worker's one thread; pkg-threads/ has only the CPU
 // backend, on a pool of web workers sharing its memory (wasm-bindgen-rayon),
 // which needs a cross-origin isolated page (the COOP and COEP headers that
-// scripts/serve.mjs sends). The page says in this worker's URL whether it
-// wants WebGPU (`webgpu=0`: no) and how many threads (`threads=N`; 1 is the
-// one-thread module).
+// scripts/serve.mjs sends); pkg-threads-relaxed/ is the same built with
+// relaxed SIMD (fused multiply-adds in the matrix products), taken where the
+// browser has it. The page says in this worker's URL whether it wants WebGPU
+// (`webgpu=0`: no), how many threads (`threads=N`; 1 is the one-thread
+// module) and whether relaxed SIMD may be used (`relaxed=0`: no).
 //
 // Without WebGPU the pool is the default on a cross-origin isolated page, one
 // thread per core the browser reports (at most 16); `threads=1` asks for the
@@ -35,11 +38,13 @@ const askedThreads = Math.floor(Number(workerParams.get('threads')));
 const threads = wantsGpu || !self.crossOriginIsolated ? 1
   : Math.min(64, Math.max(1, askedThreads || Math.min(16, navigator.hardwareConcurrency || 1)));
 
+const relaxed = workerParams.get('relaxed') !== '0' && hasRelaxedSimd();
+
 /** The threaded module with its pool started, or the one-thread module where that cannot be. */
 async function instantiate() {
   if (threads > 1) {
     try {
-      const threaded = await import('./pkg-threads/clearclip_web.js');
+      const threaded = await (relaxed ? import('./pkg-threads-relaxed/clearclip_web.js') : import('./pkg-threads/clearclip_web.js'));
       const exports = await threaded.default();
       await threaded.initThreadPool(threads);
       return { module: threaded, exports };
@@ -51,10 +56,8 @@ async function instantiate() {
   return { module: single, exports: await single.default() };
 }
 
-// Both modules are built with WebAssembly SIMD (.cargo/config.toml). This
-// probe (one function returning `i8x16.splat(0)`) validates only where SIMD is.
-const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 8, 1, 6, 0, 65, 0, 253, 15, 11]);
-const ready = (WebAssembly.validate(SIMD_PROBE)
+// Every module is built with WebAssembly SIMD (.cargo/config.toml).
+const ready = (hasSimd()
   ? instantiate()
   : Promise.reject(new Error('this browser\'s WebAssembly has no SIMD, which the app needs: use a current Chrome, Edge, Firefox or Safari'))
 ).then(({ module, exports }) => {

@@ -15,10 +15,13 @@ path = out / "src" / "microkernel.rs"
 text = path.read_text()
 start = text.index("pub mod simd128")
 body = text[start:]
-first = body.index('        microkernel!(["simd128"]')
+first = body.index("        macro_rules! blocks {")
 end = body.index("        pub const H_M")
-blocks = "".join(f'        microkernel!(["simd128"], {unroll}, x{m}x{n}, {m}, {n});\n'
-                 for m in range(1, rows // 4 + 1) for n in range(1, cols + 1))
+invocations = "".join(f'                microkernel!([$target], {unroll}, x{m}x{n}, {m}, {n});\n'
+                      for m in range(1, rows // 4 + 1) for n in range(1, cols + 1))
+blocks = ("        macro_rules! blocks {\n            ($target: tt) => {\n" + invocations + "            };\n        }\n"
+          '        #[cfg(not(feature = "wasm-relaxed-simd"))]\n        blocks!("simd128");\n'
+          '        #[cfg(feature = "wasm-relaxed-simd")]\n        blocks!("simd128,relaxed-simd");\n')
 table = "        microkernel_fn_array! {\n" + "".join(
     "            [" + " ".join(f"x{m}x{n}," for n in range(1, cols + 1)) + "],\n"
     for m in range(1, rows // 4 + 1)) + "        }\n\n"

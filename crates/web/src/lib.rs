@@ -289,7 +289,10 @@ impl WeightsLoader {
         };
         #[cfg(feature = "threads")]
         if backend == Backend::Cpu {
-            note.push_str(&format!(" (CPU on {} threads)", rayon::current_num_threads()));
+            // web/pkg-threads-relaxed (scripts/build-web.sh) says so: its
+            // matrix products use relaxed SIMD's fused multiply-add.
+            let relaxed = if cfg!(feature = "relaxed-simd") { ", relaxed SIMD" } else { "" };
+            note.push_str(&format!(" (CPU on {} threads{relaxed})", rayon::current_num_threads()));
         }
         let precision = match half {
             true if Precision::F16.is_supported_on(&device) => Precision::F16,

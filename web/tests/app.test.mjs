@@ -287,15 +287,21 @@ test('a second visit reads the weights from the cache, not the network', async (
 });
 
 test('without WebGPU the CPU backend in wasm gives the same answer, on a pool of threads and on one', async () => {
-  // One thread: the module with WebGPU, whose CPU backend runs in the worker itself.
-  const single = await openApp(`weights=${WEIGHTS}&webgpu=0&threads=1`);
-  await waitForResult(single);
-  assert.equal(await single.evaluate(() => window.__clearclip.model.backend), 'cpu');
-  assert.doesNotMatch(await single.textContent('#model-status'), /threads/);
-  const singleDiff = maxAbsDiff(await pageProbs(single), cliProbs.data);
-  console.log(`wasm cpu (1 thread) vs CLI: max abs diff ${singleDiff.toExponential(2)}`);
-  assert.ok(singleDiff <= TOLERANCE, `one thread: max abs diff ${singleDiff}`);
-  await single.close();
+  // One thread: the module with WebGPU, whose CPU backend runs in the worker
+  // itself; built with relaxed SIMD where the browser has it (Chromium does),
+  // and without it (`relaxed=0`), as browsers that lack it (Firefox ESR 140, Safari) get it.
+  for (const [query, status, name] of [['', /\(relaxed SIMD\)/, '1 thread, relaxed SIMD'], ['&relaxed=0', /^(?!.*relaxed)/, '1 thread, no relaxed SIMD']]) {
+    const single = await openApp(`weights=${WEIGHTS}&webgpu=0&threads=1${query}`);
+    await waitForResult(single);
+    assert.equal(await single.evaluate(() => window.__clearclip.model.backend), 'cpu');
+    const text = await single.textContent('#model-status');
+    assert.doesNotMatch(text, /threads/);
+    assert.match(text, status);
+    const singleDiff = maxAbsDiff(await pageProbs(single), cliProbs.data);
+    console.log(`wasm cpu (${name}) vs CLI: max abs diff ${singleDiff.toExponential(2)}`);
+    assert.ok(singleDiff <= TOLERANCE, `${name}: max abs diff ${singleDiff}`);
+    await single.close();
+  }
   // The threaded module without relaxed SIMD, which browsers that lack it
   // (Firefox ESR 140, Safari) get; Chromium gets it only when asked.
   const plain = await openApp(`weights=${WEIGHTS}&webgpu=0&threads=2&relaxed=0`);

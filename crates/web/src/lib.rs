@@ -287,12 +287,19 @@ impl WeightsLoader {
         } else {
             (Device::flex(), Backend::Cpu, String::new())
         };
-        #[cfg(feature = "threads")]
         if backend == Backend::Cpu {
-            // web/pkg-threads-relaxed (scripts/build-web.sh) says so: its
+            // Which build of the module runs the CPU backend
+            // (scripts/build-web.sh): the pool's size, and whether its
             // matrix products use relaxed SIMD's fused multiply-add.
-            let relaxed = if cfg!(feature = "relaxed-simd") { ", relaxed SIMD" } else { "" };
-            note.push_str(&format!(" (CPU on {} threads{relaxed})", rayon::current_num_threads()));
+            let mut build: Vec<String> = Vec::new();
+            #[cfg(feature = "threads")]
+            build.push(format!("CPU on {} threads", rayon::current_num_threads()));
+            if cfg!(feature = "relaxed-simd") {
+                build.push("relaxed SIMD".into());
+            }
+            if !build.is_empty() {
+                note.push_str(&format!(" ({})", build.join(", ")));
+            }
         }
         let precision = match half {
             true if Precision::F16.is_supported_on(&device) => Precision::F16,

@@ -515,7 +515,7 @@ pub mod simd128 {
         }
 
         // Changed for this repository (vendor/README.md): with the
-        // `wasm-relaxed-simd` feature (web/pkg-threads-relaxed) the register
+        // `wasm-relaxed-simd` feature (web/pkg*-relaxed) the register
         // blocks multiply and add in one `f32x4.relaxed_madd`, a fused
         // multiply-add on CPUs with FMA (rounded once or twice, as the CPU
         // does it), and are compiled with relaxed SIMD. Measured 15-35 %

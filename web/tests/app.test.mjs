@@ -289,7 +289,7 @@ test('a second visit reads the weights from the cache, not the network', async (
 test('without WebGPU the CPU backend in wasm gives the same answer, on a pool of threads and on one', async () => {
   // One thread: the module with WebGPU, whose CPU backend runs in the worker
   // itself; built with relaxed SIMD where the browser has it (Chromium does),
-  // and without it (`relaxed=0`), as browsers that lack it (Firefox ESR 140, Safari) get it.
+  // and without it (`relaxed=0`), as browsers that lack it (Safari, Firefox ESR 140) get it.
   for (const [query, status, name] of [['', /\(relaxed SIMD\)/, '1 thread, relaxed SIMD'], ['&relaxed=0', /^(?!.*relaxed)/, '1 thread, no relaxed SIMD']]) {
     const single = await openApp(`weights=${WEIGHTS}&webgpu=0&threads=1${query}`);
     await waitForResult(single);
@@ -303,7 +303,7 @@ test('without WebGPU the CPU backend in wasm gives the same answer, on a pool of
     await single.close();
   }
   // The threaded module without relaxed SIMD, which browsers that lack it
-  // (Firefox ESR 140, Safari) get; Chromium gets it only when asked.
+  // (Safari, Firefox ESR 140) get; Chromium gets it only when asked.
   const plain = await openApp(`weights=${WEIGHTS}&webgpu=0&threads=2&relaxed=0`);
   await waitForResult(plain);
   assert.match(await plain.textContent('#model-status'), /CPU on 2 threads\)/);

@@ -62,7 +62,7 @@ test('Firefox ESR: the page falls back to the CPU, says so, and matches the CLI'
     assert.match(status, /no WebGPU/, 'the page says why it runs on the CPU');
     assert.equal(await page.evaluate(() => crossOriginIsolated), true);
     // The threaded module with relaxed SIMD where this Firefox has it, else
-    // without (Firefox ESR 140 has not).
+    // without (Debian's Firefox ESR 153 has it, ESR 140 had not).
     const relaxed = await page.evaluate(async () => (await import('/web/wasm-features.js')).hasRelaxedSimd());
     assert.match(status, relaxed ? /CPU on 2 threads, relaxed SIMD\)/ : /CPU on 2 threads\)/, logs.join('\n'));
   }

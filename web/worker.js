@@ -41,11 +41,14 @@ const threads = wantsGpu || !self.crossOriginIsolated ? 1
 
 const relaxed = workerParams.get('relaxed') !== '0' && hasRelaxedSimd();
 
+/** The glue of build `name` (pkg or pkg-threads): its relaxed-SIMD variant where that may be used. */
+const importBuild = (name) => import(`./${name}${relaxed ? '-relaxed' : ''}/clearclip_web.js`);
+
 /** The threaded module with its pool started, or the one-thread module where that cannot be. */
 async function instantiate() {
   if (threads > 1) {
     try {
-      const threaded = await (relaxed ? import('./pkg-threads-relaxed/clearclip_web.js') : import('./pkg-threads/clearclip_web.js'));
+      const threaded = await importBuild('pkg-threads');
       const exports = await threaded.default();
       await threaded.initThreadPool(threads);
       return { module: threaded, exports };
@@ -53,7 +56,7 @@ async function instantiate() {
       console.warn(`the threaded CPU module failed (${e?.message ?? e}); using one thread`);
     }
   }
-  const single = await (relaxed ? import('./pkg-relaxed/clearclip_web.js') : import('./pkg/clearclip_web.js'));
+  const single = await importBuild('pkg');
   return { module: single, exports: await single.default() };
 }
 

@@ -11,10 +11,14 @@ Each side reports the first (cold) run and the warm median of the rest.
 A last pair of rows times the image at f32 / fp32 in NACLIP mode with PAMR
 (10 iterations, dilations 8 and 16, at the full 2048x1367 size). With
 --exe-fused, a column "ours f32, fusion" runs the CLI built with burn's kernel
-fusion (`cargo build --release -p clearclip-cli --features fusion`).
+fusion (`cargo build --release -p clearclip-cli --features fusion`). With
+--gpu-matmul ROUTINE, columns "ours f32, ROUTINE" and "ours f16, ROUTINE" run
+the CLI with that matrix-product routine (`clearclip bench-matmul` compares
+them on the encoder's products alone).
 
   python scripts/bench_gpu.py B16.safetensors [--runs 5] [--exe target/release/clearclip]
-      [--exe-fused EXE]   # B16.safetensors is generated first if missing (gen_fixtures.py --vit-b16)
+      [--exe-fused EXE] [--gpu-matmul ROUTINE]
+      # B16.safetensors is generated first if missing (gen_fixtures.py --vit-b16)
 """
 import argparse
 import json
@@ -70,6 +74,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--exe", help="the clearclip binary [default: target/release/clearclip]")
     ap.add_argument("--exe-fused", help="a clearclip binary built with --features fusion: one more f32 column")
+    ap.add_argument("--gpu-matmul", help="a --gpu-matmul routine other than burn's: one more f32 and f16 column")
     a = ap.parse_args()
     exe, image_path, img, model = prepare(ref, a.weights, a.exe, SIZE)
 
@@ -79,11 +84,14 @@ def main():
           flush=True)
 
     columns = {}
-    variants = [("ours f32", exe, "f32"), ("ours f16", exe, "f16")]
+    variants = [("ours f32", exe, "f32", ()), ("ours f16", exe, "f16", ())]
     if a.exe_fused:
-        variants.append(("ours f32, fusion", a.exe_fused, "f32"))
-    for name, variant_exe, precision in variants:
-        phases, report = ours(variant_exe, a.weights, image_path, precision, a.runs)
+        variants.append(("ours f32, fusion", a.exe_fused, "f32", ()))
+    if a.gpu_matmul and a.gpu_matmul != "burn":
+        for precision in ("f32", "f16"):
+            variants.append((f"ours {precision}, {a.gpu_matmul}", exe, precision, ("--gpu-matmul", a.gpu_matmul)))
+    for name, variant_exe, precision, extra in variants:
+        phases, report = ours(variant_exe, a.weights, image_path, precision, a.runs, extra)
         if phases is None:
             print(f"{name}: failed: {report}", flush=True)
         else:
@@ -112,7 +120,9 @@ def main():
     for p in phases:
         cells = [f"{columns[n][p][0]:.3f} / {columns[n][p][1]:.3f}" if p in columns[n] else "" for n in names]
         print(f"| {p} | " + " | ".join(cells) + " |")
-    for ours_name, theirs in [("ours f32", "PyTorch fp32"), ("ours f32, fusion", "PyTorch fp32"), ("ours f16", "PyTorch fp16")]:
+    pairs = [("ours f32", "PyTorch fp32"), ("ours f32, fusion", "PyTorch fp32"), ("ours f16", "PyTorch fp16"),
+             (f"ours f32, {a.gpu_matmul}", "PyTorch fp32"), (f"ours f16, {a.gpu_matmul}", "PyTorch fp16")]
+    for ours_name, theirs in pairs:
         if ours_name in columns and theirs in columns:
             o, p = columns[ours_name], columns[theirs]
             print(f"{ours_name} / {theirs}, warm: image {o['image (total)'][1] / p['image (total)'][1]:.2f}, "

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (NVIDIA, CUDA PyTorch, no network), after
-# scripts/prepare_device.sh here: the GPU bench of issue 11 (ours at f32 and
-# f16 vs PyTorch fp32 and fp16, scripts/bench_gpu.py) and the CPU thread
+# scripts/prepare_device.sh here: the GPU bench of issue 11 (the matrix-product
+# routines side by side, `clearclip bench-matmul`; then ours at f32 and f16,
+# with burn's routine and the fastest exact one, vs PyTorch fp32 and fp16,
+# scripts/bench_gpu.py) and the CPU thread
 # scaling of issue 13 (ours vs PyTorch at 1-16 threads, scripts/bench_cpu.py).
 # Everything goes to $OUT (it comes back) and to stdout.
 #   run(carry=[".gl", ".gpu"], command="bash scripts/device_run.sh", timeout_s=600)
@@ -20,9 +22,20 @@ export PYTHONPATH=$PWD/.gpu/py${PYTHONPATH:+:$PYTHONPATH}
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; python3 -c 'import torch; print(torch.__version__)'; } 2>&1 | tee "$out/machine.txt"
 
 weights=/tmp/b16.safetensors
-stamp "GPU: ours f32/f16 vs PyTorch fp32/fp16"
+# The ViT-B/16-shaped checkpoint, as bench_gpu.py would make it (through
+# bench_support: gen_fixtures.py imports OpenCV, which that machine may lack).
+[ -f "$weights" ] || (cd scripts && python3 -c "import sys; from bench_support import reference; reference().generate_vit_b16(sys.argv[1])" "$weights")
+stamp "GPU: the matrix-product routines on one block's products (bench-matmul)"
+for precision in f32 f16; do
+  timeout 60 .gpu/clearclip bench-matmul --weights "$weights" --precision $precision --json \
+    > "$out/matmul_$precision.json" 2>> "$out/matmul.txt"
+  python3 scripts/matmul_table.py "$out/matmul_$precision.json" 2>&1 | tee -a "$out/matmul.txt"
+done
+# The fastest exact routine at f32 gets a column of its own in the full bench.
+best=$(python3 scripts/matmul_table.py --best "$out/matmul_f32.json" 2>/dev/null || echo burn)
+stamp "GPU: ours f32/f16 vs PyTorch fp32/fp16 (and --gpu-matmul $best)"
 timeout 330 python3 scripts/bench_gpu.py "$weights" --runs ${GPU_RUNS:-5} --exe .gpu/clearclip \
-  --exe-fused .gpu/clearclip-fusion 2>&1 | tee "$out/bench_gpu.txt"
+  --exe-fused .gpu/clearclip-fusion --gpu-matmul "$best" 2>&1 | tee "$out/bench_gpu.txt"
 stamp "CPU: thread scaling"
 timeout $(( 570 - ($(date +%s) - started) )) python3 scripts/bench_cpu.py "$weights" --threads ${THREADS:-1,2,4,8,16} --runs ${CPU_RUNS:-3} \
   --exe .gpu/clearclip 2>&1 | tee "$out/bench_cpu.txt"

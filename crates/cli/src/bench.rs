@@ -59,6 +59,12 @@ struct Report {
     precision: &'static str,
     /// Threads of the CPU backend's pool.
     threads: usize,
+    /// The GPU's matrix-product routine (`--gpu-matmul`).
+    gpu_matmul: &'static str,
+    /// Products that routine ran, and those it declined (burn's routine ran
+    /// them), over the warm-up and all runs.
+    gpu_matmul_products: usize,
+    gpu_matmul_declined: usize,
     image: [u32; 2],
     resized: [u32; 2],
     windows: usize,
@@ -163,6 +169,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         device: if gpu { "gpu (wgpu)" } else { "cpu (flex)" },
         precision: args.model.precision().name(),
         threads: rayon::current_num_threads(),
+        gpu_matmul: args.model.gpu_matmul.name(),
+        gpu_matmul_products: clearclip_model::gpu_matmul::routine_counts().0,
+        gpu_matmul_declined: clearclip_model::gpu_matmul::routine_counts().1,
         image: [full.width, full.height],
         resized: [full.resized.0, full.resized.1],
         windows: full.windows,
@@ -198,8 +207,8 @@ fn segment(
 
 fn print_table(r: &Report) {
     println!(
-        "{} ({}) on {}, {} threads; image {}x{} (model input {}x{}, {} windows); {} class names x {} prompts; load {:.0} ms; warm-up {}",
-        r.model, r.precision, r.device, r.threads, r.image[0], r.image[1], r.resized[0], r.resized[1], r.windows, r.class_names, r.prompts_per_name, r.load_ms,
+        "{} ({}) on {} (matrix products: {}), {} threads; image {}x{} (model input {}x{}, {} windows); {} class names x {} prompts; load {:.0} ms; warm-up {}",
+        r.model, r.precision, r.device, r.gpu_matmul, r.threads, r.image[0], r.image[1], r.resized[0], r.resized[1], r.windows, r.class_names, r.prompts_per_name, r.load_ms,
         r.warm_up_ms.map_or("skipped".to_string(), |ms| format!("{ms:.0} ms"))
     );
     println!("| phase (ms) | cold | warm median | warm min | warm max |");

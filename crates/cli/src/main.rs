@@ -1,6 +1,7 @@
 //! `clearclip`: open-vocabulary segmentation of an image from the command line.
 
 mod bench;
+mod bench_matmul;
 mod output;
 
 use std::io::Read;
@@ -10,7 +11,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::tensor::Device;
 use clap::{Parser, Subcommand, ValueEnum};
-use clearclip_model::{inspect_config, load_clip_from_reader, Activation, AttentionKind, ClipTokenizer, DenseMode, LoadError, LoadOptions, Precision};
+use clearclip_model::gpu_matmul::{gpu_matmul, routine_counts, set_gpu_matmul, MatmulRoutine};
+use clearclip_model::{inspect_config, load_clip_from_reader, Activation, ClipConfig, Layout, AttentionKind, ClipTokenizer, DenseMode, LoadError, LoadOptions, Precision};
 use clearclip_segment::{
     decode_image, ClassList, LastBlockOverrides, Pamr, Preset, Progress, SegmentParams, Segmentation, Segmenter, Templates, PRESETS,
 };
@@ -35,6 +37,9 @@ enum Command {
     /// (caches cleared, so each run encodes the classes and every window),
     /// and report each phase cold (first run) and warm (median, min, max).
     Bench(bench::BenchArgs),
+    /// Time the GPU's matrix-product routines (--gpu-matmul) on the products
+    /// of one image's vision encoder, each checked against the CPU backend.
+    BenchMatmul(bench_matmul::BenchMatmulArgs),
     /// Print the architecture read from a checkpoint's tensor shapes.
     Inspect {
         #[arg(long)]
@@ -90,6 +95,11 @@ struct ModelArgs {
     /// (with --device gpu, on an adapter with shader-f16).
     #[arg(long, value_enum, default_value = "f32")]
     precision: PrecisionArg,
+    /// The GPU's matrix-product routine: burn (burn's own without autotune),
+    /// simple-unit, simple-unit-small, double-unit, double-unit-small or gemm
+    /// (cubek's routines that need no tensor cores; `bench-matmul` times them).
+    #[arg(long, value_parser = parse_matmul_routine, default_value = "burn")]
+    gpu_matmul: MatmulRoutine,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -187,6 +197,7 @@ fn main() {
     let result = match cli.command {
         Command::Segment(args) => segment(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchMatmul(args) => bench_matmul::run(args),
         Command::Inspect { weights } => inspect(&weights),
         Command::Presets => {
             print_presets();
@@ -247,6 +258,22 @@ fn parse_preset(id: &str) -> Result<&'static Preset, String> {
     Preset::by_id(id).ok_or_else(|| {
         let ids: Vec<_> = PRESETS.iter().map(|p| p.id).collect();
         format!("unknown preset \"{id}\"; one of {}", ids.join(", "))
+    })
+}
+
+/// With a --gpu-matmul routine, how many products it ran and how many it
+/// declined (burn's routine ran those).
+fn report_gpu_matmul() {
+    if gpu_matmul() != MatmulRoutine::Burn {
+        let (routed, declined) = routine_counts();
+        eprintln!("--gpu-matmul {}: {routed} products, {declined} declined (run by burn's routine)", gpu_matmul());
+    }
+}
+
+fn parse_matmul_routine(name: &str) -> Result<MatmulRoutine, String> {
+    MatmulRoutine::from_name(name).ok_or_else(|| {
+        let names: Vec<_> = MatmulRoutine::ALL.iter().map(|r| r.name()).collect();
+        format!("unknown routine \"{name}\"; one of {}", names.join(", "))
     })
 }
 
@@ -319,19 +346,24 @@ impl RequestArgs {
 }
 
 fn inspect(weights: &Path) -> Result<()> {
-    // The header is enough: read until it is complete.
-    let mut file = std::fs::File::open(weights).with_context(|| format!("cannot read {}", weights.display()))?;
-    let mut prefix = Vec::new();
-    let (config, layout) = loop {
-        let read = (&mut file).take(1 << 20).read_to_end(&mut prefix)?;
-        match inspect_config(&prefix) {
-            Err(LoadError::Truncated { .. }) if read > 0 => continue,
-            result => break result?,
-        }
-    };
+    let (config, layout) = read_config(weights)?;
     println!("{} ({layout:?} layout)", config.describe());
     println!("{config:#?}");
     Ok(())
+}
+
+/// The architecture of a checkpoint, from its header (the file is read only
+/// until the header is complete).
+fn read_config(weights: &Path) -> Result<(ClipConfig, Layout)> {
+    let mut file = std::fs::File::open(weights).with_context(|| format!("cannot read {}", weights.display()))?;
+    let mut prefix = Vec::new();
+    loop {
+        let read = (&mut file).take(1 << 20).read_to_end(&mut prefix)?;
+        match inspect_config(&prefix) {
+            Err(LoadError::Truncated { .. }) if read > 0 => continue,
+            result => return Ok(result?),
+        }
+    }
 }
 
 /// Reads and decodes an image file as the reference does (see
@@ -368,6 +400,7 @@ fn segment(args: SegmentArgs) -> Result<()> {
         output::write_results(&out, &image, &seg, args.opacity)?;
         eprintln!("wrote {}", out.display());
     }
+    report_gpu_matmul();
     Ok(())
 }
 
@@ -388,6 +421,14 @@ fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration)> 
         None => BUNDLED_TOKENIZER.to_vec(),
     };
     let weights = std::fs::File::open(&args.weights).with_context(|| format!("cannot read weights {}", args.weights.display()))?;
+    if args.gpu_matmul != MatmulRoutine::Burn {
+        if !matches!(args.device, DeviceArg::Gpu) {
+            bail!("--gpu-matmul chooses a routine of --device gpu");
+        }
+        if !set_gpu_matmul(args.gpu_matmul) {
+            bail!("this build cannot choose the GPU's matrix-product routine (it has burn's kernel fusion)");
+        }
+    }
     let started = Instant::now();
     let device = make_device(args.device)?;
     let activation = match args.activation {

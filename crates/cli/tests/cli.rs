@@ -261,6 +261,72 @@ fn gpu_device_gives_the_same_numbers_as_cpu() {
     assert_close("CLI --device gpu vs reference", &probs, &expected, 1e-4);
 }
 
+#[test]
+fn every_gpu_matmul_routine_segments_like_the_reference() {
+    let reference = Reference::load();
+    let tmp = tempfile::tempdir().unwrap();
+    let (weights, image) = (fixture(CHECKPOINTS[1]), fixture("chelsea.png"));
+    let labels = reference.meta["pipeline"]["default"]["classes"].as_str().unwrap().to_string();
+    let (expected, _) = reference.f32("pipeline.default.probs");
+    for routine in ["simple-unit", "simple-unit-small", "double-unit", "double-unit-small", "gemm"] {
+        let out = tmp.path().join(routine);
+        let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+        args.extend(["--device", "gpu", "--gpu-matmul", routine]);
+        let output = clearclip(&args);
+        if skip_without_gpu(&output) {
+            return;
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{routine}: {stderr}");
+        // Every product of the model went through the routine.
+        let counts = stderr.lines().find_map(|l| l.strip_prefix(&format!("--gpu-matmul {routine}: "))).unwrap_or_else(|| panic!("{stderr}"));
+        let (products, declined) = counts.split_once(" products, ").unwrap();
+        assert!(products.parse::<usize>().unwrap() > 0 && declined.starts_with("0 declined"), "{routine}: {counts}");
+        let (_, probs) = read_npy(&out.join("probs.npy"));
+        // The tolerance of --device gpu with burn's routine.
+        assert_close(&format!("CLI --gpu-matmul {routine} vs reference"), &probs, &expected, 1e-4);
+    }
+
+    let out = tmp.path().join("cpu");
+    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    args.extend(["--gpu-matmul", "gemm"]);
+    let output = clearclip(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("--gpu-matmul chooses a routine of --device gpu"), "{stderr}");
+    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    args.extend(["--device", "gpu", "--gpu-matmul", "fastest"]);
+    let output = clearclip(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("unknown routine \"fastest\"; one of burn, simple-unit"), "{stderr}");
+    assert!(!out.exists(), "nothing is written when refused");
+}
+
+#[test]
+fn bench_matmul_runs_and_checks_every_routine() {
+    let weights = fixture(CHECKPOINTS[1]);
+    let output = clearclip(&["bench-matmul", "--weights", &weights, "--crop", "64", "--runs", "2", "--repeat", "2", "--json"]);
+    if skip_without_gpu(&output) {
+        return;
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    let products = report["products"].as_array().unwrap();
+    assert_eq!(products.len(), 6, "{products:?}");
+    let routines = report["routines"].as_array().unwrap();
+    let names: Vec<_> = routines.iter().map(|r| r["routine"].as_str().unwrap()).collect();
+    assert_eq!(names, ["burn", "simple-unit", "simple-unit-small", "double-unit", "double-unit-small", "gemm"]);
+    for r in routines {
+        // Every routine takes every product of the model (none falls back to burn's).
+        assert_eq!(r["errors"].as_array().unwrap().len(), 0, "{r}");
+        assert!(r["ms"].as_array().unwrap().iter().all(|ms| ms.as_f64().unwrap() > 0.0), "{r}");
+        assert!(r["perImageMs"].as_f64().unwrap() > 0.0, "{r}");
+        // f32 products of random operands in [-1, 1), against the CPU backend.
+        let error = r["maxRelativeError"].as_f64().unwrap();
+        assert!(error < 1e-5, "{}: {error}", r["routine"]);
+    }
+}
+
 /// Whether `output` failed for want of a wgpu adapter (and the test may be
 /// skipped: not where `CLEARCLIP_REQUIRE_WGPU=1`, as `scripts/test.sh` sets).
 fn skip_without_gpu(output: &Output) -> bool {

@@ -12,6 +12,7 @@ use std::fmt;
 use burn::tensor::{FloatDType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::gpu_matmul::matmul;
 use crate::host::{self, AttentionSpec, Part};
 use crate::nn::{attention_weights, HeadProjections, ResidualAttentionBlock};
 
@@ -306,7 +307,7 @@ impl LastBlock {
             let dtype = FloatDType::from(v.dtype());
             let weights = parts.iter().map(|&(a, b)| attention_weights(part(a), part(b), scale, bias.as_ref(), None).cast(dtype));
             let mixed = match weights.reduce(|sum, w| sum + w) {
-                Some(weights) => weights.matmul(v.clone()),
+                Some(weights) => matmul(weights, v.clone()),
                 None => v.clone(),
             };
             attn.merge(mixed)

@@ -3,6 +3,7 @@
 use burn::tensor::{activation, Bool, Device, FloatDType, Tensor};
 
 use crate::config::Activation;
+use crate::gpu_matmul::matmul;
 use crate::host::{self, AttentionSpec, Part};
 
 /// `y = x W + b`, with `W` stored input-major (`[in, out]`).
@@ -18,7 +19,7 @@ impl Linear {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [batch, tokens, width] = x.dims();
         let out = self.weight.dims()[1];
-        let y = x.reshape([batch * tokens, width]).matmul(self.weight.clone());
+        let y = matmul(x.reshape([batch * tokens, width]), self.weight.clone());
         let y = match &self.bias {
             Some(bias) => y + bias.clone().unsqueeze::<2>(),
             None => y,
@@ -145,7 +146,7 @@ impl Attention {
         }
         let HeadProjections { q, k, v } = self.project(x);
         let weights = attention_weights(q, k, self.scale(), None, future);
-        self.merge(weights.cast(FloatDType::from(v.dtype())).matmul(v))
+        self.merge(matmul(weights.cast(FloatDType::from(v.dtype())), v))
     }
 }
 
@@ -168,7 +169,7 @@ pub fn causal_mask(tokens: usize, device: &Device) -> Tensor<2, Bool> {
 /// - `future`: `[tokens, tokens]` ([`causal_mask`])
 /// - returns `[batch, heads, tokens, tokens]`, f32
 pub(crate) fn attention_weights(a: Tensor<4>, b: Tensor<4>, scale: f64, bias: Option<&Tensor<4>>, future: Option<&Tensor<2, Bool>>) -> Tensor<4> {
-    let scores = a.matmul(b.swap_dims(2, 3)).cast(FloatDType::F32) * scale;
+    let scores = matmul(a, b.swap_dims(2, 3)).cast(FloatDType::F32) * scale;
     let scores = match bias {
         Some(bias) => scores + bias.clone(),
         None => scores,

@@ -5,6 +5,7 @@
 use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::config::TextConfig;
+use crate::gpu_matmul::matmul;
 use crate::nn::{causal_mask, LayerNorm, ResidualAttentionBlock};
 use crate::tokenizer::TokenBatch;
 use crate::InputError;
@@ -50,6 +51,6 @@ impl TextTransformer {
         let x = self.ln_final.forward(x).reshape([rows * len, width]);
         let eot: Vec<i64> = batch.eot.iter().enumerate().map(|(row, &pos)| (row * len + pos) as i64).collect();
         let eot: Tensor<1, Int> = Tensor::from_data(TensorData::new(eot, [rows]), &device);
-        Ok(x.select(0, eot).matmul(self.projection.clone()).cast(FloatDType::F32))
+        Ok(matmul(x.select(0, eot), self.projection.clone()).cast(FloatDType::F32))
     }
 }

@@ -1,0 +1,271 @@
+//! `clearclip bench-matmul`: the GPU's matrix-product routines
+//! ([`MatmulRoutine`], `--gpu-matmul`) side by side on the products of one
+//! image's vision encoder, so that a short run on a real GPU says which
+//! routine to choose (burn's autotune, which would choose at run time, gives
+//! wrong results in the browser).
+//!
+//! The products are those of one transformer block on `--windows` crops of
+//! `--crop` pixels, in the layouts the model gives them (q, k, v are strided
+//! views of the fused projection; k is transposed), with random operands. Each
+//! routine's first run of each product is checked against the CPU backend;
+//! the timed runs then queue `--repeat` products and wait for the device once,
+//! so launch latency is spread as it is in the model's stream of kernels. The
+//! per-image estimate multiplies one block's products by the number of blocks.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use burn::tensor::{Device, Tensor, TensorData};
+use clearclip_model::gpu_matmul::{matmul_with, MatmulRoutine};
+use clearclip_model::{Precision, VisionConfig};
+use serde::Serialize;
+
+use crate::{make_device, parse_matmul_routine, read_config, DeviceArg, PrecisionArg};
+
+#[derive(clap::Args)]
+pub struct BenchMatmulArgs {
+    /// The checkpoint whose vision encoder gives the shapes (only its header is read).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Routines to compare, comma-separated [default: all].
+    #[arg(long, value_parser = parse_matmul_routine, value_delimiter = ',')]
+    routines: Vec<MatmulRoutine>,
+    /// Crops in one batch (2 for a landscape photo at 448 px).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    windows: u16,
+    /// Side of a crop in pixels.
+    #[arg(long, default_value_t = 448, value_parser = clap::value_parser!(u16).range(1..))]
+    crop: u16,
+    /// Timed runs per product and routine (the median is reported).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    runs: u16,
+    /// Products queued per timed run before waiting for the device.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    repeat: u16,
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One product of a transformer block.
+struct Product {
+    name: &'static str,
+    /// `[batch.., m, k]` and `[batch.., k, n]` as `[batch, heads, m, k, n]`
+    /// (`batch` and `heads` are 1 for the 2-D products).
+    dims: [usize; 5],
+    /// Operands built as the model builds them: `q k^T` and `weights v` from
+    /// a fused projection, split into heads.
+    kind: Kind,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Linear,
+    Scores,
+    Values,
+}
+
+/// # Shapes
+/// The products of one block on `windows` crops of `crop` pixels.
+fn block_products(v: &VisionConfig, windows: usize, crop: usize) -> Vec<Product> {
+    let tokens = (crop / v.patch_size).pow(2) + 1;
+    let rows = windows * tokens;
+    let (w, h) = (v.width, v.heads);
+    let d = w / h;
+    vec![
+        Product { name: "qkv projection", dims: [1, 1, rows, w, 3 * w], kind: Kind::Linear },
+        Product { name: "q k^T", dims: [windows, h, tokens, d, tokens], kind: Kind::Scores },
+        Product { name: "weights v", dims: [windows, h, tokens, tokens, d], kind: Kind::Values },
+        Product { name: "out projection", dims: [1, 1, rows, w, w], kind: Kind::Linear },
+        Product { name: "mlp fc1", dims: [1, 1, rows, w, v.mlp_width], kind: Kind::Linear },
+        Product { name: "mlp fc2", dims: [1, 1, rows, v.mlp_width, w], kind: Kind::Linear },
+    ]
+}
+
+/// Deterministic operands in [-1, 1) (a 32-bit LCG; the values only need to
+/// be the same on both devices).
+fn random(len: usize, seed: u32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// The operands of `product` on `device`, as 4-D tensors `[batch, heads, m, k]`
+/// and `[batch, heads, k, n]` in the layout the model gives them.
+fn operands(product: &Product, device: &Device, precision: Precision) -> (Tensor<4>, Tensor<4>) {
+    let [batch, heads, m, k, n] = product.dims;
+    let put = |values: Vec<f32>, shape: [usize; 3]| Tensor::<3>::from_data(TensorData::new(values, shape), device).cast(precision.dtype());
+    match product.kind {
+        Kind::Linear => {
+            let lhs = put(random(m * k, 1), [1, m, k]).unsqueeze::<4>();
+            let rhs = put(random(k * n, 2), [1, k, n]).unsqueeze::<4>();
+            (lhs, rhs)
+        }
+        Kind::Scores | Kind::Values => {
+            // [batch, tokens, 3 * width] split into q, k, v of [batch, heads, tokens, head_dim].
+            let (tokens, head_dim) = match product.kind {
+                Kind::Scores => (m, k),
+                _ => (m, n),
+            };
+            let width = heads * head_dim;
+            let qkv = put(random(batch * tokens * 3 * width, 3), [batch, tokens, 3 * width]);
+            let split = |i: usize| qkv.clone().narrow(2, i * width, width).reshape([batch, tokens, heads, head_dim]).swap_dims(1, 2);
+            match product.kind {
+                Kind::Scores => (split(0), split(1).swap_dims(2, 3)),
+                _ => {
+                    // Attention weights: a row-stochastic-like [batch, heads, tokens, tokens].
+                    let weights = put(random(batch * heads * tokens * tokens, 4), [batch * heads, tokens, tokens]).reshape([batch, heads, tokens, tokens]) * (1.0 / tokens as f64);
+                    (weights, split(2))
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RoutineReport {
+    routine: &'static str,
+    /// Median milliseconds per product, in the order of `products`; `None`
+    /// where the routine declined the problem.
+    ms: Vec<Option<f64>>,
+    /// Largest `|gpu - cpu|` over all products, relative to the largest `|cpu|`.
+    max_relative_error: f64,
+    /// Why a product could not run, if one could not.
+    errors: Vec<String>,
+    /// One block's products times the number of blocks (`None` if any declined).
+    per_image_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    precision: &'static str,
+    windows: usize,
+    crop: usize,
+    layers: usize,
+    products: Vec<String>,
+    routines: Vec<RoutineReport>,
+}
+
+pub fn run(args: BenchMatmulArgs) -> Result<()> {
+    let (config, _) = read_config(&args.weights)?;
+    let precision = match args.precision {
+        PrecisionArg::F32 => Precision::F32,
+        PrecisionArg::F16 => Precision::F16,
+    };
+    let gpu = make_device(DeviceArg::Gpu)?;
+    if !precision.is_supported_on(&gpu) {
+        bail!("this adapter cannot compute in {} (no shader-f16)", precision.name());
+    }
+    let cpu = Device::flex();
+    let routines = match args.routines.is_empty() {
+        true => MatmulRoutine::ALL.to_vec(),
+        false => args.routines.clone(),
+    };
+    let products = block_products(&config.vision, args.windows.into(), args.crop.into());
+
+    // The CPU's results, once.
+    let expected: Vec<Vec<f32>> = products
+        .iter()
+        .map(|p| {
+            let (lhs, rhs) = operands(p, &cpu, Precision::F32);
+            lhs.matmul(rhs).into_data().try_to_vec::<f32>().expect("f32 products")
+        })
+        .collect();
+
+    let mut reports = Vec::new();
+    for &routine in &routines {
+        let mut report = RoutineReport { routine: routine.name(), ms: Vec::new(), max_relative_error: 0.0, errors: Vec::new(), per_image_ms: None };
+        for (product, expected) in products.iter().zip(&expected) {
+            let (lhs, rhs) = operands(product, &gpu, precision);
+            let first = match matmul_with(routine, lhs.clone(), rhs.clone()) {
+                Ok(out) => out,
+                Err(why) => {
+                    report.errors.push(format!("{}: {why}", product.name));
+                    report.ms.push(None);
+                    continue;
+                }
+            };
+            let got = first.cast(burn::tensor::FloatDType::F32).into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("reading the product back: {e:?}"))?;
+            let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+            let error = got.iter().zip(expected).fold(0f32, |m, (g, e)| m.max((g - e).abs()));
+            report.max_relative_error = report.max_relative_error.max(f64::from(error / scale));
+            let mut times = Vec::new();
+            for _ in 0..args.runs {
+                let started = Instant::now();
+                for _ in 0..args.repeat {
+                    // The routine accepted this problem above.
+                    let _ = matmul_with(routine, lhs.clone(), rhs.clone());
+                }
+                gpu.sync().map_err(|e| anyhow::anyhow!("the GPU failed: {e:?}"))?;
+                times.push(started.elapsed().as_secs_f64() * 1e3 / f64::from(args.repeat));
+            }
+            times.sort_by(f64::total_cmp);
+            report.ms.push(Some(times[times.len() / 2]));
+        }
+        report.per_image_ms = report.ms.iter().copied().sum::<Option<f64>>().map(|block| block * config.vision.layers as f64);
+        if !args.json {
+            eprintln!("{routine}: done");
+        }
+        reports.push(report);
+    }
+
+    let report = Report {
+        precision: precision.name(),
+        windows: args.windows.into(),
+        crop: args.crop.into(),
+        layers: config.vision.layers,
+        products: products.iter().map(|p| format!("{} {:?}", p.name, p.dims)).collect(),
+        routines: reports,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "{} windows of {} px, {}, median ms per product ([batch, heads, m, k, n])",
+        r.windows, r.crop, r.precision
+    );
+    let width = r.products.iter().map(String::len).max().unwrap_or(0);
+    let cell = |ms: Option<f64>| ms.map_or("-".to_string(), |ms| format!("{ms:.3}"));
+    print!("{:width$}", "");
+    for routine in &r.routines {
+        print!(" {:>17}", routine.routine);
+    }
+    println!();
+    for (i, product) in r.products.iter().enumerate() {
+        print!("{product:width$}");
+        for routine in &r.routines {
+            print!(" {:>17}", cell(routine.ms[i]));
+        }
+        println!();
+    }
+    print!("{:width$}", format!("x {} blocks", r.layers));
+    for routine in &r.routines {
+        print!(" {:>17}", cell(routine.per_image_ms));
+    }
+    println!();
+    print!("{:width$}", "max relative error");
+    for routine in &r.routines {
+        print!(" {:>17.1e}", routine.max_relative_error);
+    }
+    println!();
+    for routine in &r.routines {
+        for error in &routine.errors {
+            println!("{}: {error}", routine.routine);
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Which of cubek's matrix-product routines the GPU backend runs.
+//!
+//! Without autotune (which the page cannot use, see `../shared/BROWSER.md`),
+//! burn-cubecl runs every product with cubek's `Strategy::default()`: it tries
+//! the tensor-core routine, which WGSL has no instructions for, and falls back
+//! to `SimpleUnit` (each invocation computes a register tile, operands staged
+//! in workgroup memory) with the largest tile. Autotune would have timed the
+//! other routines that need no tensor cores or subgroups (see burn-cubecl's
+//! `kernel/matmul/tune/base.rs`, the "unit" group); [`MatmulRoutine`] names
+//! them, so that a bench on a real GPU can compare them one by one and the
+//! fastest exact one can be chosen without autotune.
+//!
+//! The choice is process-wide, as burn's own kernel choices are: the CLI sets
+//! it once ([`set_gpu_matmul`]) and every product of the model on a GPU device
+//! goes through [`matmul`]. Products on the CPU backend, products whose batch
+//! dimensions broadcast (burn folds those first), and builds with burn's
+//! kernel fusion (whose tensors are not cubecl tensors) keep burn's path.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+use burn::tensor::Tensor;
+
+/// A cubek routine for the GPU backend's matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatmulRoutine {
+    /// burn's choice without autotune: cubek's `Auto` (tensor cores where the
+    /// shader language has them, else `SimpleUnit` with the largest tile).
+    #[default]
+    Burn,
+    /// `SimpleUnit`, the largest register tile: `Auto`'s fallback, called
+    /// directly (no tensor-core attempt first).
+    SimpleUnit,
+    /// `SimpleUnit`, the smallest register tile.
+    SimpleUnitSmall,
+    /// `DoubleUnit` (operands double-buffered in workgroup memory), the largest tile.
+    DoubleUnit,
+    /// `DoubleUnit`, the smallest tile.
+    DoubleUnitSmall,
+    /// cubek's `Gemm` routine without stages (autotune's "gemm" candidate in
+    /// the unit group).
+    Gemm,
+}
+
+impl MatmulRoutine {
+    pub const ALL: [MatmulRoutine; 6] = [
+        MatmulRoutine::Burn,
+        MatmulRoutine::SimpleUnit,
+        MatmulRoutine::SimpleUnitSmall,
+        MatmulRoutine::DoubleUnit,
+        MatmulRoutine::DoubleUnitSmall,
+        MatmulRoutine::Gemm,
+    ];
+
+    /// The name the CLI takes and prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulRoutine::Burn => "burn",
+            MatmulRoutine::SimpleUnit => "simple-unit",
+            MatmulRoutine::SimpleUnitSmall => "simple-unit-small",
+            MatmulRoutine::DoubleUnit => "double-unit",
+            MatmulRoutine::DoubleUnitSmall => "double-unit-small",
+            MatmulRoutine::Gemm => "gemm",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl fmt::Display for MatmulRoutine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+static ROUTINE: AtomicU8 = AtomicU8::new(0);
+
+/// Run the GPU backend's products with `routine` from now on, in this process.
+///
+/// Returns `false` (and changes nothing) when this build cannot choose: it was
+/// built without the `gpu-matmul` feature, or with burn's kernel fusion.
+pub fn set_gpu_matmul(routine: MatmulRoutine) -> bool {
+    if !cfg!(all(feature = "gpu-matmul", not(feature = "fusion"))) && routine != MatmulRoutine::Burn {
+        return false;
+    }
+    let index = MatmulRoutine::ALL.iter().position(|r| *r == routine).expect("listed");
+    ROUTINE.store(index as u8, Ordering::Relaxed);
+    true
+}
+
+/// The routine [`set_gpu_matmul`] chose ([`MatmulRoutine::Burn`] unless it was called).
+pub fn gpu_matmul() -> MatmulRoutine {
+    MatmulRoutine::ALL[ROUTINE.load(Ordering::Relaxed) as usize]
+}
+
+/// `lhs @ rhs`, through the chosen routine on a GPU device, else burn's `matmul`.
+///
+/// # Shapes
+/// - `lhs`: `[..batch, m, k]`, `rhs`: `[..batch, k, n]` -> `[..batch, m, n]`
+///   (batch dimensions broadcast as in burn's `matmul`)
+pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
+    match gpu_matmul() {
+        MatmulRoutine::Burn => lhs.matmul(rhs),
+        _ if crate::host::is_host(&lhs.device()) => lhs.matmul(rhs),
+        routine => match matmul_with(routine, lhs.clone(), rhs.clone()) {
+            Ok(product) => {
+                ROUTED.fetch_add(1, Ordering::Relaxed);
+                product
+            }
+            Err(_) => {
+                DECLINED.fetch_add(1, Ordering::Relaxed);
+                lhs.matmul(rhs)
+            }
+        },
+    }
+}
+
+static ROUTED: AtomicUsize = AtomicUsize::new(0);
+static DECLINED: AtomicUsize = AtomicUsize::new(0);
+
+/// How many of [`matmul`]'s GPU products ran through the chosen routine, and
+/// how many it declined (they ran with burn's), in this process so far.
+pub fn routine_counts() -> (usize, usize) {
+    (ROUTED.load(Ordering::Relaxed), DECLINED.load(Ordering::Relaxed))
+}
+
+/// `lhs @ rhs` through `routine`, or why it cannot run there: on the CPU
+/// backend, in a build without the choice, with batch dimensions that differ
+/// (burn folds broadcasts first), or a problem the routine declines.
+///
+/// # Shapes
+/// - `lhs`: `[..batch, m, k]`, `rhs`: `[..batch, k, n]` -> `[..batch, m, n]`
+pub fn matmul_with<const D: usize>(routine: MatmulRoutine, lhs: Tensor<D>, rhs: Tensor<D>) -> Result<Tensor<D>, String> {
+    if routine == MatmulRoutine::Burn {
+        return Ok(lhs.matmul(rhs));
+    }
+    if lhs.dims()[..D - 2] != rhs.dims()[..D - 2] {
+        return Err(format!("batch dimensions differ: {:?} and {:?}", lhs.dims(), rhs.dims()));
+    }
+    #[cfg(all(feature = "gpu-matmul", not(feature = "fusion")))]
+    return cube::matmul(&cube::strategy(routine), lhs, rhs);
+    #[cfg(not(all(feature = "gpu-matmul", not(feature = "fusion"))))]
+    Err("this build runs burn's matrix products only (no gpu-matmul feature, or kernel fusion)".into())
+}
+
+#[cfg(all(feature = "gpu-matmul", not(feature = "fusion")))]
+mod cube {
+    use burn::backend::cubecl::dtype_to_storage_type;
+    use burn::tensor::Tensor;
+    use burn_cubecl::kernel::matmul::init_matmul_output;
+    use burn_cubecl::CubeBackend;
+    use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
+    use cubek::matmul::multi_level::routines::batch::double_unit::DoubleUnitSelectionArgs;
+    use cubek::matmul::multi_level::routines::batch::simple_unit::SimpleUnitSelectionArgs;
+    use cubek::matmul::multi_level::routines::gemm::GemmStrategy;
+    use cubek::matmul::multi_level::routines::TileSizeSelection;
+    use cubek::matmul::multi_level::Strategy as MultiLevel;
+    use cubek::matmul::routine::BlueprintStrategy;
+    use cubek::matmul::strategy::Strategy;
+    use cubek::std::InputBinding;
+
+    use super::MatmulRoutine;
+
+    /// cubek's strategy for `routine`, with the arguments of autotune's
+    /// candidates (burn-cubecl, `kernel/matmul/tune/base.rs`).
+    pub(super) fn strategy(routine: MatmulRoutine) -> Strategy {
+        let simple = |tile_size| MultiLevel::SimpleUnit(BlueprintStrategy::Inferred(SimpleUnitSelectionArgs { tile_size }));
+        let double = |tile_size| MultiLevel::DoubleUnit(BlueprintStrategy::Inferred(DoubleUnitSelectionArgs { tile_size }));
+        match routine {
+            MatmulRoutine::Burn => Strategy::default(),
+            MatmulRoutine::SimpleUnit => simple(TileSizeSelection::MaxTileSize).into(),
+            MatmulRoutine::SimpleUnitSmall => simple(TileSizeSelection::MinTileSize).into(),
+            MatmulRoutine::DoubleUnit => double(TileSizeSelection::MaxTileSize).into(),
+            MatmulRoutine::DoubleUnitSmall => double(TileSizeSelection::MinTileSize).into(),
+            MatmulRoutine::Gemm => MultiLevel::Gemm(BlueprintStrategy::Inferred(GemmStrategy { target_num_planes: None })).into(),
+        }
+    }
+
+    /// The product through `strategy`, bound as burn-cubecl's `launch_matmul`
+    /// binds it (same-shaped batch dimensions, checked by the caller).
+    pub(super) fn matmul<const D: usize>(strategy: &Strategy, lhs: Tensor<D>, rhs: Tensor<D>) -> Result<Tensor<D>, String> {
+        let on_gpu = |e| format!("not a GPU tensor ({e:?})");
+        let lhs = lhs.try_into_primitive::<CubeBackend>().map_err(on_gpu)?;
+        let rhs = rhs.try_into_primitive::<CubeBackend>().map_err(on_gpu)?;
+        let dtype = lhs.dtype;
+        let out = init_matmul_output(&lhs, &rhs, dtype);
+        let storage = dtype_to_storage_type(dtype);
+        let mut dtypes = MatmulElems::from_globals(&MatmulGlobalElems { lhs: storage, rhs: dtype_to_storage_type(rhs.dtype), out: storage });
+        let client = out.client.clone();
+        cubek::matmul::launch::launch_ref(
+            strategy,
+            &client,
+            InputBinding::new(lhs.binding(), storage),
+            InputBinding::new(rhs.binding(), storage),
+            out.clone().binding(),
+            &mut dtypes,
+        )
+        .map_err(|e| format!("{e:?}"))?;
+        Ok(Tensor::from_primitive::<CubeBackend>(out))
+    }
+}

@@ -7,7 +7,11 @@
 # scaling of issue 13 (ours vs PyTorch at 1-16 threads, scripts/bench_cpu.py).
 # Everything goes to $OUT (it comes back) and to stdout.
 #   run(carry=[".gl", ".gpu"], command="bash scripts/device_run.sh", timeout_s=600)
+# Both parts may not fit one call's 10 minutes (PyTorch's 1-thread text phase
+# alone takes minutes): `device_run.sh gpu` and `device_run.sh cpu` run one
+# each, in two calls back to back (the machine stays warm 30 s after a call).
 set -uo pipefail
+part=${1:-all}
 cd "$(dirname "$0")/.."
 out=${OUT:-$(mktemp -d)}
 started=$(date +%s)
@@ -25,6 +29,7 @@ weights=/tmp/b16.safetensors
 # The ViT-B/16-shaped checkpoint, as bench_gpu.py would make it (through
 # bench_support: gen_fixtures.py imports OpenCV, which that machine may lack).
 [ -f "$weights" ] || (cd scripts && python3 -c "import sys; from bench_support import reference; reference().generate_vit_b16(sys.argv[1])" "$weights")
+if [ "$part" != cpu ]; then
 stamp "GPU: the matrix-product routines on one block's products (bench-matmul)"
 for precision in f32 f16; do
   timeout 60 .gpu/clearclip bench-matmul --weights "$weights" --precision $precision --json \
@@ -36,7 +41,10 @@ best=$(python3 scripts/matmul_table.py --best "$out/matmul_f32.json" 2>/dev/null
 stamp "GPU: ours f32/f16 vs PyTorch fp32/fp16 (and --gpu-matmul $best)"
 timeout 330 python3 scripts/bench_gpu.py "$weights" --runs ${GPU_RUNS:-5} --exe .gpu/clearclip \
   --exe-fused .gpu/clearclip-fusion --gpu-matmul "$best" 2>&1 | tee "$out/bench_gpu.txt"
+fi
+if [ "$part" != gpu ]; then
 stamp "CPU: thread scaling"
 timeout $(( 570 - ($(date +%s) - started) )) python3 scripts/bench_cpu.py "$weights" --threads ${THREADS:-1,2,4,8,16} --runs ${CPU_RUNS:-3} \
   --exe .gpu/clearclip 2>&1 | tee "$out/bench_cpu.txt"
+fi
 stamp "done"

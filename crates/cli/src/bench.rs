@@ -164,14 +164,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
             )
         })
         .collect();
+    let (gpu_matmul_products, gpu_matmul_declined) = clearclip_model::gpu_matmul::routine_counts();
     let report = Report {
         model,
         device: if gpu { "gpu (wgpu)" } else { "cpu (flex)" },
         precision: args.model.precision().name(),
         threads: rayon::current_num_threads(),
         gpu_matmul: args.model.gpu_matmul.name(),
-        gpu_matmul_products: clearclip_model::gpu_matmul::routine_counts().0,
-        gpu_matmul_declined: clearclip_model::gpu_matmul::routine_counts().1,
+        gpu_matmul_products,
+        gpu_matmul_declined,
         image: [full.width, full.height],
         resized: [full.resized.0, full.resized.1],
         windows: full.windows,

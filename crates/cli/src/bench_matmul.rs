@@ -157,10 +157,7 @@ struct Report {
 
 pub fn run(args: BenchMatmulArgs) -> Result<()> {
     let (config, _) = read_config(&args.weights)?;
-    let precision = match args.precision {
-        PrecisionArg::F32 => Precision::F32,
-        PrecisionArg::F16 => Precision::F16,
-    };
+    let precision = Precision::from(args.precision);
     let gpu = make_device(DeviceArg::Gpu)?;
     if !precision.is_supported_on(&gpu) {
         bail!("this adapter cannot compute in {} (no shader-f16)", precision.name());

@@ -108,12 +108,18 @@ enum PrecisionArg {
     F16,
 }
 
-impl ModelArgs {
-    fn precision(&self) -> Precision {
-        match self.precision {
+impl From<PrecisionArg> for Precision {
+    fn from(arg: PrecisionArg) -> Self {
+        match arg {
             PrecisionArg::F32 => Precision::F32,
             PrecisionArg::F16 => Precision::F16,
         }
+    }
+}
+
+impl ModelArgs {
+    fn precision(&self) -> Precision {
+        self.precision.into()
     }
 }
 

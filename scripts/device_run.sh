@@ -32,12 +32,12 @@ weights=/tmp/b16.safetensors
 if [ "$part" != cpu ]; then
 stamp "GPU: the matrix-product routines on one block's products (bench-matmul)"
 for precision in f32 f16; do
-  timeout 60 .gpu/clearclip bench-matmul --weights "$weights" --precision $precision --json \
-    > "$out/matmul_$precision.json" 2>> "$out/matmul.txt"
-  python3 scripts/matmul_table.py "$out/matmul_$precision.json" 2>&1 | tee -a "$out/matmul.txt"
+  timeout 60 .gpu/clearclip bench-matmul --weights "$weights" --precision $precision \
+    --json-out "$out/matmul_$precision.json" 2>&1 | tee -a "$out/matmul.txt"
 done
 # The fastest exact routine at f32 gets a column of its own in the full bench.
-best=$(python3 scripts/matmul_table.py --best "$out/matmul_f32.json" 2>/dev/null || echo burn)
+best=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["fastestExact"] or "burn")' \
+  "$out/matmul_f32.json" 2>/dev/null || echo burn)
 stamp "GPU: ours f32/f16 vs PyTorch fp32/fp16 (and --gpu-matmul $best)"
 timeout 330 python3 scripts/bench_gpu.py "$weights" --runs ${GPU_RUNS:-5} --exe .gpu/clearclip \
   --exe-fused .gpu/clearclip-fusion --gpu-matmul "$best" 2>&1 | tee "$out/bench_gpu.txt"

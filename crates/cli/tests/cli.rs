@@ -304,13 +304,15 @@ fn every_gpu_matmul_routine_segments_like_the_reference() {
 #[test]
 fn bench_matmul_runs_and_checks_every_routine() {
     let weights = fixture(CHECKPOINTS[1]);
-    let output = clearclip(&["bench-matmul", "--weights", &weights, "--crop", "64", "--runs", "2", "--repeat", "2", "--json"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let json = tmp.path().join("matmul.json");
+    let output = clearclip(&["bench-matmul", "--weights", &weights, "--crop", "64", "--runs", "2", "--repeat", "2", "--json-out", json.to_str().unwrap()]);
     if skip_without_gpu(&output) {
         return;
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).expect("the JSON report");
     let products = report["products"].as_array().unwrap();
     assert_eq!(products.len(), 6, "{products:?}");
     let routines = report["routines"].as_array().unwrap();
@@ -325,6 +327,19 @@ fn bench_matmul_runs_and_checks_every_routine() {
         let error = r["maxRelativeError"].as_f64().unwrap();
         assert!(error < 1e-5, "{}: {error}", r["routine"]);
     }
+    // Every routine is exact here, so the fastest exact one is the fastest.
+    let per_image = |r: &serde_json::Value| r["perImageMs"].as_f64().unwrap();
+    let fastest = routines.iter().min_by(|a, b| per_image(a).total_cmp(&per_image(b))).unwrap();
+    assert_eq!(report["fastestExact"], fastest["routine"], "{report}");
+
+    // The same report as a Markdown table on stdout.
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains(&format!("| product | {} |", names.join(" | "))), "{table}");
+    assert!(table.contains("|---|---:|---:|---:|---:|---:|---:|"), "{table}");
+    for product in products {
+        assert!(table.contains(&format!("| {} | ", product.as_str().unwrap())), "{table}");
+    }
+    assert!(table.contains(&format!("fastest within 1e-5 of the CPU: {}", fastest["routine"].as_str().unwrap())), "{table}");
 }
 
 /// Whether `output` failed for want of a wgpu adapter (and the test may be

@@ -1,7 +1,7 @@
 """The GPU bench of issue 11: `clearclip bench --device gpu` at f32 and f16 next
 to the official pipeline in PyTorch at fp32 and fp16, on the same GPU, in one call.
 
-Both sides segment one 2048x1367 photo (671x448 model input, 3 sliding
+Both sides segment one 2048x1367 photo (671x448 model input, 2 sliding
 windows, full-size maps; a synthetic one, see scripts/bench_support.py) into
 5 classes, one with a synonym: 6 names x 80 prompts. PyTorch runs the reference pipeline of
 scripts/gen_fixtures.py (the official ClearCLIP code path) on CUDA when there

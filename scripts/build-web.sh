@@ -48,7 +48,7 @@ cargo build -p clearclip-web --target wasm32-unknown-unknown --profile wasm-rele
 bind web/pkg "$target/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm"
 # web/pkg-relaxed: the same with gemm's register blocks multiplying and adding
 # in one `f32x4.relaxed_madd` (the `relaxed-simd` feature; vendor/gemm-f32;
-# README, "Benchmarks"). Chromium and Firefox ESR 153 have relaxed SIMD,
+# docs/performance.md). Chromium and Firefox ESR 153 have relaxed SIMD,
 # Firefox ESR 140 and Safari do not: a module that uses it does not validate
 # there, so the worker takes a relaxed build only where a probe validates
 # (web/worker.js). Only gemm and the crates above it are compiled again for it.

@@ -54,7 +54,7 @@ export const DEFAULT_WEIGHTS_URL =
 export const DEFAULT_MODEL = Object.freeze({
   name: 'OpenAI CLIP ViT-B/16',
   source: 'the Hugging Face hub (timm/vit_base_patch16_clip_224.openai)',
-  size: '598 MB', // fp32, as measured when the page streamed it (README, memory table)
+  size: '598 MB', // fp32, as measured when the page streamed it (docs/performance.md, memory table)
 });
 
 /** Bump when the cached bytes must not be reused. */

@@ -30,8 +30,8 @@ let wasmMemory = null; // to report its size: wasm memory grows and never shrink
 // Without WebGPU the pool is the default on a cross-origin isolated page, one
 // thread per core the browser reports (at most 16); `threads=1` asks for the
 // one-thread module. On the 2-core test machine an image takes 0.62x the
-// time on 2 threads that it takes on one (0.76x for the first image; README,
-// "Benchmarks").
+// time on 2 threads that it takes on one (0.76x for the first image; docs/performance.md,
+// "Threads").
 const workerParams = new URL(self.location.href).searchParams;
 const asksGpu = workerParams.get('webgpu') !== '0';
 const wantsGpu = asksGpu && 'gpu' in navigator;

@@ -314,7 +314,7 @@ impl LastBlock {
         };
         let y = match self.residual {
             Residual::Skip => a,
-            Residual::Keep { attention_scale } if attention_scale == 1.0 => x + a,
+            Residual::Keep { attention_scale: 1.0 } => x + a,
             Residual::Keep { attention_scale } => x + a * attention_scale,
         };
         if self.ffn {

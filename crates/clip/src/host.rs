@@ -30,6 +30,8 @@ pub fn is_host(device: &Device) -> bool {
 /// test below measures it against f64). `x` is clamped to `[-87.3, 88]`: below,
 /// the result is about 1.2e-38 instead of a subnormal or zero (what softmax
 /// and sigmoid add it to makes that invisible); above, it is about 1.7e38.
+// Cephes' constants as published (its 5.0000001e-1 is 0.5 in f32).
+#[allow(clippy::excessive_precision)]
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     // 1.5 * 2^23: adding it rounds a float below 2^22 to an integer, which
@@ -365,7 +367,9 @@ mod tests {
         let qkv = rng.uniform(shape.batch * shape.tokens * 3 * shape.width(), -3.0, 3.0);
         let bias = rng.uniform(shape.tokens * shape.tokens, -3.0, 3.0);
         use Part::*;
-        let cases: [(&[(Part, Part)], Option<&[f32]>, bool); 5] = [
+        // Score pairs, bias, causal.
+        type Case<'a> = (&'a [(Part, Part)], Option<&'a [f32]>, bool);
+        let cases: [Case; 5] = [
             (&[(Query, Key)], None, false),
             (&[(Query, Key)], None, true),
             (&[(Query, Query)], None, false),

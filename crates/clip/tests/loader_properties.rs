@@ -93,7 +93,7 @@ fn a_file_cut_at_any_tensor_boundary_is_refused_naming_the_tensor() {
         for cut in [start, (start + 1).min(end), end.saturating_sub(1).max(start)] {
             let cut = data_start + cut;
             let result = catch_unwind(AssertUnwindSafe(|| stream(&bytes[..cut], &[]).0));
-            let err = result.unwrap_or_else(|_| panic!("panicked for a cut at {cut} (tensor {i}, {name})")).err().expect("refused");
+            let err = result.unwrap_or_else(|_| panic!("panicked for a cut at {cut} (tensor {i}, {name})")).expect_err("refused");
             assert!(matches!(&err, LoadError::Truncated { tensor: Some(t), .. } if t == name), "cut at {cut}: {err}");
             assert!(err.to_string().contains(name.as_str()) && err.to_string().contains("truncated"), "{err}");
         }

@@ -53,7 +53,7 @@ fn header_end(bytes: &[u8]) -> usize {
 fn truncated_and_foreign_files_are_refused_with_a_reason() {
     let bytes = read_fixture(CHECKPOINTS[0]);
     for cut in [0, 7, 100, header_end(&bytes), bytes.len() / 2, bytes.len() - 1] {
-        let err = load(&bytes[..cut]).err().expect("truncated file must fail");
+        let err = load(&bytes[..cut]).expect_err("truncated file must fail");
         let expected = (cut >= header_end(&bytes)).then_some(bytes.len());
         assert!(
             matches!(err, LoadError::Truncated { received, expected: e, .. } if received == cut && e == expected),
@@ -70,7 +70,7 @@ fn truncated_and_foreign_files_are_refused_with_a_reason() {
     let other = rewrite(&bytes, |name, dtype, shape, data| {
         name.starts_with("text_model").then(|| (dtype, shape.to_vec(), data.to_vec()))
     });
-    let err = load(&other).err().expect("a text-only file is not CLIP");
+    let err = load(&other).expect_err("a text-only file is not CLIP");
     assert!(matches!(err, LoadError::NotClip { .. }), "{err}");
     assert!(err.to_string().contains("visual.class_embedding"), "{err}");
 }
@@ -82,10 +82,10 @@ fn a_file_that_is_not_clip_is_refused_by_its_header_alone() {
     let mut loader = CheckpointLoader::new(LoadOptions::default(), &Device::flex());
     let header = header_end(&text_only);
     loader.push(&text_only[..header - 1]).expect("an incomplete header is not judged yet");
-    let err = loader.push(&text_only[header - 1..header]).err().expect("refused once the header is complete");
+    let err = loader.push(&text_only[header - 1..header]).expect_err("refused once the header is complete");
     assert!(matches!(err, LoadError::NotClip { .. }), "{err}");
     // Everything after a refusal is refused too, and says why.
-    let again = loader.push(&text_only[header..]).err().expect("refused for good");
+    let again = loader.push(&text_only[header..]).expect_err("refused for good");
     assert!(matches!(&again, LoadError::AlreadyFailed(reason) if reason.contains("not a CLIP checkpoint")), "{again}");
     assert!(matches!(loader.finish(), Err(LoadError::AlreadyFailed(_))));
     // A PNG is refused by its first 8 bytes.
@@ -187,7 +187,7 @@ fn wrong_shapes_and_dtypes_are_reported() {
             Some((dtype, shape.to_vec(), data.to_vec()))
         }
     });
-    let err = load(&wrong_shape).err().expect("shape mismatch");
+    let err = load(&wrong_shape).expect_err("shape mismatch");
     assert!(matches!(err, LoadError::Shape { .. }), "{err}");
     assert!(err.to_string().contains("resblocks.2.mlp.c_fc.bias"), "{err}");
 
@@ -198,7 +198,7 @@ fn wrong_shapes_and_dtypes_are_reported() {
             Some((dtype, shape.to_vec(), data.to_vec()))
         }
     });
-    let err = load(&wrong_dtype).err().expect("dtype");
+    let err = load(&wrong_dtype).expect_err("dtype");
     assert!(matches!(err, LoadError::DType { .. }), "{err}");
 }
 

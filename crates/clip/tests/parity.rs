@@ -121,7 +121,7 @@ fn text_embeddings_match_reference() {
 #[test]
 fn half_precision_is_refused_where_it_cannot_run() {
     let options = LoadOptions { precision: Precision::F16, ..LoadOptions::default() };
-    let err = load_clip(&read_fixture(CHECKPOINTS[1]), options, &Device::flex()).err().expect("the CPU backend has no f16 kernels");
+    let err = load_clip(&read_fixture(CHECKPOINTS[1]), options, &Device::flex()).expect_err("the CPU backend has no f16 kernels");
     assert!(matches!(err, LoadError::Precision(Precision::F16)), "{err}");
     assert!(err.to_string().contains("shader-f16"), "{err}");
 }

@@ -26,7 +26,7 @@ impl Window {
 
 /// `compute_padsize`: (left, right) or (top, bottom) padding of one side.
 fn pad(size: usize, patch: usize) -> (usize, usize) {
-    if size % patch == 0 {
+    if size.is_multiple_of(patch) {
         return (0, 0);
     }
     let total = patch - size % patch;

@@ -14,7 +14,7 @@
 //! [`ResultSummary`] plus typed arrays, errors an [`ErrorReport`] that says
 //! whether the model is still usable.
 
-use std::cell::RefCell;
+use std::cell::{Ref, RefCell, RefMut};
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::pin::Pin;
@@ -46,7 +46,8 @@ pub struct ErrorReport {
 }
 
 impl ErrorReport {
-    fn new(kind: &'static str, error: impl std::fmt::Display, fatal: bool) -> JsValue {
+    /// The report as the JS object the promise rejects with.
+    fn js(kind: &'static str, error: impl std::fmt::Display, fatal: bool) -> JsValue {
         let report = ErrorReport { kind, message: error.to_string(), fatal };
         to_js(&report).unwrap_or_else(|e| e)
     }
@@ -118,8 +119,8 @@ impl Observer for WorkerObserver {
 /// The report of a failed run: `cancelled` when the page stopped it.
 fn segment_error(error: &SegmentError) -> JsValue {
     match error {
-        SegmentError::Cancelled => ErrorReport::new("cancelled", error, false),
-        _ => ErrorReport::new("segment", error, error.is_fatal()),
+        SegmentError::Cancelled => ErrorReport::js("cancelled", error, false),
+        _ => ErrorReport::js("segment", error, error.is_fatal()),
     }
 }
 
@@ -149,6 +150,18 @@ struct State {
     last: Option<LastResult>,
 }
 
+/// The worker runs one call at a time (web/worker.js's promise queue), so a
+/// call never finds the state borrowed; if one did, it fails with kind `busy`
+/// instead of the module panicking.
+fn state_mut(state: &RefCell<State>) -> Result<RefMut<'_, State>, JsValue> {
+    state.try_borrow_mut().map_err(|_| ErrorReport::js("busy", "the segmenter is running another call", false))
+}
+
+/// See [`state_mut`].
+fn state_ref(state: &RefCell<State>) -> Result<Ref<'_, State>, JsValue> {
+    state.try_borrow().map_err(|_| ErrorReport::js("busy", "the segmenter is running another call", false))
+}
+
 /// An image file decoded as the CLI decodes it ([`decode_image`]: JPEG as
 /// libjpeg-turbo/OpenCV, EXIF orientation applied), at its full size.
 #[wasm_bindgen]
@@ -161,7 +174,7 @@ impl DecodedImage {
     /// Decodes the bytes of an image file; throws an [`ErrorReport`] for
     /// files that are not images, corrupt, truncated or too large.
     pub fn decode(bytes: &[u8]) -> Result<DecodedImage, JsValue> {
-        let image = decode_image(bytes).map_err(|e| ErrorReport::new("image", e, false))?;
+        let image = decode_image(bytes).map_err(|e| ErrorReport::js("image", e, false))?;
         Ok(DecodedImage { image: Rc::new(image) })
     }
 
@@ -322,7 +335,7 @@ impl WeightsLoader {
     /// uploaded as tensors complete). Throws an [`ErrorReport`] if the file
     /// is refused; then the download should stop.
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), JsValue> {
-        self.loader.push(chunk).map_err(|e| ErrorReport::new("weights", e, false))
+        self.loader.push(chunk).map_err(|e| ErrorReport::js("weights", e, false))
     }
 
     /// The file size the header announces, once the header is in.
@@ -401,9 +414,9 @@ impl WebSegmenter {
     /// The segmenter over the model `weights` received completely.
     pub fn create(weights: WeightsLoader, tokenizer_json: &[u8]) -> Result<WebSegmenter, JsValue> {
         let WeightsLoader { loader, backend, precision, note } = weights;
-        let model = loader.finish().map_err(|e| ErrorReport::new("weights", e, false))?;
+        let model = loader.finish().map_err(|e| ErrorReport::js("weights", e, false))?;
         let tokenizer = ClipTokenizer::from_json_bytes(tokenizer_json, model.config.text.context_length)
-            .map_err(|e| ErrorReport::new("tokenizer", e, false))?;
+            .map_err(|e| ErrorReport::js("tokenizer", e, false))?;
         let description = format!("{} [{:?} layout, {}]{note}", model.config.describe(), model.layout, precision.name());
         // The page draws heatmaps at display size. On the CPU the segmenter
         // takes one window (one class name) at a time, so a cancel is heard between them.
@@ -428,10 +441,12 @@ impl WebSegmenter {
     /// [`Segmenter::warm_up`]). Resolves to the milliseconds it took; rejects
     /// with an [`ErrorReport`].
     #[wasm_bindgen(js_name = warmUp)]
+    // The state stays borrowed across the awaits: see `state_mut`.
+    #[allow(clippy::await_holding_refcell_ref)]
     pub fn warm_up(&self) -> js_sys::Promise {
         let state = self.state.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            let mut guard = state.borrow_mut();
+            let mut guard = state_mut(&state)?;
             let ms = guard.segmenter.warm_up(&SegmentParams::default()).await.map_err(|e| segment_error(&e))?;
             Ok(JsValue::from_f64(ms))
         })
@@ -446,15 +461,17 @@ impl WebSegmenter {
     /// `probs` (`Float32Array [C*h*w]`, every `probsStride`-th pixel of the
     /// full-size maps in each direction: 1 up to [`render::DISPLAY_MAX_PIXELS`]).
     /// Rejects with an [`ErrorReport`].
+    // The state stays borrowed across the awaits: see `state_mut`.
+    #[allow(clippy::await_holding_refcell_ref)]
     pub fn segment(&self, image: &DecodedImage, request: JsValue, keep: bool, progress: Function) -> js_sys::Promise {
         let state = self.state.clone();
         let image = image.image.clone();
         let backend = self.backend;
         wasm_bindgen_futures::future_to_promise(async move {
-            let request: SegmentRequest = serde_wasm_bindgen::from_value(request).map_err(|e| ErrorReport::new("request", e, false))?;
-            let (classes, mut warnings) = ClassList::parse(&request.labels).map_err(|e| ErrorReport::new("labels", e, false))?;
+            let request: SegmentRequest = serde_wasm_bindgen::from_value(request).map_err(|e| ErrorReport::js("request", e, false))?;
+            let (classes, mut warnings) = ClassList::parse(&request.labels).map_err(|e| ErrorReport::js("labels", e, false))?;
             let mut observer = WorkerObserver { report: progress };
-            let mut guard = state.borrow_mut();
+            let mut guard = state_mut(&state)?;
             let seg = guard
                 .segmenter
                 .segment(&image, &classes, &request.params, &mut observer)
@@ -482,10 +499,10 @@ impl WebSegmenter {
     /// RGBA heatmap (viridis) of class `index` of the last result, at the
     /// size of its sampled maps (`probsWidth x probsHeight`).
     pub fn heatmap_rgba(&self, index: usize) -> Result<Vec<u8>, JsValue> {
-        let state = self.state.borrow();
-        let last = state.last.as_ref().ok_or_else(|| ErrorReport::new("export", "nothing segmented yet", false))?;
+        let state = state_ref(&self.state)?;
+        let last = state.last.as_ref().ok_or_else(|| ErrorReport::js("export", "nothing segmented yet", false))?;
         if index >= last.segmentation.class_names.len() {
-            return Err(ErrorReport::new("export", format!("no class {index}"), false));
+            return Err(ErrorReport::js("export", format!("no class {index}"), false));
         }
         let rgb = render::heatmap(&last.segmentation, index);
         Ok(image::DynamicImage::ImageRgb8(rgb).to_rgba8().into_raw())
@@ -493,18 +510,18 @@ impl WebSegmenter {
 
     /// PNG of the image with the classes overlaid and a legend (as the CLI's overlay.png).
     pub fn overlay_png(&self, opacity: f32) -> Result<Vec<u8>, JsValue> {
-        let state = self.state.borrow();
-        let last = state.last.as_ref().ok_or_else(|| ErrorReport::new("export", "nothing segmented yet", false))?;
+        let state = state_ref(&self.state)?;
+        let last = state.last.as_ref().ok_or_else(|| ErrorReport::js("export", "nothing segmented yet", false))?;
         let overlay = render::overlay(&last.image, &last.segmentation, opacity.clamp(0.0, 1.0))
-            .ok_or_else(|| ErrorReport::new("export", "the result is not of this image", false))?;
-        render::png(overlay).map_err(|e| ErrorReport::new("export", e, false))
+            .ok_or_else(|| ErrorReport::js("export", "the result is not of this image", false))?;
+        render::png(overlay).map_err(|e| ErrorReport::js("export", e, false))
     }
 
     /// 8-bit PNG of the class index per pixel (as the CLI's labels.png).
     pub fn labels_png(&self) -> Result<Vec<u8>, JsValue> {
-        let state = self.state.borrow();
-        let last = state.last.as_ref().ok_or_else(|| ErrorReport::new("export", "nothing segmented yet", false))?;
-        let labels = render::labels_image(&last.segmentation).ok_or_else(|| ErrorReport::new("export", "the label map is damaged", false))?;
-        render::png(labels).map_err(|e| ErrorReport::new("export", e, false))
+        let state = state_ref(&self.state)?;
+        let last = state.last.as_ref().ok_or_else(|| ErrorReport::js("export", "nothing segmented yet", false))?;
+        let labels = render::labels_image(&last.segmentation).ok_or_else(|| ErrorReport::js("export", "the label map is damaged", false))?;
+        render::png(labels).map_err(|e| ErrorReport::js("export", e, false))
     }
 }

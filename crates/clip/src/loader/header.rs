@@ -169,7 +169,7 @@ fn require_shape<const N: usize>(header: &Metadata, layout: Layout, name: &str) 
 }
 
 fn heads_for(width: usize, what: &str) -> Result<usize, LoadError> {
-    if width == 0 || width % HEAD_DIM != 0 {
+    if width == 0 || !width.is_multiple_of(HEAD_DIM) {
         return Err(LoadError::Architecture(format!("{what} width {width} is not a multiple of the 64-wide CLIP heads")));
     }
     Ok(width / HEAD_DIM)

@@ -155,7 +155,8 @@ struct RoutineReport {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Report {
-    precision: &'static str,
+    #[serde(serialize_with = "precision_name")]
+    precision: Precision,
     windows: usize,
     crop: usize,
     layers: usize,
@@ -236,7 +237,7 @@ pub fn run(args: BenchMatmulArgs) -> Result<()> {
         Precision::F16 => None,
     };
     let report = Report {
-        precision: precision.name(),
+        precision,
         windows: args.windows.into(),
         crop: args.crop.into(),
         layers: config.vision.layers,
@@ -256,6 +257,11 @@ pub fn run(args: BenchMatmulArgs) -> Result<()> {
     Ok(())
 }
 
+/// The JSON spells the precision as the CLI does (`f32`, `f16`).
+fn precision_name<S: serde::Serializer>(precision: &Precision, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(precision.name())
+}
+
 /// The report as a Markdown table: a column per routine, a row per product,
 /// then the per-image sums, their ratio to burn's routine and the errors.
 fn print_table(r: &Report) {
@@ -263,7 +269,7 @@ fn print_table(r: &Report) {
     let row = |label: &str, cells: Vec<String>| println!("| {label} | {} |", cells.join(" | "));
     println!(
         "{} windows of {} px, {}: median ms per product ([batch, heads, m, k, n]); the last rows are one block's products x {} blocks\n",
-        r.windows, r.crop, r.precision, r.layers
+        r.windows, r.crop, r.precision.name(), r.layers
     );
     row("product", r.routines.iter().map(|x| x.routine.to_string()).collect());
     println!("|---|{}", "---:|".repeat(r.routines.len()));
@@ -283,7 +289,7 @@ fn print_table(r: &Report) {
     }
     match (r.fastest_exact, r.precision) {
         (Some(routine), _) => println!("fastest within {EXACT_F32:.0e} of the CPU: {routine}"),
-        (None, "f32") => println!("no routine ran every product within {EXACT_F32:.0e} of the CPU"),
+        (None, Precision::F32) => println!("no routine ran every product within {EXACT_F32:.0e} of the CPU"),
         (None, _) => {}
     }
 }

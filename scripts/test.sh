@@ -25,14 +25,32 @@ if [ ! -x node_modules/.bin/wasm-opt ] || [ package-lock.json -nt node_modules/.
 fi
 
 echo "== Rust tests (CPU backend and wgpu on lavapipe)"
-# lavapipe is installed above, so a test that finds no wgpu adapter fails
-# rather than skipping its wgpu half.
 # crates/web is glue for the browser with no tests of its own: the wasm build
 # below compiles it, and the browser tests run it.
-CLEARCLIP_REQUIRE_WGPU=1 cargo test --workspace --exclude clearclip-web --locked
+rust_tests=(cargo test --workspace --exclude clearclip-web --locked)
+"${rust_tests[@]}" --no-run
+# The wasm build needs nothing from the tests' results, so it starts now and
+# runs beside them (the wgpu tests wait on lavapipe, one core at a time; the
+# two build in separate profile directories, so neither waits for the other's
+# lock). Its output follows the tests'.
+wasm_log=$(mktemp)
+bash scripts/build-web.sh >"$wasm_log" 2>&1 &
+wasm_build=$!
+trap 'pkill -P "$wasm_build" 2>/dev/null; kill "$wasm_build" 2>/dev/null || true' EXIT
+# lavapipe is installed above, so a test that finds no wgpu adapter fails
+# rather than skipping its wgpu half.
+CLEARCLIP_REQUIRE_WGPU=1 "${rust_tests[@]}"
 
 echo "== wasm build"
-bash scripts/build-web.sh
+status=0
+wait "$wasm_build" || status=$?
+trap - EXIT
+cat "$wasm_log"
+rm -f "$wasm_log"
+if [ "$status" != 0 ]; then
+  echo "error: the wasm build failed (exit $status)" >&2
+  exit "$status"
+fi
 
 echo "== browser tests (headless Chromium with software WebGPU; Firefox ESR)"
 node --test --test-concurrency=1 web/tests/

@@ -24,6 +24,23 @@ let browser;
 let context;
 let cliProbs;
 let cliNaclipProbs;
+/**
+ * The WebGPU page of the first test, handed on to the WebGPU soak and then
+ * to the device-loss test: SwiftShader compiles every kernel again for each
+ * new page (76-140 s), and the worker keeps its device and kernels between
+ * runs. A test that fails leaves it null, and the next opens its own page.
+ */
+let webgpuPage = null;
+
+/** Take the WebGPU page over from the test before, or open one with `query`. */
+async function takeWebgpuPage(query) {
+  const page = webgpuPage;
+  webgpuPage = null;
+  if (page && !page.isClosed()) return { page, reused: true };
+  const fresh = await openApp(`weights=${WEIGHTS}&${query}`);
+  await waitForResult(fresh);
+  return { page: fresh, reused: false };
+}
 
 before(async () => {
   const out = cliSegment(join(ROOT, 'web/assets/example.png'), ['--mode', 'clearclip,naclip']);
@@ -215,12 +232,15 @@ test('segments a dropped image on WebGPU and matches the CLI', async () => {
   }
   // The setting stays in the link (the URL test reloads one).
   assert.match(page.url(), /precision=f16/);
-  await page.close();
+  webgpuPage = page;
 });
 
+// One template and windows without overlap, and 20 runs: SwiftShader runs
+// WebGPU on the CPU, slowly (50 runs took over 10 minutes in a CI run here).
+test('a soak of 20 runs keeps wasm and GPU memory flat (WebGPU)', () => soak('webgpu', 'templates=single&crop=448&stride=448', 20));
+
 test('a lost GPU device, twice in a row, is reported and the app recovers with its image and labels', async () => {
-  const page = await openApp(`weights=${WEIGHTS}`);
-  await waitForResult(page);
+  const { page } = await takeWebgpuPage('');
   await nextResult(page, () => setLabels(page, 'cat; sky'));
   const before = await pageProbs(page);
   for (const round of [1, 2]) {
@@ -503,12 +523,28 @@ test('every kind of image file: a result at its size, or a clear message (page s
 });
 
 /**
- * 50 consecutive runs changing image, labels, mode and threshold; wasm memory
- * (and, on WebGPU, the GPU allocator) read after every 10th run must stop growing.
+ * `runs` consecutive runs changing image, labels, mode and threshold; wasm
+ * memory (and, on WebGPU, the GPU allocator) read after every fifth of them
+ * must stop growing.
  */
-async function soak(backend, query) {
-  const page = await openApp(`weights=${WEIGHTS}&${query}`);
-  await waitForResult(page);
+async function soak(backend, query, runs) {
+  let page;
+  if (backend === 'webgpu') {
+    const taken = await takeWebgpuPage(query);
+    page = taken.page;
+    if (taken.reused) {
+      // The first test's page: the soak's settings through the page's own controls.
+      await nextResult(page, () => page.check('#single-template'));
+      await nextResult(page, async () => {
+        await page.fill('#stride', '448');
+        await page.dispatchEvent('#stride', 'change');
+      });
+      assert.equal(new URL(page.url()).searchParams.get('stride'), '448');
+    }
+  } else {
+    page = await openApp(`weights=${WEIGHTS}&${query}`);
+    await waitForResult(page);
+  }
   assert.equal(await page.evaluate(() => window.__clearclip.model.backend), backend);
   const images = [['fixtures/chelsea.png', 'chelsea.png', 'image/png'], ['web/assets/example.png', 'example.png', 'image/png'],
     ['fixtures/jpeg/baseline_420_q90.jpg', 'photo.jpg', 'image/jpeg']];
@@ -517,7 +553,8 @@ async function soak(backend, query) {
   const memory = [];
   const gpu = [];
   const started = Date.now();
-  for (let run = 1; run <= 50; run++) {
+  const every = runs / 5;
+  for (let run = 1; run <= runs; run++) {
     await nextResult(page, async () => {
       switch (run % 4) {
         case 0: return dropFile(page, join(ROOT, images[run % 3][0]), images[run % 3][1], images[run % 3][2]);
@@ -526,7 +563,7 @@ async function soak(backend, query) {
         default: return setSlider(page, '#threshold', String((run % 10) / 10));
       }
     });
-    if (run % 10 === 0) {
+    if (run % every === 0) {
       const r = await page.evaluate(() => window.__clearclip.result);
       memory.push(r.wasmMemoryBytes);
       gpu.push(r.result.deviceMemory);
@@ -535,7 +572,7 @@ async function soak(backend, query) {
   const mb = (bytes) => (bytes / 2 ** 20).toFixed(1);
   const wasm = memory.map(mb).join(' / ');
   const seconds = ((Date.now() - started) / 1000).toFixed(0);
-  let line = `soak (${backend}): 50 runs in ${seconds} s; wasm memory at runs 10/20/30/40/50: ${wasm} MB`;
+  let line = `soak (${backend}): ${runs} runs in ${seconds} s; wasm memory after each ${every}: ${wasm} MB`;
   if (backend === 'webgpu') {
     assert.ok(gpu.every(Boolean), 'the WebGPU backend reports its allocator');
     line += `; GPU in use ${gpu.map((g) => mb(g.bytesInUse)).join(' / ')} MB, reserved ${gpu.map((g) => mb(g.bytesReserved)).join(' / ')} MB`;
@@ -543,20 +580,18 @@ async function soak(backend, query) {
   }
   console.log(line);
   // Wasm memory only grows. A leaked result (labels, colours, maps: 0.05-3 MB a run
-  // here) grows it in every stretch of 10 runs; the allocator reaching a new high-water
-  // mark after an unlucky sequence of sizes is a single step (seen once: 36.4 to 38.8 MB
-  // between runs 30 and 40, flat after). Of the three stretches after run 20 at most
-  // one may grow, and by at most 10 % in all.
+  // here) grows it in every stretch between two readings; the allocator reaching a new
+  // high-water mark after an unlucky sequence of sizes is a single step (seen once: 36.4
+  // to 38.8 MB between runs 30 and 40 of 50, flat after). Of the three stretches after
+  // the second reading at most one may grow, and by at most 10 % in all.
   const grewIn = memory.slice(2).filter((m, i) => m > memory[i + 1]).length;
   assert.ok(grewIn <= 1 && memory[4] <= memory[1] * 1.1, `wasm memory keeps growing: ${wasm} MB`);
   assert.equal(await page.locator('#legend li').count(), (await pageLabels(page)).split(';').length);
-  await page.close();
+  if (backend === 'webgpu') webgpuPage = page;
+  else await page.close();
 }
 
-test('a soak of 50 runs changing image, labels, mode and threshold keeps wasm memory flat (wasm CPU)', () => soak('cpu', 'webgpu=0'));
-
-// One template and windows without overlap: SwiftShader runs WebGPU on the CPU, slowly.
-test('a soak of 50 runs keeps wasm and GPU memory flat (WebGPU)', () => soak('webgpu', 'templates=single&crop=448&stride=448'));
+test('a soak of 50 runs changing image, labels, mode and threshold keeps wasm memory flat (wasm CPU)', () => soak('cpu', 'webgpu=0', 50));
 
 test('bad files get a visible message and the app keeps its model and result', async () => {
   const page = await openApp(`weights=${WEIGHTS}&webgpu=0`); // error handling, not the GPU: keep it quick

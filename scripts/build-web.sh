@@ -29,9 +29,9 @@ fi
 # wasm-opt is npm's binaryen: compiled to wasm, it runs on one thread, so it
 # runs in the background while cargo builds the next module (whose long serial
 # stretches leave a core idle), and `finish` waits for all of them. -O1, not
-# -Oz: on web/pkg -Oz took over 6 minutes on this machine and made the
+# -Oz: on web/pkg -Oz took 8 minutes in a clean-clone CI run here and made the
 # gzipped module (what is downloaded) no smaller: 3.34 MB against -O1's
-# 3.19 MB in 2 minutes (raw 11.4 against 14.4 MB; 16.1 MB with no wasm-opt).
+# 3.19 MB in about 3 minutes (raw 11.4 against 14.4 MB; 16.1 MB with no wasm-opt).
 optimising=()
 bind() {
   local out=$1 wasm=$2

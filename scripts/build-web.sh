@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the wasm modules: web/pkg (WebGPU, and the CPU on one thread) and
-# web/pkg-threads (the CPU on a pool of web workers), each twice: as is, and
-# with relaxed SIMD's fused multiply-add for browsers that have it
-# (web/pkg-relaxed, web/pkg-threads-relaxed):
+# web/pkg-threads (the CPU on a pool of web workers), the latter twice: as is,
+# and with relaxed SIMD's fused multiply-add for browsers that have it
+# (web/pkg-threads-relaxed):
 # cargo (wasm32, profile wasm-release),
 # wasm-bindgen (installed at the exact version in Cargo.lock if missing),
 # then wasm-opt from npm's binaryen when node_modules has it. WASM_NAMES=1 keeps the
@@ -70,17 +70,13 @@ finish() {
 
 target=${CARGO_TARGET_DIR:-target}
 
-# web/pkg: WebGPU, and the CPU backend on the worker's one thread.
+# web/pkg: WebGPU, and the CPU backend on the worker's one thread (the CPU
+# path of pages that are not cross-origin isolated). It has no relaxed-SIMD
+# twin: that served only the one-thread CPU path in Chromium (0.88x the time
+# there; docs/performance.md), and cost CI a cargo build and a wasm-opt.
+rm -rf web/pkg-relaxed # left by earlier versions of this script
 cargo build -p clearclip-web --target wasm32-unknown-unknown --profile wasm-release --locked
 bind web/pkg "$target/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm"
-# web/pkg-relaxed: the same with gemm's register blocks multiplying and adding
-# in one `f32x4.relaxed_madd` (the `relaxed-simd` feature; vendor/gemm-f32;
-# docs/performance.md). Chromium and Firefox ESR 153 have relaxed SIMD,
-# Firefox ESR 140 and Safari do not: a module that uses it does not validate
-# there, so the worker takes a relaxed build only where a probe validates
-# (web/worker.js). Only gemm and the crates above it are compiled again for it.
-cargo build -p clearclip-web --target wasm32-unknown-unknown --profile wasm-release --locked --features relaxed-simd
-bind web/pkg-relaxed "$target/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm" --enable-relaxed-simd
 
 # web/pkg-threads: the CPU backend on a pool of web workers (the `threads`
 # feature), for cross-origin isolated pages without WebGPU (web/worker.js).
@@ -108,6 +104,11 @@ threaded() {
   bind "$out" "$target/wasm-threads/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm" --enable-threads "$@"
 }
 threaded web/pkg-threads threads
-# web/pkg-threads-relaxed: the same with relaxed SIMD, as web/pkg-relaxed.
+# web/pkg-threads-relaxed: the same with gemm's register blocks multiplying
+# and adding in one `f32x4.relaxed_madd` (the `relaxed-simd` feature;
+# vendor/gemm-f32; docs/performance.md). Chromium and Firefox ESR 153 have
+# relaxed SIMD, Firefox ESR 140 and Safari do not: a module that uses it does
+# not validate there, so the worker takes it only where a probe validates
+# (web/worker.js). Only gemm and the crates above it are compiled again for it.
 threaded web/pkg-threads-relaxed threads,relaxed-simd --enable-relaxed-simd
 finish

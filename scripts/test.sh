@@ -24,19 +24,21 @@ if [ ! -x node_modules/.bin/wasm-opt ] || [ package-lock.json -nt node_modules/.
   npm ci --no-audit --no-fund
 fi
 
-echo "== Rust tests (CPU backend and wgpu on lavapipe)"
-# crates/web is glue for the browser with no tests of its own: the wasm build
-# below compiles it, and the browser tests run it.
-rust_tests=(cargo test --workspace --exclude clearclip-web --locked)
-"${rust_tests[@]}" --no-run
-# The wasm build needs nothing from the tests' results, so it starts now and
-# runs beside them (the wgpu tests wait on lavapipe, one core at a time; the
-# two build in separate profile directories, so neither waits for the other's
-# lock). Its output follows the tests'.
+# The wasm build needs nothing from the Rust tests, so it runs beside them
+# from the start: each build has serial stretches (one large crate, a link,
+# wasm-opt on one thread) that leave a core to the other, and the Rust tests
+# wait on lavapipe, mostly on one core. The two build in separate profile
+# directories, so neither waits for the other's lock. Its output follows the
+# tests'.
 wasm_log=$(mktemp)
 bash scripts/build-web.sh >"$wasm_log" 2>&1 &
 wasm_build=$!
 trap 'pkill -P "$wasm_build" 2>/dev/null; kill "$wasm_build" 2>/dev/null || true' EXIT
+
+echo "== Rust tests (CPU backend and wgpu on lavapipe)"
+# crates/web is glue for the browser with no tests of its own: the wasm build
+# compiles it, and the browser tests run it.
+rust_tests=(cargo test --workspace --exclude clearclip-web --locked)
 # lavapipe is installed above, so a test that finds no wgpu adapter fails
 # rather than skipping its wgpu half.
 CLEARCLIP_REQUIRE_WGPU=1 "${rust_tests[@]}"

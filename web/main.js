@@ -80,8 +80,11 @@ function startWorker() {
   };
 }
 
-/** Load the weights now: cached ones, a dropped file, or after the user agreed to download. */
-function loadModel() {
+/**
+ * Load the weights now: cached ones, a dropped file, or after the user agreed
+ * to download. `warmUp: false` skips the GPU kernels' warm-up run.
+ */
+function loadModel({ warmUp = true } = {}) {
   $('weights-url').value = state.weightsFile ? '' : state.weightsUrl;
   $('weights-url').placeholder = state.weightsFile ? `local file: ${state.weightsFile.name}` : '';
   // The current model (if any) keeps serving until the new one is ready.
@@ -90,7 +93,7 @@ function loadModel() {
   state.error = null;
   state.loadNotice = null;
   worker.postMessage({ type: MSG.LOAD, url: state.weightsUrl, file: state.weightsFile,
-    gelu: state.gelu, half: state.half });
+    gelu: state.gelu, half: state.half, warmUp });
   render();
 }
 
@@ -265,7 +268,9 @@ function onError(msg) {
     state.model = null;
     state.running = false;
     startWorker();
-    loadModel();
+    // No warm-up: the user's run follows at once and compiles the same
+    // kernels; a warm-up would only delay it by a run on a blank image.
+    loadModel({ warmUp: false });
   }
 }
 

@@ -3,7 +3,8 @@
 // carry the id of the request they answer.
 //
 // page -> worker
-//   {type: 'load', url?, file?, gelu, half}   load weights (URL with cache, or a File); half: f16 where the GPU has shader-f16
+//   {type: 'load', url?, file?, gelu, half, warmUp}   load weights (URL with cache, or a File); half: f16 where the GPU
+//      has shader-f16; warmUp: false skips the kernels' warm-up (a restart, whose waiting run compiles them)
 //   {type: 'segment', id, image: {id, blob}, request, compare?}
 //      image: the file as dropped (a Blob), decoded by the worker in wasm as the CLI decodes it, once per image id;
 //      request: a SegmentRequest (crates/segment/src/request.rs): {labels, params: {lastBlock, crop, stride,
@@ -21,7 +22,8 @@
 //      download/cache/file: bytes of the weights streamed (each tensor is converted and uploaded as it
 //      completes); prepare: the tokenizer, the segmenter and (WebGPU) the kernels' warm-up; text/image: a run's class names and windows
 //   {type: 'ready', backend: 'webgpu'|'cpu', description, source: 'network'|'cache'|'file', warning?, loadMs,
-//      warmUpMs}  warmUpMs: part of loadMs spent compiling the GPU kernels (one run on a blank image; 0 on the CPU)
+//      warmUpMs}  warmUpMs: part of loadMs spent compiling the GPU kernels (one run on a blank image; 0 on the CPU
+//      and when skipped)
 //   {type: 'result', id, result, compare?, wasmMemoryBytes}  result: ResultSummary (crates/web) with typed arrays
 //                                                         transferred: labels and labelColors (RGBA) at full
 //                                                         size, probs every probsStride-th pixel;

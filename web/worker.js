@@ -20,9 +20,9 @@ let wasmMemory = null; // to report its size: wasm memory grows and never shrink
 // pkg/ has WebGPU and a CPU backend on this worker's one thread; pkg-threads/
 // has only the CPU backend, on a pool of web workers sharing its memory
 // (wasm-bindgen-rayon), which needs a cross-origin isolated page (the COOP and
-// COEP headers that scripts/serve.mjs sends). pkg-relaxed/ and
-// pkg-threads-relaxed/ are the same built with relaxed SIMD (fused
-// multiply-adds in the matrix products), taken where the browser has it. The
+// COEP headers that scripts/serve.mjs sends). pkg-threads-relaxed/ is the
+// pool's module built with relaxed SIMD (fused multiply-adds in the matrix
+// products), taken where the browser has it. The
 // page says in this worker's URL whether it wants WebGPU (`webgpu=0`: no), how
 // many threads (`threads=N`; 1 is the one-thread module) and whether relaxed
 // SIMD may be used (`relaxed=0`: no).
@@ -41,14 +41,14 @@ const threads = wantsGpu || !self.crossOriginIsolated ? 1
 
 const relaxed = workerParams.get('relaxed') !== '0' && hasRelaxedSimd();
 
-/** The glue of build `name` (pkg or pkg-threads): its relaxed-SIMD variant where that may be used. */
-const importBuild = (name) => import(`./${name}${relaxed ? '-relaxed' : ''}/clearclip_web.js`);
+/** The glue of the pool's module: its relaxed-SIMD build where that may be used. */
+const importThreaded = () => import(`./pkg-threads${relaxed ? '-relaxed' : ''}/clearclip_web.js`);
 
 /** The threaded module with its pool started, or the one-thread module where that cannot be. */
 async function instantiate() {
   if (threads > 1) {
     try {
-      const threaded = await importBuild('pkg-threads');
+      const threaded = await importThreaded();
       const exports = await threaded.default();
       await threaded.initThreadPool(threads);
       return { module: threaded, exports };
@@ -56,7 +56,7 @@ async function instantiate() {
       console.warn(`the threaded CPU module failed (${e?.message ?? e}); using one thread`);
     }
   }
-  const single = await importBuild('pkg');
+  const single = await import('./pkg/clearclip_web.js');
   return { module: single, exports: await single.default() };
 }
 
@@ -102,7 +102,7 @@ function fail(stage, error, id) {
   post({ type: MSG.ERROR, stage, id, message: String(error?.message ?? error), fatal, cancelled });
 }
 
-async function load({ url, file, gelu, half }) {
+async function load({ url, file, gelu, half, warmUp }) {
   const started = performance.now();
   let weights = null; // the loader, until the segmenter takes it over
   loadAbort?.abort(); // a newer load replaces one under way
@@ -120,9 +120,9 @@ async function load({ url, file, gelu, half }) {
     weights = null;
     const next = wasm.WebSegmenter.create(taken, tokenizerBytes);
     // On WebGPU the kernels compile now, as part of loading, so the first image
-    // costs what the next ones do.
+    // costs what the next ones do (unless the page says a run follows at once).
     let warmUpMs = 0;
-    if (next.backend() === 'webgpu') {
+    if (next.backend() === 'webgpu' && warmUp !== false) {
       try {
         warmUpMs = await next.warmUp();
       } catch (e) {

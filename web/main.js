@@ -622,11 +622,13 @@ function wireModel() {
     $(id).addEventListener('change', (e) => {
       state[key] = e.target.checked;
       syncUrl();
-      if (state.model || state.loading) loadModel();
+      // The same weights again: where an image is shown, its run follows at
+      // once and compiles the kernels, so a warm-up would only delay it.
+      if (state.model || state.loading) loadModel({ warmUp: !state.image });
     });
   }
-  $('load-model').addEventListener('click', loadModel);
-  $('retry').addEventListener('click', loadModel);
+  $('load-model').addEventListener('click', () => loadModel());
+  $('retry').addEventListener('click', () => loadModel());
   $('cancel-load').addEventListener('click', () => worker.postMessage({ type: MSG.CANCEL, what: 'load' }));
 }
 

@@ -4,7 +4,7 @@
 //
 // page -> worker
 //   {type: 'load', url?, file?, gelu, half, warmUp}   load weights (URL with cache, or a File); half: f16 where the GPU
-//      has shader-f16; warmUp: false skips the kernels' warm-up (a restart, whose waiting run compiles them)
+//      has shader-f16; warmUp: false skips the kernels' warm-up (a reload whose image runs at once and compiles them)
 //   {type: 'segment', id, image: {id, blob}, request, compare?}
 //      image: the file as dropped (a Blob), decoded by the worker in wasm as the CLI decodes it, once per image id;
 //      request: a SegmentRequest (crates/segment/src/request.rs): {labels, params: {lastBlock, crop, stride,

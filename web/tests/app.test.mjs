@@ -228,6 +228,7 @@ test('f16 asked for: f16 where the GPU has shader-f16, else f32 and a note sayin
   const halfModel = await page.evaluate(() => window.__clearclip.model);
   const description = halfModel.description;
   assert.equal(halfModel.backend, 'webgpu', page.logs.join('\n'));
+  assert.equal(halfModel.warmUpMs, 0, 'with an image shown, its run is the warm-up');
   const hasF16 = await page.evaluate(async () => (await navigator.gpu.requestAdapter())?.features.has('shader-f16') ?? false);
   const halfDiff = maxAbsDiff(await pageProbs(page), f32Probs);
   console.log(`webgpu, f16 asked for (adapter shader-f16: ${hasF16}): "${description}"; vs f32: max abs diff ${halfDiff.toExponential(2)}`);

@@ -22,10 +22,10 @@ let wasmMemory = null; // to report its size: wasm memory grows and never shrink
 // (wasm-bindgen-rayon), which needs a cross-origin isolated page (the COOP and
 // COEP headers that scripts/serve.mjs sends). pkg-threads-relaxed/ is the
 // pool's module built with relaxed SIMD (fused multiply-adds in the matrix
-// products), taken where the browser has it. The
-// page says in this worker's URL whether it wants WebGPU (`webgpu=0`: no), how
-// many threads (`threads=N`; 1 is the one-thread module) and whether relaxed
-// SIMD may be used (`relaxed=0`: no).
+// products), taken where the browser has it. The page says in this worker's
+// URL whether it wants WebGPU (`webgpu=0`: no), how many threads
+// (`threads=N`; 1 is the one-thread module) and whether relaxed SIMD may be
+// used (`relaxed=0`: no).
 //
 // Without WebGPU the pool is the default on a cross-origin isolated page, one
 // thread per core the browser reports (at most 16); `threads=1` asks for the

@@ -209,8 +209,8 @@ test('segments a dropped image on WebGPU and matches the CLI', async () => {
 });
 
 // One template, windows without overlap (2 for these photos instead of 3), and
-// 10 runs: SwiftShader runs WebGPU on the CPU, slowly (a run of the 20 here
-// took 31 s in the last CI run; a full run on 3 windows 70 s in a benchmark).
+// 10 runs: SwiftShader runs WebGPU on the CPU, slowly (10 runs took 78-182 s
+// here, 20 took 626 s in a CI run).
 test('a soak of 10 runs keeps wasm and GPU memory flat (WebGPU)', () => soak('webgpu', 'templates=single&crop=448&stride=448', 10));
 
 test('f16 asked for: f16 where the GPU has shader-f16, else f32 and a note saying why', async () => {

@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
 # Builds the wasm modules: web/pkg (WebGPU, and the CPU on one thread) and
-# web/pkg-threads (the CPU on a pool of web workers), the latter twice: as is,
-# and with relaxed SIMD's fused multiply-add for browsers that have it
-# (web/pkg-threads-relaxed):
+# web/pkg-threads (the CPU on a pool of web workers, with relaxed SIMD):
 # cargo (wasm32, profile wasm-release),
 # wasm-bindgen (installed at the exact version in Cargo.lock if missing),
 # then wasm-opt from npm's binaryen when node_modules has it. WASM_NAMES=1 keeps the
@@ -74,12 +72,20 @@ target=${CARGO_TARGET_DIR:-target}
 # path of pages that are not cross-origin isolated). It has no relaxed-SIMD
 # twin: that served only the one-thread CPU path in Chromium (0.88x the time
 # there; docs/performance.md), and cost CI a cargo build and a wasm-opt.
-rm -rf web/pkg-relaxed # left by earlier versions of this script
+rm -rf web/pkg-relaxed web/pkg-threads-relaxed # left by earlier versions of this script
 cargo build -p clearclip-web --target wasm32-unknown-unknown --profile wasm-release --locked
 bind web/pkg "$target/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm"
 
 # web/pkg-threads: the CPU backend on a pool of web workers (the `threads`
-# feature), for cross-origin isolated pages without WebGPU (web/worker.js).
+# feature), for cross-origin isolated pages without WebGPU (web/worker.js),
+# with gemm's register blocks multiplying and adding in one
+# `f32x4.relaxed_madd` (the `relaxed-simd` feature; vendor/gemm-f32;
+# docs/performance.md: 0.84-0.87x the time of the module without it).
+# Chromium and Firefox ESR 153 have relaxed SIMD; a browser without it
+# (Safari, Firefox ESR 140, Chromium before 114), where such a module does not
+# validate, gets the one-thread module and a note saying why (web/worker.js).
+# A second pool module without relaxed SIMD for those was dropped: it cost CI
+# a cargo build and a wasm-opt.
 # Threads in wasm need atomics in every crate, std included, so std is rebuilt
 # from the rust-src component (-Z build-std, allowed on this stable toolchain
 # by RUSTC_BOOTSTRAP=1). The link makes the memory shared and imported (the
@@ -103,12 +109,5 @@ threaded() {
     --no-default-features --features "$features" -Z build-std=panic_abort,std -- "${shared_memory[@]/#/-Clink-arg=}"
   bind "$out" "$target/wasm-threads/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm" --enable-threads "$@"
 }
-threaded web/pkg-threads threads
-# web/pkg-threads-relaxed: the same with gemm's register blocks multiplying
-# and adding in one `f32x4.relaxed_madd` (the `relaxed-simd` feature;
-# vendor/gemm-f32; docs/performance.md). Chromium and Firefox ESR 153 have
-# relaxed SIMD, Firefox ESR 140 and Safari do not: a module that uses it does
-# not validate there, so the worker takes it only where a probe validates
-# (web/worker.js). Only gemm and the crates above it are compiled again for it.
-threaded web/pkg-threads-relaxed threads,relaxed-simd --enable-relaxed-simd
+threaded web/pkg-threads threads,relaxed-simd --enable-relaxed-simd
 finish

@@ -20,12 +20,13 @@ let wasmMemory = null; // to report its size: wasm memory grows and never shrink
 // pkg/ has WebGPU and a CPU backend on this worker's one thread; pkg-threads/
 // has only the CPU backend, on a pool of web workers sharing its memory
 // (wasm-bindgen-rayon), which needs a cross-origin isolated page (the COOP and
-// COEP headers that scripts/serve.mjs sends). pkg-threads-relaxed/ is the
-// pool's module built with relaxed SIMD (fused multiply-adds in the matrix
-// products), taken where the browser has it. The page says in this worker's
-// URL whether it wants WebGPU (`webgpu=0`: no), how many threads
-// (`threads=N`; 1 is the one-thread module) and whether relaxed SIMD may be
-// used (`relaxed=0`: no).
+// COEP headers that scripts/serve.mjs sends). The pool's module is built with
+// relaxed SIMD (fused multiply-adds in the matrix products), so it runs only
+// where the browser has that; elsewhere the worker takes the one-thread
+// module and says why. The page says in this worker's URL whether it wants
+// WebGPU (`webgpu=0`: no), how many threads (`threads=N`; 1 is the
+// one-thread module) and whether relaxed SIMD may be used (`relaxed=0`: no,
+// as in a browser without it).
 //
 // Without WebGPU the pool is the default on a cross-origin isolated page, one
 // thread per core the browser reports (at most 16); `threads=1` asks for the
@@ -36,19 +37,18 @@ const workerParams = new URL(self.location.href).searchParams;
 const asksGpu = workerParams.get('webgpu') !== '0';
 const wantsGpu = asksGpu && 'gpu' in navigator;
 const askedThreads = Math.floor(Number(workerParams.get('threads')));
-const threads = wantsGpu || !self.crossOriginIsolated ? 1
+const poolThreads = wantsGpu || !self.crossOriginIsolated ? 1
   : Math.min(64, Math.max(1, askedThreads || Math.min(16, navigator.hardwareConcurrency || 1)));
-
 const relaxed = workerParams.get('relaxed') !== '0' && hasRelaxedSimd();
-
-/** The glue of the pool's module: its relaxed-SIMD build where that may be used. */
-const importThreaded = () => import(`./pkg-threads${relaxed ? '-relaxed' : ''}/clearclip_web.js`);
+const threads = relaxed ? poolThreads : 1;
+/** Said with the model's description where the pool was wanted but cannot run. */
+const threadsNote = poolThreads > 1 && !relaxed ? ' (one thread: the pool needs relaxed SIMD, which this browser lacks)' : '';
 
 /** The threaded module with its pool started, or the one-thread module where that cannot be. */
 async function instantiate() {
   if (threads > 1) {
     try {
-      const threaded = await importThreaded();
+      const threaded = await import('./pkg-threads/clearclip_web.js');
       const exports = await threaded.default();
       await threaded.initThreadPool(threads);
       return { module: threaded, exports };
@@ -139,7 +139,7 @@ async function load({ url, file, gelu, half, warmUp }) {
     post({
       type: MSG.READY,
       backend: segmenter.backend(),
-      description: segmenter.description() + (asksGpu && !wantsGpu ? ' (this browser has no WebGPU)' : ''),
+      description: segmenter.description() + (asksGpu && !wantsGpu ? ' (this browser has no WebGPU)' : '') + threadsNote,
       source,
       warning,
       loadMs: performance.now() - started,

@@ -15,7 +15,11 @@ version=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/version = |"/, ""); pri
 if ! wasm-bindgen --version 2>/dev/null | grep -qF "$version"; then
   echo "installing wasm-bindgen-cli $version" >&2
   # Not --locked: its lockfile names a webpki-roots release the registry no longer serves.
-  cargo install wasm-bindgen-cli --version "=$version"
+  # Only the one binary, without TLS (only the test runner's WebDriver client uses it) and at
+  # opt-level 1: 415 CPU-seconds to build here against 693 with the defaults, the same
+  # output byte for byte, a second or two slower on web/pkg (a fresh CI machine builds it).
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 cargo install wasm-bindgen-cli --version "=$version" \
+    --no-default-features --bin wasm-bindgen
 fi
 
 # wasm-opt comes from npm's binaryen: a fresh clone installs it (as `npm test` does).

@@ -318,7 +318,8 @@ impl RequestArgs {
         Ok(classes)
     }
 
-    /// The settings of every --mode: defaults, then the preset's, then the flags.
+    /// The settings of every --mode: defaults, then the preset's, then the
+    /// flags; checked, so that a mistyped flag is refused before the model loads.
     fn params_per_mode(&self) -> Result<Vec<(DenseMode, SegmentParams)>> {
         let overrides = self.overrides();
         if self.mode.len() > 1 && !overrides.is_empty() {
@@ -345,7 +346,9 @@ impl RequestArgs {
             if runs.iter().any(|(m, _)| *m == mode) {
                 bail!("--mode {} is given twice", mode.name());
             }
-            runs.push((mode, SegmentParams { last_block: overrides.apply(mode)?, ..base.clone() }));
+            let params = SegmentParams { last_block: overrides.apply(mode)?, ..base.clone() };
+            params.validate()?;
+            runs.push((mode, params));
         }
         Ok(runs)
     }

@@ -215,6 +215,24 @@ fn bad_input_gets_a_clear_message_and_writes_nothing() {
     knob.extend(["--preset", "imagenet"]);
     assert_refused(&knob, "unknown preset", &out);
 
+    // Settings that cannot run are refused before the weights are read (the
+    // weights here do not exist), each with one message naming the setting.
+    for (flags, message) in [
+        (&["--stride", "500"][..], "a stride of 500 px, larger than the crop of 448 px"),
+        (&["--stride", "0"], "the stride must be at least 1 px"),
+        (&["--short-side", "0"], "the short side must be between 1 and the long-side cap of 2048 px, not 0"),
+        (&["--logit-scale", "nan"], "the logit scale must be a positive number, not NaN"),
+        (&["--background-threshold", "2"], "the background threshold must be between 0 and 1, not 2"),
+    ] {
+        let args = [&segment_args("/nonexistent/w.safetensors", &image, "cat", out_s)[..], flags].concat();
+        assert_refused(&args, message, &out);
+        let stderr = String::from_utf8_lossy(&clearclip(&args).stderr).into_owned();
+        assert_eq!(stderr.matches(message).count(), 1, "said once: {stderr}");
+    }
+    // The crop is checked against the model's patch once the model is known.
+    let args = [&segment_args(&weights, &image, "cat", out_s)[..], &["--crop", "8", "--stride", "8"]].concat();
+    assert_refused(&args, "the crop must be at least the model's patch (16 px), not 8", &out);
+
     let small = tmp.path().join("small.png");
     image::RgbImage::new(12, 30).save(&small).unwrap();
     assert_refused(&segment_args(&weights, small.to_str().unwrap(), "cat", out_s), "at least one patch", &out);

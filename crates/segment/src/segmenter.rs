@@ -90,6 +90,33 @@ impl SegmentParams {
     pub fn describe_last_block(&self) -> String {
         format!("{}{}", self.last_block, if self.pamr.is_some() { ", then PAMR" } else { "" })
     }
+
+    /// Whether these settings can be run with any model; [`Segmenter::segment`]
+    /// also checks the crop against the model's patch. The CLI calls this
+    /// before it loads the weights, so a mistyped flag costs no model load.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let Self { short_side, long_side_cap, crop, stride, logit_scale, background_threshold, .. } = *self;
+        if short_side == 0 || short_side > long_side_cap {
+            return Err(SettingsError::ShortSide { short_side, long_side_cap });
+        }
+        if stride == 0 {
+            return Err(SettingsError::ZeroStride);
+        }
+        if stride > crop {
+            return Err(SettingsError::StrideAboveCrop { stride, crop });
+        }
+        if !(logit_scale.is_finite() && logit_scale > 0.0) {
+            return Err(SettingsError::LogitScale(logit_scale));
+        }
+        if !(0.0..=1.0).contains(&background_threshold) {
+            return Err(SettingsError::BackgroundThreshold(background_threshold));
+        }
+        self.last_block.validate()?;
+        if let Some(pamr) = &self.pamr {
+            pamr.validate()?;
+        }
+        Ok(())
+    }
 }
 
 /// Images above this many pixels are refused: the probability maps are kept
@@ -99,13 +126,22 @@ pub const MAX_IMAGE_PIXELS: u64 = 40_000_000;
 /// PAMR keeps 8 affinities per pixel and dilation: it is refused above this.
 pub const MAX_PAMR_PIXELS: u64 = 16_000_000;
 
-/// Settings that cannot be run.
+/// Settings that cannot be run. Each message names the one setting at
+/// fault, for the CLI's flags and the page's controls alike.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SettingsError {
-    #[error("crop {crop} (at least the patch, {patch}), stride {stride} (> 0), short side {short_side} (> 0, at most the long-side cap {long_side_cap})")]
-    Geometry { crop: usize, stride: usize, short_side: u32, long_side_cap: u32, patch: usize },
-    #[error("stride {stride} larger than the crop {crop} would leave gaps")]
+    #[error("the short side must be between 1 and the long-side cap of {long_side_cap} px, not {short_side}")]
+    ShortSide { short_side: u32, long_side_cap: u32 },
+    #[error("the crop must be at least the model's patch ({patch} px), not {crop}")]
+    CropBelowPatch { crop: usize, patch: usize },
+    #[error("the stride must be at least 1 px")]
+    ZeroStride,
+    #[error("a stride of {stride} px, larger than the crop of {crop} px, would leave pixels no window sees")]
     StrideAboveCrop { stride: usize, crop: usize },
+    #[error("the logit scale must be a positive number, not {0}")]
+    LogitScale(f32),
+    #[error("the background threshold must be between 0 and 1, not {0}")]
+    BackgroundThreshold(f32),
     #[error(transparent)]
     LastBlock(#[from] LastBlockError),
     #[error("PAMR needs positive dilations, not {0:?}")]
@@ -120,7 +156,7 @@ pub enum SegmentError {
     TooLarge { width: u32, height: u32 },
     #[error("PAMR is limited to {} megapixels; this image has {}: downscale it or turn PAMR off", MAX_PAMR_PIXELS / 1_000_000, *.0 / 1_000_000)]
     PamrTooLarge(u64),
-    #[error("invalid settings: {0}")]
+    #[error(transparent)]
     Settings(#[from] SettingsError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
@@ -784,25 +820,18 @@ impl Segmenter {
 }
 
 fn validate(width: u32, height: u32, patch: usize, params: &SegmentParams) -> Result<(), SegmentError> {
+    params.validate()?;
+    if params.crop < patch {
+        return Err(SettingsError::CropBelowPatch { crop: params.crop, patch }.into());
+    }
     if (width as usize) < patch || (height as usize) < patch {
         return Err(SegmentError::TooSmall { width, height, patch });
     }
     if width as u64 * height as u64 > MAX_IMAGE_PIXELS {
         return Err(SegmentError::TooLarge { width, height });
     }
-    let SegmentParams { crop, stride, short_side, long_side_cap, .. } = *params;
-    if crop < patch || stride == 0 || short_side == 0 || long_side_cap < short_side {
-        return Err(SettingsError::Geometry { crop, stride, short_side, long_side_cap, patch }.into());
-    }
-    params.last_block.validate().map_err(SettingsError::from)?;
-    if let Some(pamr) = &params.pamr {
-        pamr.validate()?;
-        if width as u64 * height as u64 > MAX_PAMR_PIXELS {
-            return Err(SegmentError::PamrTooLarge(width as u64 * height as u64));
-        }
-    }
-    if stride > crop {
-        return Err(SettingsError::StrideAboveCrop { stride, crop }.into());
+    if params.pamr.is_some() && width as u64 * height as u64 > MAX_PAMR_PIXELS {
+        return Err(SegmentError::PamrTooLarge(width as u64 * height as u64));
     }
     Ok(())
 }
@@ -825,3 +854,52 @@ fn crop_padded(pixels: &Maps, w: &Window) -> Vec<f32> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_cannot_run_are_refused_naming_the_setting() {
+        let ok = SegmentParams::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let refused = |params: SegmentParams| params.validate().unwrap_err();
+        assert_eq!(refused(SegmentParams { short_side: 0, ..ok.clone() }), SettingsError::ShortSide { short_side: 0, long_side_cap: 2048 });
+        assert_eq!(refused(SegmentParams { short_side: 2049, ..ok.clone() }), SettingsError::ShortSide { short_side: 2049, long_side_cap: 2048 });
+        assert_eq!(refused(SegmentParams { stride: 0, ..ok.clone() }), SettingsError::ZeroStride);
+        assert_eq!(refused(SegmentParams { stride: 449, ..ok.clone() }), SettingsError::StrideAboveCrop { stride: 449, crop: 448 });
+        assert_eq!(SegmentParams { stride: 448, ..ok.clone() }.validate(), Ok(()));
+        for scale in [0.0, -1.0, f32::INFINITY] {
+            assert_eq!(refused(SegmentParams { logit_scale: scale, ..ok.clone() }), SettingsError::LogitScale(scale));
+        }
+        assert!(matches!(refused(SegmentParams { logit_scale: f32::NAN, ..ok.clone() }), SettingsError::LogitScale(s) if s.is_nan()));
+        for threshold in [-0.01, 1.01] {
+            assert_eq!(refused(SegmentParams { background_threshold: threshold, ..ok.clone() }), SettingsError::BackgroundThreshold(threshold));
+        }
+        assert!(matches!(refused(SegmentParams { background_threshold: f32::NAN, ..ok.clone() }), SettingsError::BackgroundThreshold(t) if t.is_nan()));
+        assert_eq!(SegmentParams { background_threshold: 1.0, ..ok.clone() }.validate(), Ok(()));
+        let residual = LastBlock { residual: clearclip_model::Residual::Keep { attention_scale: f32::NAN }, ..ok.last_block.clone() };
+        assert!(matches!(refused(SegmentParams { last_block: residual, ..ok.clone() }), SettingsError::LastBlock(_)));
+        let pamr = Pamr { dilations: vec![8, 0], ..Pamr::default() };
+        assert_eq!(refused(SegmentParams { pamr: Some(pamr), ..ok }), SettingsError::PamrDilations(vec![8, 0]));
+    }
+
+    #[test]
+    fn a_settings_error_reads_as_one_message() {
+        // What a reporter prints (anyhow's `{:#}`): the error, then each source.
+        let chain = |err: &dyn std::error::Error| {
+            let mut parts = vec![err.to_string()];
+            let mut source = err.source();
+            while let Some(e) = source {
+                parts.push(e.to_string());
+                source = e.source();
+            }
+            parts.join(": ")
+        };
+        let err = SegmentError::from(SettingsError::StrideAboveCrop { stride: 500, crop: 448 });
+        assert_eq!(chain(&err), "a stride of 500 px, larger than the crop of 448 px, would leave pixels no window sees");
+        let err = SegmentError::from(SettingsError::from(LastBlockError::ResidualScale(f32::NAN)));
+        assert_eq!(chain(&err), "the residual scale must be a finite number, not NaN");
+    }
+}
+

@@ -37,7 +37,7 @@ fn pad(size: usize, patch: usize) -> (usize, usize) {
 /// direction is flush with the border. None for a zero crop or stride.
 pub fn sliding_windows(width: usize, height: usize, crop: usize, stride: usize, patch: usize) -> Vec<Window> {
     if crop == 0 || stride == 0 {
-        return Vec::new(); // refused earlier with a message (`SettingsError::Geometry`)
+        return Vec::new(); // refused earlier with a message (`SegmentParams::validate`)
     }
     let grids = |size: usize| (size + stride).saturating_sub(crop + 1) / stride + 1;
     let mut windows = Vec::new();

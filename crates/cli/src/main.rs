@@ -397,6 +397,7 @@ fn segment(args: SegmentArgs) -> Result<()> {
         bail!("--opacity must be between 0 and 1");
     }
     let runs = args.request.params_per_mode()?;
+    output::check_output_dir(&args.out)?;
     let image = read_image(&args.image)?;
     let (mut segmenter, _) = load_segmenter(&args.model)?;
     let several = runs.len() > 1;

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clearclip_segment::render::{self, png};
 use clearclip_segment::Segmentation;
 use image::RgbImage;
@@ -27,6 +27,24 @@ pub fn npy_f32(data: &[f32], shape: &[usize]) -> Vec<u8> {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out
+}
+
+/// Refuses, before any work, an output folder that cannot be made: the path
+/// or one of its ancestors is a file, or the nearest existing ancestor is
+/// read-only. Nothing is created here; [`write_results`] does that at the end.
+pub fn check_output_dir(dir: &Path) -> Result<()> {
+    let Some(existing) = dir.ancestors().find(|a| a.as_os_str().is_empty() || a.exists()) else {
+        return Ok(());
+    };
+    let existing = if existing.as_os_str().is_empty() { Path::new(".") } else { existing };
+    let metadata = std::fs::metadata(existing).with_context(|| format!("cannot write into {}", dir.display()))?;
+    if !metadata.is_dir() {
+        bail!("cannot write into {}: {} is a file, not a folder", dir.display(), existing.display());
+    }
+    if metadata.permissions().readonly() {
+        bail!("cannot write into {}: {} is read-only", dir.display(), existing.display());
+    }
+    Ok(())
 }
 
 pub fn write_results(dir: &Path, image: &RgbImage, seg: &Segmentation, opacity: f32) -> Result<()> {
@@ -60,6 +78,28 @@ pub fn write_results(dir: &Path, image: &RgbImage, seg: &Segmentation, opacity: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_output_folder_that_cannot_be_made_is_refused_before_any_work() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("a_file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(check_output_dir(&tmp.path().join("new/deeper")).is_ok());
+        assert!(check_output_dir(tmp.path()).is_ok());
+        assert!(check_output_dir(Path::new("relative_out")).is_ok());
+        for blocked in [file.clone(), file.join("out")] {
+            let err = check_output_dir(&blocked).unwrap_err().to_string();
+            assert!(err.contains("is a file, not a folder"), "{err}");
+        }
+        let read_only = tmp.path().join("read_only");
+        std::fs::create_dir(&read_only).unwrap();
+        let mut permissions = std::fs::metadata(&read_only).unwrap().permissions();
+        permissions.set_readonly(true);
+        std::fs::set_permissions(&read_only, permissions).unwrap();
+        let err = check_output_dir(&read_only.join("out")).unwrap_err().to_string();
+        assert!(err.contains("is read-only"), "{err}");
+        assert!(!read_only.join("out").exists() && !tmp.path().join("new").exists(), "nothing is created");
+    }
 
     #[test]
     fn npy_header_is_aligned() {

@@ -229,6 +229,11 @@ fn bad_input_gets_a_clear_message_and_writes_nothing() {
         let stderr = String::from_utf8_lossy(&clearclip(&args).stderr).into_owned();
         assert_eq!(stderr.matches(message).count(), 1, "said once: {stderr}");
     }
+    // An output folder that cannot be made is refused before the weights are read.
+    let args = segment_args("/nonexistent/w.safetensors", &image, "cat", not_image.to_str().unwrap());
+    let stderr = String::from_utf8_lossy(&clearclip(&args).stderr).into_owned();
+    assert!(stderr.contains("is a file, not a folder"), "{stderr}");
+    assert_eq!(std::fs::read(&not_image).unwrap(), b"these are not pixels", "the file is kept");
     // The crop is checked against the model's patch once the model is known.
     let args = [&segment_args(&weights, &image, "cat", out_s)[..], &["--crop", "8", "--stride", "8"]].concat();
     assert_refused(&args, "the crop must be at least the model's patch (16 px), not 8", &out);

@@ -33,10 +33,11 @@ pub fn npy_f32(data: &[f32], shape: &[usize]) -> Vec<u8> {
 /// or one of its ancestors is a file, or the nearest existing ancestor is
 /// read-only. Nothing is created here; [`write_results`] does that at the end.
 pub fn check_output_dir(dir: &Path) -> Result<()> {
-    let Some(existing) = dir.ancestors().find(|a| a.as_os_str().is_empty() || a.exists()) else {
+    // A relative path's last ancestor is "", the working folder.
+    let mut ancestors = dir.ancestors().map(|a| if a.as_os_str().is_empty() { Path::new(".") } else { a });
+    let Some(existing) = ancestors.find(|a| a.exists()) else {
         return Ok(());
     };
-    let existing = if existing.as_os_str().is_empty() { Path::new(".") } else { existing };
     let metadata = std::fs::metadata(existing).with_context(|| format!("cannot write into {}", dir.display()))?;
     if !metadata.is_dir() {
         bail!("cannot write into {}: {} is a file, not a folder", dir.display(), existing.display());

@@ -168,12 +168,14 @@ fn a_real_jpeg_photo_gives_the_reference_probabilities() {
     }
 }
 
-fn assert_refused(args: &[&str], message: &str, out_dir: &Path) {
+/// Runs the CLI, which must fail with `message` and write nothing; returns its stderr.
+fn assert_refused(args: &[&str], message: &str, out_dir: &Path) -> String {
     let output = clearclip(args);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!output.status.success(), "should fail: {args:?}");
     assert!(stderr.contains(message), "expected {message:?} in: {stderr}");
     assert!(!out_dir.exists(), "nothing may be written on failure ({args:?})");
+    stderr
 }
 
 #[test]
@@ -225,8 +227,7 @@ fn bad_input_gets_a_clear_message_and_writes_nothing() {
         (&["--background-threshold", "2"], "the background threshold must be between 0 and 1, not 2"),
     ] {
         let args = [&segment_args("/nonexistent/w.safetensors", &image, "cat", out_s)[..], flags].concat();
-        assert_refused(&args, message, &out);
-        let stderr = String::from_utf8_lossy(&clearclip(&args).stderr).into_owned();
+        let stderr = assert_refused(&args, message, &out);
         assert_eq!(stderr.matches(message).count(), 1, "said once: {stderr}");
     }
     // An output folder that cannot be made is refused before the weights are read.

@@ -902,4 +902,3 @@ mod tests {
         assert_eq!(chain(&err), "the residual scale must be a finite number, not NaN");
     }
 }
-

@@ -27,12 +27,19 @@ export const ISOLATION = {
   'cross-origin-resource-policy': 'cross-origin',
 };
 
-/** Start serving `root` (with {@link ISOLATION}); resolves to {server, port, requests}. */
-export function serve({ port = 0, root = ROOT } = {}) {
+/**
+ * Start serving `root` (with {@link ISOLATION}); resolves to {server, port, requests}.
+ * Tests can pass `fail(path, requests)`: where it returns true, the answer is a 503.
+ */
+export function serve({ port = 0, root = ROOT, fail = () => false } = {}) {
   const requests = [];
   const server = createServer(async (req, res) => {
     const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
     requests.push(path);
+    if (fail(path, requests)) {
+      res.writeHead(503, { 'content-type': 'text/plain', ...ISOLATION }).end(`refused by the test: ${path}\n`);
+      return;
+    }
     const file = normalize(join(root, path === '/' ? 'index.html' : path));
     if (!file.startsWith(root)) {
       res.writeHead(403).end();

@@ -42,7 +42,21 @@ const poolThreads = wantsGpu || !self.crossOriginIsolated ? 1
 const relaxed = workerParams.get('relaxed') !== '0' && hasRelaxedSimd();
 const threads = relaxed ? poolThreads : 1;
 /** Said with the model's description where the pool was wanted but cannot run. */
-const threadsNote = poolThreads > 1 && !relaxed ? ' (one thread: the pool needs relaxed SIMD, which this browser lacks)' : '';
+let threadsNote = poolThreads > 1 && !relaxed ? ' (one thread: the pool needs relaxed SIMD, which this browser lacks)' : '';
+/**
+ * How long the pool may take to start before the worker gives up on it and
+ * runs on one thread. It starts in well under a second (the module is
+ * compiled once and shared); this bounds a pool that never comes up, as
+ * headless Firefox's sometimes did under load (vendor/README.md).
+ */
+const POOL_START_MS = 30_000;
+
+/** Resolves as `promise` does, or rejects with `message` after `ms`. */
+function withDeadline(promise, ms, message) {
+  let timer;
+  const deadline = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(message)), ms); });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
 
 /** The threaded module with its pool started, or the one-thread module where that cannot be. */
 async function instantiate() {
@@ -50,10 +64,13 @@ async function instantiate() {
     try {
       const threaded = await import('./pkg-threads/clearclip_web.js');
       const exports = await threaded.default();
-      await threaded.initThreadPool(threads);
+      await withDeadline(threaded.initThreadPool(threads), POOL_START_MS,
+        `the pool of ${threads} threads did not start within ${POOL_START_MS / 1000} s`);
       return { module: threaded, exports };
     } catch (e) {
-      console.warn(`the threaded CPU module failed (${e?.message ?? e}); using one thread`);
+      const why = e?.message ?? String(e);
+      console.warn(`the threaded CPU module failed (${why}); using one thread`);
+      threadsNote = ` (one thread: ${why})`;
     }
   }
   const single = await import('./pkg/clearclip_web.js');

@@ -373,6 +373,32 @@ test('without WebGPU the CPU backend in wasm gives the same answer, on a pool of
   await page.close();
 });
 
+test('a pool of threads that cannot start: the page runs on one thread, says why, and gives the same answer', async () => {
+  // The pool's workers load the rayon adapter's script (vendor/wasm-bindgen-rayon),
+  // which the worker itself loaded before them; this server refuses it to them.
+  const isPoolScript = (path) => path.endsWith('/workerHelpers.no-bundler.js');
+  const refusing = await serve({ fail: (path, requests) => isPoolScript(path) && requests.filter(isPoolScript).length > 1 });
+  const ctx = await browser.newContext();
+  try {
+    const page = await ctx.newPage();
+    page.logs = [];
+    page.on('console', (m) => page.logs.push(`${m.type()}: ${m.text()}`));
+    await page.goto(`http://127.0.0.1:${refusing.port}/?debug=1&weights=${WEIGHTS}&webgpu=0&threads=2`);
+    await acceptDownload(page);
+    await waitForResult(page);
+    assert.ok(refusing.requests.filter(isPoolScript).length >= 2, 'the pool asked for its script');
+    const status = await page.textContent('#model-status');
+    assert.doesNotMatch(status, /CPU on 2 threads/);
+    assert.match(status, /one thread: a thread of the pool failed to start/);
+    const diff = maxAbsDiff(await pageProbs(page), cliProbs.data);
+    console.log(`wasm cpu (the pool refused its script: one thread) vs CLI: max abs diff ${diff.toExponential(2)}`);
+    assert.ok(diff <= TOLERANCE, `max abs diff ${diff}`);
+  } finally {
+    await ctx.close();
+    refusing.server.close();
+  }
+});
+
 /** A float32 / uint8 array of fixtures/reference.safetensors (written by scripts/gen_fixtures.py). */
 function referenceArray(name) {
   const bytes = readFileSync(join(ROOT, 'fixtures/reference.safetensors'));

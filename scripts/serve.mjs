@@ -29,14 +29,17 @@ export const ISOLATION = {
 
 /**
  * Start serving `root` (with {@link ISOLATION}); resolves to {server, port, requests}.
- * Tests can pass `fail(path, requests)`: where it returns true, the answer is a 503.
+ * Tests can pass `fail(path, requests)`: where it returns true the answer is a 503; where
+ * it returns 'hang', there is none (`server.closeAllConnections()` ends those).
  */
 export function serve({ port = 0, root = ROOT, fail = () => false } = {}) {
   const requests = [];
   const server = createServer(async (req, res) => {
     const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
     requests.push(path);
-    if (fail(path, requests)) {
+    const failure = fail(path, requests);
+    if (failure === 'hang') return;
+    if (failure) {
       res.writeHead(503, { 'content-type': 'text/plain', ...ISOLATION }).end(`refused by the test: ${path}\n`);
       return;
     }

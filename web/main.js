@@ -52,6 +52,18 @@ const state = {
 };
 
 let worker = null;
+/**
+ * How long a worker may take from starting its pool of threads (MSG.POOL)
+ * to its catalog: well under a second normally (0.1-0.4 s measured in
+ * Chromium and Firefox with the cores busy). In headless Firefox ESR 153 a
+ * worker sometimes stopped for good while it created the pool's workers,
+ * timers and all (about 1 page load in 15 with the cores busy;
+ * vendor/README.md), so the page watches: it starts a new worker, with the
+ * pool once more, then on one thread.
+ */
+const POOL_START_MS = 20_000;
+let poolWatchdog = null;
+let poolStalls = 0;
 let requestStarted = 0;
 let renderedResult = null;
 let classEditor = null;
@@ -66,18 +78,30 @@ if (params.get('debug') === '1') {
 
 function startWorker() {
   worker?.terminate();
+  clearTimeout(poolWatchdog);
   // What the worker needs before its first message: which wasm module to
   // start (worker.js), from whether WebGPU is wanted, how many threads and
   // whether relaxed SIMD may be used.
   const url = new URL('./worker.js', import.meta.url);
   if (!state.preferGpu) url.searchParams.set('webgpu', '0');
   for (const key of ['threads', 'relaxed']) if (params.get(key)) url.searchParams.set(key, params.get(key));
+  if (poolStalls >= 2) url.searchParams.set('pool', '0');
   worker = new Worker(url, { type: 'module' });
   worker.onmessage = ({ data }) => onWorkerMessage(data);
   worker.onerror = (e) => {
     state.error = `the worker failed: ${e.message}`;
     render();
   };
+}
+
+/** The worker's pool did not start in time: a new worker, which loads what this one was loading. */
+function onPoolStalled() {
+  poolStalls += 1;
+  console.warn(`the worker's pool of threads did not start within ${POOL_START_MS / 1000} s; `
+    + `a new worker${poolStalls >= 2 ? ', on one thread' : ''}`);
+  const wasLoading = !!state.loading;
+  startWorker();
+  if (wasLoading) loadModel();
 }
 
 /**
@@ -200,7 +224,12 @@ function syncUrl() {
 
 function onWorkerMessage(msg) {
   switch (msg.type) {
+    case MSG.POOL:
+      clearTimeout(poolWatchdog);
+      poolWatchdog = setTimeout(onPoolStalled, POOL_START_MS);
+      return;
     case MSG.CATALOG:
+      clearTimeout(poolWatchdog);
       onCatalog(msg.catalog);
       break;
     case MSG.PROGRESS:

@@ -17,6 +17,8 @@
 //                                                         with `cancelled: true`
 //   {type: 'lose-device'}                                 destroy the GPU device (tests of the recovery path)
 // worker -> page
+//   {type: 'pool', threads}                               starting the threaded module's pool; the page
+//                                                         starts a new worker if no catalog follows in time
 //   {type: 'catalog', catalog: {modes, attentions, presets, defaults}}   once the wasm module is up
 //   {type: 'progress', phase: 'download'|'cache'|'file'|'prepare'|'text'|'image', done, total}
 //      download/cache/file: bytes of the weights streamed (each tensor is converted and uploaded as it
@@ -40,6 +42,7 @@ export const MSG = Object.freeze({
   EXPORT: 'export',
   CANCEL: 'cancel',
   LOSE_DEVICE: 'lose-device',
+  POOL: 'pool',
   CATALOG: 'catalog',
   PROGRESS: 'progress',
   READY: 'ready',

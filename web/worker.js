@@ -40,32 +40,24 @@ const askedThreads = Math.floor(Number(workerParams.get('threads')));
 const poolThreads = wantsGpu || !self.crossOriginIsolated ? 1
   : Math.min(64, Math.max(1, askedThreads || Math.min(16, navigator.hardwareConcurrency || 1)));
 const relaxed = workerParams.get('relaxed') !== '0' && hasRelaxedSimd();
-const threads = relaxed ? poolThreads : 1;
+// `pool=0`: the page saw this worker's pool fail to start twice (main.js,
+// POOL_START_MS) and asks for one thread.
+const poolStalled = workerParams.get('pool') === '0';
+const threads = relaxed && !poolStalled ? poolThreads : 1;
 /** Said with the model's description where the pool was wanted but cannot run. */
-let threadsNote = poolThreads > 1 && !relaxed ? ' (one thread: the pool needs relaxed SIMD, which this browser lacks)' : '';
-/**
- * How long the pool may take to start before the worker gives up on it and
- * runs on one thread. It starts in well under a second (the module is
- * compiled once and shared); this bounds a pool that never comes up, as
- * headless Firefox's sometimes did under load (vendor/README.md).
- */
-const POOL_START_MS = 30_000;
-
-/** Resolves as `promise` does, or rejects with `message` after `ms`. */
-function withDeadline(promise, ms, message) {
-  let timer;
-  const deadline = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(message)), ms); });
-  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
-}
+let threadsNote = '';
+if (poolThreads > 1 && !relaxed) threadsNote = ' (one thread: the pool needs relaxed SIMD, which this browser lacks)';
+else if (poolThreads > 1 && poolStalled) threadsNote = ' (one thread: the pool of threads did not start, twice)';
 
 /** The threaded module with its pool started, or the one-thread module where that cannot be. */
 async function instantiate() {
   if (threads > 1) {
+    // The page restarts this worker if the catalog does not follow in time.
+    post({ type: MSG.POOL, threads });
     try {
       const threaded = await import('./pkg-threads/clearclip_web.js');
       const exports = await threaded.default();
-      await withDeadline(threaded.initThreadPool(threads), POOL_START_MS,
-        `the pool of ${threads} threads did not start within ${POOL_START_MS / 1000} s`);
+      await threaded.initThreadPool(threads);
       return { module: threaded, exports };
     } catch (e) {
       const why = e?.message ?? String(e);

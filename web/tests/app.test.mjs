@@ -373,30 +373,47 @@ test('without WebGPU the CPU backend in wasm gives the same answer, on a pool of
   await page.close();
 });
 
-test('a pool of threads that cannot start: the page runs on one thread, says why, and gives the same answer', async () => {
-  // The pool's workers load the rayon adapter's script (vendor/wasm-bindgen-rayon),
-  // which the worker itself loaded before them; this server refuses it to them.
+/**
+ * The app served by a server that fails the thread pool's workers: they load
+ * the rayon adapter's script (vendor/wasm-bindgen-rayon), which the worker
+ * itself loaded before them. `failure`: what `serve` does with their requests.
+ * Returns the model's status line once the result is in, and the probabilities' difference to the CLI's.
+ */
+async function withPoolScriptFailing(failure) {
   const isPoolScript = (path) => path.endsWith('/workerHelpers.no-bundler.js');
-  const refusing = await serve({ fail: (path, requests) => isPoolScript(path) && requests.filter(isPoolScript).length > 1 });
+  const firstDone = (path, requests) => isPoolScript(path) && requests.filter(isPoolScript).length > 1;
+  const failing = await serve({ fail: (path, requests) => firstDone(path, requests) && failure });
   const ctx = await browser.newContext();
   try {
     const page = await ctx.newPage();
     page.logs = [];
     page.on('console', (m) => page.logs.push(`${m.type()}: ${m.text()}`));
-    await page.goto(`http://127.0.0.1:${refusing.port}/?debug=1&weights=${WEIGHTS}&webgpu=0&threads=2`);
+    await page.goto(`http://127.0.0.1:${failing.port}/?debug=1&weights=${WEIGHTS}&webgpu=0&threads=2`);
     await acceptDownload(page);
     await waitForResult(page);
-    assert.ok(refusing.requests.filter(isPoolScript).length >= 2, 'the pool asked for its script');
-    const status = await page.textContent('#model-status');
-    assert.doesNotMatch(status, /CPU on 2 threads/);
-    assert.match(status, /one thread: a thread of the pool failed to start/);
-    const diff = maxAbsDiff(await pageProbs(page), cliProbs.data);
-    console.log(`wasm cpu (the pool refused its script: one thread) vs CLI: max abs diff ${diff.toExponential(2)}`);
-    assert.ok(diff <= TOLERANCE, `max abs diff ${diff}`);
+    assert.ok(failing.requests.filter(isPoolScript).length >= 2, 'the pool asked for its script');
+    return { status: await page.textContent('#model-status'), diff: maxAbsDiff(await pageProbs(page), cliProbs.data) };
   } finally {
     await ctx.close();
-    refusing.server.close();
+    failing.server.closeAllConnections();
+    failing.server.close();
   }
+}
+
+test('a pool of threads that cannot start: the page runs on one thread, says why, and gives the same answer', async () => {
+  // Refused: the pool's start fails at once, and the worker takes one thread.
+  const refused = await withPoolScriptFailing(true);
+  assert.doesNotMatch(refused.status, /CPU on 2 threads/);
+  assert.match(refused.status, /one thread: a thread of the pool failed to start/);
+  console.log(`wasm cpu (the pool refused its script: one thread) vs CLI: max abs diff ${refused.diff.toExponential(2)}`);
+  assert.ok(refused.diff <= TOLERANCE, `max abs diff ${refused.diff}`);
+  // Never answered: the worker waits, so the page's watchdog (20 s) starts
+  // a new worker with the pool, then (20 s more) one on one thread.
+  const stalled = await withPoolScriptFailing('hang');
+  assert.doesNotMatch(stalled.status, /CPU on 2 threads/);
+  assert.match(stalled.status, /one thread: the pool of threads did not start, twice/);
+  console.log(`wasm cpu (the pool's script never came: one thread) vs CLI: max abs diff ${stalled.diff.toExponential(2)}`);
+  assert.ok(stalled.diff <= TOLERANCE, `max abs diff ${stalled.diff}`);
 });
 
 /** A float32 / uint8 array of fixtures/reference.safetensors (written by scripts/gen_fixtures.py). */

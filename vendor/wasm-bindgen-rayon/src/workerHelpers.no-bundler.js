@@ -65,14 +65,12 @@ export async function startWorkers(module, memory, builder) {
   };
 
   // Changed (vendor/README.md): the release fetched this script once per
-  // worker, all at once, and started each worker from a blob URL of it, so
-  // that a copy hosted on another origin (a CDN) could start them. In
-  // headless Firefox ESR 153 under load the pool sometimes never came up
-  // (about one page load in 30 here): no worker, or one of two, was ever
-  // created, though the server had answered every fetch. A worker must be
-  // same-origin anyway, so each now starts from this module's own URL,
-  // without a fetch; each is kept in `_workers` from the moment it exists
-  // (the Firefox bug above), and one that fails to start rejects the promise.
+  // worker and started each worker from a blob URL of it, so that a copy
+  // hosted on another origin (a CDN) could start them; a worker must be
+  // same-origin anyway, so each starts from this module's own URL. Each is
+  // kept in `_workers` from the moment it exists (the Firefox bug above),
+  // and one that fails to start rejects the promise instead of leaving it
+  // pending forever.
   _workers = Array.from({ length: builder.numThreads() }, () => new Worker(import.meta.url, { type: 'module' }));
   await Promise.all(_workers.map(worker => new Promise((resolve, reject) => {
     worker.addEventListener('error', e => reject(new Error(`a thread of the pool failed to start: ${e.message ?? 'its script did not load'}`)));

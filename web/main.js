@@ -53,13 +53,13 @@ const state = {
 
 let worker = null;
 /**
- * How long a worker may take from starting its pool of threads (MSG.POOL)
- * to its catalog: well under a second normally (0.1-0.4 s measured in
- * Chromium and Firefox with the cores busy). In headless Firefox ESR 153 a
- * worker sometimes stopped for good while it created the pool's workers,
- * timers and all (about 1 page load in 15 with the cores busy;
- * vendor/README.md), so the page watches: it starts a new worker, with the
- * pool once more, then on one thread.
+ * How long a worker may take to fetch and start the threaded module (1.35 MB
+ * gzipped) and its pool (MSG.POOL, `starting` to `settled`); the pool itself
+ * starts in 0.1-0.4 s (measured in Chromium and Firefox with the cores busy).
+ * In headless Firefox ESR 153 a worker sometimes stopped for good while it
+ * created the pool's workers, timers and all (about 1 page load in 15 with
+ * the cores busy; vendor/README.md), so the page watches: it starts a new
+ * worker, with the pool once more, then on one thread.
  */
 const POOL_START_MS = 20_000;
 let poolWatchdog = null;
@@ -226,10 +226,9 @@ function onWorkerMessage(msg) {
   switch (msg.type) {
     case MSG.POOL:
       clearTimeout(poolWatchdog);
-      poolWatchdog = setTimeout(onPoolStalled, POOL_START_MS);
+      if (msg.phase === 'starting') poolWatchdog = setTimeout(onPoolStalled, POOL_START_MS);
       return;
     case MSG.CATALOG:
-      clearTimeout(poolWatchdog);
       onCatalog(msg.catalog);
       break;
     case MSG.PROGRESS:

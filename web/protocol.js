@@ -17,8 +17,9 @@
 //                                                         with `cancelled: true`
 //   {type: 'lose-device'}                                 destroy the GPU device (tests of the recovery path)
 // worker -> page
-//   {type: 'pool', threads}                               starting the threaded module's pool; the page
-//                                                         starts a new worker if no catalog follows in time
+//   {type: 'pool', threads, phase: 'starting'|'settled'}  the threaded module and its pool: starting, then
+//                                                         up or given up; the page starts a new worker if
+//                                                         `settled` does not follow in time
 //   {type: 'catalog', catalog: {modes, attentions, presets, defaults}}   once the wasm module is up
 //   {type: 'progress', phase: 'download'|'cache'|'file'|'prepare'|'text'|'image', done, total}
 //      download/cache/file: bytes of the weights streamed (each tensor is converted and uploaded as it

@@ -52,8 +52,8 @@ else if (poolThreads > 1 && poolStalled) threadsNote = ' (one thread: the pool o
 /** The threaded module with its pool started, or the one-thread module where that cannot be. */
 async function instantiate() {
   if (threads > 1) {
-    // The page restarts this worker if the catalog does not follow in time.
-    post({ type: MSG.POOL, threads });
+    // The page restarts this worker if `settled` does not follow in time.
+    post({ type: MSG.POOL, threads, phase: 'starting' });
     try {
       const threaded = await import('./pkg-threads/clearclip_web.js');
       const exports = await threaded.default();
@@ -63,6 +63,8 @@ async function instantiate() {
       const why = e?.message ?? String(e);
       console.warn(`the threaded CPU module failed (${why}); using one thread`);
       threadsNote = ` (one thread: ${why})`;
+    } finally {
+      post({ type: MSG.POOL, threads, phase: 'settled' });
     }
   }
   const single = await import('./pkg/clearclip_web.js');

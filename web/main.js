@@ -238,6 +238,9 @@ function onWorkerMessage(msg) {
     case MSG.READY:
       state.model = msg;
       state.loading = null;
+      // Windows and strides in whole patches of this model (16 px for B/16,
+      // 32 for B/32, 14 for L/14): the smallest the segmenter accepts.
+      for (const id of ['crop', 'stride']) Object.assign($(id), { min: msg.patch, step: msg.patch });
       requestSegment(true);
       break;
     case MSG.RESULT:
@@ -606,7 +609,7 @@ function readKnobs() {
   };
   state.pamr = $('pamr').checked;
   const { crop, stride } = state.catalog.defaults;
-  const least = Number($('crop').min); // one patch
+  const least = Number($('crop').min); // one patch, once a model is loaded
   state.crop = Math.max(least, Number($('crop').value) || crop);
   state.stride = Math.min(state.crop, Math.max(least, Number($('stride').value) || stride));
 }

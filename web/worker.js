@@ -151,6 +151,7 @@ async function load({ url, file, gelu, half, warmUp }) {
       type: MSG.READY,
       backend: segmenter.backend(),
       description: segmenter.description() + (asksGpu && !wantsGpu ? ' (this browser has no WebGPU)' : '') + threadsNote,
+      patch: segmenter.patch(),
       source,
       warning,
       loadMs: performance.now() - started,

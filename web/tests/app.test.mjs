@@ -970,6 +970,19 @@ test('the URL carries the settings: a reload (a shared link) restores them', asy
   assert.equal(await page.inputValue('#mode'), 'custom');
   assert.ok(await page.isChecked('#ffn'));
   assert.equal(await page.inputValue('#attention'), 'k-k');
+
+  // The window and the stride come in whole patches of the loaded model (16
+  // px for the test model; the page's own minimum is 1 px before a model).
+  for (const id of ['#crop', '#stride']) {
+    assert.deepEqual(await page.$eval(id, (e) => [e.min, e.step]), ['16', '16'], id);
+  }
+  await nextResult(page, () => page.$eval('#crop', (e) => {
+    e.value = '8';
+    e.dispatchEvent(new Event('change'));
+  }));
+  assert.equal(await page.inputValue('#crop'), '16', 'a window below one patch is raised to one patch');
+  assert.equal(await page.inputValue('#stride'), '16', 'the stride is at most the window');
+  assert.equal(new URL(page.url()).searchParams.get('crop'), '16');
   await page.close();
 });
 

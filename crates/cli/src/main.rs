@@ -159,7 +159,7 @@ struct RequestArgs {
     /// Refine the class maps with PAMR (NACLIP's setting: 10 iterations, dilations 8 and 16).
     #[arg(long)]
     pamr: bool,
-    /// PAMR iterations (with --pamr).
+    /// PAMR iterations (with --pamr; at most 100).
     #[arg(long, default_value_t = 10, requires = "pamr")]
     pamr_iterations: usize,
     /// Pixels whose top class probability is below this get class 0 [default: 0, or the preset's].

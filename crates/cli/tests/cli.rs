@@ -225,6 +225,7 @@ fn bad_input_gets_a_clear_message_and_writes_nothing() {
         (&["--short-side", "0"], "the short side must be between 1 and the long-side cap of 2048 px, not 0"),
         (&["--logit-scale", "nan"], "the logit scale must be a positive number, not NaN"),
         (&["--background-threshold", "2"], "the background threshold must be between 0 and 1, not 2"),
+        (&["--mode", "naclip", "--pamr", "--pamr-iterations", "1000000"], "PAMR runs at most 100 iterations, not 1000000"),
     ] {
         let args = [&segment_args("/nonexistent/w.safetensors", &image, "cat", out_s)[..], flags].concat();
         let stderr = assert_refused(&args, message, &out);

@@ -31,6 +31,15 @@ pub struct Pamr {
     pub dilations: Vec<usize>,
 }
 
+/// More PAMR iterations than this are refused: NACLIP runs 10, each one is a
+/// pass over `8 x dilations` neighbours of every pixel and class, and a
+/// mistyped count would otherwise hold the device (or the page) for minutes.
+pub const MAX_PAMR_ITERATIONS: usize = 100;
+
+/// More dilations than this are refused (NACLIP uses 2): each keeps 8
+/// affinities per pixel.
+pub const MAX_PAMR_DILATIONS: usize = 8;
+
 impl Default for Pamr {
     fn default() -> Self {
         Self { iterations: 10, dilations: vec![8, 16] }
@@ -51,12 +60,15 @@ impl Pamr {
     /// which is wrong within the largest dilation of them; each iteration
     /// carries that error one largest dilation further in.
     pub fn halo(&self) -> usize {
-        self.iterations * self.dilations.iter().copied().max().unwrap_or(0)
+        self.iterations.saturating_mul(self.dilations.iter().copied().max().unwrap_or(0))
     }
 
     pub fn validate(&self) -> Result<(), SettingsError> {
-        if self.dilations.is_empty() || self.dilations.contains(&0) {
+        if self.dilations.is_empty() || self.dilations.contains(&0) || self.dilations.len() > MAX_PAMR_DILATIONS {
             return Err(SettingsError::PamrDilations(self.dilations.clone()));
+        }
+        if self.iterations > MAX_PAMR_ITERATIONS {
+            return Err(SettingsError::PamrIterations(self.iterations));
         }
         Ok(())
     }

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classes::ClassList;
 use crate::merge::{classify, classify_on_host, read_maps, ClassMerge, FullSizeLogits, WindowSum, BAND_BYTES};
-use crate::pamr::Pamr;
+use crate::pamr::{Pamr, MAX_PAMR_DILATIONS, MAX_PAMR_ITERATIONS};
 use crate::preprocess::{normalize, rescaled_size, resize_like_opencv};
 use crate::prompts::Templates;
 use crate::render::display_stride;
@@ -144,8 +144,10 @@ pub enum SettingsError {
     BackgroundThreshold(f32),
     #[error(transparent)]
     LastBlock(#[from] LastBlockError),
-    #[error("PAMR needs positive dilations, not {0:?}")]
+    #[error("PAMR needs 1 to {} positive dilations, not {:?}", MAX_PAMR_DILATIONS, .0)]
     PamrDilations(Vec<usize>),
+    #[error("PAMR runs at most {} iterations, not {}", MAX_PAMR_ITERATIONS, .0)]
+    PamrIterations(usize),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -881,7 +883,13 @@ mod tests {
         let residual = LastBlock { residual: clearclip_model::Residual::Keep { attention_scale: f32::NAN }, ..ok.last_block.clone() };
         assert!(matches!(refused(SegmentParams { last_block: residual, ..ok.clone() }), SettingsError::LastBlock(_)));
         let pamr = Pamr { dilations: vec![8, 0], ..Pamr::default() };
-        assert_eq!(refused(SegmentParams { pamr: Some(pamr), ..ok }), SettingsError::PamrDilations(vec![8, 0]));
+        assert_eq!(refused(SegmentParams { pamr: Some(pamr), ..ok.clone() }), SettingsError::PamrDilations(vec![8, 0]));
+        let pamr = Pamr { dilations: vec![1; MAX_PAMR_DILATIONS + 1], ..Pamr::default() };
+        assert!(matches!(refused(SegmentParams { pamr: Some(pamr), ..ok.clone() }), SettingsError::PamrDilations(_)));
+        let pamr = Pamr { iterations: MAX_PAMR_ITERATIONS + 1, ..Pamr::default() };
+        assert_eq!(refused(SegmentParams { pamr: Some(pamr), ..ok.clone() }), SettingsError::PamrIterations(MAX_PAMR_ITERATIONS + 1));
+        let pamr = Pamr { iterations: MAX_PAMR_ITERATIONS, dilations: vec![1; MAX_PAMR_DILATIONS] };
+        assert_eq!(SegmentParams { pamr: Some(pamr), ..ok }.validate(), Ok(()));
     }
 
     #[test]

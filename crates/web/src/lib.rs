@@ -407,6 +407,7 @@ pub struct WebSegmenter {
     state: Rc<RefCell<State>>,
     backend: Backend,
     description: String,
+    patch: usize,
 }
 
 #[wasm_bindgen]
@@ -418,10 +419,11 @@ impl WebSegmenter {
         let tokenizer = ClipTokenizer::from_json_bytes(tokenizer_json, model.config.text.context_length)
             .map_err(|e| ErrorReport::js("tokenizer", e, false))?;
         let description = format!("{} [{:?} layout, {}]{note}", model.config.describe(), model.layout, precision.name());
+        let patch = model.config.vision.patch_size;
         // The page draws heatmaps at display size. On the CPU the segmenter
         // takes one window (one class name) at a time, so a cancel is heard between them.
         let segmenter = Segmenter::new(model, tokenizer).with_clock(performance_now).with_probability_maps(ProbabilityMaps::ForDisplay);
-        Ok(WebSegmenter { state: Rc::new(RefCell::new(State { segmenter, last: None })), backend, description })
+        Ok(WebSegmenter { state: Rc::new(RefCell::new(State { segmenter, last: None })), backend, description, patch })
     }
 
     /// `"webgpu"` or `"cpu"`.
@@ -434,6 +436,12 @@ impl WebSegmenter {
 
     pub fn description(&self) -> String {
         self.description.clone()
+    }
+
+    /// The model's patch side in pixels: the smallest window (crop) and
+    /// stride the page offers, and their step.
+    pub fn patch(&self) -> usize {
+        self.patch
     }
 
     /// Run the default request once on a blank image, so that the GPU

@@ -71,14 +71,23 @@ export async function startWorkers(module, memory, builder) {
   // kept in `_workers` from the moment it exists (the Firefox bug above),
   // and one that fails to start rejects the promise instead of leaving it
   // pending forever.
-  _workers = Array.from({ length: builder.numThreads() }, () => new Worker(import.meta.url, { type: 'module' }));
-  await Promise.all(_workers.map(worker => new Promise((resolve, reject) => {
-    worker.addEventListener('error', e => reject(new Error(`a thread of the pool failed to start: ${e.message ?? 'its script did not load'}`)));
-    worker.addEventListener('message', ({ data }) => {
-      if (data?.type === 'wasm_bindgen_worker_ready') resolve();
-      if (data?.type === 'wasm_bindgen_worker_failed') reject(new Error(`a thread of the pool failed to start: ${data.message}`));
+  // The workers start one after another: each is created only once the one
+  // before it has instantiated the module. Firefox ESR 153 sometimes blocks
+  // the creating thread for good inside `new Worker` when it is called while
+  // the worker created just before is loading this script (seen in about 1
+  // page load in 20 with the cores busy; timestamps in vendor/README.md).
+  _workers = [];
+  for (let i = 0; i < builder.numThreads(); i++) {
+    const worker = new Worker(import.meta.url, { type: 'module' });
+    _workers.push(worker);
+    await new Promise((resolve, reject) => {
+      worker.addEventListener('error', e => reject(new Error(`a thread of the pool failed to start: ${e.message ?? 'its script did not load'}`)));
+      worker.addEventListener('message', ({ data }) => {
+        if (data?.type === 'wasm_bindgen_worker_ready') resolve();
+        if (data?.type === 'wasm_bindgen_worker_failed') reject(new Error(`a thread of the pool failed to start: ${data.message}`));
+      });
+      worker.postMessage(workerInit);
     });
-    worker.postMessage(workerInit);
-  })));
+  }
   builder.build();
 }

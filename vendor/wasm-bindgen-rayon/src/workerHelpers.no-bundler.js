@@ -72,10 +72,11 @@ export async function startWorkers(module, memory, builder) {
   // and one that fails to start rejects the promise instead of leaving it
   // pending forever.
   // The workers start one after another: each is created only once the one
-  // before it has instantiated the module. Firefox ESR 153 sometimes blocks
-  // the creating thread for good inside `new Worker` when it is called while
-  // the worker created just before is loading this script (seen in about 1
-  // page load in 20 with the cores busy; timestamps in vendor/README.md).
+  // before it has instantiated the module. Under load Firefox ESR 153
+  // sometimes blocks the creating thread for good inside `new Worker`; that
+  // was seen most often while the worker created just before loaded this
+  // script, and one at a time makes it rarer but does not cure it (counts
+  // in vendor/README.md; web/main.js's watchdog handles what is left).
   _workers = [];
   for (let i = 0; i < builder.numThreads(); i++) {
     const worker = new Worker(import.meta.url, { type: 'module' });

@@ -3,6 +3,7 @@
 // the settings are mirrored in the query string (urlstate.js).
 import { DEFAULT_EXAMPLE, exampleById, markCurrentExample, renderGallery } from './gallery.js';
 import { ClassEditor, labelText, splitClasses } from './labels.js';
+import { poolWorkerCount, spawnPoolWorker, terminatePoolWorkers } from './pool-threads.js';
 import { DEFAULT_MODEL, DEFAULT_WEIGHTS_URL, MSG } from './protocol.js';
 import { drawOverlay, emptyView, readout, renderHeatmaps, renderLegend } from './render.js';
 import { readSettings, writeSettings } from './urlstate.js';
@@ -57,9 +58,11 @@ let worker = null;
  * gzipped) and its pool (MSG.POOL, `starting` to `settled`); the pool itself
  * starts in 0.1-0.4 s (measured in Chromium and Firefox with the cores busy).
  * In headless Firefox ESR 153 a worker sometimes stopped for good while it
- * created the pool's workers, timers and all (about 1 page load in 15 with
- * the cores busy; vendor/README.md), so the page watches: it starts a new
- * worker, with the pool once more, then on one thread.
+ * created the pool's workers (about 1 page load in 15 with the cores busy;
+ * vendor/README.md); the page now creates them (pool-threads.js). It still
+ * watches, for a pool that does not come up for any other reason (a script
+ * that never arrives): it starts a new worker, with the pool once more, then
+ * on one thread.
  */
 const POOL_START_MS = 20_000;
 let poolWatchdog = null;
@@ -73,11 +76,12 @@ const labels = () => labelText(state.classes, state.pendingClass);
 // Test hooks, only when the tests ask for them (?debug=1).
 if (params.get('debug') === '1') {
   window.__clearclip = state;
-  window.__clearclipDebug = { loseDevice: () => worker.postMessage({ type: MSG.LOSE_DEVICE }) };
+  window.__clearclipDebug = { loseDevice: () => worker.postMessage({ type: MSG.LOSE_DEVICE }), poolWorkers: poolWorkerCount };
 }
 
 function startWorker() {
   worker?.terminate();
+  terminatePoolWorkers();
   clearTimeout(poolWatchdog);
   // What the worker needs before its first message: which wasm module to
   // start (worker.js), from whether WebGPU is wanted, how many threads and
@@ -224,6 +228,9 @@ function syncUrl() {
 
 function onWorkerMessage(msg) {
   switch (msg.type) {
+    case MSG.THREAD_SPAWN:
+      spawnPoolWorker(worker, msg);
+      return;
     case MSG.POOL:
       clearTimeout(poolWatchdog);
       if (msg.phase === 'starting') poolWatchdog = setTimeout(onPoolStalled, POOL_START_MS);

@@ -16,7 +16,10 @@
 //                                                         two class names or two windows); answered by an error
 //                                                         with `cancelled: true`
 //   {type: 'lose-device'}                                 destroy the GPU device (tests of the recovery path)
+//   {type: 'wasm_bindgen_rayon_spawn_failed', id, message}  the pool worker `id` asked for did not load its script
 // worker -> page
+//   {type: 'wasm_bindgen_rayon_spawn', id, url, name, port}   create a worker of the pool from `url` and hand it
+//                                                         `port` (pool-threads.js; vendor/wasm-bindgen-rayon)
 //   {type: 'pool', threads, phase: 'starting'|'settled'}  the threaded module and its pool: starting, then
 //                                                         up or given up; the page starts a new worker if
 //                                                         `settled` does not follow in time
@@ -43,6 +46,8 @@ export const MSG = Object.freeze({
   EXPORT: 'export',
   CANCEL: 'cancel',
   LOSE_DEVICE: 'lose-device',
+  THREAD_SPAWN_FAILED: 'wasm_bindgen_rayon_spawn_failed',
+  THREAD_SPAWN: 'wasm_bindgen_rayon_spawn',
   POOL: 'pool',
   CATALOG: 'catalog',
   PROGRESS: 'progress',

@@ -241,6 +241,8 @@ self.onmessage = ({ data }) => {
     case MSG.LOSE_DEVICE:
       if (!wasm?.loseGpuDevice()) post({ type: MSG.ERROR, stage: 'device', message: 'no GPU device to lose (CPU backend)', fatal: false });
       break;
+    case MSG.THREAD_SPAWN_FAILED:
+      break; // the pool's start listens for it (vendor/wasm-bindgen-rayon)
     default:
       post({ type: MSG.ERROR, stage: 'protocol', message: `unknown message ${data.type}`, fatal: false });
   }

@@ -351,6 +351,8 @@ test('without WebGPU the CPU backend in wasm gives the same answer, on a pool of
   assert.equal(await page.evaluate(async () => (await import('/web/wasm-features.js')).hasRelaxedSimd()), true);
   assert.equal(await page.evaluate(() => window.__clearclip.model.backend), 'cpu');
   assert.match(await page.textContent('#model-status'), /CPU on 3 threads, relaxed SIMD/);
+  // The page created the pool's workers (web/pool-threads.js), not the worker.
+  assert.equal(await page.evaluate(() => window.__clearclipDebug.poolWorkers()), 3);
   const diff = maxAbsDiff(await pageProbs(page), cliProbs.data);
   console.log(`wasm cpu (3 threads, relaxed SIMD) vs CLI: max abs diff ${diff.toExponential(2)}`);
   assert.ok(diff <= TOLERANCE, `threads: max abs diff ${diff}`);
@@ -392,7 +394,11 @@ async function withPoolScriptFailing(failure) {
     await acceptDownload(page);
     await waitForResult(page);
     assert.ok(failing.requests.filter(isPoolScript).length >= 2, 'the pool asked for its script');
-    return { status: await page.textContent('#model-status'), diff: maxAbsDiff(await pageProbs(page), cliProbs.data) };
+    return {
+      status: await page.textContent('#model-status'),
+      diff: maxAbsDiff(await pageProbs(page), cliProbs.data),
+      poolWorkers: await page.evaluate(() => window.__clearclipDebug.poolWorkers()),
+    };
   } finally {
     await ctx.close();
     failing.server.closeAllConnections();
@@ -405,6 +411,7 @@ test('a pool of threads that cannot start: the page runs on one thread, says why
   const refused = await withPoolScriptFailing(true);
   assert.doesNotMatch(refused.status, /CPU on 2 threads/);
   assert.match(refused.status, /one thread: a thread of the pool failed to start/);
+  assert.equal(refused.poolWorkers, 0, 'the page ended the pool worker that failed');
   console.log(`wasm cpu (the pool refused its script: one thread) vs CLI: max abs diff ${refused.diff.toExponential(2)}`);
   assert.ok(refused.diff <= TOLERANCE, `max abs diff ${refused.diff}`);
   // Never answered: the worker waits, so the page's watchdog (20 s) starts
@@ -412,6 +419,7 @@ test('a pool of threads that cannot start: the page runs on one thread, says why
   const stalled = await withPoolScriptFailing('hang');
   assert.doesNotMatch(stalled.status, /CPU on 2 threads/);
   assert.match(stalled.status, /one thread: the pool of threads did not start, twice/);
+  assert.equal(stalled.poolWorkers, 0, 'the page ended the stalled workers\' pool workers');
   console.log(`wasm cpu (the pool's script never came: one thread) vs CLI: max abs diff ${stalled.diff.toExponential(2)}`);
   assert.ok(stalled.diff <= TOLERANCE, `max abs diff ${stalled.diff}`);
 });

@@ -65,6 +65,8 @@ test('Firefox ESR: the page falls back to the CPU, says so, and matches the CLI'
     // Firefox ESR 153 has it, ESR 140 had not), else one thread and a note.
     const relaxed = await page.evaluate(async () => (await import('/web/wasm-features.js')).hasRelaxedSimd());
     assert.match(status, relaxed ? /CPU on 2 threads, relaxed SIMD\)/ : /one thread: the pool needs relaxed SIMD/, logs.join('\n'));
+    // The page created the pool's workers (web/pool-threads.js), not the worker.
+    assert.equal(await page.evaluate(() => window.__clearclipDebug.poolWorkers()), relaxed ? 2 : 0);
   }
   const diff = maxAbsDiff(await pageProbs(page), cliProbs.data);
   console.log(`firefox-esr (${backend}) vs CLI: max abs diff ${diff.toExponential(2)}; status: ${status}`);

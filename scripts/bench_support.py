@@ -6,10 +6,14 @@ scripts/device_run.sh, with open_clip carried in by scripts/prepare_device.sh):
   Without OpenCV its one use of it in the pipeline, the mmseg bilinear resize,
   is done by torch's bilinear interpolation (same sampling grid, rounding to
   uint8 may differ by one level): right for timing, not for fixtures.
+  Without torchvision, which open_clip imports when it loads (for its image
+  transforms and ResNet's frozen batch norm, neither on the ViT path the
+  reference runs), open_clip gets a stand-in whose names fail if called.
 - `bench_photo()`: a deterministic synthetic RGB photo, written as PNG with
   the standard library. The checkpoints are random, so the content does not
   change what is timed, only the size does.
 """
+import enum
 import os
 import struct
 import sys
@@ -39,13 +43,43 @@ def _cv2_stand_in():
     return cv2
 
 
+def _torchvision_stand_in():
+    """The names open_clip 3.3.0 imports from torchvision at load
+    (open_clip/transform.py, open_clip/utils.py); each fails if used."""
+    def unavailable(name):
+        def fail(*args, **kwargs):
+            raise RuntimeError(f"torchvision is not installed: {name} is a stand-in (scripts/bench_support.py)")
+        return type(name, (), {"__init__": fail, "__call__": fail})
+
+    modules = {name: types.ModuleType(name) for name in
+               ("torchvision", "torchvision.transforms", "torchvision.transforms.functional",
+                "torchvision.ops", "torchvision.ops.misc")}
+    for name in ("Normalize", "Compose", "RandomResizedCrop", "ToTensor", "Resize", "CenterCrop",
+                 "ColorJitter", "Grayscale"):
+        setattr(modules["torchvision.transforms"], name, unavailable(name))
+    modules["torchvision.transforms"].InterpolationMode = enum.Enum(
+        "InterpolationMode", ["NEAREST", "NEAREST_EXACT", "BILINEAR", "BICUBIC", "BOX", "HAMMING", "LANCZOS"])
+    modules["torchvision.ops.misc"].FrozenBatchNorm2d = unavailable("FrozenBatchNorm2d")
+    modules["torchvision"].__version__ = "absent (stand-in)"
+    for name, module in modules.items():
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(modules[parent], child, module)
+    return modules
+
+
 def reference():
-    """scripts/gen_fixtures.py, importable without OpenCV (see above)."""
+    """scripts/gen_fixtures.py, importable without OpenCV or torchvision (see above)."""
     try:
         import cv2  # noqa: F401
     except ImportError:
         print("no OpenCV: the reference's resize is torch's bilinear (timing only)", flush=True)
         sys.modules["cv2"] = _cv2_stand_in()
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        print("no torchvision: open_clip gets a stand-in (its image transforms are not used)", flush=True)
+        sys.modules.update(_torchvision_stand_in())
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import gen_fixtures
     return gen_fixtures

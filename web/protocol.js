@@ -29,7 +29,7 @@
 //      completes); prepare: the tokenizer, the segmenter and (WebGPU) the kernels' warm-up; text/image: a run's class names and windows
 //   {type: 'ready', backend: 'webgpu'|'cpu', description, patch, source: 'network'|'cache'|'file', warning?, loadMs,
 //      warmUpMs}  patch: the model's patch side in px (the least crop and stride); warmUpMs: part of loadMs spent
-//      compiling the GPU kernels (one run on a blank image; 0 on the CPU and when skipped)
+//      compiling the GPU kernels (a run on a blank image; 0 on the CPU and when skipped)
 //   {type: 'result', id, result, compare?, wasmMemoryBytes}  result: ResultSummary (crates/web) with typed arrays
 //                                                         transferred: labels and labelColors (RGBA) at full
 //                                                         size, probs every probsStride-th pixel;

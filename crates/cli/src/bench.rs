@@ -5,7 +5,7 @@
 //! by a re-run on the same image and classes, which only runs the last block
 //! and what follows (what a mode switch costs). The first run after the load
 //! is reported as cold; the others give the warm median, minimum and maximum.
-//! Between the load and the first run the segmenter warms up (one run on a
+//! Between the load and the first run the segmenter warms up (a run on a
 //! blank image, [`Segmenter::warm_up`]), as the page does on WebGPU, unless
 //! `--no-warm-up` asks for the cold process.
 //! On a GPU the segmenter waits for the device after each phase, so the
@@ -72,7 +72,7 @@ struct Report {
     prompts_per_name: usize,
     runs: usize,
     load_ms: f64,
-    /// The warm-up after the load (one run on a blank image), if it ran.
+    /// The warm-up after the load (a run on a blank image), if it ran.
     warm_up_ms: Option<f64>,
     /// Whether each phase waited for the device (GPU) before the next began.
     phase_sync: bool,

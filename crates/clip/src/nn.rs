@@ -1,6 +1,6 @@
 //! The few layers CLIP needs, as plain tensors (inference only).
 
-use burn::tensor::{activation, Bool, Device, FloatDType, Tensor};
+use burn::tensor::{activation, Bool, Device, FloatDType, Tensor, TensorData};
 
 use crate::config::Activation;
 use crate::gpu_matmul::matmul;
@@ -151,11 +151,14 @@ impl Attention {
 }
 
 /// `true` where key `j` comes after query `i`: the text tower's causal mask.
+/// Made on the host and uploaded: on a GPU, `tril_mask`'s index arithmetic
+/// over a few hundred elements compiles kernels whose size follows `tokens`.
 ///
 /// # Shapes
 /// - returns `[tokens, tokens]`
 pub fn causal_mask(tokens: usize, device: &Device) -> Tensor<2, Bool> {
-    Tensor::<2, Bool>::tril_mask([tokens, tokens], 0, device)
+    let future: Vec<bool> = (0..tokens).flat_map(|i| (0..tokens).map(move |j| j > i)).collect();
+    Tensor::from_data(TensorData::new(future, [tokens, tokens]), device)
 }
 
 /// `softmax(scale a b^T + bias)` over the keys, with the keys where `future`

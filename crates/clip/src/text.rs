@@ -6,9 +6,21 @@ use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::config::TextConfig;
 use crate::gpu_matmul::matmul;
+use crate::host::is_host;
 use crate::nn::{causal_mask, LayerNorm, ResidualAttentionBlock};
 use crate::tokenizer::TokenBatch;
 use crate::InputError;
+
+/// A GPU pads token batches to a multiple of this many tokens (see
+/// [`TextTransformer::encode`]): 8 keeps every product's rows
+/// (`prompts x tokens`, prompts a multiple of 80) a multiple of 128, and the
+/// attention's rows vectorised by 4.
+pub const GPU_TOKEN_MULTIPLE: usize = 8;
+
+/// A GPU projects the end-of-text features in blocks of this many rows: the
+/// prompts (a multiple of 80) would otherwise give the product a different
+/// bounds check and order of work groups for every few names.
+pub const GPU_POOLED_MULTIPLE: usize = 512;
 
 #[derive(Debug, Clone)]
 pub struct TextTransformer {
@@ -32,6 +44,10 @@ impl TextTransformer {
     ///
     /// The batch needs to be only as long as its longest sequence: with the
     /// causal mask, later (padding) tokens cannot change the end-of-text feature.
+    /// On a GPU it is padded further, to a multiple of [`GPU_TOKEN_MULTIPLE`]
+    /// (or the context length), so that the kernels compiled for one batch
+    /// serve every other: a GPU compiles a kernel for each vector width and
+    /// bounds check, which follow the sequence length's divisibility.
     ///
     /// # Shapes
     /// - returns `[batch.rows, embed_dim]`
@@ -42,6 +58,15 @@ impl TextTransformer {
         if len > context || batch.ids.len() != rows * len || batch.eot.iter().any(|&e| e >= len) {
             return Err(InputError::TokenBatch { rows, len, context });
         }
+        let padded;
+        let batch = match is_host(&device) {
+            true => batch,
+            false => {
+                padded = batch.padded_to(len.next_multiple_of(GPU_TOKEN_MULTIPLE).min(context));
+                &padded
+            }
+        };
+        let len = batch.len;
         let width = self.config.width;
         let ids: Tensor<1, Int> = Tensor::from_data(TensorData::new(batch.ids.clone(), [rows * len]), &device);
         let x = self.token_embedding.clone().select(0, ids).reshape([rows, len, width]);
@@ -49,8 +74,14 @@ impl TextTransformer {
         let future = causal_mask(len, &device);
         let x = self.blocks.iter().fold(x, |x, block| block.forward(x, Some(&future)));
         let x = self.ln_final.forward(x).reshape([rows * len, width]);
-        let eot: Vec<i64> = batch.eot.iter().enumerate().map(|(row, &pos)| (row * len + pos) as i64).collect();
-        let eot: Tensor<1, Int> = Tensor::from_data(TensorData::new(eot, [rows]), &device);
-        Ok(matmul(x.select(0, eot), self.projection.clone()).cast(FloatDType::F32))
+        let mut eot: Vec<i64> = batch.eot.iter().enumerate().map(|(row, &pos)| (row * len + pos) as i64).collect();
+        // On a GPU the projection takes a multiple of GPU_POOLED_MULTIPLE rows
+        // (the first row again), for the reason of the padding above.
+        if let (false, Some(&first)) = (is_host(&device), eot.first()) {
+            eot.resize(rows.next_multiple_of(GPU_POOLED_MULTIPLE), first);
+        }
+        let pooled = eot.len();
+        let eot: Tensor<1, Int> = Tensor::from_data(TensorData::new(eot, [pooled]), &device);
+        Ok(matmul(x.select(0, eot), self.projection.clone()).narrow(0, 0, rows).cast(FloatDType::F32))
     }
 }

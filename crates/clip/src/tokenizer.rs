@@ -44,6 +44,18 @@ impl TokenBatch {
         self.eot.len()
     }
 
+    /// The same rows, padded (with id 0, as [`ClipTokenizer::encode_batch`]
+    /// pads) to `len` tokens; `len` below the batch's length keeps it.
+    pub fn padded_to(&self, len: usize) -> TokenBatch {
+        let len = len.max(self.len);
+        let mut ids = Vec::with_capacity(self.rows() * len);
+        for row in self.ids.chunks_exact(self.len.max(1)).take(self.rows()) {
+            ids.extend_from_slice(row);
+            ids.extend(std::iter::repeat_n(0, len - self.len));
+        }
+        TokenBatch { ids, len, eot: self.eot.clone(), truncated: self.truncated.clone() }
+    }
+
     /// The rows of `parts`, in order, in one batch padded to the longest:
     /// what [`ClipTokenizer::encode_batch`] gives for all their texts at once.
     pub fn concat<'a>(parts: impl IntoIterator<Item = &'a TokenBatch>) -> TokenBatch {
@@ -52,10 +64,7 @@ impl TokenBatch {
         let rows: usize = parts.iter().map(|p| p.rows()).sum();
         let mut ids = Vec::with_capacity(rows * len);
         for part in &parts {
-            for row in part.ids.chunks_exact(part.len.max(1)).take(part.rows()) {
-                ids.extend_from_slice(row);
-                ids.extend(std::iter::repeat_n(0, len - part.len));
-            }
+            ids.extend(part.padded_to(len).ids);
         }
         let eot = parts.iter().flat_map(|p| p.eot.iter().copied()).collect();
         let truncated = parts.iter().flat_map(|p| p.truncated.iter().copied()).collect();
@@ -116,5 +125,20 @@ impl ClipTokenizer {
             ids.extend(std::iter::repeat_n(0, len - row.len()));
         }
         Ok(TokenBatch { ids, len, eot, truncated })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenBatch;
+
+    #[test]
+    fn padding_keeps_every_row_and_its_end_of_text() {
+        let batch = TokenBatch { ids: vec![1, 2, 3, 4, 5, 0], len: 3, eot: vec![2, 1], truncated: vec![false, true] };
+        let padded = batch.padded_to(5);
+        assert_eq!(padded.ids, vec![1, 2, 3, 0, 0, 4, 5, 0, 0, 0]);
+        assert_eq!((padded.len, padded.eot.clone(), padded.truncated.clone()), (5, batch.eot.clone(), batch.truncated.clone()));
+        assert_eq!(batch.padded_to(2), batch, "never shorter than the batch");
+        assert_eq!(TokenBatch::concat([&batch, &padded]).ids[..10], padded.ids[..]);
     }
 }

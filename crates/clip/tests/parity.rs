@@ -118,6 +118,26 @@ fn text_embeddings_match_reference() {
     }
 }
 
+/// A GPU pads each token batch to a multiple of 8 tokens (at most the
+/// context) and projects the end-of-text features in blocks of 512 rows
+/// (`text.rs`); the CPU backend does neither. Both must give the same
+/// embeddings for batches whose longest prompt is 11 tokens, and 77 (cut).
+#[test]
+fn text_padded_on_the_gpu_equals_unpadded_on_the_cpu() {
+    let Some(gpu) = wgpu_device() else { return };
+    let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json(), 77).unwrap();
+    let long = format!("a photo of a {}cat.", "very ".repeat(80));
+    let prompts = ["a cat.", "a photo of a horse on the green hill.", long.as_str()];
+    for batch in [tokenizer.encode_batch(&prompts[..2]).unwrap(), tokenizer.encode_batch(&prompts).unwrap()] {
+        assert!(!batch.len.is_multiple_of(8), "the batch must need padding: {} tokens", batch.len);
+        for checkpoint in CHECKPOINTS {
+            let embed = |device: &Device| load_fixture_model(checkpoint, device).text.encode(&batch).unwrap().into_data().try_into_vec::<f32>().unwrap();
+            let label = format!("{checkpoint} text of {} tokens, wgpu vs CPU", batch.len);
+            assert_close(&label, &embed(&gpu), &embed(&Device::flex()), FEATURE_TOLERANCE);
+        }
+    }
+}
+
 #[test]
 fn half_precision_is_refused_where_it_cannot_run() {
     let options = LoadOptions { precision: Precision::F16, ..LoadOptions::default() };

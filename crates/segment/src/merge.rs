@@ -180,14 +180,14 @@ impl WindowSum {
     /// their padded crop, keep the unpadded part, add it where it belongs.
     ///
     /// # Shapes
-    /// - `scores`: `[windows.len(), grid_h * grid_w, queries]`, patches of the padded window row-major
-    pub fn add(&mut self, scores: Tensor<3>, windows: &[Window]) {
+    /// - `scores`: `[queries, windows.len() * grid_h * grid_w]`, each window's patches of the padded window row-major
+    pub fn add(&mut self, scores: Tensor<2>, windows: &[Window]) {
         let Some(&first) = windows.first() else { return };
         let (ph, pw) = (first.padded_height(), first.padded_width());
         let (gh, gw) = (ph / self.patch, pw / self.patch);
-        let [batch, _, queries] = scores.dims();
+        let (batch, queries) = (windows.len(), scores.dims()[0]);
         let device = scores.device();
-        let planes = scores.reshape([batch, gh, gw, queries]).permute([0, 3, 1, 2]);
+        let planes = scores.reshape([queries, batch, gh, gw]).swap_dims(0, 1);
         // Only the rows and columns that survive the crop are computed.
         let rows = DeviceTaps::new(&linear_taps(gh, ph)[first.pad_top..][..first.height], &device);
         let columns = DeviceTaps::new(&linear_taps(gw, pw)[first.pad_left..][..first.width], &device);

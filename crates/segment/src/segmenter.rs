@@ -362,6 +362,10 @@ pub struct Segmenter {
 /// layer): WebGPU guarantees a storage binding of 128 MiB.
 const BATCH_BYTES: usize = 128 << 20;
 
+/// The warm-up's second request ([`Segmenter::warm_up`]): like a user's
+/// first, several classes and one with a synonym (5 classes, 6 names).
+pub const WARM_UP_CLASSES: &str = "a wall; the floor, the ground; a window; a door; the sky";
+
 /// How many windows, and how many class names' prompts, go through an
 /// encoder together. By default [`Self::Memory`] on a GPU, one at a time on
 /// the CPU backend: there the matrix products of one window are already
@@ -413,10 +417,10 @@ struct PreparedImage {
     reused: Option<Vec<LastBlockInput>>,
 }
 
-/// The class embeddings as the right-hand side of `features @ queries^T`.
+/// The class embeddings as the left-hand side of `queries @ features^T`.
 struct Queries {
-    /// `[embed_dim, queries]` on the device.
-    transposed: Tensor<2>,
+    /// `[queries, embed_dim]` on the device.
+    rows: Tensor<2>,
     count: usize,
 }
 
@@ -670,18 +674,28 @@ impl Segmenter {
         })
     }
 
-    /// Run the pipeline once, on a blank image that gives two windows of
-    /// `params`' crop and on one class name, so that a GPU compiles its
-    /// kernels at load rather than in the user's first request. The caches
-    /// are left as they were. Returns the milliseconds it took.
+    /// Run the pipeline on a blank image that gives two windows of `params`'
+    /// crop, so that a GPU compiles its kernels at load rather than in the
+    /// user's first request: once on one class name (all blocks), then again
+    /// on [`WARM_UP_CLASSES`] (the last block only). A GPU compiles a kernel
+    /// for each vector width, bounds check and order of work groups, which
+    /// follow the shapes: the two passes cover the shapes of one name's
+    /// prompts and of several names', and of one class and of several with a
+    /// synonym. The caches are left as they were. Returns the milliseconds it took.
     pub async fn warm_up(&mut self, params: &SegmentParams) -> Result<f64, SegmentError> {
         let started = (self.clock)();
         let text_cache = std::mem::take(&mut self.text_cache);
         let window_cache = self.window_cache.take();
         let side = params.short_side.max(self.model.config.vision.patch_size as u32);
         let blank = RgbImage::from_pixel(side + side / 2, side, image::Rgb([128, 128, 128]));
-        let (classes, _) = ClassList::parse("a blank image").map_err(|e| SegmentError::Device(e.to_string()))?;
-        let result = self.segment(&blank, &classes, params, &mut |_: Progress| {}).await;
+        let mut result = Ok(());
+        for spec in ["a blank image", WARM_UP_CLASSES] {
+            let (classes, _) = ClassList::parse(spec).map_err(|e| SegmentError::Device(e.to_string()))?;
+            result = self.segment(&blank, &classes, params, &mut |_: Progress| {}).await.map(|_| ());
+            if result.is_err() {
+                break;
+            }
+        }
         self.text_cache = text_cache;
         self.window_cache = window_cache;
         result?;
@@ -697,17 +711,10 @@ impl Segmenter {
         Tensor::from_data(TensorData::new(maps.as_slice().to_vec(), [maps.channels(), height, width]), &self.model.vision.device())
     }
 
-    /// The class embeddings, `[queries, dim]`, uploaded transposed.
+    /// The class embeddings, `[queries, dim]` row-major, on the device.
     fn queries(&self, embeddings: Vec<f32>, count: usize) -> Queries {
-        let dim = self.embed_dim();
-        let mut transposed = vec![0.0f32; dim * count];
-        for (q, row) in embeddings.chunks_exact(dim).enumerate() {
-            for (d, &value) in row.iter().enumerate() {
-                transposed[d * count + q] = value;
-            }
-        }
         let device = self.model.vision.device();
-        Queries { transposed: Tensor::from_data(TensorData::new(transposed, [dim, count]), &device), count }
+        Queries { rows: Tensor::from_data(TensorData::new(embeddings, [count, self.embed_dim()]), &device), count }
     }
 
     /// Resize, normalise and cut the image into windows, or take all of it
@@ -808,16 +815,18 @@ impl Segmenter {
     }
 
     /// The last block on a batch of windows, then the cosine similarity of
-    /// every patch with every query.
+    /// every patch with every query. The queries are the product's rows, so
+    /// its GPU kernels are the same whatever their number (the columns'
+    /// count sets the vector width).
     ///
     /// # Shapes
-    /// - returns `[windows, patches, queries]` on the device
-    fn window_scores(&self, input: &LastBlockInput, queries: &Queries, last_block: &LastBlock) -> Tensor<3> {
+    /// - returns `[queries, windows * patches]` on the device
+    fn window_scores(&self, input: &LastBlockInput, queries: &Queries, last_block: &LastBlock) -> Tensor<2> {
         let features = self.model.vision.dense_from_last_block(input, last_block);
         let [batch, n, dim] = features.dims();
         let features = features.reshape([batch * n, dim]);
         let norm = features.clone().square().sum_dim(1).sqrt();
-        matmul(features / norm, queries.transposed.clone()).reshape([batch, n, queries.count])
+        matmul(queries.rows.clone(), (features / norm).transpose())
     }
 }
 

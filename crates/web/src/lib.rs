@@ -444,7 +444,7 @@ impl WebSegmenter {
         self.patch
     }
 
-    /// Run the default request once on a blank image, so that the GPU
+    /// Run the default settings on a blank image, so that the GPU
     /// compiles its kernels now rather than in the first real run (see
     /// [`Segmenter::warm_up`]). Resolves to the milliseconds it took; rejects
     /// with an [`ErrorReport`].

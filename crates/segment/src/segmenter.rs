@@ -889,7 +889,7 @@ mod tests {
         }
         assert!(matches!(refused(SegmentParams { background_threshold: f32::NAN, ..ok.clone() }), SettingsError::BackgroundThreshold(t) if t.is_nan()));
         assert_eq!(SegmentParams { background_threshold: 1.0, ..ok.clone() }.validate(), Ok(()));
-        let residual = LastBlock { residual: clearclip_model::Residual::Keep { attention_scale: f32::NAN }, ..ok.last_block.clone() };
+        let residual = LastBlock { residual: clearclip_model::Residual::Keep { attention_scale: f32::NAN }, ..ok.last_block };
         assert!(matches!(refused(SegmentParams { last_block: residual, ..ok.clone() }), SettingsError::LastBlock(_)));
         let pamr = Pamr { dilations: vec![8, 0], ..Pamr::default() };
         assert_eq!(refused(SegmentParams { pamr: Some(pamr), ..ok.clone() }), SettingsError::PamrDilations(vec![8, 0]));

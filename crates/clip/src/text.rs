@@ -58,10 +58,11 @@ impl TextTransformer {
         if len > context || batch.ids.len() != rows * len || batch.eot.iter().any(|&e| e >= len) {
             return Err(InputError::TokenBatch { rows, len, context });
         }
+        let on_gpu = !is_host(&device);
         let padded;
-        let batch = match is_host(&device) {
-            true => batch,
-            false => {
+        let batch = match on_gpu {
+            false => batch,
+            true => {
                 padded = batch.padded_to(len.next_multiple_of(GPU_TOKEN_MULTIPLE).min(context));
                 &padded
             }
@@ -77,7 +78,7 @@ impl TextTransformer {
         let mut eot: Vec<i64> = batch.eot.iter().enumerate().map(|(row, &pos)| (row * len + pos) as i64).collect();
         // On a GPU the projection takes a multiple of GPU_POOLED_MULTIPLE rows
         // (the first row again), for the reason of the padding above.
-        if let (false, Some(&first)) = (is_host(&device), eot.first()) {
+        if let (true, Some(&first)) = (on_gpu, eot.first()) {
             eot.resize(rows.next_multiple_of(GPU_POOLED_MULTIPLE), first);
         }
         let pooled = eot.len();

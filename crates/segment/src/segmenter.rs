@@ -417,13 +417,6 @@ struct PreparedImage {
     reused: Option<Vec<LastBlockInput>>,
 }
 
-/// The class embeddings as the left-hand side of `queries @ features^T`.
-struct Queries {
-    /// `[queries, embed_dim]` on the device.
-    rows: Tensor<2>,
-    count: usize,
-}
-
 pub(crate) fn device_error(e: impl std::fmt::Debug) -> SegmentError {
     SegmentError::Device(format!("{e:?}"))
 }
@@ -688,14 +681,14 @@ impl Segmenter {
         let window_cache = self.window_cache.take();
         let side = params.short_side.max(self.model.config.vision.patch_size as u32);
         let blank = RgbImage::from_pixel(side + side / 2, side, image::Rgb([128, 128, 128]));
-        let mut result = Ok(());
-        for spec in ["a blank image", WARM_UP_CLASSES] {
-            let (classes, _) = ClassList::parse(spec).map_err(|e| SegmentError::Device(e.to_string()))?;
-            result = self.segment(&blank, &classes, params, &mut |_: Progress| {}).await.map(|_| ());
-            if result.is_err() {
-                break;
+        let result = async {
+            for spec in ["a blank image", WARM_UP_CLASSES] {
+                let (classes, _) = ClassList::parse(spec).map_err(|e| SegmentError::Device(e.to_string()))?;
+                self.segment(&blank, &classes, params, &mut |_: Progress| {}).await?;
             }
+            Ok::<_, SegmentError>(())
         }
+        .await;
         self.text_cache = text_cache;
         self.window_cache = window_cache;
         result?;
@@ -711,10 +704,13 @@ impl Segmenter {
         Tensor::from_data(TensorData::new(maps.as_slice().to_vec(), [maps.channels(), height, width]), &self.model.vision.device())
     }
 
-    /// The class embeddings, `[queries, dim]` row-major, on the device.
-    fn queries(&self, embeddings: Vec<f32>, count: usize) -> Queries {
-        let device = self.model.vision.device();
-        Queries { rows: Tensor::from_data(TensorData::new(embeddings, [count, self.embed_dim()]), &device), count }
+    /// The class embeddings on the device, the left-hand side of
+    /// `queries @ features^T`.
+    ///
+    /// # Shapes
+    /// - `embeddings`: `[count, embed_dim]` row-major; returns the same
+    fn queries(&self, embeddings: Vec<f32>, count: usize) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(embeddings, [count, self.embed_dim()]), &self.model.vision.device())
     }
 
     /// Resize, normalise and cut the image into windows, or take all of it
@@ -769,11 +765,12 @@ impl Segmenter {
     /// the first `L-1` blocks' output of every batch (reused, or computed).
     ///
     /// # Shapes
+    /// - `queries`: `[queries, embed_dim]`
     /// - returns `[queries, height, width]` at the resized image's size
     async fn merged_window_logits(
         &self,
         image: &PreparedImage,
-        queries: &Queries,
+        queries: &Tensor<2>,
         last_block: &LastBlock,
         observer: &mut dyn Observer,
         phases: &mut ImagePhases,
@@ -784,7 +781,7 @@ impl Segmenter {
         // Marks the end of the text phase for callers timing the two phases.
         step(observer, Progress::Window { done: 0, total }).await?;
         let patch = self.model.config.vision.patch_size;
-        let mut sum = WindowSum::new(queries.count, image.pixels.size(), patch, &self.model.vision.device());
+        let mut sum = WindowSum::new(queries.dims()[0], image.pixels.size(), patch, &self.model.vision.device());
         for batch in &image.batches {
             let windows = &image.windows[batch.clone()];
             let started = (self.clock)();
@@ -820,13 +817,14 @@ impl Segmenter {
     /// count sets the vector width).
     ///
     /// # Shapes
+    /// - `queries`: `[queries, embed_dim]`
     /// - returns `[queries, windows * patches]` on the device
-    fn window_scores(&self, input: &LastBlockInput, queries: &Queries, last_block: &LastBlock) -> Tensor<2> {
+    fn window_scores(&self, input: &LastBlockInput, queries: &Tensor<2>, last_block: &LastBlock) -> Tensor<2> {
         let features = self.model.vision.dense_from_last_block(input, last_block);
         let [batch, n, dim] = features.dims();
         let features = features.reshape([batch * n, dim]);
         let norm = features.clone().square().sum_dim(1).sqrt();
-        matmul(queries.rows.clone(), (features / norm).transpose())
+        matmul(queries.clone(), (features / norm).transpose())
     }
 }
 

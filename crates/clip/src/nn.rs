@@ -17,6 +17,9 @@ impl Linear {
     /// # Shapes
     /// - `x`: `[batch, tokens, in]` -> `[batch, tokens, out]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if let Some(y) = self.forward_on_host(&x, None) {
+            return y;
+        }
         let [batch, tokens, width] = x.dims();
         let out = self.weight.dims()[1];
         let y = matmul(x.reshape([batch * tokens, width]), self.weight.clone());
@@ -25,6 +28,38 @@ impl Linear {
             None => y,
         };
         y.reshape([batch, tokens, out])
+    }
+
+    /// `residual + x W + b`. On the CPU backend the residual is where the
+    /// product is accumulated ([`host::linear`]), so the sum costs no pass.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, tokens, in]`, `residual`: `[batch, tokens, out]` -> `[batch, tokens, out]`
+    pub fn forward_add(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        match self.forward_on_host(&x, Some(&residual)) {
+            Some(y) => y,
+            None => residual + self.forward(x),
+        }
+    }
+
+    /// [`host::linear`] when every operand is contiguous f32 data of burn's
+    /// CPU backend and there is a bias, else `None`.
+    fn forward_on_host(&self, x: &Tensor<3>, residual: Option<&Tensor<3>>) -> Option<Tensor<3>> {
+        let device = x.device();
+        if !host::is_host(&device) {
+            return None;
+        }
+        let [batch, tokens, _] = x.dims();
+        let out = self.weight.dims()[1];
+        let y = host::with_values(x, |x| {
+            host::with_values(&self.weight, |weight| {
+                host::with_values(self.bias.as_ref()?, |bias| match residual {
+                    Some(residual) => host::with_values(residual, |residual| host::linear(x, weight, bias, Some(residual))),
+                    None => Some(host::linear(x, weight, bias, None)),
+                })?
+            })?
+        })??;
+        Some(Tensor::from_data(TensorData::new(y, [batch, tokens, out]), &device))
     }
 }
 
@@ -44,6 +79,16 @@ impl LayerNorm {
     /// # Shapes
     /// - `x`: `[..., width]` -> same
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if host::is_host(&x.device()) {
+            let on_host = host::with_values(&x, |values| {
+                host::with_values(&self.gamma, |gamma| {
+                    host::with_values(&self.beta, |beta| host::layer_norm(values, gamma, beta, LAYER_NORM_EPS as f32))
+                })
+            });
+            if let Some(Some(Some(y))) = on_host {
+                return Tensor::from_data(TensorData::new(y, x.shape()), &x.device());
+            }
+        }
         let dtype = x.dtype();
         let x = x.cast(FloatDType::F32);
         let (var, mean) = x.clone().var_mean_bias(D - 1);
@@ -65,14 +110,29 @@ impl Mlp {
     /// # Shapes
     /// - `x`: `[batch, tokens, width]` -> same
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.fc2.forward(self.hidden(x))
+    }
+
+    /// `x + mlp(x')`, see [`Linear::forward_add`].
+    ///
+    /// # Shapes
+    /// - `x`, `residual`: `[batch, tokens, width]` -> same
+    pub fn forward_add(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        self.fc2.forward_add(self.hidden(x), residual)
+    }
+
+    /// `act(c_fc(x))`.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, tokens, width]` -> `[batch, tokens, hidden]`
+    fn hidden(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.fc1.forward(x);
-        let h = match self.activation {
+        match self.activation {
             // open_clip/transformer.py QuickGELU: x * sigmoid(1.702 * x)
             Activation::QuickGelu if host::is_host(&h.device()) => host::quick_gelu_tensor(h),
             Activation::QuickGelu => h.clone() * activation::sigmoid(h * 1.702),
             Activation::Gelu => activation::gelu(h),
-        };
-        self.fc2.forward(h)
+        }
     }
 }
 
@@ -123,8 +183,7 @@ impl Attention {
     /// # Shapes
     /// - `heads`: `[batch, heads, tokens, head_dim]` -> `[batch, tokens, width]`
     pub fn merge(&self, heads: Tensor<4>) -> Tensor<3> {
-        let [batch, n_heads, tokens, head_dim] = heads.dims();
-        self.out.forward(heads.swap_dims(1, 2).reshape([batch, tokens, n_heads * head_dim]))
+        self.out.forward(merge_heads(heads))
     }
 
     /// Standard scaled dot-product attention, `softmax(q k^T / sqrt(d)) v`;
@@ -139,15 +198,40 @@ impl Attention {
     /// # Shapes
     /// - `x`: `[batch, tokens, width]` -> same
     pub fn forward(&self, x: Tensor<3>, future: Option<&Tensor<2, Bool>>) -> Tensor<3> {
+        self.out.forward(self.attend(x, future))
+    }
+
+    /// `residual + attn(x)`, see [`Linear::forward_add`].
+    ///
+    /// # Shapes
+    /// - `x`, `residual`: `[batch, tokens, width]` -> same
+    pub fn forward_add(&self, x: Tensor<3>, future: Option<&Tensor<2, Bool>>, residual: Tensor<3>) -> Tensor<3> {
+        self.out.forward_add(self.attend(x, future), residual)
+    }
+
+    /// [`Self::forward`] before the output projection, heads merged.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, tokens, width]` -> same
+    fn attend(&self, x: Tensor<3>, future: Option<&Tensor<2, Bool>>) -> Tensor<3> {
         if host::is_host(&x.device()) {
             let causal = future.is_some();
             let spec = AttentionSpec { scores: &[(Part::Query, Part::Key)], scale: self.scale() as f32, bias: None, causal };
-            return self.out.forward(host::attention_tensor(self.qkv.forward(x), self.heads, spec));
+            return host::attention_tensor(self.qkv.forward(x), self.heads, spec);
         }
         let HeadProjections { q, k, v } = self.project(x);
         let weights = attention_weights(q, k, self.scale(), None, future);
-        self.merge(matmul(weights.cast(FloatDType::from(v.dtype())), v))
+        merge_heads(matmul(weights.cast(FloatDType::from(v.dtype())), v))
     }
+}
+
+/// The heads side by side in each token's row.
+///
+/// # Shapes
+/// - `heads`: `[batch, heads, tokens, head_dim]` -> `[batch, tokens, heads * head_dim]`
+fn merge_heads(heads: Tensor<4>) -> Tensor<3> {
+    let [batch, n_heads, tokens, head_dim] = heads.dims();
+    heads.swap_dims(1, 2).reshape([batch, tokens, n_heads * head_dim])
 }
 
 /// `true` where key `j` comes after query `i`: the text tower's causal mask.
@@ -201,7 +285,7 @@ impl ResidualAttentionBlock {
     /// - `x`: `[batch, tokens, width]` -> same
     /// - `future`: `[tokens, tokens]`, see [`Attention::forward`]
     pub fn forward(&self, x: Tensor<3>, future: Option<&Tensor<2, Bool>>) -> Tensor<3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), future);
-        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+        let x = self.attn.forward_add(self.ln_1.forward(x.clone()), future, x);
+        self.mlp.forward_add(self.ln_2.forward(x.clone()), x)
     }
 }

@@ -75,9 +75,13 @@ impl DeviceTaps {
     }
 }
 
+/// Output rows per task of [`classify_on_host`] (rounded up to whole strides).
+const HOST_BAND_ROWS: usize = 32;
+
 /// [`classify`] in one pass over the pixels, on the host: resize of the
 /// averaged logits, softmax, max over synonyms, argmax and threshold per
-/// pixel. Only every `stride`-th pixel's probabilities are kept.
+/// pixel. Only every `stride`-th pixel's probabilities are kept. Bands of
+/// rows run on rayon's pool where there is one.
 ///
 /// # Shapes
 /// - `logits`: `[queries, in_h, in_w]` (`in` = `out` for PAMR's full-size logits)
@@ -88,40 +92,59 @@ pub(crate) fn classify_on_host(logits: &Maps, (out_h, out_w): (usize, usize), me
     let (sampled_h, sampled_w) = (out_h.div_ceil(stride), out_w.div_ceil(stride));
     let mut probs = vec![0.0f32; merge.classes * sampled_h * sampled_w];
     let mut labels = vec![0u8; out_h * out_w];
-    let mut scores = vec![0.0f32; logits.channels()];
-    let mut class_probs = vec![0.0f32; merge.classes];
-    for (y, t) in ty.iter().enumerate() {
-        for (x, s) in tx.iter().enumerate() {
-            for (q, score) in scores.iter_mut().enumerate() {
-                let plane = logits.plane(q);
-                let (upper, lower) = (&plane[t.i0 * in_w..][..in_w], &plane[t.i1 * in_w..][..in_w]);
-                *score = bilinear(t, s, upper, lower) * merge.logit_scale;
-            }
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0.0;
-            for score in scores.iter_mut() {
-                *score = (*score - max).exp();
-                total += *score;
-            }
-            class_probs.iter_mut().for_each(|p| *p = f32::NEG_INFINITY);
-            for (&c, score) in merge.class_of_query.iter().zip(&scores) {
-                class_probs[c] = class_probs[c].max(score / total);
-            }
-            let mut best = 0;
-            for (c, &p) in class_probs.iter().enumerate() {
-                if p > class_probs[best] {
-                    best = c;
+    // A band is whole strides of rows, so its sampled rows are its own: in
+    // every class plane, the band's slice of sampled rows.
+    let sampled_band = HOST_BAND_ROWS.div_ceil(stride);
+    let band = sampled_band * stride;
+    let mut band_probs: Vec<Vec<&mut [f32]>> = (0..out_h.div_ceil(band)).map(|_| Vec::with_capacity(merge.classes)).collect();
+    for plane in probs.chunks_mut(sampled_h * sampled_w) {
+        for (rows, planes) in plane.chunks_mut(sampled_band * sampled_w).zip(band_probs.iter_mut()) {
+            planes.push(rows);
+        }
+    }
+    let classify_band = |(b, (labels, mut probs)): (usize, (&mut [u8], Vec<&mut [f32]>))| {
+        let mut scores = vec![0.0f32; logits.channels()];
+        let mut class_probs = vec![0.0f32; merge.classes];
+        for (dy, (row_labels, t)) in labels.chunks_mut(out_w).zip(&ty[b * band..]).enumerate() {
+            for (x, s) in tx.iter().enumerate() {
+                for (q, score) in scores.iter_mut().enumerate() {
+                    let plane = logits.plane(q);
+                    let (upper, lower) = (&plane[t.i0 * in_w..][..in_w], &plane[t.i1 * in_w..][..in_w]);
+                    *score = bilinear(t, s, upper, lower) * merge.logit_scale;
                 }
-            }
-            labels[y * out_w + x] = if class_probs[best] < merge.background_threshold { 0 } else { best as u8 };
-            if y % stride == 0 && x % stride == 0 {
-                let at = (y / stride) * sampled_w + x / stride;
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut total = 0.0;
+                for score in scores.iter_mut() {
+                    *score = (*score - max).exp();
+                    total += *score;
+                }
+                class_probs.iter_mut().for_each(|p| *p = f32::NEG_INFINITY);
+                for (&c, score) in merge.class_of_query.iter().zip(&scores) {
+                    class_probs[c] = class_probs[c].max(score / total);
+                }
+                let mut best = 0;
                 for (c, &p) in class_probs.iter().enumerate() {
-                    probs[c * sampled_h * sampled_w + at] = p;
+                    if p > class_probs[best] {
+                        best = c;
+                    }
+                }
+                row_labels[x] = if class_probs[best] < merge.background_threshold { 0 } else { best as u8 };
+                if dy % stride == 0 && x % stride == 0 {
+                    let at = (dy / stride) * sampled_w + x / stride;
+                    for (plane, &p) in probs.iter_mut().zip(&class_probs) {
+                        plane[at] = p;
+                    }
                 }
             }
         }
+    };
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        labels.par_chunks_mut(band * out_w).zip(band_probs).enumerate().for_each(classify_band);
     }
+    #[cfg(not(feature = "rayon"))]
+    labels.chunks_mut(band * out_w).zip(band_probs).enumerate().for_each(classify_band);
     ClassMaps { probs, labels }
 }
 
@@ -487,6 +510,23 @@ mod tests {
     /// PAMR on the device, band by band with a halo and a few queries at a
     /// time, gives the maps of PAMR on the host over the whole image (the
     /// CPU backend's path), on every test device.
+    #[test]
+    fn host_maps_in_many_bands_equal_device_maps() {
+        // Taller than several of the host's bands, whose rows are whole
+        // strides (33 rows at stride 3, the last band 2 rows).
+        let class_of_query = [0, 1, 1, 2];
+        let merge = ClassMerge { class_of_query: &class_of_query, classes: 3, logit_scale: 50.0, background_threshold: 0.2 };
+        let source = maps(&logits(4 * 9 * 8), 4, (9, 8));
+        let size = (101, 37);
+        assert!(size.0 > 3 * HOST_BAND_ROWS);
+        for stride in [1, 3] {
+            let device = pollster::block_on(classify(FullSizeLogits::Resize(source.clone()), size, &merge, stride, BAND_BYTES).read()).unwrap();
+            let host = classify_on_host(&pollster::block_on(read_maps(source.clone())).unwrap(), size, &merge, stride);
+            assert_eq!(host.labels, device.labels, "stride {stride}");
+            clearclip_fixtures::assert_close(&format!("host vs device, stride {stride}"), &host.probs, &device.probs, 1e-6);
+        }
+    }
+
     #[test]
     fn refined_in_bands_equals_refined_whole_on_the_host() {
         let class_of_query = [0, 1, 1, 1, 2];

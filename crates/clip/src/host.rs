@@ -25,7 +25,9 @@
 //! LLVM's vectoriser, which `opt-level = "z"` turns off.
 
 use std::mem::MaybeUninit;
+use std::ops::Deref;
 
+use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -395,11 +397,25 @@ unsafe fn attend_one_head(qkv: &[f32], shape: QkvShape, head: usize, spec: Atten
     }
 }
 
-/// Calls `f` with the tensor's values, borrowed, when it is contiguous f32
-/// data of burn's CPU backend; `None` (and `f` not called) otherwise.
-pub(crate) fn with_values<const D: usize, R>(tensor: &Tensor<D>, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    let primitive = tensor.clone().try_into_primitive::<Flex>().ok()?;
-    primitive.as_slice::<f32>().map(f)
+/// A tensor's values, borrowed: it holds the tensor's data (not a copy) and
+/// reads as a `&[f32]`.
+pub(crate) struct HostValues(FlexTensor);
+
+impl HostValues {
+    /// `None` unless the tensor is contiguous f32 data of burn's CPU backend.
+    pub(crate) fn of<const D: usize>(tensor: &Tensor<D>) -> Option<Self> {
+        let primitive = tensor.clone().try_into_primitive::<Flex>().ok()?;
+        primitive.as_slice::<f32>()?;
+        Some(Self(primitive))
+    }
+}
+
+impl Deref for HostValues {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        self.0.as_slice().expect("contiguous f32, checked by HostValues::of")
+    }
 }
 
 /// The tensor's values as f32 on the host (no copy when it holds the only
@@ -554,12 +570,12 @@ mod tests {
     }
 
     #[test]
-    fn with_values_borrows_contiguous_cpu_tensors_only() {
+    fn host_values_borrow_contiguous_cpu_tensors_only() {
         let device = Device::flex();
         let t = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2., 3., 4., 5., 6.], [2, 3]), &device);
-        assert_eq!(with_values(&t, |v| v.to_vec()), Some(vec![1.0, 2., 3., 4., 5., 6.]));
+        assert_eq!(HostValues::of(&t).as_deref(), Some(&[1.0, 2., 3., 4., 5., 6.][..]));
         // A transposed view is not row-major: no slice, so callers take burn's path.
-        assert_eq!(with_values(&t.clone().transpose(), |v| v.len()), None);
+        assert!(HostValues::of(&t.clone().transpose()).is_none());
     }
 
     #[test]

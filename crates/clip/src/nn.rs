@@ -4,7 +4,7 @@ use burn::tensor::{activation, Bool, Device, FloatDType, Tensor, TensorData};
 
 use crate::config::Activation;
 use crate::gpu_matmul::matmul;
-use crate::host::{self, AttentionSpec, Part};
+use crate::host::{self, AttentionSpec, HostValues, Part};
 
 /// `y = x W + b`, with `W` stored input-major (`[in, out]`).
 #[derive(Debug, Clone)]
@@ -51,14 +51,12 @@ impl Linear {
         }
         let [batch, tokens, _] = x.dims();
         let out = self.weight.dims()[1];
-        let y = host::with_values(x, |x| {
-            host::with_values(&self.weight, |weight| {
-                host::with_values(self.bias.as_ref()?, |bias| match residual {
-                    Some(residual) => host::with_values(residual, |residual| host::linear(x, weight, bias, Some(residual))),
-                    None => Some(host::linear(x, weight, bias, None)),
-                })?
-            })?
-        })??;
+        let (values, weight, bias) = (HostValues::of(x)?, HostValues::of(&self.weight)?, HostValues::of(self.bias.as_ref()?)?);
+        let residual = match residual {
+            Some(residual) => Some(HostValues::of(residual)?),
+            None => None,
+        };
+        let y = host::linear(&values, &weight, &bias, residual.as_deref());
         Some(Tensor::from_data(TensorData::new(y, [batch, tokens, out]), &device))
     }
 }
@@ -80,12 +78,8 @@ impl LayerNorm {
     /// - `x`: `[..., width]` -> same
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         if host::is_host(&x.device()) {
-            let on_host = host::with_values(&x, |values| {
-                host::with_values(&self.gamma, |gamma| {
-                    host::with_values(&self.beta, |beta| host::layer_norm(values, gamma, beta, LAYER_NORM_EPS as f32))
-                })
-            });
-            if let Some(Some(Some(y))) = on_host {
+            if let (Some(values), Some(gamma), Some(beta)) = (HostValues::of(&x), HostValues::of(&self.gamma), HostValues::of(&self.beta)) {
+                let y = host::layer_norm(&values, &gamma, &beta, LAYER_NORM_EPS as f32);
                 return Tensor::from_data(TensorData::new(y, x.shape()), &x.device());
             }
         }

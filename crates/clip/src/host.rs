@@ -85,14 +85,20 @@ fn max_of(row: &[f32]) -> f32 {
 }
 
 fn sum_of(row: &[f32]) -> f32 {
+    sum_of_map(row, |v| v)
+}
+
+/// `sum of f(v)` over `row`, in [`LANES`] accumulators.
+#[inline(always)]
+fn sum_of_map(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
         for (s, &v) in lanes.iter_mut().zip(chunk) {
-            *s += v;
+            *s += f(v);
         }
     }
-    chunks.remainder().iter().chain(&lanes).sum()
+    chunks.remainder().iter().map(|&v| f(v)).chain(lanes).sum()
 }
 
 /// `row <- softmax(row)`.
@@ -114,25 +120,28 @@ fn softmax_in_place(row: &mut [f32]) {
 /// (a V8 profile of the page on 2 threads), and it is 2.4 M values per block
 /// of a ViT-B/16 window.
 pub fn quick_gelu_in_place(values: &mut [f32]) {
-    fn quick_gelu_chunk(values: &mut [f32]) {
-        for v in values.iter_mut() {
+    on_pool_in_chunks(values, VALUES_PER_TASK, |_, chunk| {
+        for v in chunk.iter_mut() {
             *v *= 1.0 / (1.0 + exp(-(1.702 * *v)));
         }
-    }
+    });
+}
+
+/// Values per rayon task in the loops below: large enough that the pool's
+/// hand-over costs little.
+const VALUES_PER_TASK: usize = 1 << 16;
+
+/// `f(index, chunk)` for each `chunk_len`-long chunk of `values`, on rayon's
+/// pool where there is one, else in order on this thread.
+fn on_pool_in_chunks<T: Send>(values: &mut [T], chunk_len: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
-        /// Values per task: large enough that the pool's hand-over costs little.
-        const CHUNK: usize = 1 << 16;
-        values.par_chunks_mut(CHUNK).for_each(quick_gelu_chunk);
+        values.par_chunks_mut(chunk_len).enumerate().for_each(|(i, chunk)| f(i, chunk));
     }
     #[cfg(not(feature = "rayon"))]
-    quick_gelu_chunk(values);
+    values.chunks_mut(chunk_len).enumerate().for_each(|(i, chunk)| f(i, chunk));
 }
-
-/// Values per rayon task in the row loops below: large enough that the
-/// pool's hand-over costs little.
-const VALUES_PER_TASK: usize = 1 << 16;
 
 /// Writes every element of a new `rows x width` buffer by `fill(row, out)`,
 /// in chunks of whole rows on rayon's pool where there is one.
@@ -141,18 +150,11 @@ fn rows_into_new(rows: usize, width: usize, fill: impl Fn(usize, &mut [MaybeUnin
     let mut values = Vec::with_capacity(len);
     let out = &mut values.spare_capacity_mut()[..len];
     let chunk_rows = VALUES_PER_TASK.div_ceil(width.max(1)).max(1);
-    let fill_chunk = |(chunk, out): (usize, &mut [MaybeUninit<f32>])| {
+    on_pool_in_chunks(out, chunk_rows * width, |chunk, out| {
         for (i, row) in out.chunks_exact_mut(width).enumerate() {
             fill(chunk * chunk_rows + i, row);
         }
-    };
-    #[cfg(feature = "rayon")]
-    {
-        use rayon::prelude::*;
-        out.par_chunks_mut(chunk_rows * width).enumerate().for_each(fill_chunk);
-    }
-    #[cfg(not(feature = "rayon"))]
-    out.chunks_mut(chunk_rows * width).enumerate().for_each(fill_chunk);
+    });
     // SAFETY: `fill` is called once for every row of `out` and writes the
     // whole row (`write_row` below is how every caller writes).
     unsafe { values.set_len(len) };
@@ -178,14 +180,7 @@ pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> 
     rows_into_new(x.len() / width, width, |r, out| {
         let row = &x[r * width..][..width];
         let mean = sum_of(row) / width as f32;
-        let mut lanes = [0.0f32; LANES];
-        let mut chunks = row.chunks_exact(LANES);
-        for chunk in &mut chunks {
-            for (s, &v) in lanes.iter_mut().zip(chunk) {
-                *s += (v - mean) * (v - mean);
-            }
-        }
-        let squares: f32 = chunks.remainder().iter().map(|&v| (v - mean) * (v - mean)).chain(lanes).sum();
+        let squares = sum_of_map(row, |v| (v - mean) * (v - mean));
         let inv_std = 1.0 / (squares / width as f32 + eps).sqrt();
         write_row(out, |i| (row[i] - mean) * inv_std * gamma[i] + beta[i]);
     })

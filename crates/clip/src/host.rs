@@ -6,9 +6,11 @@
 //! scalar loops between small matrix products. A profile of the page's wasm
 //! CPU backend on a ViT-B/16 448x448 window (`scripts/bench_browser.mjs
 //! v8prof`) had `expf` at 13 % of the time and that bookkeeping at another 5 %.
-//! Here attention runs one (image, head) at a time with its `[tokens, tokens]`
-//! scores materialised (2.5 MB for a 785-token window), as two `gemm` calls
-//! around a row softmax whose `exp` vectorises; QuickGELU is one pass.
+//! Here attention runs one (image, head) at a time (or a block of its query
+//! rows, when there are few heads for many threads) with its `[tokens,
+//! tokens]` scores materialised (2.5 MB for a 785-token window), as two
+//! `gemm` calls around a row softmax whose `exp` vectorises; QuickGELU is one
+//! pass.
 //!
 //! The layers around attention run here too: burn-flex runs its elementwise
 //! ops on the calling thread, so a layer norm (some ten passes over the
@@ -25,7 +27,7 @@
 //! LLVM's vectoriser, which `opt-level = "z"` turns off.
 
 use std::mem::MaybeUninit;
-use std::ops::Deref;
+use std::ops::{Deref, Range};
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
@@ -268,46 +270,83 @@ pub struct AttentionSpec<'a> {
 
 /// Multi-head attention on a fused projection, heads merged in the output.
 ///
+/// A task is one (image, head), or a block of its query rows when there are
+/// fewer than [`TASKS_PER_THREAD`] tasks a thread: one 448 window of
+/// ViT-B/16 has 12 heads, which on 16 threads would leave a quarter of the
+/// cores idle through every attention. Blocks cost a little where they are
+/// not needed: 64-row blocks (13 a head) made the image phase 4 % slower on
+/// one thread and the last block 10 % (`clearclip bench`, ViT-B/16, 2
+/// windows; each block packs the keys and values again for `gemm`).
+///
 /// # Shapes
 /// - `qkv`: `[batch, tokens, 3 * heads * head_dim]` (see [`QkvShape`]) -> `[batch, tokens, heads * head_dim]`
 pub fn attention(qkv: &[f32], shape: QkvShape, spec: AttentionSpec) -> Vec<f32> {
+    #[cfg(feature = "rayon")]
+    let threads = rayon::current_num_threads();
+    #[cfg(not(feature = "rayon"))]
+    let threads = 1;
+    attention_in_blocks(qkv, shape, spec, blocks_per_head(shape, threads))
+}
+
+/// [`attention`] splits heads into blocks of query rows until there are this
+/// many tasks a thread (so that uneven tasks still even out)...
+const TASKS_PER_THREAD: usize = 4;
+/// ...but no block of fewer rows than this.
+const MIN_ROWS_PER_TASK: usize = 32;
+
+/// Into how many blocks of query rows [`attention`] splits each (image, head)
+/// on `threads` threads.
+fn blocks_per_head(shape: QkvShape, threads: usize) -> usize {
+    let heads = (shape.batch * shape.heads).max(1);
+    let most = (shape.tokens / MIN_ROWS_PER_TASK).max(1);
+    (TASKS_PER_THREAD * threads).div_ceil(heads).clamp(1, most)
+}
+
+/// [`attention`], each (image, head) in `blocks` tasks of consecutive query
+/// rows (as many rows each as can be, give or take one).
+fn attention_in_blocks(qkv: &[f32], shape: QkvShape, spec: AttentionSpec, blocks: usize) -> Vec<f32> {
     let QkvShape { batch, tokens, heads, head_dim } = shape;
     assert_eq!(qkv.len(), batch * tokens * 3 * shape.width(), "qkv does not match {shape:?}");
     if let Some(bias) = spec.bias {
         assert_eq!(bias.len(), tokens * tokens, "the attention bias must be [tokens, tokens]");
     }
-    // [batch, tokens, heads * head_dim]: each (image, head) writes its own
-    // head_dim columns of its image's rows, so every element once (no need
-    // to zero it first).
+    let blocks = blocks.clamp(1, tokens.max(1));
+    // [batch, tokens, heads * head_dim]: each task writes its head's head_dim
+    // columns of its rows of its image, so every element once (no need to
+    // zero it first).
     let len = batch * tokens * shape.width();
     let mut merged = Vec::<f32>::with_capacity(len);
     let out = SharedOutput(merged.as_mut_ptr(), len);
-    let scratch = || vec![0.0f32; spec.scores.len().clamp(1, 2) * tokens * tokens];
+    let scratch = || vec![0.0f32; spec.scores.len().clamp(1, 2) * tokens.div_ceil(blocks) * tokens];
     let run = |scratch: &mut Vec<f32>, index: usize| {
-        let (image, head) = (index / heads, index % heads);
+        let (image, head, block) = (index / (heads * blocks), index / blocks % heads, index % blocks);
+        let rows = block * tokens / blocks..(block + 1) * tokens / blocks;
         let image_qkv = &qkv[image * tokens * 3 * shape.width()..][..tokens * 3 * shape.width()];
+        let first = (image * tokens + rows.start) * shape.width() + head * head_dim;
         // SAFETY: `merged` outlives the loop, its length is checked by
-        // `SharedOutput::at`, and no two (image, head) pairs write the same
+        // `SharedOutput::at`, and no two (image, head, block) write the same
         // element.
-        unsafe { attend_one_head(image_qkv, shape, head, spec, scratch, out.at(image * tokens * shape.width() + head * head_dim)) };
+        unsafe { attend_rows(image_qkv, shape, head, rows, spec, scratch, out.at(first)) };
     };
+    let tasks = batch * heads * blocks;
     #[cfg(feature = "rayon")]
     {
         use rayon::prelude::*;
-        (0..batch * heads).into_par_iter().for_each_init(scratch, run);
+        (0..tasks).into_par_iter().for_each_init(scratch, run);
     }
     #[cfg(not(feature = "rayon"))]
     {
         let mut scratch = scratch();
-        (0..batch * heads).for_each(|index| run(&mut scratch, index));
+        (0..tasks).for_each(|index| run(&mut scratch, index));
     }
     // SAFETY: the loops above wrote all `len` elements (the value product of
-    // `attend_one_head` writes every row of its head's columns).
+    // `attend_rows` writes every one of its rows of its head's columns, and
+    // the blocks cover all rows).
     unsafe { merged.set_len(len) };
     merged
 }
 
-/// The output of [`attention`] and its length, written by every head at once
+/// The output of [`attention`] and its length, written by every task at once
 /// at disjoint places.
 #[derive(Clone, Copy)]
 struct SharedOutput(*mut f32, usize);
@@ -321,41 +360,44 @@ impl SharedOutput {
     }
 }
 
-// SAFETY: the heads write disjoint elements (see `attention`).
+// SAFETY: the tasks write disjoint elements (see `attention_in_blocks`).
 unsafe impl Send for SharedOutput {}
 unsafe impl Sync for SharedOutput {}
 
-/// One head of one image: `out = (sum of softmax(scale a b^T + bias)) v`.
+/// Some query rows of one head of one image: `out = (sum of softmax(scale a
+/// b^T + bias)) v` for the rows `rows` of `a` (queries) against all tokens.
 ///
 /// # Shapes
 /// - `qkv`: `[tokens, 3 * heads * head_dim]` (one image)
-/// - `scratch`: `tokens * tokens`, twice that when more than one score pair is summed
-/// - `out`: `[tokens, head_dim]` with a row stride of `heads * head_dim`:
-///   this head's columns of the merged `[tokens, heads * head_dim]` output
+/// - `scratch`: at least `rows.len() * tokens`, twice that when more than one score pair is summed
+/// - `out`: `[rows.len(), head_dim]` with a row stride of `heads * head_dim`:
+///   this head's columns of those rows of the merged `[tokens, heads * head_dim]` output
 ///
 /// # Safety
 /// `out` must be valid for writes at `t * heads * head_dim + d` for every
-/// token `t` and `d < head_dim`, and nothing else may access those elements.
-unsafe fn attend_one_head(qkv: &[f32], shape: QkvShape, head: usize, spec: AttentionSpec, scratch: &mut [f32], out: *mut f32) {
+/// `t < rows.len()` and `d < head_dim`, and nothing else may access those elements.
+unsafe fn attend_rows(qkv: &[f32], shape: QkvShape, head: usize, rows: Range<usize>, spec: AttentionSpec, scratch: &mut [f32], out: *mut f32) {
     let QkvShape { tokens, head_dim, .. } = shape;
     let row_stride = 3 * shape.width() as isize;
-    let part = |p: Part| qkv[p as usize * shape.width() + head * head_dim..].as_ptr();
-    // softmax(scale a b^T + bias) into `scores`, `[tokens, tokens]`.
+    let part = |p: Part, row: usize| qkv[row * 3 * shape.width() + p as usize * shape.width() + head * head_dim..].as_ptr();
+    let count = rows.len();
+    // softmax(scale a b^T + bias) for `rows` into `scores`, `[count, tokens]`.
     let attention_weights = |(a, b): (Part, Part), scores: &mut [f32]| {
-        // scores[i, j] = scale * sum_d a[i, d] b[j, d]
-        // SAFETY: both operands are [tokens, head_dim] views into `qkv` (row
-        // stride 3 * width, its length checked by `attention`); the
-        // destination is `scores`, [tokens, tokens].
+        // scores[i, j] = scale * sum_d a[rows.start + i, d] b[j, d]
+        // SAFETY: both operands are [_, head_dim] views into `qkv` (row
+        // stride 3 * width, its length checked by `attention_in_blocks`; `a`
+        // from row `rows.start`, `count` rows); the destination is `scores`,
+        // [count, tokens].
         unsafe {
             gemm::gemm(
-                tokens, tokens, head_dim,
+                count, tokens, head_dim,
                 scores.as_mut_ptr(), 1, tokens as isize, false,
-                part(a), 1, row_stride,
-                part(b), row_stride, 1,
+                part(a, rows.start), 1, row_stride,
+                part(b, 0), row_stride, 1,
                 0.0, spec.scale, false, false, false, gemm::Parallelism::None,
             );
         }
-        for (row_index, row) in scores.chunks_mut(tokens).enumerate() {
+        for (row_index, row) in rows.clone().zip(scores.chunks_mut(tokens)) {
             if let Some(bias) = spec.bias {
                 for (s, &b) in row.iter_mut().zip(&bias[row_index * tokens..]) {
                     *s += b;
@@ -366,12 +408,12 @@ unsafe fn attend_one_head(qkv: &[f32], shape: QkvShape, head: usize, spec: Atten
             row[attended..].fill(0.0);
         }
     };
-    let (weights, more) = scratch.split_at_mut(tokens * tokens);
+    let (weights, more) = scratch.split_at_mut(count * tokens);
     for (i, &pair) in spec.scores.iter().enumerate() {
         if i == 0 {
             attention_weights(pair, weights);
         } else {
-            let extra = &mut more[..tokens * tokens];
+            let extra = &mut more[..count * tokens];
             attention_weights(pair, extra);
             for (sum, &w) in weights.iter_mut().zip(extra.iter()) {
                 *sum += w;
@@ -379,14 +421,14 @@ unsafe fn attend_one_head(qkv: &[f32], shape: QkvShape, head: usize, spec: Atten
         }
     }
     // out[i, d] = sum_j weights[i, j] v[j, d]
-    // SAFETY: `weights` is [tokens, tokens], v a [tokens, head_dim] view into
-    // `qkv`, `out` a [tokens, head_dim] view (the caller's contract).
+    // SAFETY: `weights` is [count, tokens], v a [tokens, head_dim] view into
+    // `qkv`, `out` a [count, head_dim] view (the caller's contract).
     unsafe {
         gemm::gemm(
-            tokens, head_dim, tokens,
+            count, head_dim, tokens,
             out, 1, shape.width() as isize, false,
             weights.as_ptr(), 1, tokens as isize,
-            part(Part::Value), 1, row_stride,
+            part(Part::Value, 0), 1, row_stride,
             0.0, 1.0, false, false, false, gemm::Parallelism::None,
         );
     }
@@ -519,10 +561,37 @@ mod tests {
         ];
         for (scores, bias, causal) in cases {
             let spec = AttentionSpec { scores, scale: 0.4472, bias, causal };
-            let got = attention(&qkv, shape, spec);
             let want = reference(&qkv, shape, spec);
-            let (worst, _) = largest_difference(&got, &want);
-            assert!(worst < 2e-5, "{scores:?} bias {} causal {causal}: max abs diff {worst:e}", bias.is_some());
+            // All rows in one task, and blocks of rows: 5 blocks of 7 or 8
+            // rows (37 tokens), and a block per row.
+            for blocks in [1, 5, shape.tokens] {
+                let got = attention_in_blocks(&qkv, shape, spec, blocks);
+                let (worst, _) = largest_difference(&got, &want);
+                assert!(worst < 2e-5, "{scores:?} bias {} causal {causal}, {blocks} blocks a head: max abs diff {worst:e}", bias.is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn attention_splits_heads_only_when_threads_outnumber_them() {
+        let window = QkvShape { batch: 1, tokens: 785, heads: 12, head_dim: 64 };
+        // One or two threads: a task per head.
+        assert_eq!(blocks_per_head(window, 1), 1);
+        assert_eq!(blocks_per_head(window, 2), 1);
+        // 16 threads: 6 blocks a head, 72 tasks.
+        assert_eq!(blocks_per_head(window, 16), 6);
+        // A text batch has tasks enough; a short sequence is not cut below 32 rows.
+        assert_eq!(blocks_per_head(QkvShape { batch: 80, tokens: 12, heads: 8, head_dim: 64 }, 16), 1);
+        assert_eq!(blocks_per_head(QkvShape { batch: 1, tokens: 50, heads: 1, head_dim: 64 }, 64), 1);
+        for threads in [1, 3, 8, 16, 64] {
+            for (batch, tokens, heads) in [(1, 785, 12), (2, 197, 12), (1, 3137, 16), (3, 33, 5), (1, 1, 1)] {
+                let shape = QkvShape { batch, tokens, heads, head_dim: 8 };
+                let blocks = blocks_per_head(shape, threads);
+                let (tasks, fewest_rows) = (batch * heads * blocks, tokens / blocks);
+                assert!(fewest_rows >= MIN_ROWS_PER_TASK.min(tokens), "{shape:?} on {threads}: {fewest_rows} rows");
+                // Enough tasks, or the blocks are as small as they may be.
+                assert!(tasks >= TASKS_PER_THREAD * threads || tokens / (blocks + 1) < MIN_ROWS_PER_TASK, "{shape:?} on {threads}: {tasks} tasks");
+            }
         }
     }
 

@@ -122,7 +122,7 @@ fn softmax_in_place(row: &mut [f32]) {
 /// (a V8 profile of the page on 2 threads), and it is 2.4 M values per block
 /// of a ViT-B/16 window.
 pub fn quick_gelu_in_place(values: &mut [f32]) {
-    on_pool_in_chunks(values, VALUES_PER_TASK, |_, chunk| {
+    on_pool_in_chunks(values, values_per_task(values.len()), |_, chunk| {
         for v in chunk.iter_mut() {
             *v *= 1.0 / (1.0 + exp(-(1.702 * *v)));
         }
@@ -130,8 +130,29 @@ pub fn quick_gelu_in_place(values: &mut [f32]) {
 }
 
 /// Values per rayon task in the loops below: large enough that the pool's
-/// hand-over costs little.
+/// hand-over costs little...
 const VALUES_PER_TASK: usize = 1 << 16;
+/// ...but fewer, down to this, where that would leave a thread fewer than
+/// [`TASKS_PER_THREAD`] tasks: a layer norm of a ViT-B/16 window (785 x 768)
+/// is 10 tasks of 65536 values, which on 16 threads would keep 6 idle.
+const FEWEST_VALUES_PER_TASK: usize = 1 << 13;
+
+/// The loops here aim at this many tasks a thread at least, so that uneven
+/// tasks even out and no core waits for want of one.
+const TASKS_PER_THREAD: usize = 4;
+
+/// Threads of rayon's pool (one without the `rayon` feature).
+fn pool_threads() -> usize {
+    #[cfg(feature = "rayon")]
+    return rayon::current_num_threads();
+    #[cfg(not(feature = "rayon"))]
+    1
+}
+
+/// How many of `len` values a task of the loops below takes.
+fn values_per_task(len: usize) -> usize {
+    len.div_ceil(TASKS_PER_THREAD * pool_threads()).clamp(FEWEST_VALUES_PER_TASK, VALUES_PER_TASK)
+}
 
 /// `f(index, chunk)` for each `chunk_len`-long chunk of `values`, on rayon's
 /// pool where there is one, else in order on this thread.
@@ -151,7 +172,7 @@ fn rows_into_new(rows: usize, width: usize, fill: impl Fn(usize, &mut [MaybeUnin
     let len = rows * width;
     let mut values = Vec::with_capacity(len);
     let out = &mut values.spare_capacity_mut()[..len];
-    let chunk_rows = VALUES_PER_TASK.div_ceil(width.max(1)).max(1);
+    let chunk_rows = values_per_task(len).div_ceil(width.max(1)).max(1);
     on_pool_in_chunks(out, chunk_rows * width, |chunk, out| {
         for (i, row) in out.chunks_exact_mut(width).enumerate() {
             fill(chunk * chunk_rows + i, row);
@@ -281,17 +302,10 @@ pub struct AttentionSpec<'a> {
 /// # Shapes
 /// - `qkv`: `[batch, tokens, 3 * heads * head_dim]` (see [`QkvShape`]) -> `[batch, tokens, heads * head_dim]`
 pub fn attention(qkv: &[f32], shape: QkvShape, spec: AttentionSpec) -> Vec<f32> {
-    #[cfg(feature = "rayon")]
-    let threads = rayon::current_num_threads();
-    #[cfg(not(feature = "rayon"))]
-    let threads = 1;
-    attention_in_blocks(qkv, shape, spec, blocks_per_head(shape, threads))
+    attention_in_blocks(qkv, shape, spec, blocks_per_head(shape, pool_threads()))
 }
 
-/// [`attention`] splits heads into blocks of query rows until there are this
-/// many tasks a thread (so that uneven tasks still even out)...
-const TASKS_PER_THREAD: usize = 4;
-/// ...but no block of fewer rows than this.
+/// [`attention`] splits heads into blocks of no fewer query rows than this.
 const MIN_ROWS_PER_TASK: usize = 32;
 
 /// Into how many blocks of query rows [`attention`] splits each (image, head)
@@ -573,6 +587,22 @@ mod tests {
     }
 
     #[test]
+    fn attention_on_many_threads_matches_the_reference() {
+        // Two heads of 70 tokens: on 16 threads each is cut in two blocks.
+        let shape = QkvShape { batch: 1, tokens: 70, heads: 2, head_dim: 5 };
+        assert_eq!(blocks_per_head(shape, 16), 2);
+        let qkv = SeededRng::new(9).uniform(shape.batch * shape.tokens * 3 * shape.width(), -3.0, 3.0);
+        for causal in [false, true] {
+            let spec = AttentionSpec { scores: &[(Part::Query, Part::Key)], scale: 0.4472, bias: None, causal };
+            let want = reference(&qkv, shape, spec);
+            on_pools(|| {
+                let (worst, _) = largest_difference(&attention(&qkv, shape, spec), &want);
+                assert!(worst < 2e-5, "causal {causal}: max abs diff {worst:e}");
+            });
+        }
+    }
+
+    #[test]
     fn attention_splits_heads_only_when_threads_outnumber_them() {
         let window = QkvShape { batch: 1, tokens: 785, heads: 12, head_dim: 64 };
         // One or two threads: a task per head.
@@ -595,6 +625,14 @@ mod tests {
         }
     }
 
+    /// `f` on the global pool and, with the `rayon` feature, on a pool of 16
+    /// threads, where the loops cut the work into more and smaller tasks.
+    fn on_pools(f: impl Fn() + Send + Sync) {
+        f();
+        #[cfg(feature = "rayon")]
+        rayon::ThreadPoolBuilder::new().num_threads(16).build().unwrap().install(f);
+    }
+
     #[test]
     fn layer_norm_matches_a_written_out_reference() {
         // A width with an 8-lane tail; rows over more than one pool task; an
@@ -603,7 +641,6 @@ mod tests {
         let mut rng = SeededRng::new(11);
         let x: Vec<f32> = rng.uniform(rows * width, -4.0, 4.0).iter().map(|v| v + 20.0).collect();
         let (gamma, beta) = (rng.uniform(width, 0.5, 1.5), rng.uniform(width, -1.0, 1.0));
-        let got = layer_norm(&x, &gamma, &beta, 1e-5);
         let mut want = Vec::with_capacity(x.len());
         for row in x.chunks(width) {
             let mean = row.iter().map(|&v| v as f64).sum::<f64>() / width as f64;
@@ -611,8 +648,10 @@ mod tests {
             let inv_std = 1.0 / (var + 1e-5).sqrt();
             want.extend(row.iter().zip(&gamma).zip(&beta).map(|((&v, &g), &b)| ((v as f64 - mean) * inv_std * g as f64 + b as f64) as f32));
         }
-        let (worst, at) = largest_difference(&got, &want);
-        assert!(worst < 2e-5, "max abs diff {worst:e} at {at}");
+        on_pools(|| {
+            let (worst, at) = largest_difference(&layer_norm(&x, &gamma, &beta, 1e-5), &want);
+            assert!(worst < 2e-5, "max abs diff {worst:e} at {at}");
+        });
     }
 
     #[test]
@@ -645,11 +684,14 @@ mod tests {
     #[test]
     fn quick_gelu_matches_its_definition() {
         // More than two chunks of the pool's tasks, the last one partial.
-        let mut values = SeededRng::new(3).uniform(150_001, -15.0, 15.0);
+        let values = SeededRng::new(3).uniform(150_001, -15.0, 15.0);
         let want: Vec<f64> = values.iter().map(|&v| v as f64 / (1.0 + (-1.702 * v as f64).exp())).collect();
-        quick_gelu_in_place(&mut values);
-        for (g, w) in values.iter().zip(&want) {
-            assert!((*g as f64 - w).abs() <= 1e-6 * w.abs().max(1.0), "{g} vs {w}");
-        }
+        on_pools(|| {
+            let mut got = values.clone();
+            quick_gelu_in_place(&mut got);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((*g as f64 - w).abs() <= 1e-6 * w.abs().max(1.0), "{g} vs {w}");
+            }
+        });
     }
 }

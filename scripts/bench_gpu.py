@@ -14,10 +14,12 @@ A last pair of rows times the image at f32 / fp32 in NACLIP mode with PAMR
 fusion (`cargo build --release -p clearclip-cli --features fusion`). With
 --gpu-matmul ROUTINE, columns "ours f32, ROUTINE" and "ours f16, ROUTINE" run
 the CLI with that matrix-product routine (`clearclip bench-matmul` compares
-them on the encoder's products alone).
+them on the encoder's products alone). With --gpu-attention flash-unit,
+columns "ours f32, flash-unit" and "ours f16, flash-unit" run the towers'
+attention as cubek's flash attention instead of materialising the scores.
 
   python scripts/bench_gpu.py B16.safetensors [--runs 5] [--exe target/release/clearclip]
-      [--exe-fused EXE] [--gpu-matmul ROUTINE]
+      [--exe-fused EXE] [--gpu-matmul ROUTINE] [--gpu-attention flash-unit]
       # B16.safetensors is generated first if missing (gen_fixtures.py --vit-b16)
 """
 import argparse
@@ -75,6 +77,7 @@ def main():
     ap.add_argument("--exe", help="the clearclip binary [default: target/release/clearclip]")
     ap.add_argument("--exe-fused", help="a clearclip binary built with --features fusion: one more f32 column")
     ap.add_argument("--gpu-matmul", help="a --gpu-matmul routine other than burn's: one more f32 and f16 column")
+    ap.add_argument("--gpu-attention", help="a --gpu-attention routine other than scores: one more f32 and f16 column")
     a = ap.parse_args()
     exe, image_path, img, model = prepare(ref, a.weights, a.exe, SIZE)
 
@@ -90,6 +93,9 @@ def main():
     if a.gpu_matmul and a.gpu_matmul != "burn":
         for precision in ("f32", "f16"):
             variants.append((f"ours {precision}, {a.gpu_matmul}", exe, precision, ("--gpu-matmul", a.gpu_matmul)))
+    if a.gpu_attention and a.gpu_attention != "scores":
+        for precision in ("f32", "f16"):
+            variants.append((f"ours {precision}, {a.gpu_attention}", exe, precision, ("--gpu-attention", a.gpu_attention)))
     for name, variant_exe, precision, extra in variants:
         phases, report = ours(variant_exe, a.weights, image_path, precision, a.runs, extra)
         if phases is None:
@@ -121,7 +127,8 @@ def main():
         cells = [f"{columns[n][p][0]:.3f} / {columns[n][p][1]:.3f}" if p in columns[n] else "" for n in names]
         print(f"| {p} | " + " | ".join(cells) + " |")
     pairs = [("ours f32", "PyTorch fp32"), ("ours f32, fusion", "PyTorch fp32"), ("ours f16", "PyTorch fp16"),
-             (f"ours f32, {a.gpu_matmul}", "PyTorch fp32"), (f"ours f16, {a.gpu_matmul}", "PyTorch fp16")]
+             (f"ours f32, {a.gpu_matmul}", "PyTorch fp32"), (f"ours f16, {a.gpu_matmul}", "PyTorch fp16"),
+             (f"ours f32, {a.gpu_attention}", "PyTorch fp32"), (f"ours f16, {a.gpu_attention}", "PyTorch fp16")]
     for ours_name, theirs in pairs:
         if ours_name in columns and theirs in columns:
             o, p = columns[ours_name], columns[theirs]

@@ -2,7 +2,8 @@
 # One call on a lent GPU machine (NVIDIA, CUDA PyTorch, no network), after
 # scripts/prepare_device.sh here: the GPU bench of issue 11 (the matrix-product
 # routines side by side, `clearclip bench-matmul`; then ours at f32 and f16,
-# with burn's routine and the fastest exact one, vs PyTorch fp32 and fp16,
+# with burn's routine, the fastest exact one and flash attention, vs PyTorch
+# fp32 and fp16,
 # scripts/bench_gpu.py) and the CPU thread
 # scaling of issue 13 (ours vs PyTorch at 1-16 threads, scripts/bench_cpu.py).
 # Everything goes to $OUT (it comes back) and to stdout.
@@ -38,9 +39,9 @@ done
 # The fastest exact routine at f32 gets a column of its own in the full bench.
 best=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["fastestExact"] or "burn")' \
   "$out/matmul_f32.json" 2>/dev/null || echo burn)
-stamp "GPU: ours f32/f16 vs PyTorch fp32/fp16 (and --gpu-matmul $best)"
-timeout 330 python3 scripts/bench_gpu.py "$weights" --runs ${GPU_RUNS:-5} --exe .gpu/clearclip \
-  --exe-fused .gpu/clearclip-fusion --gpu-matmul "$best" 2>&1 | tee "$out/bench_gpu.txt"
+stamp "GPU: ours f32/f16 vs PyTorch fp32/fp16 (and --gpu-matmul $best, --gpu-attention flash-unit)"
+timeout 420 python3 scripts/bench_gpu.py "$weights" --runs ${GPU_RUNS:-5} --exe .gpu/clearclip \
+  --exe-fused .gpu/clearclip-fusion --gpu-matmul "$best" --gpu-attention flash-unit 2>&1 | tee "$out/bench_gpu.txt"
 fi
 if [ "$part" != gpu ]; then
 stamp "CPU: thread scaling"

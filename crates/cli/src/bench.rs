@@ -65,6 +65,11 @@ struct Report {
     /// them), over the warm-up and all runs.
     gpu_matmul_products: usize,
     gpu_matmul_declined: usize,
+    /// The GPU's attention routine (`--gpu-attention`), and how many
+    /// attentions it ran and declined (the scores path ran those).
+    gpu_attention: &'static str,
+    gpu_attention_flashed: usize,
+    gpu_attention_declined: usize,
     image: [u32; 2],
     resized: [u32; 2],
     windows: usize,
@@ -165,6 +170,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         })
         .collect();
     let (gpu_matmul_products, gpu_matmul_declined) = clearclip_model::gpu_matmul::routine_counts();
+    let (gpu_attention_flashed, gpu_attention_declined) = clearclip_model::gpu_attention::routine_counts();
     let report = Report {
         model,
         device: if gpu { "gpu (wgpu)" } else { "cpu (flex)" },
@@ -173,6 +179,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         gpu_matmul: args.model.gpu_matmul.name(),
         gpu_matmul_products,
         gpu_matmul_declined,
+        gpu_attention: args.model.gpu_attention.name(),
+        gpu_attention_flashed,
+        gpu_attention_declined,
         image: [full.width, full.height],
         resized: [full.resized.0, full.resized.1],
         windows: full.windows,
@@ -208,8 +217,8 @@ fn segment(
 
 fn print_table(r: &Report) {
     println!(
-        "{} ({}) on {} (matrix products: {}), {} threads; image {}x{} (model input {}x{}, {} windows); {} class names x {} prompts; load {:.0} ms; warm-up {}",
-        r.model, r.precision, r.device, r.gpu_matmul, r.threads, r.image[0], r.image[1], r.resized[0], r.resized[1], r.windows, r.class_names, r.prompts_per_name, r.load_ms,
+        "{} ({}) on {} (matrix products: {}, attention: {}), {} threads; image {}x{} (model input {}x{}, {} windows); {} class names x {} prompts; load {:.0} ms; warm-up {}",
+        r.model, r.precision, r.device, r.gpu_matmul, r.gpu_attention, r.threads, r.image[0], r.image[1], r.resized[0], r.resized[1], r.windows, r.class_names, r.prompts_per_name, r.load_ms,
         r.warm_up_ms.map_or("skipped".to_string(), |ms| format!("{ms:.0} ms"))
     );
     println!("| phase (ms) | cold | warm median | warm min | warm max |");

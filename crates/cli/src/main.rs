@@ -11,6 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::tensor::Device;
 use clap::{Parser, Subcommand, ValueEnum};
+use clearclip_model::gpu_attention::{self, gpu_attention, set_gpu_attention, AttentionRoutine};
 use clearclip_model::gpu_matmul::{gpu_matmul, routine_counts, set_gpu_matmul, MatmulRoutine};
 use clearclip_model::{inspect_config, load_clip_from_reader, Activation, ClipConfig, Layout, AttentionKind, ClipTokenizer, DenseMode, LoadError, LoadOptions, Precision};
 use clearclip_segment::{
@@ -100,6 +101,11 @@ struct ModelArgs {
     /// (cubek's routines that need no tensor cores; `bench-matmul` times them).
     #[arg(long, value_parser = parse_matmul_routine, default_value = "burn")]
     gpu_matmul: MatmulRoutine,
+    /// The GPU's attention in the towers' blocks: scores (materialised
+    /// between two products, burn's kernels without autotune) or flash-unit
+    /// (cubek's flash attention with unit inner products, one kernel).
+    #[arg(long, value_parser = parse_attention_routine, default_value = "scores")]
+    gpu_attention: AttentionRoutine,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -276,6 +282,22 @@ fn report_gpu_matmul() {
     }
 }
 
+/// With --gpu-attention flash-unit, how many attentions it ran and how many
+/// it declined (the scores path ran those).
+fn report_gpu_attention() {
+    if gpu_attention() != AttentionRoutine::Scores {
+        let (flashed, declined) = gpu_attention::routine_counts();
+        eprintln!("--gpu-attention {}: {flashed} attentions, {declined} declined (run with the scores materialised)", gpu_attention());
+    }
+}
+
+fn parse_attention_routine(name: &str) -> Result<AttentionRoutine, String> {
+    AttentionRoutine::from_name(name).ok_or_else(|| {
+        let names: Vec<_> = AttentionRoutine::ALL.iter().map(|r| r.name()).collect();
+        format!("unknown attention routine \"{name}\"; one of {}", names.join(", "))
+    })
+}
+
 fn parse_matmul_routine(name: &str) -> Result<MatmulRoutine, String> {
     MatmulRoutine::from_name(name).ok_or_else(|| {
         let names: Vec<_> = MatmulRoutine::ALL.iter().map(|r| r.name()).collect();
@@ -411,6 +433,7 @@ fn segment(args: SegmentArgs) -> Result<()> {
         eprintln!("wrote {}", out.display());
     }
     report_gpu_matmul();
+    report_gpu_attention();
     Ok(())
 }
 
@@ -437,6 +460,14 @@ fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration)> 
         }
         if !set_gpu_matmul(args.gpu_matmul) {
             bail!("this build cannot choose the GPU's matrix-product routine (it has burn's kernel fusion)");
+        }
+    }
+    if args.gpu_attention != AttentionRoutine::Scores {
+        if !matches!(args.device, DeviceArg::Gpu) {
+            bail!("--gpu-attention chooses a routine of --device gpu");
+        }
+        if !set_gpu_attention(args.gpu_attention) {
+            bail!("this build cannot choose the GPU's attention routine (it has burn's kernel fusion)");
         }
     }
     let started = Instant::now();

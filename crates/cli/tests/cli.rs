@@ -327,6 +327,45 @@ fn every_gpu_matmul_routine_segments_like_the_reference() {
 }
 
 #[test]
+fn flash_attention_segments_like_the_reference() {
+    let reference = Reference::load();
+    let tmp = tempfile::tempdir().unwrap();
+    let (weights, image) = (fixture(CHECKPOINTS[1]), fixture("chelsea.png"));
+    let labels = reference.meta["pipeline"]["default"]["classes"].as_str().unwrap().to_string();
+    let out = tmp.path().join("flash");
+    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    args.extend(["--device", "gpu", "--gpu-attention", "flash-unit"]);
+    let output = clearclip(&args);
+    if skip_without_gpu(&output) {
+        return;
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // Every block of the text tower and of the image tower's first L-1 ran
+    // flash attention.
+    let counts = stderr.lines().find_map(|l| l.strip_prefix("--gpu-attention flash-unit: ")).unwrap_or_else(|| panic!("{stderr}"));
+    let (flashed, declined) = counts.split_once(" attentions, ").unwrap();
+    assert!(flashed.parse::<usize>().unwrap() > 0 && declined.starts_with("0 declined"), "{counts}");
+    let (_, probs) = read_npy(&out.join("probs.npy"));
+    let (expected, _) = reference.f32("pipeline.default.probs");
+    // The tolerance of --device gpu with the scores materialised.
+    assert_close("CLI --gpu-attention flash-unit vs reference", &probs, &expected, 1e-4);
+
+    let out = tmp.path().join("refused");
+    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    args.extend(["--gpu-attention", "flash-unit"]);
+    let output = clearclip(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("--gpu-attention chooses a routine of --device gpu"), "{stderr}");
+    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    args.extend(["--device", "gpu", "--gpu-attention", "flash"]);
+    let output = clearclip(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("unknown attention routine \"flash\"; one of scores, flash-unit"), "{stderr}");
+    assert!(!out.exists(), "nothing is written when refused");
+}
+
+#[test]
 fn bench_matmul_runs_and_checks_every_routine() {
     let weights = fixture(CHECKPOINTS[1]);
     let tmp = tempfile::tempdir().unwrap();

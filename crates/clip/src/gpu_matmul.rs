@@ -80,9 +80,9 @@ static ROUTINE: AtomicU8 = AtomicU8::new(0);
 /// Run the GPU backend's products with `routine` from now on, in this process.
 ///
 /// Returns `false` (and changes nothing) when this build cannot choose: it was
-/// built without the `gpu-matmul` feature, or with burn's kernel fusion.
+/// built without the `gpu-routines` feature, or with burn's kernel fusion.
 pub fn set_gpu_matmul(routine: MatmulRoutine) -> bool {
-    if !cfg!(all(feature = "gpu-matmul", not(feature = "fusion"))) && routine != MatmulRoutine::Burn {
+    if !cfg!(all(feature = "gpu-routines", not(feature = "fusion"))) && routine != MatmulRoutine::Burn {
         return false;
     }
     let index = MatmulRoutine::ALL.iter().position(|r| *r == routine).expect("listed");
@@ -139,13 +139,13 @@ pub fn matmul_with<const D: usize>(routine: MatmulRoutine, lhs: Tensor<D>, rhs: 
     if lhs.dims()[..D - 2] != rhs.dims()[..D - 2] {
         return Err(format!("batch dimensions differ: {:?} and {:?}", lhs.dims(), rhs.dims()));
     }
-    #[cfg(all(feature = "gpu-matmul", not(feature = "fusion")))]
+    #[cfg(all(feature = "gpu-routines", not(feature = "fusion")))]
     return cube::matmul(&cube::strategy(routine), lhs, rhs);
-    #[cfg(not(all(feature = "gpu-matmul", not(feature = "fusion"))))]
+    #[cfg(not(all(feature = "gpu-routines", not(feature = "fusion"))))]
     Err("this build runs burn's matrix products only (no gpu-matmul feature, or kernel fusion)".into())
 }
 
-#[cfg(all(feature = "gpu-matmul", not(feature = "fusion")))]
+#[cfg(all(feature = "gpu-routines", not(feature = "fusion")))]
 mod cube {
     use burn::backend::cubecl::dtype_to_storage_type;
     use burn::tensor::Tensor;

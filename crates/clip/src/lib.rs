@@ -48,6 +48,7 @@
 
 mod config;
 mod dense;
+pub mod gpu_attention;
 pub mod gpu_matmul;
 pub mod host;
 mod loader;

@@ -3,6 +3,7 @@
 use burn::tensor::{activation, Bool, Device, FloatDType, Tensor, TensorData};
 
 use crate::config::Activation;
+use crate::gpu_attention;
 use crate::gpu_matmul::matmul;
 use crate::host::{self, AttentionSpec, HostValues, Part};
 
@@ -203,9 +204,10 @@ impl Attention {
     /// batch) as `future`.
     ///
     /// On the CPU backend [`host::attention`] (a vectorised softmax between two
-    /// `gemm` calls per head); elsewhere [`attention_weights`] then the value
-    /// product: the kernels burn's attention op runs without autotune, but with
-    /// the softmax in f32 at either precision.
+    /// `gemm` calls per head); on a GPU [`attention_weights`] then the value
+    /// product (the kernels burn's attention op runs without autotune, but
+    /// with the softmax in f32 at either precision), or cubek's flash
+    /// attention where [`gpu_attention`] chose it.
     ///
     /// # Shapes
     /// - `x`: `[batch, tokens, width]` -> same
@@ -232,6 +234,9 @@ impl Attention {
             return host::attention_tensor(self.qkv.forward(x), self.heads, spec);
         }
         let HeadProjections { q, k, v } = self.project(x);
+        if let Some(heads) = gpu_attention::flash(&q, &k, &v, future.is_some()) {
+            return merge_heads(heads);
+        }
         let weights = attention_weights(q, k, self.scale(), None, future);
         merge_heads(matmul(weights.cast(FloatDType::from(v.dtype())), v))
     }

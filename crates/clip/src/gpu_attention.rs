@@ -5,11 +5,13 @@
 //! text tower). By default ([`AttentionRoutine::Scores`]) that is the
 //! kernels burn-cubecl's attention op runs without autotune: the scores
 //! materialised (`[batch, heads, tokens, tokens]`, 59 MB a block for two
-//! ViT-B/16 windows), a softmax of five passes over them, and two products,
-//! some eight kernels in all. cubek also has flash attention, which never
-//! materialises the scores and is one kernel; its routine with unit inner
-//! products (`FlashUnit`, burn-cubecl's `AttentionStrategy::FlashUnit`) needs
-//! neither tensor cores nor subgroups, so WGSL can run it.
+//! ViT-B/16 windows), scaled, a softmax of five passes over them, two
+//! products and three copies that make the heads contiguous for them: 11
+//! kernels (12 with the text tower's mask; cubecl's profiling log). cubek
+//! also has flash attention, which never materialises the scores and is one
+//! kernel; its routine with unit inner products (`FlashUnit`, burn-cubecl's
+//! `AttentionStrategy::FlashUnit`) needs neither tensor cores nor subgroups,
+//! so WGSL can run it.
 //! [`AttentionRoutine::FlashUnit`] chooses it, so that a bench on a real GPU
 //! can compare the two before the page changes its default.
 //!

@@ -292,17 +292,16 @@ fn report_gpu_attention() {
 }
 
 fn parse_attention_routine(name: &str) -> Result<AttentionRoutine, String> {
-    AttentionRoutine::from_name(name).ok_or_else(|| {
-        let names: Vec<_> = AttentionRoutine::ALL.iter().map(|r| r.name()).collect();
-        format!("unknown attention routine \"{name}\"; one of {}", names.join(", "))
-    })
+    AttentionRoutine::from_name(name).ok_or_else(|| unknown_routine("attention routine", name, &AttentionRoutine::ALL.map(AttentionRoutine::name)))
 }
 
 fn parse_matmul_routine(name: &str) -> Result<MatmulRoutine, String> {
-    MatmulRoutine::from_name(name).ok_or_else(|| {
-        let names: Vec<_> = MatmulRoutine::ALL.iter().map(|r| r.name()).collect();
-        format!("unknown routine \"{name}\"; one of {}", names.join(", "))
-    })
+    MatmulRoutine::from_name(name).ok_or_else(|| unknown_routine("routine", name, &MatmulRoutine::ALL.map(MatmulRoutine::name)))
+}
+
+/// The message for a `--gpu-*` routine called `name`, which is none of `names`.
+fn unknown_routine(what: &str, name: &str, names: &[&str]) -> String {
+    format!("unknown {what} \"{name}\"; one of {}", names.join(", "))
 }
 
 fn print_presets() {

@@ -20,9 +20,9 @@
 //! (`crate::dense`), and so do the CPU backend and builds with kernel fusion.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-
 use burn::tensor::Tensor;
+
+use crate::routine_choice::RoutineChoice;
 
 /// A GPU attention routine for the towers' standard attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,32 +56,25 @@ impl fmt::Display for AttentionRoutine {
     }
 }
 
-static ROUTINE: AtomicU8 = AtomicU8::new(0);
-static FLASHED: AtomicUsize = AtomicUsize::new(0);
-static DECLINED: AtomicUsize = AtomicUsize::new(0);
+static CHOICE: RoutineChoice<AttentionRoutine> = RoutineChoice::new(&AttentionRoutine::ALL);
 
 /// Run the towers' GPU attention with `routine` from now on, in this process.
 ///
 /// Returns `false` (and changes nothing) when this build cannot choose: it was
 /// built without the `gpu-routines` feature, or with burn's kernel fusion.
 pub fn set_gpu_attention(routine: AttentionRoutine) -> bool {
-    if !cfg!(all(feature = "gpu-routines", not(feature = "fusion"))) && routine != AttentionRoutine::Scores {
-        return false;
-    }
-    let index = AttentionRoutine::ALL.iter().position(|r| *r == routine).expect("listed");
-    ROUTINE.store(index as u8, Ordering::Relaxed);
-    true
+    CHOICE.set(routine)
 }
 
 /// The routine [`set_gpu_attention`] chose ([`AttentionRoutine::Scores`] unless it was called).
 pub fn gpu_attention() -> AttentionRoutine {
-    AttentionRoutine::ALL[ROUTINE.load(Ordering::Relaxed) as usize]
+    CHOICE.get()
 }
 
 /// How many attentions ran through flash attention, and how many it declined
 /// (they ran with the scores materialised), in this process so far.
 pub fn routine_counts() -> (usize, usize) {
-    (FLASHED.load(Ordering::Relaxed), DECLINED.load(Ordering::Relaxed))
+    CHOICE.counts()
 }
 
 /// `softmax(q k^T / sqrt(head_dim)) v` (keys after the query masked out when
@@ -95,13 +88,11 @@ pub(crate) fn flash(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>, causal: bool) -
         return None;
     }
     #[cfg(all(feature = "gpu-routines", not(feature = "fusion")))]
-    match cube::flash_unit(q.clone(), k.clone(), v.clone(), causal) {
-        Ok(heads) => {
-            FLASHED.fetch_add(1, Ordering::Relaxed);
-            return Some(heads);
-        }
-        Err(_) => {
-            DECLINED.fetch_add(1, Ordering::Relaxed);
+    {
+        let heads = cube::flash_unit(q.clone(), k.clone(), v.clone(), causal).ok();
+        CHOICE.count(heads.is_some());
+        if heads.is_some() {
+            return heads;
         }
     }
     let _ = (k, v, causal);

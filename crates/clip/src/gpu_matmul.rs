@@ -17,9 +17,10 @@
 //! kernel fusion (whose tensors are not cubecl tensors) keep burn's path.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use burn::tensor::Tensor;
+
+use crate::routine_choice::RoutineChoice;
 
 /// A cubek routine for the GPU backend's matrix products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,24 +76,19 @@ impl fmt::Display for MatmulRoutine {
     }
 }
 
-static ROUTINE: AtomicU8 = AtomicU8::new(0);
+static CHOICE: RoutineChoice<MatmulRoutine> = RoutineChoice::new(&MatmulRoutine::ALL);
 
 /// Run the GPU backend's products with `routine` from now on, in this process.
 ///
 /// Returns `false` (and changes nothing) when this build cannot choose: it was
 /// built without the `gpu-routines` feature, or with burn's kernel fusion.
 pub fn set_gpu_matmul(routine: MatmulRoutine) -> bool {
-    if !cfg!(all(feature = "gpu-routines", not(feature = "fusion"))) && routine != MatmulRoutine::Burn {
-        return false;
-    }
-    let index = MatmulRoutine::ALL.iter().position(|r| *r == routine).expect("listed");
-    ROUTINE.store(index as u8, Ordering::Relaxed);
-    true
+    CHOICE.set(routine)
 }
 
 /// The routine [`set_gpu_matmul`] chose ([`MatmulRoutine::Burn`] unless it was called).
 pub fn gpu_matmul() -> MatmulRoutine {
-    MatmulRoutine::ALL[ROUTINE.load(Ordering::Relaxed) as usize]
+    CHOICE.get()
 }
 
 /// `lhs @ rhs`, through the chosen routine on a GPU device, else burn's `matmul`.
@@ -104,26 +100,18 @@ pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
     match gpu_matmul() {
         MatmulRoutine::Burn => lhs.matmul(rhs),
         _ if crate::host::is_host(&lhs.device()) => lhs.matmul(rhs),
-        routine => match matmul_with(routine, lhs.clone(), rhs.clone()) {
-            Ok(product) => {
-                ROUTED.fetch_add(1, Ordering::Relaxed);
-                product
-            }
-            Err(_) => {
-                DECLINED.fetch_add(1, Ordering::Relaxed);
-                lhs.matmul(rhs)
-            }
-        },
+        routine => {
+            let product = matmul_with(routine, lhs.clone(), rhs.clone()).ok();
+            CHOICE.count(product.is_some());
+            product.unwrap_or_else(|| lhs.matmul(rhs))
+        }
     }
 }
-
-static ROUTED: AtomicUsize = AtomicUsize::new(0);
-static DECLINED: AtomicUsize = AtomicUsize::new(0);
 
 /// How many of [`matmul`]'s GPU products ran through the chosen routine, and
 /// how many it declined (they ran with burn's), in this process so far.
 pub fn routine_counts() -> (usize, usize) {
-    (ROUTED.load(Ordering::Relaxed), DECLINED.load(Ordering::Relaxed))
+    CHOICE.counts()
 }
 
 /// `lhs @ rhs` through `routine`, or why it cannot run there: on the CPU

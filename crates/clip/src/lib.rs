@@ -52,6 +52,7 @@ pub mod gpu_attention;
 pub mod gpu_matmul;
 pub mod host;
 mod loader;
+mod routine_choice;
 mod nn;
 mod pos_embed;
 mod text;

@@ -313,17 +313,10 @@ fn every_gpu_matmul_routine_segments_like_the_reference() {
     }
 
     let out = tmp.path().join("cpu");
-    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
-    args.extend(["--gpu-matmul", "gemm"]);
-    let output = clearclip(&args);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && stderr.contains("--gpu-matmul chooses a routine of --device gpu"), "{stderr}");
-    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
-    args.extend(["--device", "gpu", "--gpu-matmul", "fastest"]);
-    let output = clearclip(&args);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && stderr.contains("unknown routine \"fastest\"; one of burn, simple-unit"), "{stderr}");
-    assert!(!out.exists(), "nothing is written when refused");
+    let args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    assert_refused(&[&args[..], &["--gpu-matmul", "gemm"]].concat(), "--gpu-matmul chooses a routine of --device gpu", &out);
+    let unknown = ["--device", "gpu", "--gpu-matmul", "fastest"];
+    assert_refused(&[&args[..], &unknown].concat(), "unknown routine \"fastest\"; one of burn, simple-unit", &out);
 }
 
 #[test]
@@ -352,17 +345,10 @@ fn flash_attention_segments_like_the_reference() {
     assert_close("CLI --gpu-attention flash-unit vs reference", &probs, &expected, 1e-4);
 
     let out = tmp.path().join("refused");
-    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
-    args.extend(["--gpu-attention", "flash-unit"]);
-    let output = clearclip(&args);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && stderr.contains("--gpu-attention chooses a routine of --device gpu"), "{stderr}");
-    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
-    args.extend(["--device", "gpu", "--gpu-attention", "flash"]);
-    let output = clearclip(&args);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && stderr.contains("unknown attention routine \"flash\"; one of scores, flash-unit"), "{stderr}");
-    assert!(!out.exists(), "nothing is written when refused");
+    let args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    assert_refused(&[&args[..], &["--gpu-attention", "flash-unit"]].concat(), "--gpu-attention chooses a routine of --device gpu", &out);
+    let unknown = ["--device", "gpu", "--gpu-attention", "flash"];
+    assert_refused(&[&args[..], &unknown].concat(), "unknown attention routine \"flash\"; one of scores, flash-unit", &out);
 }
 
 #[test]

@@ -19,6 +19,11 @@ started=$(date +%s)
 stamp() { echo "== $* ($(( $(date +%s) - started )) s)"; }
 
 # The NVIDIA Vulkan driver needs the loader and glvnd (../shared/gpu/README.md).
+# Without the loader wgpu finds no adapter and every GPU column is empty, so
+# say so at once rather than after minutes of device time.
+for pkg in libvulkan1 libglvnd0 libegl1; do
+  ls .gl/${pkg}_*.deb >/dev/null 2>&1 || { echo "missing .gl/${pkg}_*.deb: run scripts/prepare_device.sh here first"; exit 1; }
+done
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}

@@ -54,7 +54,8 @@ struct PhaseStats {
 #[serde(rename_all = "camelCase")]
 struct Report {
     model: String,
-    device: &'static str,
+    /// The backend, and on a GPU the adapter and its driver.
+    device: String,
     /// `f32` or `f16`.
     precision: &'static str,
     /// Threads of the CPU backend's pool.
@@ -132,7 +133,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let (_, params) = per_mode.remove(0);
     let image = read_image(&args.image)?;
     let gpu = matches!(args.model.device, DeviceArg::Gpu);
-    let (segmenter, load_time) = load_segmenter(&args.model)?;
+    let (segmenter, load_time, device) = load_segmenter(&args.model)?;
     let mut segmenter = segmenter.with_phase_sync(gpu);
     let model = segmenter.config().describe();
     let warm_up_ms = match args.no_warm_up {
@@ -173,7 +174,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let (gpu_attention_flashed, gpu_attention_declined) = clearclip_model::gpu_attention::routine_counts();
     let report = Report {
         model,
-        device: if gpu { "gpu (wgpu)" } else { "cpu (flex)" },
+        device,
         precision: args.model.precision().name(),
         threads: rayon::current_num_threads(),
         gpu_matmul: args.model.gpu_matmul.name(),

@@ -155,6 +155,8 @@ struct RoutineReport {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Report {
+    /// The adapter and its driver.
+    device: String,
     #[serde(serialize_with = "precision_name")]
     precision: Precision,
     windows: usize,
@@ -170,7 +172,7 @@ struct Report {
 pub fn run(args: BenchMatmulArgs) -> Result<()> {
     let (config, _) = read_config(&args.weights)?;
     let precision = Precision::from(args.precision);
-    let gpu = make_device(DeviceArg::Gpu)?;
+    let (gpu, adapter) = make_device(DeviceArg::Gpu)?;
     if !precision.is_supported_on(&gpu) {
         bail!("this adapter cannot compute in {} (no shader-f16)", precision.name());
     }
@@ -237,6 +239,7 @@ pub fn run(args: BenchMatmulArgs) -> Result<()> {
         Precision::F16 => None,
     };
     let report = Report {
+        device: adapter,
         precision,
         windows: args.windows.into(),
         crop: args.crop.into(),
@@ -268,8 +271,8 @@ fn print_table(r: &Report) {
     let cell = |ms: Option<f64>| ms.map_or("-".to_string(), |ms| format!("{ms:.3}"));
     let row = |label: &str, cells: Vec<String>| println!("| {label} | {} |", cells.join(" | "));
     println!(
-        "{} windows of {} px, {}: median ms per product ([batch, heads, m, k, n]); the last rows are one block's products x {} blocks\n",
-        r.windows, r.crop, r.precision.name(), r.layers
+        "{}\n{} windows of {} px, {}: median ms per product ([batch, heads, m, k, n]); the last rows are one block's products x {} blocks\n",
+        r.device, r.windows, r.crop, r.precision.name(), r.layers
     );
     row("product", r.routines.iter().map(|x| x.routine.to_string()).collect());
     println!("|---|{}", "---:|".repeat(r.routines.len()));

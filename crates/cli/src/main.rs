@@ -403,12 +403,19 @@ fn read_image(path: &Path) -> Result<RgbImage> {
     decode_image(&bytes).with_context(|| format!("{} cannot be used", path.display()))
 }
 
-fn make_device(arg: DeviceArg) -> Result<Device> {
+/// The device, and what it is: the backend, and on a GPU the adapter wgpu
+/// chose (name, graphics API, driver), so that a benchmark says what it ran on.
+fn make_device(arg: DeviceArg) -> Result<(Device, String)> {
     Ok(match arg {
-        DeviceArg::Cpu => Device::flex(),
-        DeviceArg::Gpu => Device::wgpu_options()
-            .init()
-            .map_err(|e| anyhow::anyhow!("no usable GPU through wgpu ({e:?}); try --device cpu"))?,
+        DeviceArg::Cpu => (Device::flex(), "cpu (flex)".to_string()),
+        DeviceArg::Gpu => {
+            let (device, setup) = Device::wgpu_options()
+                .init_with_setup()
+                .map_err(|e| anyhow::anyhow!("no usable GPU through wgpu ({e:?}); try --device cpu"))?;
+            let info = setup.adapter.get_info();
+            let driver = [info.driver.as_str(), info.driver_info.as_str()].join(" ");
+            (device, format!("gpu (wgpu): {} ({:?}, {:?}, driver {})", info.name, info.backend, info.device_type, driver.trim()))
+        }
     })
 }
 
@@ -420,7 +427,7 @@ fn segment(args: SegmentArgs) -> Result<()> {
     let runs = args.request.params_per_mode()?;
     output::check_output_dir(&args.out)?;
     let image = read_image(&args.image)?;
-    let (mut segmenter, _) = load_segmenter(&args.model)?;
+    let (mut segmenter, _, _) = load_segmenter(&args.model)?;
     let several = runs.len() > 1;
     for (mode, params) in runs {
         let name = if DenseMode::of(&params.last_block) == Some(mode) { mode.name().to_string() } else { format!("{} with knobs", mode.name()) };
@@ -439,7 +446,8 @@ fn segment(args: SegmentArgs) -> Result<()> {
 /// The model (streamed from the file: its bytes are never all in memory next
 /// to the model) and the tokenizer, on the chosen device; and how long the
 /// load took.
-fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration)> {
+/// The segmenter, how long loading took, and what device it runs on ([`make_device`]).
+fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration, String)> {
     if let Some(threads) = args.threads {
         // One pool for everything: burn's CPU backend runs its batch loops
         // on rayon's global pool and hands the same pool to gemm.
@@ -470,7 +478,7 @@ fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration)> 
         }
     }
     let started = Instant::now();
-    let device = make_device(args.device)?;
+    let (device, device_description) = make_device(args.device)?;
     let activation = match args.activation {
         ActivationArg::QuickGelu => Activation::QuickGelu,
         ActivationArg::Gelu => Activation::Gelu,
@@ -480,8 +488,8 @@ fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration)> 
         .with_context(|| format!("cannot load {}", args.weights.display()))?;
     let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json, model.config.text.context_length)?;
     let load_time = started.elapsed();
-    eprintln!("model: {} ({:?} layout, {}), loaded in {load_time:.2?}", model.config.describe(), model.layout, precision.name());
-    Ok((Segmenter::new(model, tokenizer), load_time))
+    eprintln!("model: {} ({:?} layout, {}) on {device_description}, loaded in {load_time:.2?}", model.config.describe(), model.layout, precision.name());
+    Ok((Segmenter::new(model, tokenizer), load_time, device_description))
 }
 
 /// One segmentation, with a progress bar for the text and window phases.

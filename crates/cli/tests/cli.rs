@@ -363,6 +363,9 @@ fn bench_matmul_runs_and_checks_every_routine() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).expect("the JSON report");
+    // The adapter wgpu chose, named as it names itself (lavapipe: "llvmpipe ...").
+    let device = report["device"].as_str().unwrap();
+    assert!(device.starts_with("gpu (wgpu): ") && device.contains("driver"), "{device}");
     let products = report["products"].as_array().unwrap();
     assert_eq!(products.len(), 6, "{products:?}");
     let routines = report["routines"].as_array().unwrap();
@@ -465,6 +468,7 @@ fn bench_reports_every_phase_cold_and_warm_as_json() {
     assert!(output.status.success(), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
     assert_eq!(report["runs"], 3);
+    assert_eq!(report["device"], "cpu (flex)");
     assert_eq!(report["threads"], 1);
     assert!(report["warmUpMs"].as_f64().unwrap() > 0.0, "the warm-up runs after the load");
     assert_eq!(

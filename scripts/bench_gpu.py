@@ -111,7 +111,7 @@ def main():
         if phases is None:
             print(f"{name}: failed: {report}", flush=True)
         else:
-            print(f"{name}: {report['model']} on {report['device']}, load {report['loadMs']:.0f} ms, "
+            print(f"{name}: {report['model']} on {report.get('device', 'an unnamed device')}, load {report['loadMs']:.0f} ms, "
                   f"warm-up {report['warmUpMs'] or 0:.0f} ms", flush=True)
             print(f"  {name} (s, cold / warm): " + json.dumps(phases), flush=True)
             columns[name] = phases

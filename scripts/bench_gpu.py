@@ -17,6 +17,10 @@ the CLI with that matrix-product routine (`clearclip bench-matmul` compares
 them on the encoder's products alone). With --gpu-attention flash-unit,
 columns "ours f32, flash-unit" and "ours f16, flash-unit" run the towers'
 attention as cubek's flash attention instead of materialising the scores.
+Every column of ours also writes its last run's probabilities
+(`bench --probs-out`), and a last table compares them, and PyTorch fp16's,
+with PyTorch fp32's on the same GPU: the largest difference of a probability
+and the share of pixels whose label differs. A fast column that is wrong shows there.
 
   python scripts/bench_gpu.py B16.safetensors [--runs 5] [--exe target/release/clearclip]
       [--exe-fused EXE] [--gpu-matmul ROUTINE] [--gpu-attention flash-unit]
@@ -25,9 +29,13 @@ attention as cubek's flash attention instead of materialising the scores.
 import argparse
 import copy
 import json
+import os
 import statistics
 import subprocess
+import tempfile
 import time
+
+import numpy as np
 
 import torch
 
@@ -60,10 +68,28 @@ def torch_runs(model, img, runs, device, **segment_args):
     return {"text": (text[0], warm(text)), "image (total)": (image[0], warm(image))}
 
 
-def ours(exe, weights, image_path, precision, runs, extra=()):
+def torch_probs(model, img):
+    """The reference pipeline's probabilities, `[classes, height, width]`, as float32 on the host."""
+    names, idx = ref.split_classes(CLASSES)
+    with torch.no_grad():
+        q = ref.class_embeddings(model, names, ref.OPENAI_IMAGENET_TEMPLATES)
+        _, probs, _ = ref.segment(model, img, q, idx)
+    return probs.float().cpu().numpy()
+
+
+def agreement(probs, reference):
+    """(largest |probs - reference|, share of pixels whose argmax label differs)."""
+    if probs.shape != reference.shape:
+        return f"shape {probs.shape} vs {reference.shape}"
+    diff = float(np.abs(probs - reference).max())
+    return diff, float((probs.argmax(0) != reference.argmax(0)).mean())
+
+
+def ours(exe, weights, image_path, precision, runs, extra=(), probs_out=None):
     """Every phase of `clearclip bench` as {phase: (cold, warm median)} in seconds, and the report."""
+    keep = ["--probs-out", probs_out] if probs_out else []
     out = subprocess.run([exe, "bench", "--weights", weights, "--labels", CLASSES, "--image", image_path,
-                          "--device", "gpu", "--precision", precision, "--runs", str(runs), "--json", *extra],
+                          "--device", "gpu", "--precision", precision, "--runs", str(runs), "--json", *extra, *keep],
                          capture_output=True, text=True)
     if out.returncode != 0:
         return None, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
@@ -97,6 +123,11 @@ def main():
         columns["PyTorch fp16"] = torch_runs(copy.deepcopy(model).half(), img, a.runs, device)
     for name in [n for n in ("PyTorch fp32", "PyTorch fp16") if n in columns]:
         print(f"  {name} (s, cold / warm): " + json.dumps(columns[name]), flush=True)
+    reference_probs = torch_probs(model, img)
+    parity = {}
+    if device == "cuda":
+        parity["PyTorch fp16"] = agreement(torch_probs(copy.deepcopy(model).half(), img), reference_probs)
+    probs_dir = tempfile.mkdtemp()
     variants = [("ours f32", exe, "f32", ()), ("ours f16", exe, "f16", ())]
     if a.gpu_attention and a.gpu_attention != "scores":
         for precision in ("f32", "f16"):
@@ -107,10 +138,14 @@ def main():
     if a.exe_fused:
         variants.append(("ours f32, fusion", a.exe_fused, "f32", ()))
     for name, variant_exe, precision, extra in variants:
-        phases, report = ours(variant_exe, a.weights, image_path, precision, a.runs, extra)
+        probs_out = os.path.join(probs_dir, f"{len(parity)}.npy")
+        phases, report = ours(variant_exe, a.weights, image_path, precision, a.runs, extra, probs_out)
         if phases is None:
             print(f"{name}: failed: {report}", flush=True)
         else:
+            parity[name] = agreement(np.load(probs_out), reference_probs)
+            os.remove(probs_out)
+            print(f"  {name} vs PyTorch fp32 (largest |dp|, labels differing): {parity[name]}", flush=True)
             print(f"{name}: {report['model']} on {report.get('device', 'an unnamed device')}, load {report['loadMs']:.0f} ms, "
                   f"warm-up {report['warmUpMs'] or 0:.0f} ms", flush=True)
             print(f"  {name} (s, cold / warm): " + json.dumps(phases), flush=True)
@@ -133,6 +168,12 @@ def main():
     for p in phases:
         cells = [f"{columns[n][p][0]:.3f} / {columns[n][p][1]:.3f}" if p in columns[n] else "" for n in names]
         print(f"| {p} | " + " | ".join(cells) + " |")
+    print("\n| probabilities against PyTorch fp32 | largest abs difference | pixels labelled differently |")
+    print("|---|---:|---:|")
+    for name, result in parity.items():
+        cells = [result, ""] if isinstance(result, str) else [f"{result[0]:.2e}", f"{100 * result[1]:.4f} %"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print()
     pairs = [("ours f32", "PyTorch fp32"), ("ours f32, fusion", "PyTorch fp32"), ("ours f16", "PyTorch fp16"),
              (f"ours f32, {a.gpu_matmul}", "PyTorch fp32"), (f"ours f16, {a.gpu_matmul}", "PyTorch fp16"),
              (f"ours f32, {a.gpu_attention}", "PyTorch fp32"), (f"ours f16, {a.gpu_attention}", "PyTorch fp16")]

@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clearclip_segment::{SegmentParams, Segmentation, Segmenter};
 use serde::Serialize;
 
@@ -37,6 +37,11 @@ pub struct BenchArgs {
     /// the GPU kernels.
     #[arg(long)]
     no_warm_up: bool,
+    /// Also write the last run's probabilities to this file, as `segment`
+    /// writes `probs.npy` (`[classes, height, width]`, float32), to check
+    /// what was timed against a reference (scripts/bench_gpu.py does).
+    #[arg(long)]
+    probs_out: Option<PathBuf>,
 }
 
 /// One phase over all runs.
@@ -162,6 +167,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         last = Some(full);
     }
     let full = last.expect("at least two runs");
+    if let Some(path) = &args.probs_out {
+        std::fs::write(path, crate::output::probs_npy(&full)).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let phases = (0..runs[0].len())
         .map(|p| {
             stats(

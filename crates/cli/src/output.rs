@@ -48,10 +48,15 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn write_results(dir: &Path, image: &RgbImage, seg: &Segmentation, opacity: f32) -> Result<()> {
+/// `probs.npy`: the probabilities as `[classes, height, width]` float32.
+pub fn probs_npy(seg: &Segmentation) -> Vec<u8> {
     let (w, h) = seg.probs_size();
+    npy_f32(&seg.probs, &[seg.class_names.len(), h as usize, w as usize])
+}
+
+pub fn write_results(dir: &Path, image: &RgbImage, seg: &Segmentation, opacity: f32) -> Result<()> {
     let mut files: Vec<(String, Vec<u8>)> = vec![
-        ("probs.npy".into(), npy_f32(&seg.probs, &[seg.class_names.len(), h as usize, w as usize])),
+        ("probs.npy".into(), probs_npy(seg)),
         ("labels.png".into(), png(render::labels_image(seg).context("the label map does not match the image size")?)?),
         ("overlay.png".into(), png(render::overlay(image, seg, opacity).context("the result is not of this image")?)?),
     ];

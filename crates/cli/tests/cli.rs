@@ -448,8 +448,9 @@ fn half_precision_segments_like_the_f32_reference_on_the_gpu_and_is_refused_on_t
 fn bench_reports_every_phase_cold_and_warm_as_json() {
     let weights = fixture(CHECKPOINTS[1]);
     let image = fixtures_dir().join("../web/assets/example.png");
-    let output = clearclip(&[
-        "bench",
+    let tmp = tempfile::tempdir().unwrap();
+    let probs_out = tmp.path().join("bench_probs.npy");
+    let request = [
         "--weights",
         &weights,
         "--labels",
@@ -458,14 +459,19 @@ fn bench_reports_every_phase_cold_and_warm_as_json() {
         image.to_str().unwrap(),
         "--templates",
         "single",
-        "--runs",
-        "3",
         "--threads",
         "1",
-        "--json",
-    ]);
+    ];
+    let output = clearclip(&[&["bench"], &request[..], &["--runs", "3", "--json", "--probs-out", probs_out.to_str().unwrap()]].concat());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
+    // What was timed is what `segment` computes for the same request.
+    let segment_out = tmp.path().join("segment");
+    let segmented = clearclip(&[&["segment"], &request[..], &["--out", segment_out.to_str().unwrap()]].concat());
+    assert!(segmented.status.success(), "{}", String::from_utf8_lossy(&segmented.stderr));
+    let (shape, probs) = read_npy(&probs_out);
+    assert_eq!(shape, [3, 300, 451], "3 classes (the synonyms merged) at the image's size");
+    assert_eq!((shape, probs), read_npy(&segment_out.join("probs.npy")));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
     assert_eq!(report["runs"], 3);
     assert_eq!(report["device"], "cpu (flex)");

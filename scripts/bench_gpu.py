@@ -12,6 +12,9 @@ A last pair of rows times the image at f32 / fp32 in NACLIP mode with PAMR
 (10 iterations, dilations 8 and 16, at the full 2048x1367 size). With
 --exe-fused, a column "ours f32, fusion" runs the CLI built with burn's kernel
 fusion (`cargo build --release -p clearclip-cli --features fusion`). With
+--exe-spirv, columns "ours f32, SPIR-V" and "ours f16, SPIR-V" run the CLI
+built with cubecl's SPIR-V compiler (`--features spirv`), after the PAMR rows
+(untested on the project's machines; its parity row says whether it is right). With
 --gpu-matmul ROUTINE, columns "ours f32, ROUTINE" and "ours f16, ROUTINE" run
 the CLI with that matrix-product routine (`clearclip bench-matmul` compares
 them on the encoder's products alone). With --gpu-attention flash-unit,
@@ -23,7 +26,7 @@ with PyTorch fp32's on the same GPU: the largest difference of a probability
 and the share of pixels whose label differs. A fast column that is wrong shows there.
 
   python scripts/bench_gpu.py B16.safetensors [--runs 5] [--exe target/release/clearclip]
-      [--exe-fused EXE] [--gpu-matmul ROUTINE] [--gpu-attention flash-unit]
+      [--exe-fused EXE] [--exe-spirv EXE] [--gpu-matmul ROUTINE] [--gpu-attention flash-unit]
       # B16.safetensors is generated first if missing (gen_fixtures.py --vit-b16)
 """
 import argparse
@@ -103,6 +106,7 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--exe", help="the clearclip binary [default: target/release/clearclip]")
     ap.add_argument("--exe-fused", help="a clearclip binary built with --features fusion: one more f32 column")
+    ap.add_argument("--exe-spirv", help="a clearclip binary built with --features spirv: an f32 and an f16 column, last")
     ap.add_argument("--gpu-matmul", help="a --gpu-matmul routine other than burn's: one more f32 and f16 column")
     ap.add_argument("--gpu-attention", help="a --gpu-attention routine other than scores: one more f32 and f16 column")
     a = ap.parse_args()
@@ -137,19 +141,22 @@ def main():
             variants.append((f"ours {precision}, {a.gpu_matmul}", exe, precision, ("--gpu-matmul", a.gpu_matmul)))
     if a.exe_fused:
         variants.append(("ours f32, fusion", a.exe_fused, "f32", ()))
-    for name, variant_exe, precision, extra in variants:
-        probs_out = os.path.join(probs_dir, f"{len(parity)}.npy")
-        phases, report = ours(variant_exe, a.weights, image_path, precision, a.runs, extra, probs_out)
-        if phases is None:
-            print(f"{name}: failed: {report}", flush=True)
-        else:
-            parity[name] = agreement(np.load(probs_out), reference_probs)
-            os.remove(probs_out)
-            print(f"  {name} vs PyTorch fp32 (largest |dp|, labels differing): {parity[name]}", flush=True)
+    def run_columns(variants):
+        for name, variant_exe, precision, extra in variants:
+            probs_out = os.path.join(probs_dir, "probs.npy")
+            phases, report = ours(variant_exe, a.weights, image_path, precision, a.runs, extra, probs_out)
+            if phases is None:
+                print(f"{name}: failed: {report}", flush=True)
+                continue
             print(f"{name}: {report['model']} on {report.get('device', 'an unnamed device')}, load {report['loadMs']:.0f} ms, "
                   f"warm-up {report['warmUpMs'] or 0:.0f} ms", flush=True)
             print(f"  {name} (s, cold / warm): " + json.dumps(phases), flush=True)
+            parity[name] = agreement(np.load(probs_out), reference_probs)
+            os.remove(probs_out)
+            print(f"  {name} vs PyTorch fp32 (largest |dp|, labels differing): {parity[name]}", flush=True)
             columns[name] = phases
+
+    run_columns(variants)
     pamr_row = "image (total), NACLIP + PAMR"
     pamr_runs = min(a.runs, 3)
     columns["PyTorch fp32"][pamr_row] = torch_runs(model, img, pamr_runs, device, mode="naclip", pamr_steps=10)["image (total)"]
@@ -158,6 +165,8 @@ def main():
         print(f"ours f32 NACLIP + PAMR: failed: {report}", flush=True)
     elif "ours f32" in columns:
         columns["ours f32"][pamr_row] = phases["image (total)"]
+    if a.exe_spirv:
+        run_columns([(f"ours {precision}, SPIR-V", a.exe_spirv, precision, ()) for precision in ("f32", "f16")])
 
     phases = []
     for c in columns.values():
@@ -176,7 +185,8 @@ def main():
     print()
     pairs = [("ours f32", "PyTorch fp32"), ("ours f32, fusion", "PyTorch fp32"), ("ours f16", "PyTorch fp16"),
              (f"ours f32, {a.gpu_matmul}", "PyTorch fp32"), (f"ours f16, {a.gpu_matmul}", "PyTorch fp16"),
-             (f"ours f32, {a.gpu_attention}", "PyTorch fp32"), (f"ours f16, {a.gpu_attention}", "PyTorch fp16")]
+             (f"ours f32, {a.gpu_attention}", "PyTorch fp32"), (f"ours f16, {a.gpu_attention}", "PyTorch fp16"),
+             ("ours f32, SPIR-V", "PyTorch fp32"), ("ours f16, SPIR-V", "PyTorch fp16")]
     for ours_name, theirs in pairs:
         if ours_name in columns and theirs in columns:
             o, p = columns[ours_name], columns[theirs]

@@ -2,8 +2,9 @@
 # One call on a lent GPU machine (NVIDIA, CUDA PyTorch, no network), after
 # scripts/prepare_device.sh here: the GPU bench of issue 11 (the matrix-product
 # routines side by side, `clearclip bench-matmul`; then ours at f32 and f16,
-# with burn's routine, the fastest exact one and flash attention, vs PyTorch
-# fp32 and fp16,
+# with burn's routine, the fastest exact one, flash attention and, last,
+# cubecl's SPIR-V kernels, vs PyTorch fp32 and fp16, each checked against
+# PyTorch fp32's probabilities,
 # scripts/bench_gpu.py) and the CPU thread
 # scaling of issue 13 (ours vs PyTorch at 1-16 threads, scripts/bench_cpu.py).
 # Everything goes to $OUT (it comes back) and to stdout.
@@ -27,7 +28,7 @@ done
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}
-for exe in clearclip clearclip-fusion; do xz -dkf ".gpu/$exe.xz" && chmod +x ".gpu/$exe"; done
+for exe in clearclip clearclip-fusion clearclip-spirv; do xz -dkf ".gpu/$exe.xz" && chmod +x ".gpu/$exe"; done
 export PYTHONPATH=$PWD/.gpu/py${PYTHONPATH:+:$PYTHONPATH}
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; python3 -c 'import torch; print(torch.__version__)'; } 2>&1 | tee "$out/machine.txt"
 
@@ -46,7 +47,8 @@ best=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["fastest
   "$out/matmul_f32.json" 2>/dev/null || echo burn)
 stamp "GPU: ours f32/f16 vs PyTorch fp32/fp16 (and --gpu-matmul $best, --gpu-attention flash-unit)"
 timeout 420 python3 scripts/bench_gpu.py "$weights" --runs ${GPU_RUNS:-5} --exe .gpu/clearclip \
-  --exe-fused .gpu/clearclip-fusion --gpu-matmul "$best" --gpu-attention flash-unit 2>&1 | tee "$out/bench_gpu.txt"
+  --exe-fused .gpu/clearclip-fusion --exe-spirv .gpu/clearclip-spirv --gpu-matmul "$best" --gpu-attention flash-unit \
+  2>&1 | tee "$out/bench_gpu.txt"
 fi
 if [ "$part" != gpu ]; then
 stamp "CPU: thread scaling"

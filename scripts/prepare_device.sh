@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares, on this machine, what one call on a lent GPU machine (the device
-# tool) needs for scripts/device_run.sh: the release CLI, without and with
-# kernel fusion (stripped and xz-compressed: the carried tree is limited to
+# tool) needs for scripts/device_run.sh: the release CLI, as it ships, with
+# kernel fusion and with SPIR-V kernels (stripped and xz-compressed: the carried tree is limited to
 # 64 MiB), the Vulkan loader and glvnd packages that wgpu needs there
 # (unpacked there with dpkg -x), and open_clip (with ftfy and wcwidth) for the
 # PyTorch side, which has only torch, transformers and safetensors. Both
@@ -11,11 +11,13 @@ cd "$(dirname "$0")/.."
 grep -qx '/.gl/' .git/info/exclude 2>/dev/null || printf '/.gl/\n/.gpu/\n' >> .git/info/exclude
 rm -rf .gl .gpu && mkdir -p .gl .gpu/py
 
-# The CLI as it ships, and with burn's kernel fusion (crates/cli/Cargo.toml's
-# `fusion` feature) for bench_gpu.py's side-by-side column.
-for variant in clearclip clearclip-fusion; do
+# The CLI as it ships, with burn's kernel fusion, and with cubecl's SPIR-V
+# compiler (crates/cli/Cargo.toml's `fusion` and `spirv` features), for
+# bench_gpu.py's side-by-side columns.
+for variant in clearclip clearclip-fusion clearclip-spirv; do
   features=()
   [ "$variant" = clearclip-fusion ] && features=(--features fusion)
+  [ "$variant" = clearclip-spirv ] && features=(--features spirv)
   cargo build --release --locked -p clearclip-cli "${features[@]}"
   cp "${CARGO_TARGET_DIR:-target}/release/clearclip" ".gpu/$variant"
   strip ".gpu/$variant" && xz -T2 -f ".gpu/$variant"

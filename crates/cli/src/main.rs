@@ -414,7 +414,9 @@ fn make_device(arg: DeviceArg) -> Result<(Device, String)> {
                 .map_err(|e| anyhow::anyhow!("no usable GPU through wgpu ({e:?}); try --device cpu"))?;
             let info = setup.adapter.get_info();
             let driver = [info.driver.as_str(), info.driver_info.as_str()].join(" ");
-            (device, format!("gpu (wgpu): {} ({:?}, {:?}, driver {})", info.name, info.backend, info.device_type, driver.trim()))
+            // cubecl's runtime name says which shader compiler serves the adapter.
+            let runtime = clearclip_model::gpu_matmul::runtime_name(&device).unwrap_or("wgpu");
+            (device, format!("gpu ({runtime}): {} ({:?}, {:?}, driver {})", info.name, info.backend, info.device_type, driver.trim()))
         }
     })
 }

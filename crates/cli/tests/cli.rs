@@ -365,7 +365,7 @@ fn bench_matmul_runs_and_checks_every_routine() {
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).expect("the JSON report");
     // The adapter wgpu chose, named as it names itself (lavapipe: "llvmpipe ...").
     let device = report["device"].as_str().unwrap();
-    assert!(device.starts_with("gpu (wgpu): ") && device.contains("driver"), "{device}");
+    assert!(device.starts_with("gpu (wgpu<wgsl>): ") && device.contains("driver"), "{device}");
     let products = report["products"].as_array().unwrap();
     assert_eq!(products.len(), 6, "{products:?}");
     let routines = report["routines"].as_array().unwrap();

@@ -114,6 +114,23 @@ pub fn routine_counts() -> (usize, usize) {
     CHOICE.counts()
 }
 
+/// The cubecl runtime that serves `device`, which names its shader compiler
+/// (`wgpu<wgsl>`, or `wgpu<spirv>` in a build with burn's `vulkan` feature on
+/// a Vulkan adapter that cubecl's SPIR-V path accepts); `None` on the CPU
+/// backend or in a build without the choice of routines.
+pub fn runtime_name(device: &burn::tensor::Device) -> Option<&'static str> {
+    #[cfg(all(feature = "gpu-routines", not(feature = "fusion")))]
+    return Tensor::<1>::zeros([1], device)
+        .try_into_primitive::<burn_cubecl::CubeBackend>()
+        .ok()
+        .map(|t| t.client.name());
+    #[cfg(not(all(feature = "gpu-routines", not(feature = "fusion"))))]
+    {
+        let _ = device;
+        None
+    }
+}
+
 /// `lhs @ rhs` through `routine`, or why it cannot run there: on the CPU
 /// backend, in a build without the choice, with batch dimensions that differ
 /// (burn folds broadcasts first), or a problem the routine declines.

@@ -28,7 +28,7 @@ done
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}
-for exe in clearclip clearclip-fusion clearclip-spirv; do xz -dkf ".gpu/$exe.xz" && chmod +x ".gpu/$exe"; done
+tar -C .gpu -xJf .gpu/bundle.tar.xz  # the three CLIs and py/ (scripts/prepare_device.sh)
 export PYTHONPATH=$PWD/.gpu/py${PYTHONPATH:+:$PYTHONPATH}
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; python3 -c 'import torch; print(torch.__version__)'; } 2>&1 | tee "$out/machine.txt"
 

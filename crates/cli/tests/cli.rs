@@ -431,7 +431,7 @@ fn half_precision_segments_like_the_f32_reference_on_the_gpu_and_is_refused_on_t
         return;
     }
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains(", f16), loaded"), "{stderr}");
+    assert!(stderr.contains(", f16) on gpu (wgpu<wgsl>): "), "{stderr}");
     let (_, probs) = read_npy(&out.join("probs.npy"));
     let (expected, _) = reference.f32("pipeline.default.probs");
     let (expected_labels, _) = reference.u8("pipeline.default.labels");

@@ -141,6 +141,7 @@ def main():
             variants.append((f"ours {precision}, {a.gpu_matmul}", exe, precision, ("--gpu-matmul", a.gpu_matmul)))
     if a.exe_fused:
         variants.append(("ours f32, fusion", a.exe_fused, "f32", ()))
+
     def run_columns(variants):
         for name, variant_exe, precision, extra in variants:
             probs_out = os.path.join(probs_dir, "probs.npy")

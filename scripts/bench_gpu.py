@@ -95,7 +95,9 @@ def ours(exe, weights, image_path, precision, runs, extra=(), probs_out=None):
                           "--device", "gpu", "--precision", precision, "--runs", str(runs), "--json", *extra, *keep],
                          capture_output=True, text=True)
     if out.returncode != 0:
-        return None, out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
+        why = f"killed by signal {-out.returncode}" if out.returncode < 0 else f"exit {out.returncode}"
+        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "(nothing)"
+        return None, f"{why}; the last line on stderr: {last}"
     report = json.loads(out.stdout)
     return {p["phase"]: (p["coldMs"] / 1e3, p["warmMedianMs"] / 1e3) for p in report["phases"]}, report
 

@@ -50,7 +50,8 @@ SIZE = (2048, 1367)
 
 
 def torch_runs(model, img, runs, device, **segment_args):
-    """(cold, warm median) seconds of text and image over `runs` runs."""
+    """(cold, warm median) seconds of text and image over `runs` runs, and the
+    last run's probabilities (`[classes, height, width]`, float32 on the host)."""
     names, idx = ref.split_classes(CLASSES)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     text, image = [], []
@@ -62,22 +63,14 @@ def torch_runs(model, img, runs, device, **segment_args):
             sync()
             t1 = time.perf_counter()
             _, probs, labels = ref.segment(model, img, q, idx, **segment_args)
-            probs.cpu(), labels.cpu()  # read back, as ours does
+            probs, _ = probs.cpu(), labels.cpu()  # read back, as ours does
             sync()
             t2 = time.perf_counter()
             text.append(t1 - t0)
             image.append(t2 - t1)
     warm = lambda xs: statistics.median(xs[1:]) if len(xs) > 1 else float("nan")  # noqa: E731
-    return {"text": (text[0], warm(text)), "image (total)": (image[0], warm(image))}
-
-
-def torch_probs(model, img):
-    """The reference pipeline's probabilities, `[classes, height, width]`, as float32 on the host."""
-    names, idx = ref.split_classes(CLASSES)
-    with torch.no_grad():
-        q = ref.class_embeddings(model, names, ref.OPENAI_IMAGENET_TEMPLATES)
-        _, probs, _ = ref.segment(model, img, q, idx)
-    return probs.float().cpu().numpy()
+    timings = {"text": (text[0], warm(text)), "image (total)": (image[0], warm(image))}
+    return timings, probs.float().numpy()
 
 
 def agreement(probs, reference):
@@ -124,15 +117,14 @@ def main():
     # keeps what matters most, each column printed as it comes.
     columns = {}
     model = model.to(device)
-    columns["PyTorch fp32"] = torch_runs(model, img, a.runs, device)
+    # The last fp32 run's probabilities are what every other column is checked against.
+    columns["PyTorch fp32"], reference_probs = torch_runs(model, img, a.runs, device)
+    parity = {}
     if device == "cuda":  # CPU half kernels are not what anyone runs
-        columns["PyTorch fp16"] = torch_runs(copy.deepcopy(model).half(), img, a.runs, device)
+        columns["PyTorch fp16"], half_probs = torch_runs(copy.deepcopy(model).half(), img, a.runs, device)
+        parity["PyTorch fp16"] = agreement(half_probs, reference_probs)
     for name in [n for n in ("PyTorch fp32", "PyTorch fp16") if n in columns]:
         print(f"  {name} (s, cold / warm): " + json.dumps(columns[name]), flush=True)
-    reference_probs = torch_probs(model, img)
-    parity = {}
-    if device == "cuda":
-        parity["PyTorch fp16"] = agreement(torch_probs(copy.deepcopy(model).half(), img), reference_probs)
     probs_dir = tempfile.mkdtemp()
     variants = [("ours f32", exe, "f32", ()), ("ours f16", exe, "f16", ())]
     if a.gpu_attention and a.gpu_attention != "scores":
@@ -162,7 +154,7 @@ def main():
     run_columns(variants)
     pamr_row = "image (total), NACLIP + PAMR"
     pamr_runs = min(a.runs, 3)
-    columns["PyTorch fp32"][pamr_row] = torch_runs(model, img, pamr_runs, device, mode="naclip", pamr_steps=10)["image (total)"]
+    columns["PyTorch fp32"][pamr_row] = torch_runs(model, img, pamr_runs, device, mode="naclip", pamr_steps=10)[0]["image (total)"]
     phases, report = ours(exe, a.weights, image_path, "f32", pamr_runs, ["--mode", "naclip", "--pamr"])
     if phases is None:
         print(f"ours f32 NACLIP + PAMR: failed: {report}", flush=True)

@@ -446,9 +446,8 @@ fn segment(args: SegmentArgs) -> Result<()> {
 }
 
 /// The model (streamed from the file: its bytes are never all in memory next
-/// to the model) and the tokenizer, on the chosen device; and how long the
-/// load took.
-/// The segmenter, how long loading took, and what device it runs on ([`make_device`]).
+/// to the model) and the tokenizer, on the chosen device; how long the load
+/// took; and what the device is ([`make_device`]).
 fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration, String)> {
     if let Some(threads) = args.threads {
         // One pool for everything: burn's CPU backend runs its batch loops

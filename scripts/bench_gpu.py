@@ -42,11 +42,12 @@ import numpy as np
 
 import torch
 
-from bench_support import prepare, reference
+from bench_support import Stopped, prepare, reference, stop_on_sigterm
 
 ref = reference()
 CLASSES = "cat;grass,lawn;wall;sky;tree"
 SIZE = (2048, 1367)
+PAMR_ROW = "image (total), NACLIP + PAMR"
 
 
 def torch_runs(model, img, runs, device, **segment_args):
@@ -95,31 +96,14 @@ def ours(exe, weights, image_path, precision, runs, extra=(), probs_out=None):
     return {p["phase"]: (p["coldMs"] / 1e3, p["warmMedianMs"] / 1e3) for p in report["phases"]}, report
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("weights")
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--exe", help="the clearclip binary [default: target/release/clearclip]")
-    ap.add_argument("--exe-fused", help="a clearclip binary built with --features fusion: one more f32 column")
-    ap.add_argument("--exe-spirv", help="a clearclip binary built with --features spirv: an f32 and an f16 column, last")
-    ap.add_argument("--gpu-matmul", help="a --gpu-matmul routine other than burn's: one more f32 and f16 column")
-    ap.add_argument("--gpu-attention", help="a --gpu-attention routine other than scores: one more f32 and f16 column")
-    a = ap.parse_args()
-    exe, image_path, img, model = prepare(ref, a.weights, a.exe, SIZE)
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    gpu = torch.cuda.get_device_name() if device == "cuda" else "no CUDA: PyTorch on the CPU"
-    print(f"torch {torch.__version__} on {device} ({gpu}); {a.runs} runs each, warm = median of runs 2..{a.runs}",
-          flush=True)
-
-    # PyTorch first (seconds on a GPU), then ours, the defaults before the
-    # alternatives, and PAMR last: a run cut short by the device call's limit
-    # keeps what matters most, each column printed as it comes.
-    columns = {}
+def measure(a, exe, image_path, img, model, device, columns, parity):
+    """Fills `columns` ({name: {phase: (cold, warm)}}) and `parity` ({name: agreement}) column by column.
+    PyTorch first (seconds on a GPU), then ours, the defaults before the
+    alternatives, and PAMR last: a run cut short by the device call's limit
+    keeps what matters most, each column printed as it comes."""
     model = model.to(device)
     # The last fp32 run's probabilities are what every other column is checked against.
     columns["PyTorch fp32"], reference_probs = torch_runs(model, img, a.runs, device)
-    parity = {}
     if device == "cuda":  # CPU half kernels are not what anyone runs
         columns["PyTorch fp16"], half_probs = torch_runs(copy.deepcopy(model).half(), img, a.runs, device)
         parity["PyTorch fp16"] = agreement(half_probs, reference_probs)
@@ -152,16 +136,41 @@ def main():
             columns[name] = phases
 
     run_columns(variants)
-    pamr_row = "image (total), NACLIP + PAMR"
     pamr_runs = min(a.runs, 3)
-    columns["PyTorch fp32"][pamr_row] = torch_runs(model, img, pamr_runs, device, mode="naclip", pamr_steps=10)[0]["image (total)"]
+    columns["PyTorch fp32"][PAMR_ROW] = torch_runs(model, img, pamr_runs, device, mode="naclip", pamr_steps=10)[0]["image (total)"]
     phases, report = ours(exe, a.weights, image_path, "f32", pamr_runs, ["--mode", "naclip", "--pamr"])
     if phases is None:
         print(f"ours f32 NACLIP + PAMR: failed: {report}", flush=True)
     elif "ours f32" in columns:
-        columns["ours f32"][pamr_row] = phases["image (total)"]
+        columns["ours f32"][PAMR_ROW] = phases["image (total)"]
     if a.exe_spirv:
         run_columns([(f"ours {precision}, SPIR-V", a.exe_spirv, precision, ()) for precision in ("f32", "f16")])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("weights")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--exe", help="the clearclip binary [default: target/release/clearclip]")
+    ap.add_argument("--exe-fused", help="a clearclip binary built with --features fusion: one more f32 column")
+    ap.add_argument("--exe-spirv", help="a clearclip binary built with --features spirv: an f32 and an f16 column, last")
+    ap.add_argument("--gpu-matmul", help="a --gpu-matmul routine other than burn's: one more f32 and f16 column")
+    ap.add_argument("--gpu-attention", help="a --gpu-attention routine other than scores: one more f32 and f16 column")
+    a = ap.parse_args()
+    stop_on_sigterm()
+    exe, image_path, img, model = prepare(ref, a.weights, a.exe, SIZE)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu = torch.cuda.get_device_name() if device == "cuda" else "no CUDA: PyTorch on the CPU"
+    print(f"torch {torch.__version__} on {device} ({gpu}); {a.runs} runs each, warm = median of runs 2..{a.runs}",
+          flush=True)
+
+    columns, parity = {}, {}
+    try:
+        measure(a, exe, image_path, img, model, device, columns, parity)
+    except Stopped:
+        # SIGTERM (`timeout`, the device call's limit): the tables below keep the columns measured so far.
+        print("stopped by SIGTERM: the tables hold the columns measured so far", flush=True)
 
     phases = []
     for c in columns.values():
@@ -187,7 +196,7 @@ def main():
             o, p = columns[ours_name], columns[theirs]
             print(f"{ours_name} / {theirs}, warm: image {o['image (total)'][1] / p['image (total)'][1]:.2f}, "
                   f"text {o['text (all prompts, uncached)'][1] / p['text'][1]:.2f}"
-                  + (f", NACLIP + PAMR image {o[pamr_row][1] / p[pamr_row][1]:.2f}" if pamr_row in o and pamr_row in p else ""))
+                  + (f", NACLIP + PAMR image {o[PAMR_ROW][1] / p[PAMR_ROW][1]:.2f}" if PAMR_ROW in o and PAMR_ROW in p else ""))
 
 
 if __name__ == "__main__":

@@ -131,3 +131,17 @@ def clearclip_exe(explicit=None):
     """The release CLI: `explicit`, else $CARGO_TARGET_DIR (or target/)/release/clearclip."""
     return explicit or os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release",
                                     "clearclip")
+
+
+class Stopped(BaseException):
+    """Raised in the main thread when SIGTERM arrives (`timeout`, the device
+    call's limit), so that a bench can print the rows it has before it ends."""
+
+
+def stop_on_sigterm():
+    import signal
+
+    def stop(signum, frame):
+        raise Stopped()
+
+    signal.signal(signal.SIGTERM, stop)

@@ -42,11 +42,9 @@ import numpy as np
 
 import torch
 
-from bench_support import Stopped, prepare, reference, stop_on_sigterm
+from bench_support import GPU_CLASSES as CLASSES, GPU_PHOTO_SIZE as SIZE, Stopped, prepare, reference, stop_on_sigterm
 
 ref = reference()
-CLASSES = "cat;grass,lawn;wall;sky;tree"
-SIZE = (2048, 1367)
 PAMR_ROW = "image (total), NACLIP + PAMR"
 
 

@@ -5,7 +5,8 @@
 # with burn's routine, the fastest exact one, flash attention and, last,
 # cubecl's SPIR-V kernels, vs PyTorch fp32 and fp16, each checked against
 # PyTorch fp32's probabilities,
-# scripts/bench_gpu.py) and the CPU thread
+# scripts/bench_gpu.py; then cubecl's per-kernel profile of one request,
+# scripts/kernel_profile.py) and the CPU thread
 # scaling of issue 13 (ours vs PyTorch at 1-16 threads, scripts/bench_cpu.py).
 # Everything goes to $OUT (it comes back) and to stdout.
 #   run(carry=[".gl", ".gpu"], command="bash scripts/device_run.sh", timeout_s=600)
@@ -56,9 +57,21 @@ best=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["fastest
 stamp "GPU: ours f32/f16 vs PyTorch fp32/fp16 (and --gpu-matmul $best, --gpu-attention flash-unit)"
 # It stops itself in time for the CPU part (see the top of this file).
 gpu_end=${GPU_SECONDS:-540}; [ "$part" = all ] && gpu_end=${GPU_SECONDS:-330}
-timeout $(( gpu_end - ($(date +%s) - started) )) python3 scripts/bench_gpu.py "$weights" --runs ${GPU_RUNS:-5} --exe .gpu/clearclip \
+timeout $(( gpu_end - 60 - ($(date +%s) - started) )) python3 scripts/bench_gpu.py "$weights" --runs ${GPU_RUNS:-5} --exe .gpu/clearclip \
   --exe-fused .gpu/clearclip-fusion --exe-spirv .gpu/clearclip-spirv --gpu-matmul "$best" --gpu-attention flash-unit \
   2>&1 | tee "$out/bench_gpu.txt"
+stamp "GPU: where the time goes, kernel by kernel (cubecl's profiling log of the bench's request, f32)"
+# One `segment` of the bench's request in a fresh process (no warm-up, so the
+# log holds that request alone: its text, then its image), each kernel timed
+# by cubecl; scripts/kernel_profile.py sums the log by kernel kind.
+prof=$(mktemp -d)
+printf '[profiling.logger]\nlevel = "basic"\nfile = "%s/profile.log"\nappend = false\n' "$prof" > "$prof/cubecl.toml"
+read -r photo labels < <(cd scripts && python3 -c "import sys; from bench_support import bench_photo, GPU_CLASSES, GPU_PHOTO_SIZE
+print(bench_photo(*GPU_PHOTO_SIZE, sys.argv[1])[0], GPU_CLASSES)" "$prof")
+(cd "$prof" && timeout $(( gpu_end - ($(date +%s) - started) )) "$OLDPWD/.gpu/clearclip" segment --weights "$weights" \
+  --labels "$labels" --image "$photo" --device gpu --out "$prof/segmented" 2>&1 | tail -3)
+python3 scripts/kernel_profile.py "$prof/profile.log" 2>&1 | tee "$out/kernel_profile.txt"
+gzip -c "$prof/profile.log" > "$out/profile.log.gz"
 fi
 if [ "$part" != gpu ]; then
 stamp "CPU: thread scaling"

@@ -27,6 +27,7 @@ and the share of pixels whose label differs. A fast column that is wrong shows t
 
   python scripts/bench_gpu.py B16.safetensors [--runs 5] [--exe target/release/clearclip]
       [--exe-fused EXE] [--exe-spirv EXE] [--gpu-matmul ROUTINE] [--gpu-attention flash-unit]
+      [--column-timeout 180]
       # B16.safetensors is generated first if missing (gen_fixtures.py --vit-b16)
 """
 import argparse
@@ -80,12 +81,17 @@ def agreement(probs, reference):
     return diff, float((probs.argmax(0) != reference.argmax(0)).mean())
 
 
-def ours(exe, weights, image_path, precision, runs, extra=(), probs_out=None):
-    """Every phase of `clearclip bench` as {phase: (cold, warm median)} in seconds, and the report."""
+def ours(exe, weights, image_path, precision, runs, extra=(), probs_out=None, timeout=None):
+    """Every phase of `clearclip bench` as {phase: (cold, warm median)} in seconds, and the report;
+    (None, why) if it fails or takes more than `timeout` seconds (a column that hangs
+    must not take the rest of the device call with it)."""
     keep = ["--probs-out", probs_out] if probs_out else []
-    out = subprocess.run([exe, "bench", "--weights", weights, "--labels", CLASSES, "--image", image_path,
-                          "--device", "gpu", "--precision", precision, "--runs", str(runs), "--json", *extra, *keep],
-                         capture_output=True, text=True)
+    try:
+        out = subprocess.run([exe, "bench", "--weights", weights, "--labels", CLASSES, "--image", image_path,
+                              "--device", "gpu", "--precision", precision, "--runs", str(runs), "--json", *extra, *keep],
+                             capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"no result within {timeout} s"
     if out.returncode != 0:
         why = f"killed by signal {-out.returncode}" if out.returncode < 0 else f"exit {out.returncode}"
         last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "(nothing)"
@@ -121,7 +127,8 @@ def measure(a, exe, image_path, img, model, device, columns, parity):
     def run_columns(variants):
         for name, variant_exe, precision, extra in variants:
             probs_out = os.path.join(probs_dir, "probs.npy")
-            phases, report = ours(variant_exe, a.weights, image_path, precision, a.runs, extra, probs_out)
+            phases, report = ours(variant_exe, a.weights, image_path, precision, a.runs, extra, probs_out,
+                                  a.column_timeout)
             if phases is None:
                 print(f"{name}: failed: {report}", flush=True)
                 continue
@@ -136,7 +143,8 @@ def measure(a, exe, image_path, img, model, device, columns, parity):
     run_columns(variants)
     pamr_runs = min(a.runs, 3)
     columns["PyTorch fp32"][PAMR_ROW] = torch_runs(model, img, pamr_runs, device, mode="naclip", pamr_steps=10)[0]["image (total)"]
-    phases, report = ours(exe, a.weights, image_path, "f32", pamr_runs, ["--mode", "naclip", "--pamr"])
+    phases, report = ours(exe, a.weights, image_path, "f32", pamr_runs, ["--mode", "naclip", "--pamr"],
+                          timeout=a.column_timeout)
     if phases is None:
         print(f"ours f32 NACLIP + PAMR: failed: {report}", flush=True)
     elif "ours f32" in columns:
@@ -154,6 +162,7 @@ def main():
     ap.add_argument("--exe-spirv", help="a clearclip binary built with --features spirv: an f32 and an f16 column, last")
     ap.add_argument("--gpu-matmul", help="a --gpu-matmul routine other than burn's: one more f32 and f16 column")
     ap.add_argument("--gpu-attention", help="a --gpu-attention routine other than scores: one more f32 and f16 column")
+    ap.add_argument("--column-timeout", type=float, default=180, help="seconds one column of ours may take")
     a = ap.parse_args()
     stop_on_sigterm()
     exe, image_path, img, model = prepare(ref, a.weights, a.exe, SIZE)

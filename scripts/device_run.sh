@@ -21,6 +21,10 @@
 # with their tables when `timeout` stops them, and each runs what matters
 # most first: ours and PyTorch at f32/f16 before the alternatives; 1 and 16
 # threads before 2, 4 and 8.
+# A dry run on a Debian 12 machine with lavapipe, as root (`dpkg -x` of the
+# packages that machine already has changes nothing; PyTorch runs on the CPU):
+#   OUT=/tmp/out WEIGHTS=fixtures/tiny_openclip_bf16.safetensors GPU_SECONDS=300 THREADS=1,2 \
+#   VK_DRIVER_FILES=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json bash scripts/device_run.sh
 set -uo pipefail
 part=${1:-all}
 cd "$(dirname "$0")/.."
@@ -37,18 +41,22 @@ done
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}
-tar -C .gpu -xJf .gpu/bundle.tar.xz  # the three CLIs and py/ (scripts/prepare_device.sh)
-export PYTHONPATH=$PWD/.gpu/py${PYTHONPATH:+:$PYTHONPATH}
+# The three CLIs and py/ (scripts/prepare_device.sh), unpacked outside the
+# tree so that .gpu stays what was carried (unpacked, it would not fit the
+# device tool's 64 MiB a second time).
+gpu=$(mktemp -d)
+tar -C "$gpu" -xJf .gpu/bundle.tar.xz
+export PYTHONPATH=$gpu/py${PYTHONPATH:+:$PYTHONPATH}
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; python3 -c 'import torch; print(torch.__version__)'; } 2>&1 | tee "$out/machine.txt"
 
-weights=/tmp/b16.safetensors
+weights=$(realpath -m "${WEIGHTS:-/tmp/b16.safetensors}")
 # The ViT-B/16-shaped checkpoint, as bench_gpu.py would make it (through
 # bench_support: gen_fixtures.py imports OpenCV, which that machine may lack).
 [ -f "$weights" ] || (cd scripts && python3 -c "import sys; from bench_support import reference; reference().generate_vit_b16(sys.argv[1])" "$weights")
 if [ "$part" != cpu ]; then
 stamp "GPU: the matrix-product routines on one block's products (bench-matmul)"
 for precision in f32 f16; do
-  timeout 60 .gpu/clearclip bench-matmul --weights "$weights" --precision $precision \
+  timeout 60 "$gpu/clearclip" bench-matmul --weights "$weights" --precision $precision \
     --json-out "$out/matmul_$precision.json" 2>&1 | tee -a "$out/matmul.txt"
 done
 # The fastest exact routine at f32 gets a column of its own in the full bench.
@@ -57,8 +65,8 @@ best=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["fastest
 stamp "GPU: ours f32/f16 vs PyTorch fp32/fp16 (and --gpu-matmul $best, --gpu-attention flash-unit)"
 # It stops itself in time for the CPU part (see the top of this file).
 gpu_end=${GPU_SECONDS:-540}; [ "$part" = all ] && gpu_end=${GPU_SECONDS:-330}
-timeout $(( gpu_end - 60 - ($(date +%s) - started) )) python3 scripts/bench_gpu.py "$weights" --runs ${GPU_RUNS:-5} --exe .gpu/clearclip \
-  --exe-fused .gpu/clearclip-fusion --exe-spirv .gpu/clearclip-spirv --gpu-matmul "$best" --gpu-attention flash-unit \
+timeout $(( gpu_end - 60 - ($(date +%s) - started) )) python3 scripts/bench_gpu.py "$weights" --runs ${GPU_RUNS:-5} --exe "$gpu/clearclip" \
+  --exe-fused "$gpu/clearclip-fusion" --exe-spirv "$gpu/clearclip-spirv" --gpu-matmul "$best" --gpu-attention flash-unit \
   2>&1 | tee "$out/bench_gpu.txt"
 stamp "GPU: where the time goes, kernel by kernel (cubecl's profiling log of the bench's request, f32)"
 # One `segment` of the bench's request in a fresh process (no warm-up, so the
@@ -68,14 +76,16 @@ prof=$(mktemp -d)
 printf '[profiling.logger]\nlevel = "basic"\nfile = "%s/profile.log"\nappend = false\n' "$prof" > "$prof/cubecl.toml"
 read -r photo labels < <(cd scripts && python3 -c "import sys; from bench_support import bench_photo, GPU_CLASSES, GPU_PHOTO_SIZE
 print(bench_photo(*GPU_PHOTO_SIZE, sys.argv[1])[0], GPU_CLASSES)" "$prof")
-(cd "$prof" && timeout $(( gpu_end - ($(date +%s) - started) )) "$OLDPWD/.gpu/clearclip" segment --weights "$weights" \
+(cd "$prof" && timeout $(( gpu_end - ($(date +%s) - started) )) "$gpu/clearclip" segment --weights "$weights" \
   --labels "$labels" --image "$photo" --device gpu --out "$prof/segmented" 2>&1 | tail -3)
-python3 scripts/kernel_profile.py "$prof/profile.log" 2>&1 | tee "$out/kernel_profile.txt"
-gzip -c "$prof/profile.log" > "$out/profile.log.gz"
+if [ -s "$prof/profile.log" ]; then
+  python3 scripts/kernel_profile.py "$prof/profile.log" 2>&1 | tee "$out/kernel_profile.txt"
+  gzip -c "$prof/profile.log" > "$out/profile.log.gz"
+fi
 fi
 if [ "$part" != gpu ]; then
 stamp "CPU: thread scaling"
 timeout $(( ${CPU_SECONDS:-570} - ($(date +%s) - started) )) python3 scripts/bench_cpu.py "$weights" \
-  --threads ${THREADS:-1,16,2,4,8} --runs ${CPU_RUNS:-3} --exe .gpu/clearclip 2>&1 | tee "$out/bench_cpu.txt"
+  --threads ${THREADS:-1,16,2,4,8} --runs ${CPU_RUNS:-3} --exe "$gpu/clearclip" 2>&1 | tee "$out/bench_cpu.txt"
 fi
 stamp "done"

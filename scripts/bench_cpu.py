@@ -73,6 +73,8 @@ def main():
     ap.add_argument("--torch-text-runs", type=int, default=1, help="timed text encodings in PyTorch (after a warm-up)")
     ap.add_argument("--exe", help="the clearclip binary [default: target/release/clearclip]")
     a = ap.parse_args()
+    if a.torch_text_runs < 1 or a.runs < 2:
+        ap.error("--torch-text-runs must be at least 1 and --runs at least 2 (the first run is the cold one)")
     stop_on_sigterm()
     exe, image_path, img, model = prepare(ref, a.weights, a.exe, (672, 448))
     print(f"torch {torch.__version__}; {os.cpu_count()} cores; image (and our text): warm medians of runs 2..{a.runs}; "

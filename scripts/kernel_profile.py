@@ -51,28 +51,32 @@ def main():
     a = ap.parse_args()
     total = collections.defaultdict(float)
     launches = collections.Counter()
-    untimed = 0
+    timed = collections.Counter()  # the mean is over these: an untimed launch is not a zero
     with open(a.log, encoding="utf-8", errors="replace") as f:
         for ms, k in parse(f):
             launches[k] += 1
-            if ms is None:
-                untimed += 1
-            else:
+            if ms is not None:
+                timed[k] += 1
                 total[k] += ms
     all_ms = sum(total.values())
+    untimed = sum(launches.values()) - sum(timed.values())
     print(f"{sum(launches.values())} launches of {len(launches)} kernel kinds, {all_ms:.2f} ms timed"
           + (f", {untimed} not timed" if untimed else ""))
     print("\n| kernel kind | launches | total ms | share | mean µs |")
     print("|---|---:|---:|---:|---:|")
     ranked = sorted(launches, key=lambda k: -total[k])
     for k in ranked[:a.top]:
-        print(f"| {k} | {launches[k]} | {total[k]:.3f} | {100 * total[k] / max(all_ms, 1e-12):.1f} % "
-              f"| {1e3 * total[k] / launches[k]:.1f} |")
+        print(row(k, launches[k], timed[k], total[k], all_ms))
     rest = ranked[a.top:]
     if rest:
-        ms = sum(total[k] for k in rest)
-        n = sum(launches[k] for k in rest)
-        print(f"| {len(rest)} other kinds | {n} | {ms:.3f} | {100 * ms / max(all_ms, 1e-12):.1f} % | {1e3 * ms / n:.1f} |")
+        print(row(f"{len(rest)} other kinds", sum(launches[k] for k in rest), sum(timed[k] for k in rest),
+                  sum(total[k] for k in rest), all_ms))
+
+
+def row(name, launches, timed, ms, all_ms):
+    """A table row; the mean is over the timed launches ("-" when none was timed)."""
+    mean = f"{1e3 * ms / timed:.1f}" if timed else "-"
+    return f"| {name} | {launches} | {ms:.3f} | {100 * ms / max(all_ms, 1e-12):.1f} % | {mean} |"
 
 
 if __name__ == "__main__":

@@ -240,7 +240,7 @@ def custom_attn(attn_layer, x, model_type, n_patches=None, neighbourhood_std=Non
     if model_type == "vanilla":
         attn_weights = F.softmax(torch.bmm(q, k.transpose(1, 2)) * scale, dim=-1)
     elif model_type == "MaskCLIP":
-        mask = torch.empty(q.shape[1], q.shape[1], dtype=q.dtype)
+        mask = torch.empty(q.shape[1], q.shape[1], dtype=q.dtype, device=q.device)
         mask.fill_(float("-inf"))
         mask.fill_diagonal_(0)
         attn_weights = F.softmax(mask.unsqueeze(0).repeat(q.shape[0], 1, 1), dim=-1)
@@ -252,12 +252,12 @@ def custom_attn(attn_layer, x, model_type, n_patches=None, neighbourhood_std=Non
         attn_weights = F.softmax(torch.bmm(q, q.transpose(1, 2)) * scale, dim=-1)
     elif model_type == "NACLIP":
         attn_weights = torch.bmm(k, k.transpose(1, 2)) * scale
-        attn_weights += naclip_omega(n_patches, 5.0)
+        attn_weights += naclip_omega(n_patches, 5.0).to(attn_weights)  # made on the CPU
         attn_weights = F.softmax(attn_weights, dim=-1)
     elif model_type == "KK":
         attn_weights = torch.bmm(k * scale, k.transpose(1, 2))
         if neighbourhood_std:
-            attn_weights = attn_weights + naclip_omega(n_patches, neighbourhood_std)
+            attn_weights = attn_weights + naclip_omega(n_patches, neighbourhood_std).to(attn_weights)
         attn_weights = F.softmax(attn_weights, dim=-1)
     else:
         raise ValueError(model_type)
@@ -337,8 +337,8 @@ def pamr_kernels():
 
 
 def pamr(x, mask, num_iter=10, dilations=(8, 16)):
-    """pamr.py PAMR.forward."""
-    diff, copy, std_k = pamr_kernels()
+    """pamr.py PAMR.forward (the kernels made on the CPU, moved to x's device and dtype)."""
+    diff, copy, std_k = (k.to(x) for k in pamr_kernels())
     mask = F.interpolate(mask, size=x.size()[-2:], mode="bilinear", align_corners=True)
     x_std = local_affinity(x, dilations, std_k).std(2, keepdim=True)
     x = -torch.abs(local_affinity(x, dilations, diff)) / (1e-8 + 0.1 * x_std)

@@ -2,8 +2,10 @@
 //!
 //! The model is loaded once. Each run then clears the segmenter's caches, so
 //! it encodes every class name (all prompts) and every window, and is followed
-//! by a re-run on the same image and classes, which only runs the last block
-//! and what follows (what a mode switch costs). The first run after the load
+//! by two re-runs on the same image and classes, which only run the last block
+//! and what follows (what a mode switch costs): one reads the full-size
+//! probabilities back as the run did, the other the display-size maps the
+//! page reads (`ProbabilityMaps::ForDisplay`). The first run after the load
 //! is reported as cold; the others give the warm median, minimum and maximum.
 //! Between the load and the first run the segmenter warms up (a run on a
 //! blank image, [`Segmenter::warm_up`]), as the page does on WebGPU, unless
@@ -14,7 +16,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clearclip_segment::{SegmentParams, Segmentation, Segmenter};
+use clearclip_segment::{ProbabilityMaps, SegmentParams, Segmentation, Segmenter};
 use serde::Serialize;
 
 use crate::{load_segmenter, read_image, DeviceArg, ModelArgs, RequestArgs};
@@ -90,8 +92,10 @@ struct Report {
     phases: Vec<PhaseStats>,
 }
 
-/// The phases of one run as (name, milliseconds), in pipeline order.
-fn phases(full: &Segmentation, rerun: &Segmentation) -> [(&'static str, f64); 10] {
+/// The phases of one run as (name, milliseconds), in pipeline order, then
+/// its two re-runs (full-size maps, display-size maps).
+fn phases(full: &Segmentation, rerun: &Segmentation, rerun_for_display: &Segmentation) -> [(&'static str, f64); 11] {
+    let total = |s: &Segmentation| s.timings.text_ms + s.timings.image_ms;
     let t = &full.timings;
     let i = &t.image;
     [
@@ -104,10 +108,8 @@ fn phases(full: &Segmentation, rerun: &Segmentation) -> [(&'static str, f64); 10
         ("image: read-back", i.read_back_ms),
         ("image (total)", t.image_ms),
         ("text + image", t.text_ms + t.image_ms),
-        (
-            "re-run of the last block",
-            rerun.timings.text_ms + rerun.timings.image_ms,
-        ),
+        ("re-run of the last block", total(rerun)),
+        ("re-run of the last block, display maps (the page)", total(rerun_for_display)),
     ]
 }
 
@@ -146,14 +148,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         false => Some(pollster::block_on(segmenter.warm_up(&params))?),
     };
 
-    let mut runs: Vec<[(&'static str, f64); 10]> = Vec::new();
+    let mut runs: Vec<[(&'static str, f64); 11]> = Vec::new();
     let mut last = None;
     for run in 0..args.runs {
         segmenter.clear_caches();
         let full = segment(&mut segmenter, &image, &classes, &params)?;
         let rerun = segment(&mut segmenter, &image, &classes, &params)?;
-        if !rerun.reused_windows {
-            bail!("the re-run did not reuse the first blocks");
+        segmenter.set_probability_maps(ProbabilityMaps::ForDisplay);
+        let rerun_for_display = segment(&mut segmenter, &image, &classes, &params);
+        segmenter.set_probability_maps(ProbabilityMaps::Full);
+        let rerun_for_display = rerun_for_display?;
+        if !rerun.reused_windows || !rerun_for_display.reused_windows {
+            bail!("a re-run did not reuse the first blocks");
         }
         if !args.json {
             eprintln!(
@@ -163,7 +169,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 full.timings.text_ms + full.timings.image_ms
             );
         }
-        runs.push(phases(&full, &rerun));
+        runs.push(phases(&full, &rerun, &rerun_for_display));
         last = Some(full);
     }
     let full = last.expect("at least two runs");

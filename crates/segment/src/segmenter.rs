@@ -452,6 +452,12 @@ impl Segmenter {
         self
     }
 
+    /// Which probability maps the next results carry, for a caller that
+    /// wants both kinds from one model (the bench's re-runs).
+    pub fn set_probability_maps(&mut self, maps: ProbabilityMaps) {
+        self.probability_maps = maps;
+    }
+
     /// How windows and class names are batched (see [`Batching`] for the default).
     pub fn with_batching(mut self, batching: Batching) -> Self {
         self.batching = match batching {

@@ -43,6 +43,7 @@ pub mod prompts;
 pub mod render;
 pub mod request;
 pub mod resample;
+mod rows;
 pub mod segmenter;
 pub mod windows;
 

@@ -22,6 +22,7 @@ use burn::tensor::{activation, DType, Device, Int, Tensor, TensorData, Transacti
 
 use crate::pamr::Pamr;
 use crate::resample::{bilinear, linear_taps, LinearTap, Maps};
+use crate::rows::for_each_chunk_mut;
 use crate::segmenter::{device_error, SegmentError, SegmentParams};
 use crate::windows::Window;
 
@@ -414,7 +415,7 @@ impl PendingClassMaps {
         // One class plane at a time, band after band: a memcpy each, the
         // planes on all cores where there are threads (the copy is most of a
         // read-back of a large photo's maps).
-        let fill_plane = |(c, plane): (usize, &mut [f32])| {
+        let fill_plane = |c: usize, plane: &mut [f32]| {
             let mut start = 0;
             for values in &band_probs {
                 let n = values.len() / classes;
@@ -422,14 +423,7 @@ impl PendingClassMaps {
                 start += n;
             }
         };
-        let plane_len = (sampled_h * sampled_w).max(1);
-        #[cfg(feature = "rayon")]
-        {
-            use rayon::prelude::*;
-            probs.par_chunks_mut(plane_len).enumerate().for_each(fill_plane);
-        }
-        #[cfg(not(feature = "rayon"))]
-        probs.chunks_mut(plane_len).enumerate().for_each(fill_plane);
+        for_each_chunk_mut(&mut probs, sampled_h * sampled_w, fill_plane);
         if labels.len() != height * width {
             return Err(SegmentError::Device(format!("read back {} labels for {width}x{height} pixels", labels.len())));
         }

@@ -5,6 +5,7 @@
 use image::RgbImage;
 
 use crate::resample::Maps;
+use crate::rows::for_each_chunk_mut;
 
 /// OpenAI CLIP pixel mean and std on the 0-255 scale (`clearclip_segmentor.py`).
 pub const CLIP_MEAN: [f32; 3] = [122.771, 116.746, 104.094];
@@ -54,7 +55,8 @@ fn taps(src: usize, dst: usize, clamp_weights: bool) -> Taps {
 
 /// Bilinear resize bit-exact with `cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)`
 /// on 8-bit images (checked against OpenCV in the tests). The vertical pass
-/// reproduces OpenCV's SIMD rounding (`VResizeLinearVec_32s8u`).
+/// reproduces OpenCV's SIMD rounding (`VResizeLinearVec_32s8u`). Each pass
+/// runs row by row on all cores where there are threads.
 pub fn resize_like_opencv(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     let (src_w, src_h) = (image.width() as usize, image.height() as usize);
     let (dst_w, dst_h) = (width as usize, height as usize);
@@ -63,9 +65,8 @@ pub fn resize_like_opencv(image: &RgbImage, width: u32, height: u32) -> RgbImage
     let src = image.as_raw();
     // Horizontal pass of every source row: [src_h, dst_w * 3] in fixed point.
     let mut rows = vec![0i32; src_h * dst_w * 3];
-    for y in 0..src_h {
+    for_each_chunk_mut(&mut rows, dst_w * 3, |y, out| {
         let line = &src[y * src_w * 3..][..src_w * 3];
-        let out = &mut rows[y * dst_w * 3..][..dst_w * 3];
         for x in 0..dst_w {
             let s0 = xs.index[x] as usize;
             let s1 = (s0 + 1).min(src_w - 1);
@@ -74,36 +75,36 @@ pub fn resize_like_opencv(image: &RgbImage, width: u32, height: u32) -> RgbImage
                 out[x * 3 + c] = line[s0 * 3 + c] as i32 * a0 + line[s1 * 3 + c] as i32 * a1;
             }
         }
-    }
+    });
     let mut resized = RgbImage::new(width, height);
-    let out: &mut [u8] = &mut resized;
     let clamp_row = |r: i64| r.clamp(0, src_h as i64 - 1) as usize;
-    for y in 0..dst_h {
+    for_each_chunk_mut(&mut resized, dst_w * 3, |y, out| {
         let r0 = &rows[clamp_row(ys.index[y]) * dst_w * 3..][..dst_w * 3];
         let r1 = &rows[clamp_row(ys.index[y] + 1) * dst_w * 3..][..dst_w * 3];
         let [b0, b1] = ys.weights[y];
-        for (i, o) in out[y * dst_w * 3..][..dst_w * 3].iter_mut().enumerate() {
+        for (i, o) in out.iter_mut().enumerate() {
             // (mul_hi(S0 >> 4, b0) + mul_hi(S1 >> 4, b1) + 2) >> 2, saturated
             let v = (((r0[i] >> 4) * b0) >> 16) + (((r1[i] >> 4) * b1) >> 16);
             *o = ((v + 2) >> 2).clamp(0, 255) as u8;
         }
-    }
+    });
     resized
 }
 
-/// Channel-first normalised pixels: `(x - mean) / std`.
+/// Channel-first normalised pixels: `(x - mean) / std`, a channel per core
+/// where there are threads.
 ///
 /// # Shapes
 /// - returns `[3, height, width]` row-major
 pub fn normalize(image: &RgbImage) -> Maps {
     let (w, h) = (image.width() as usize, image.height() as usize);
     let mut maps = Maps::zeros(3, (h, w));
-    let out = maps.as_mut_slice();
-    for (i, p) in image.pixels().enumerate() {
-        for c in 0..3 {
-            out[c * w * h + i] = (p[c] as f32 - CLIP_MEAN[c]) / CLIP_STD[c];
+    let pixels = image.as_raw();
+    for_each_chunk_mut(maps.as_mut_slice(), w * h, |c, plane| {
+        for (out, p) in plane.iter_mut().zip(pixels.chunks_exact(3)) {
+            *out = (p[c] as f32 - CLIP_MEAN[c]) / CLIP_STD[c];
         }
-    }
+    });
     maps
 }
 

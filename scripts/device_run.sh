@@ -21,6 +21,12 @@
 # with their tables when `timeout` stops them, and each runs what matters
 # most first: ours and PyTorch at f32/f16 before the alternatives; 1 and 16
 # threads before 2, 4 and 8.
+# A second call that needs only some columns (the rest measured already):
+# MATMUL_BENCH=0 skips bench-matmul (GPU_MATMUL then names the routine for
+# the extra columns, burn's by default), PROFILE=0 the kernel profile (the
+# bench then runs up to GPU_SECONDS), and ALTERNATIVES lists the extra
+# columns, out of "matmul flash fusion spirv" (all by default), e.g.
+#   MATMUL_BENCH=0 GPU_MATMUL=simple-unit PROFILE=0 ALTERNATIVES="matmul spirv" bash scripts/device_run.sh gpu
 # A dry run on a Debian 12 machine with lavapipe, as root (`dpkg -x` of the
 # packages that machine already has changes nothing; PyTorch runs on the CPU):
 #   OUT=/tmp/out WEIGHTS=fixtures/tiny_openclip_bf16.safetensors GPU_SECONDS=300 THREADS=1,2 \
@@ -54,6 +60,9 @@ weights=$(realpath -m "${WEIGHTS:-/tmp/b16.safetensors}")
 # bench_support: gen_fixtures.py imports OpenCV, which that machine may lack).
 [ -f "$weights" ] || (cd scripts && python3 -c "import sys; from bench_support import reference; reference().generate_vit_b16(sys.argv[1])" "$weights")
 if [ "$part" != cpu ]; then
+alternatives=" ${ALTERNATIVES:-matmul flash fusion spirv} "
+best=${GPU_MATMUL:-burn}
+if [ "${MATMUL_BENCH:-1}" != 0 ]; then
 stamp "GPU: the matrix-product routines on one block's products (bench-matmul)"
 for precision in f32 f16; do
   timeout 60 "$gpu/clearclip" bench-matmul --weights "$weights" --precision $precision \
@@ -62,12 +71,19 @@ done
 # The fastest exact routine at f32 gets a column of its own in the full bench.
 best=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["fastestExact"] or "burn")' \
   "$out/matmul_f32.json" 2>/dev/null || echo burn)
-stamp "GPU: ours f32/f16 vs PyTorch fp32/fp16 (and --gpu-matmul $best, --gpu-attention flash-unit)"
-# It stops itself in time for the CPU part (see the top of this file).
+fi
+extra=()
+[[ $alternatives == *" matmul "* ]] && extra+=(--gpu-matmul "$best")
+[[ $alternatives == *" flash "* ]] && extra+=(--gpu-attention flash-unit)
+[[ $alternatives == *" fusion "* ]] && extra+=(--exe-fused "$gpu/clearclip-fusion")
+[[ $alternatives == *" spirv "* ]] && extra+=(--exe-spirv "$gpu/clearclip-spirv")
+stamp "GPU: ours f32/f16 vs PyTorch fp32/fp16 (and${alternatives%% })"
+# It stops itself in time for the kernel profile and the CPU part (see the top of this file).
 gpu_end=${GPU_SECONDS:-540}; [ "$part" = all ] && gpu_end=${GPU_SECONDS:-330}
-timeout $(( gpu_end - 60 - ($(date +%s) - started) )) python3 scripts/bench_gpu.py "$weights" --runs ${GPU_RUNS:-5} --exe "$gpu/clearclip" \
-  --exe-fused "$gpu/clearclip-fusion" --exe-spirv "$gpu/clearclip-spirv" --gpu-matmul "$best" --gpu-attention flash-unit \
-  2>&1 | tee "$out/bench_gpu.txt"
+profile_s=60; [ "${PROFILE:-1}" = 0 ] && profile_s=0
+timeout $(( gpu_end - profile_s - ($(date +%s) - started) )) python3 scripts/bench_gpu.py "$weights" --runs ${GPU_RUNS:-5} \
+  --exe "$gpu/clearclip" "${extra[@]}" 2>&1 | tee "$out/bench_gpu.txt"
+if [ "${PROFILE:-1}" != 0 ]; then
 stamp "GPU: where the time goes, kernel by kernel (cubecl's profiling log of the bench's request, f32)"
 # One `segment` of the bench's request in a fresh process (no warm-up, so the
 # log holds that request alone: its text, then its image), each kernel timed
@@ -81,6 +97,7 @@ print(bench_photo(*GPU_PHOTO_SIZE, sys.argv[1])[0], GPU_CLASSES)" "$prof")
 if [ -s "$prof/profile.log" ]; then
   python3 scripts/kernel_profile.py "$prof/profile.log" 2>&1 | tee "$out/kernel_profile.txt"
   gzip -c "$prof/profile.log" > "$out/profile.log.gz"
+fi
 fi
 fi
 if [ "$part" != gpu ]; then

@@ -21,7 +21,9 @@ mkdir -p "$stage/py"
 # The CLI as it ships, with burn's kernel fusion, and with cubecl's SPIR-V
 # compiler (crates/cli/Cargo.toml's `fusion` and `spirv` features), for
 # bench_gpu.py's side-by-side columns.
-for variant in clearclip clearclip-fusion clearclip-spirv; do
+# The shipped variant last, so that target/release/clearclip is left as it
+# ships for the local benches and scripts that run it.
+for variant in clearclip-fusion clearclip-spirv clearclip; do
   features=()
   [ "$variant" = clearclip-fusion ] && features=(--features fusion)
   [ "$variant" = clearclip-spirv ] && features=(--features spirv)

@@ -77,7 +77,8 @@ extra=()
 [[ $alternatives == *" flash "* ]] && extra+=(--gpu-attention flash-unit)
 [[ $alternatives == *" fusion "* ]] && extra+=(--exe-fused "$gpu/clearclip-fusion")
 [[ $alternatives == *" spirv "* ]] && extra+=(--exe-spirv "$gpu/clearclip-spirv")
-stamp "GPU: ours f32/f16 vs PyTorch fp32/fp16 (and${alternatives%% })"
+chosen=$(echo $alternatives)  # the list without its padding, empty when none
+stamp "GPU: ours f32/f16 vs PyTorch fp32/fp16${chosen:+ (and $chosen)}"
 # It stops itself in time for the kernel profile and the CPU part (see the top of this file).
 gpu_end=${GPU_SECONDS:-540}; [ "$part" = all ] && gpu_end=${GPU_SECONDS:-330}
 profile_s=60; [ "${PROFILE:-1}" = 0 ] && profile_s=0

@@ -95,7 +95,6 @@ struct Report {
 /// The phases of one run as (name, milliseconds), in pipeline order, then
 /// its two re-runs (full-size maps, display-size maps).
 fn phases(full: &Segmentation, rerun: &Segmentation, rerun_for_display: &Segmentation) -> [(&'static str, f64); 11] {
-    let total = |s: &Segmentation| s.timings.text_ms + s.timings.image_ms;
     let t = &full.timings;
     let i = &t.image;
     [
@@ -107,9 +106,9 @@ fn phases(full: &Segmentation, rerun: &Segmentation, rerun_for_display: &Segment
         ("image: resize + softmax + argmax", i.probabilities_ms),
         ("image: read-back", i.read_back_ms),
         ("image (total)", t.image_ms),
-        ("text + image", t.text_ms + t.image_ms),
-        ("re-run of the last block", total(rerun)),
-        ("re-run of the last block, display maps (the page)", total(rerun_for_display)),
+        ("text + image", t.total_ms()),
+        ("re-run of the last block", rerun.timings.total_ms()),
+        ("re-run of the last block, display maps (the page)", rerun_for_display.timings.total_ms()),
     ]
 }
 
@@ -162,12 +161,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             bail!("a re-run did not reuse the first blocks");
         }
         if !args.json {
-            eprintln!(
-                "run {}/{}: {:.0} ms",
-                run + 1,
-                args.runs,
-                full.timings.text_ms + full.timings.image_ms
-            );
+            eprintln!("run {}/{}: {:.0} ms", run + 1, args.runs, full.timings.total_ms());
         }
         runs.push(phases(&full, &rerun, &rerun_for_display));
         last = Some(full);

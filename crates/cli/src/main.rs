@@ -527,7 +527,7 @@ fn report(seg: &Segmentation) {
         if seg.reused_windows { ", first blocks reused: last block only" } else { "" },
         time(t.text_ms),
         time(t.image_ms),
-        time(t.text_ms + t.image_ms),
+        time(t.total_ms()),
         t.classes_encoded,
     );
     for ((name, share), i) in seg.class_names.iter().zip(seg.class_shares()).zip(0..) {

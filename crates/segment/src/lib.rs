@@ -29,12 +29,13 @@
 //!
 //! assert_eq!((result.width, result.height), image.dimensions());
 //! assert_eq!(result.probs.len(), 3 * result.labels.len()); // [classes, height, width]
-//! println!("{:?} in {:.0} ms", result.class_shares(), result.timings.text_ms + result.timings.image_ms);
+//! println!("{:?} in {:.0} ms", result.class_shares(), result.timings.total_ms());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod classes;
 pub mod decode;
+mod gpu_classify;
 pub mod pamr;
 pub mod preprocess;
 pub mod merge;

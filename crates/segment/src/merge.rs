@@ -8,7 +8,9 @@
 //! On a GPU the full-size maps are made in bands of rows, so no buffer
 //! outgrows what a browser lets one binding hold, and only what the caller
 //! uses is read back, all bands in one transfer: the label map, and the
-//! probabilities at full size or every `stride`-th pixel.
+//! probabilities at full size or every `stride`-th pixel. A band is one
+//! kernel ([`crate::gpu_classify`]) on a cubecl device, burn's tensor
+//! operations elsewhere.
 //!
 //! On the CPU backend the same step is one pass over the pixels
 //! ([`classify_on_host`]): there, some thirty tensor passes over the
@@ -20,6 +22,7 @@ use std::ops::Range;
 
 use burn::tensor::{activation, DType, Device, Int, Tensor, TensorData, Transaction};
 
+use crate::gpu_classify::classify_band;
 use crate::pamr::Pamr;
 use crate::resample::{bilinear, linear_taps, LinearTap, Maps};
 use crate::rows::for_each_chunk_mut;
@@ -165,14 +168,17 @@ struct BandResize {
     source: Tensor<3>,
     /// The taps of every output row.
     rows: Vec<LinearTap>,
+    /// The taps of every output column, and on the device.
+    column_taps: Vec<LinearTap>,
     columns: DeviceTaps,
 }
 
 impl BandResize {
     fn new(source: Tensor<3>, (height, width): (usize, usize)) -> Self {
         let [_, in_h, in_w] = source.dims();
-        let columns = DeviceTaps::new(&linear_taps(in_w, width), &source.device());
-        Self { rows: linear_taps(in_h, height), columns, source }
+        let column_taps = linear_taps(in_w, width);
+        let columns = DeviceTaps::new(&column_taps, &source.device());
+        Self { rows: linear_taps(in_h, height), column_taps, columns, source }
     }
 
     /// Output rows `band`.
@@ -331,7 +337,9 @@ pub(crate) struct PendingClassMaps {
 
 /// Probabilities and labels at `(height, width)` from the full-size logits,
 /// in bands of at most `band_bytes`; the probabilities are kept every
-/// `stride`-th pixel in each direction.
+/// `stride`-th pixel in each direction. Each band is one kernel
+/// ([`crate::gpu_classify`]) where the device can run it, else burn's tensor
+/// operations ([`classify_with_tensor_ops`]).
 pub(crate) fn classify(
     logits: FullSizeLogits<'_>,
     (height, width): (usize, usize),
@@ -339,57 +347,95 @@ pub(crate) fn classify(
     stride: usize,
     band_bytes: usize,
 ) -> PendingClassMaps {
-    // The full-size logits of a band of rows, `[queries, rows, width]`.
-    type BandLogits<'a> = Box<dyn Fn(Range<usize>) -> Tensor<3> + 'a>;
-    let (queries, device, band_logits): (usize, Device, BandLogits) = match logits {
+    let (queries, device) = match &logits {
+        FullSizeLogits::Resize(averaged) | FullSizeLogits::Refined { averaged, .. } => (averaged.dims()[0], averaged.device()),
+    };
+    let ops = TensorOps::new(queries, width, merge, stride, &device);
+    // The full-size logits of a band of rows, `[queries, rows, width]`,
+    // through the kernel where it runs, else made and classified by tensor operations.
+    type BandMaps<'a> = Box<dyn Fn(Range<usize>) -> (Tensor<1, Int>, Tensor<3>) + 'a>;
+    let band_maps: BandMaps = match logits {
         FullSizeLogits::Resize(averaged) => {
-            let (queries, device) = (averaged.dims()[0], averaged.device());
             let logits = BandResize::new(averaged, (height, width));
-            (queries, device, Box::new(move |band| logits.rows(band)))
+            Box::new(move |band| {
+                classify_band(&logits.source, &logits.rows[band.clone()], &logits.column_taps, merge, stride)
+                    .unwrap_or_else(|| ops.classify(logits.rows(band)))
+            })
         }
         FullSizeLogits::Refined { averaged, guide, pamr } => {
-            let (queries, device) = (averaged.dims()[0], averaged.device());
             let (logits, guide) = (BandResize::new(averaged, (height, width)), BandResize::new(guide, (height, width)));
-            let refined_band = move |band: Range<usize>| {
+            let columns = linear_taps(width, width);
+            Box::new(move |band: Range<usize>| {
                 let context = band.start.saturating_sub(pamr.halo())..(band.end + pamr.halo()).min(height);
                 // Buffers of up to three bands: PAMR's gathers grow with the
                 // neighbours they hold, and fewer, larger ones are fewer kernels.
-                pamr.refine_tensor(guide.rows(context.clone()), logits.rows(context.clone()), 3 * band_bytes)
-                    .narrow(1, band.start - context.start, band.len())
-            };
-            (queries, device, Box::new(refined_band))
+                let refined = pamr
+                    .refine_tensor(guide.rows(context.clone()), logits.rows(context.clone()), 3 * band_bytes)
+                    .narrow(1, band.start - context.start, band.len());
+                // At full size already: the kernel's resize by identity taps
+                // (weights 1 and 0) copies the values exactly.
+                classify_band(&refined, &linear_taps(band.len(), band.len()), &columns, merge, stride).unwrap_or_else(|| ops.classify(refined))
+            })
         }
     };
-    // Each class's queries; none is needed when every class has one query.
-    let one_query_each = merge.class_of_query.len() == merge.classes && merge.class_of_query.iter().enumerate().all(|(q, &c)| q == c);
-    let synonyms: Option<Vec<Tensor<1, Int>>> = (!one_query_each).then(|| {
-        (0..merge.classes)
-            .map(|c| {
-                let of_class: Vec<i64> = (0..queries).filter(|&q| merge.class_of_query[q] == c).map(|q| q as i64).collect();
-                let n = of_class.len();
-                Tensor::from_data(TensorData::new(of_class, [n]), &device)
-            })
-            .collect()
-    });
-    let sampled_columns = (stride > 1).then(|| every_nth(width, stride, &device));
     let step = band_rows(band_bytes, queries.max(merge.classes), width, stride);
     let bands = bands(height, step);
     let mut transaction = Transaction::default();
     for band in &bands {
-        let query_probs = activation::softmax(band_logits(band.clone()) * merge.logit_scale, 0);
-        let probs = match &synonyms {
+        let (labels, probs) = band_maps(band.clone());
+        transaction = transaction.register(labels).register(probs);
+    }
+    PendingClassMaps { transaction, bands, size: (height, width), classes: merge.classes, stride }
+}
+
+/// [`classify`]'s per-pixel step in burn's tensor operations, for a device
+/// the kernel does not run on: some thirty kernels a band.
+struct TensorOps<'a> {
+    merge: &'a ClassMerge<'a>,
+    /// Each class's queries; `None` when every class has one query.
+    synonyms: Option<Vec<Tensor<1, Int>>>,
+    /// Every `stride`-th column, when `stride > 1`.
+    sampled_columns: Option<Tensor<1, Int>>,
+    stride: usize,
+}
+
+impl<'a> TensorOps<'a> {
+    fn new(queries: usize, width: usize, merge: &'a ClassMerge<'a>, stride: usize, device: &Device) -> Self {
+        let one_query_each = merge.class_of_query.len() == merge.classes && merge.class_of_query.iter().enumerate().all(|(q, &c)| q == c);
+        let synonyms = (!one_query_each).then(|| {
+            (0..merge.classes)
+                .map(|c| {
+                    let of_class: Vec<i64> = (0..queries).filter(|&q| merge.class_of_query[q] == c).map(|q| q as i64).collect();
+                    let n = of_class.len();
+                    Tensor::from_data(TensorData::new(of_class, [n]), device)
+                })
+                .collect()
+        });
+        let sampled_columns = (stride > 1).then(|| every_nth(width, stride, device));
+        Self { merge, synonyms, sampled_columns, stride }
+    }
+
+    /// The packed labels and the kept probabilities of a band (as [`classify_band`]'s).
+    ///
+    /// # Shapes
+    /// - `logits`: `[queries, rows, width]` at full size
+    /// - returns `[(rows * width).div_ceil(4)]` and `[classes, rows.div_ceil(stride), width.div_ceil(stride)]`
+    fn classify(&self, logits: Tensor<3>) -> (Tensor<1, Int>, Tensor<3>) {
+        let rows = logits.dims()[1];
+        let device = logits.device();
+        let query_probs = activation::softmax(logits * self.merge.logit_scale, 0);
+        let probs = match &self.synonyms {
             None => query_probs,
             Some(of_class) => Tensor::cat(of_class.iter().map(|q| query_probs.clone().select(0, q.clone()).max_dim(0)).collect(), 0),
         };
         let (best, label) = probs.clone().max_dim_with_indices(0);
-        let labels = label.mask_fill(best.lower_elem(merge.background_threshold), 0);
-        let probs = match &sampled_columns {
+        let labels = label.mask_fill(best.lower_elem(self.merge.background_threshold), 0);
+        let probs = match &self.sampled_columns {
             None => probs,
-            Some(columns) => probs.select(1, every_nth(band.len(), stride, &device)).select(2, columns.clone()),
+            Some(columns) => probs.select(1, every_nth(rows, self.stride, &device)).select(2, columns.clone()),
         };
-        transaction = transaction.register(pack_labels(labels)).register(probs);
+        (pack_labels(labels), probs)
     }
-    PendingClassMaps { transaction, bands, size: (height, width), classes: merge.classes, stride }
 }
 
 impl PendingClassMaps {
@@ -536,23 +582,76 @@ mod tests {
         clearclip_fixtures::assert_close("host one-pass vs device", &host.probs, &sampled.probs, 1e-6);
     }
 
-    /// PAMR on the device, band by band with a halo and a few queries at a
-    /// time, gives the maps of PAMR on the host over the whole image (the
-    /// CPU backend's path), on every test device.
+    /// The device's maps, in one band and in several, equal the host's one
+    /// pass (the CPU backend's path), on every test device: the kernel on
+    /// wgpu, burn's tensor operations on the CPU backend.
     #[test]
     fn host_maps_in_many_bands_equal_device_maps() {
         // Taller than several of the host's bands, whose rows are whole
         // strides (33 rows at stride 3, the last band 2 rows).
         let class_of_query = [0, 1, 1, 2];
         let merge = ClassMerge { class_of_query: &class_of_query, classes: 3, logit_scale: 50.0, background_threshold: 0.2 };
-        let source = maps(&logits(4 * 9 * 8), 4, (9, 8));
+        let values = logits(4 * 9 * 8);
         let size = (101, 37);
         assert!(size.0 > 3 * HOST_BAND_ROWS);
-        for stride in [1, 3] {
-            let device = pollster::block_on(classify(FullSizeLogits::Resize(source.clone()), size, &merge, stride, BAND_BYTES).read()).unwrap();
-            let host = classify_on_host(&pollster::block_on(read_maps(source.clone())).unwrap(), size, &merge, stride);
-            assert_eq!(host.labels, device.labels, "stride {stride}");
-            clearclip_fixtures::assert_close(&format!("host vs device, stride {stride}"), &host.probs, &device.probs, 1e-6);
+        let on_host = Maps::from_vec(values.clone(), 4, (9, 8)).unwrap();
+        for (name, device) in clearclip_fixtures::test_devices() {
+            let source = Tensor::<3>::from_data(TensorData::new(values.clone(), [4, 9, 8]), &device);
+            // One band, and bands of 12 rows (4 * 4 * 37 bytes a row).
+            for (stride, band_bytes) in [(1, BAND_BYTES), (3, BAND_BYTES), (1, 12 * 4 * 4 * 37), (3, 12 * 4 * 4 * 37)] {
+                let device = pollster::block_on(classify(FullSizeLogits::Resize(source.clone()), size, &merge, stride, band_bytes).read()).unwrap();
+                let host = classify_on_host(&on_host, size, &merge, stride);
+                assert_eq!(host.labels, device.labels, "{name}: stride {stride}, bands of {band_bytes} bytes");
+                clearclip_fixtures::assert_close(&format!("{name}: host vs device, stride {stride}, bands of {band_bytes} bytes"), &host.probs, &device.probs, 1e-6);
+            }
+        }
+    }
+
+    /// The GPU kernel against burn's tensor operations on the same device and
+    /// against the host's one pass: every class count from 1 to 6 (with and
+    /// without synonyms), a threshold that makes background, strides 1 to 3,
+    /// band sizes whose pixel counts are not multiples of 4, down- and
+    /// upsampling. Where the device is a cubecl one (wgpu) in a build with the
+    /// kernel, the kernel must run; elsewhere it must decline.
+    #[test]
+    fn kernel_equals_tensor_ops_and_the_host() {
+        let cases: [(&[usize], usize, f32); 4] = [(&[0], 1, 0.0), (&[0, 1, 1, 1, 2], 3, 0.4), (&[0, 1, 2, 3, 4, 5], 6, 0.3), (&[3, 0, 2, 1, 0, 3, 2], 4, 0.0)];
+        for (name, device) in clearclip_fixtures::test_devices() {
+            let cubecl = name == "wgpu" && cfg!(feature = "gpu-kernel") && !cfg!(feature = "fusion");
+            for (case, &(class_of_query, classes, background_threshold)) in cases.iter().enumerate() {
+                let merge = ClassMerge { class_of_query, classes, logit_scale: 50.0, background_threshold };
+                let queries = class_of_query.len();
+                let (in_h, in_w) = (7, 9);
+                let values = logits(queries * in_h * in_w);
+                let source = Tensor::<3>::from_data(TensorData::new(values.clone(), [queries, in_h, in_w]), &device);
+                let on_host = Maps::from_vec(values, queries, (in_h, in_w)).unwrap();
+                for (size, stride) in [((23, 31), 1), ((5, 7), 2), ((61, 13), 3)] {
+                    let what = format!("{name}, case {case}, {size:?} stride {stride}");
+                    let resize = BandResize::new(source.clone(), size);
+                    let ops = TensorOps::new(queries, size.1, &merge, stride, &device);
+                    let read = |(labels, probs): (Tensor<1, Int>, Tensor<3>)| {
+                        let data = pollster::block_on(Transaction::default().register(labels).register(probs).execute_async()).unwrap();
+                        let mut unpacked = Vec::new();
+                        unpack_labels(&data[0], size.0 * size.1, &mut unpacked);
+                        (unpacked, f32_values(&data[1]).into_owned())
+                    };
+                    let kernel = classify_band(&source, &resize.rows, &resize.column_taps, &merge, stride);
+                    assert_eq!(kernel.is_some(), cubecl, "{what}: the kernel ran");
+                    let (ops_labels, ops_probs) = read(ops.classify(resize.rows(0..size.0)));
+                    let host = classify_on_host(&on_host, size, &merge, stride);
+                    assert_eq!(host.labels, ops_labels, "{what}: tensor ops vs host");
+                    clearclip_fixtures::assert_close(&format!("{what}: tensor ops vs host"), &ops_probs, &host.probs, 1e-6);
+                    if let Some(maps) = kernel {
+                        let (labels, probs) = read(maps);
+                        assert_eq!(labels, host.labels, "{what}: kernel vs host");
+                        clearclip_fixtures::assert_close(&format!("{what}: kernel vs host"), &probs, &host.probs, 1e-6);
+                        assert!(labels.iter().all(|&l| (l as usize) < classes), "{what}");
+                        if background_threshold > 0.0 {
+                            assert!(labels.contains(&0) && labels.iter().any(|&l| l != 0), "{what}: background and classes");
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -254,6 +254,13 @@ pub struct Timings {
     pub image: ImagePhases,
 }
 
+impl Timings {
+    /// The request's time: text and image.
+    pub fn total_ms(&self) -> f64 {
+        self.text_ms + self.image_ms
+    }
+}
+
 /// The parts of the image phase, summed over the windows, in milliseconds.
 ///
 /// A GPU backend queues work and runs it when a result is read: unless the

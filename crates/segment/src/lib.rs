@@ -35,7 +35,7 @@
 
 pub mod classes;
 pub mod decode;
-mod gpu_classify;
+mod gpu_merge;
 pub mod pamr;
 pub mod preprocess;
 pub mod merge;

@@ -9,7 +9,7 @@
 //! outgrows what a browser lets one binding hold, and only what the caller
 //! uses is read back, all bands in one transfer: the label map, and the
 //! probabilities at full size or every `stride`-th pixel. A band is one
-//! kernel ([`crate::gpu_classify`]) on a cubecl device, burn's tensor
+//! kernel ([`crate::gpu_merge`]) on a cubecl device, burn's tensor
 //! operations elsewhere.
 //!
 //! On the CPU backend the same step is one pass over the pixels
@@ -22,7 +22,7 @@ use std::ops::Range;
 
 use burn::tensor::{activation, DType, Device, Int, Tensor, TensorData, Transaction};
 
-use crate::gpu_classify::classify_band;
+use crate::gpu_merge::{add_windows, classify_band};
 use crate::pamr::Pamr;
 use crate::resample::{bilinear, linear_taps, LinearTap, Maps};
 use crate::rows::for_each_chunk_mut;
@@ -200,39 +200,53 @@ pub(crate) struct WindowSum {
     /// `[height, width]`.
     count: Vec<u16>,
     patch: usize,
+    /// Add with the kernel where the device runs it (tests turn it off to compare).
+    use_kernel: bool,
 }
 
 impl WindowSum {
     pub fn new(queries: usize, (height, width): (usize, usize), patch: usize, device: &Device) -> Self {
-        Self { sum: Tensor::zeros([queries, height, width], device), count: vec![0; height * width], patch }
+        Self { sum: Tensor::zeros([queries, height, width], device), count: vec![0; height * width], patch, use_kernel: true }
     }
 
     /// Upsample the scores of windows of one shape (same size and padding) to
-    /// their padded crop, keep the unpadded part, add it where it belongs.
+    /// their padded crop, keep the unpadded part, add it where it belongs:
+    /// one kernel ([`crate::gpu_merge`]) on a cubecl device, burn's tensor
+    /// operations elsewhere.
     ///
     /// # Shapes
     /// - `scores`: `[queries, windows.len() * grid_h * grid_w]`, each window's patches of the padded window row-major
     pub fn add(&mut self, scores: Tensor<2>, windows: &[Window]) {
         let Some(&first) = windows.first() else { return };
         let (ph, pw) = (first.padded_height(), first.padded_width());
-        let (gh, gw) = (ph / self.patch, pw / self.patch);
-        let (batch, queries) = (windows.len(), scores.dims()[0]);
-        let device = scores.device();
-        let planes = scores.reshape([queries, batch, gh, gw]).swap_dims(0, 1);
+        let grid = (ph / self.patch, pw / self.patch);
         // Only the rows and columns that survive the crop are computed.
-        let rows = DeviceTaps::new(&linear_taps(gh, ph)[first.pad_top..][..first.height], &device);
-        let columns = DeviceTaps::new(&linear_taps(gw, pw)[first.pad_left..][..first.width], &device);
-        let upsampled = rows.resample(columns.resample(planes, 3), 2);
+        let rows = &linear_taps(grid.0, ph)[first.pad_top..][..first.height];
+        let columns = &linear_taps(grid.1, pw)[first.pad_left..][..first.width];
         let width = self.sum.dims()[2];
-        for (i, w) in windows.iter().enumerate() {
+        for w in windows {
             debug_assert_eq!((w.padded_height(), w.padded_width(), w.pad_top, w.pad_left), (ph, pw, first.pad_top, first.pad_left));
-            let crop = upsampled.clone().narrow(0, i, 1).reshape([queries, w.height, w.width]);
-            let at = [0..queries, w.y..w.y + w.height, w.x..w.x + w.width];
-            self.sum = self.sum.clone().slice_assign(at.clone(), self.sum.clone().slice(at) + crop);
             for y in w.y..w.y + w.height {
                 self.count[y * width + w.x..][..w.width].iter_mut().for_each(|c| *c += 1);
             }
         }
+        let added = if self.use_kernel { add_windows(&self.sum, &scores, windows, grid, rows, columns) } else { None };
+        self.sum = added.unwrap_or_else(|| self.add_with_tensor_ops(scores, windows, grid, rows, columns));
+    }
+
+    /// [`Self::add`]'s sum by burn's tensor operations.
+    fn add_with_tensor_ops(&self, scores: Tensor<2>, windows: &[Window], (gh, gw): (usize, usize), rows: &[LinearTap], columns: &[LinearTap]) -> Tensor<3> {
+        let (batch, queries) = (windows.len(), scores.dims()[0]);
+        let device = scores.device();
+        let planes = scores.reshape([queries, batch, gh, gw]).swap_dims(0, 1);
+        let upsampled = DeviceTaps::new(rows, &device).resample(DeviceTaps::new(columns, &device).resample(planes, 3), 2);
+        let mut sum = self.sum.clone();
+        for (i, w) in windows.iter().enumerate() {
+            let crop = upsampled.clone().narrow(0, i, 1).reshape([queries, w.height, w.width]);
+            let at = [0..queries, w.y..w.y + w.height, w.x..w.x + w.width];
+            sum = sum.clone().slice_assign(at.clone(), sum.slice(at) + crop);
+        }
+        sum
     }
 
     /// The average over the windows covering each pixel.
@@ -338,7 +352,7 @@ pub(crate) struct PendingClassMaps {
 /// Probabilities and labels at `(height, width)` from the full-size logits,
 /// in bands of at most `band_bytes`; the probabilities are kept every
 /// `stride`-th pixel in each direction. Each band is one kernel
-/// ([`crate::gpu_classify`]) where the device can run it, else burn's tensor
+/// ([`crate::gpu_merge`]) where the device can run it, else burn's tensor
 /// operations ([`classify_with_tensor_ops`]).
 pub(crate) fn classify(
     logits: FullSizeLogits<'_>,
@@ -651,6 +665,48 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The window sum by the kernel equals the tensor operations' on the same
+    /// device: overlapping windows, padded ones (the image is shorter, then
+    /// narrower, than the crop and not a whole number of patches), in one
+    /// batch and in two.
+    #[test]
+    fn kernel_window_sum_equals_tensor_ops() {
+        let (crop, stride, patch, queries) = (16, 8, 4, 3);
+        // (height, width): 4 windows of 14x16 padded to 16x16; 3 of 16x13 padded to 16x16.
+        for (height, width) in [(14, 37), (30, 13)] {
+            let windows = crate::windows::sliding_windows(width, height, crop, stride, patch);
+            assert!(windows.len() >= 3 && windows.iter().all(|w| (w.padded_height(), w.padded_width()) == (16, 16)));
+            assert!(windows.iter().all(|w| w.height < 16 || w.width < 16));
+            let grid_cells = (16 / patch) * (16 / patch);
+            for (name, device) in clearclip_fixtures::test_devices() {
+                let cubecl = name == "wgpu" && cfg!(feature = "gpu-kernel") && !cfg!(feature = "fusion");
+                let scores = |batch: &[Window], seed: usize| {
+                    let n = queries * batch.len() * grid_cells;
+                    Tensor::<2>::from_data(TensorData::new(logits(n + seed)[seed..].to_vec(), [queries, batch.len() * grid_cells]), &device)
+                };
+                let n = windows.len();
+                for batches in [vec![0..n], vec![0..1, 1..n]] {
+                    let sum = |use_kernel: bool| {
+                        let mut sum = WindowSum::new(queries, (height, width), patch, &device);
+                        sum.use_kernel = use_kernel;
+                        for (i, batch) in batches.iter().enumerate() {
+                            sum.add(scores(&windows[batch.clone()], i), &windows[batch.clone()]);
+                        }
+                        pollster::block_on(read_maps(sum.average())).unwrap().into_vec()
+                    };
+                    let what = format!("{name}, {height}x{width}, batches {batches:?}");
+                    clearclip_fixtures::assert_close(&format!("{what}: kernel vs tensor ops"), &sum(true), &sum(false), 1e-6);
+                }
+                let zeros = Tensor::<3>::zeros([queries, height, width], &device);
+                let w = windows[0];
+                let (rows, columns) = (linear_taps(4, 16), linear_taps(4, 16));
+                let (rows, columns) = (&rows[w.pad_top..][..w.height], &columns[w.pad_left..][..w.width]);
+                let ran = add_windows(&zeros, &scores(&windows, 0), &windows, (4, 4), rows, columns).is_some();
+                assert_eq!(ran, cubecl, "{name}: the kernel ran");
             }
         }
     }

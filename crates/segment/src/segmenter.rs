@@ -478,8 +478,13 @@ impl Segmenter {
     /// [`ImagePhases`] says where the device's time went (for benchmarks;
     /// costs a round trip per window). Native only: a browser cannot block.
     pub fn with_phase_sync(mut self, sync: bool) -> Self {
-        self.phase_sync = sync;
+        self.set_phase_sync(sync);
         self
+    }
+
+    /// As [`Self::with_phase_sync`], between runs.
+    pub fn set_phase_sync(&mut self, sync: bool) {
+        self.phase_sync = sync;
     }
 
     /// Forget the class embeddings and the last image's first blocks, so the

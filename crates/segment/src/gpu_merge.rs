@@ -1,25 +1,57 @@
-//! The per-pixel end of [`crate::merge::classify`] as one GPU kernel: the
-//! bilinear resize of the averaged logits to a band of output rows, softmax
-//! of `logit_scale * logits` over the queries, max over each class's
-//! synonyms, argmax, background threshold, the labels packed four to a 32-bit
-//! word and the probabilities of every `stride`-th pixel. Each pixel's work
-//! is [`crate::merge::classify_on_host`]'s, in the same order of arithmetic.
+//! The merge's two steps on a GPU as one kernel each (they were some 15 and
+//! some 30 of burn's tensor operations, each a pass over memory):
 //!
-//! Made of burn's tensor operations the same step is some thirty kernels a
-//! band, each a pass over `queries x rows x width` floats in memory (3.5 ms
-//! of a 16 ms last-block re-run on an H200, and 1.5 s of the image phase on
-//! lavapipe, for a 2048x1367 photo). Here each pixel's scores stay in
-//! registers and memory sees the labels and the kept probabilities only.
+//! - [`add_windows`]: `forward_slide`'s sum, each window's patch scores
+//!   upsampled bilinearly to its padded crop, the padding cut off, added
+//!   where the window lies (one kernel a batch of windows of one shape);
+//! - [`classify_band`]: the bilinear resize of the averaged logits to a band
+//!   of output rows, softmax of `logit_scale * logits` over the queries, max
+//!   over each class's synonyms, argmax, background threshold, the labels
+//!   packed four to a 32-bit word and the probabilities of every `stride`-th
+//!   pixel. Each pixel's work is [`crate::merge::classify_on_host`]'s, in the
+//!   same order of arithmetic; memory sees the labels and the kept
+//!   probabilities only (the tensor operations took 3.5 ms of a 16 ms
+//!   last-block re-run on an H200, and 1.4 s of the image phase on lavapipe,
+//!   for a 2048x1367 photo).
 //!
-//! The kernel needs a cubecl tensor (`burn-cubecl`'s `CubeBackend`: wgpu on
-//! WebGPU, Vulkan or Metal). [`classify_band`] answers `None` for any other
-//! (the CPU backend, a build with burn's kernel fusion, a build without the
+//! The kernels need cubecl tensors (`burn-cubecl`'s `CubeBackend`: wgpu on
+//! WebGPU, Vulkan or Metal). Both functions answer `None` for any other (the
+//! CPU backend, a build with burn's kernel fusion, a build without the
 //! `gpu-kernel` feature), and the caller runs the tensor operations instead.
 
 use burn::tensor::{Int, Tensor};
 
 use crate::merge::ClassMerge;
 use crate::resample::LinearTap;
+use crate::windows::Window;
+
+/// `sum` with the scores of `windows` (all of one shape: size and padding)
+/// upsampled to their crops and added where they lie, in the windows' order,
+/// or `None` where the kernel cannot run (see the module's doc).
+///
+/// # Shapes
+/// - `sum`: `[queries, height, width]`
+/// - `scores`: `[queries, windows.len() * grid.0 * grid.1]`, each window's patch grid row-major
+/// - `rows`, `columns`: the taps of the crop's rows and columns in the patch grid
+/// - returns `[queries, height, width]`
+pub(crate) fn add_windows(
+    sum: &Tensor<3>,
+    scores: &Tensor<2>,
+    windows: &[Window],
+    grid: (usize, usize),
+    rows: &[LinearTap],
+    columns: &[LinearTap],
+) -> Option<Tensor<3>> {
+    #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
+    {
+        cube::add_windows(sum, scores, windows, grid, rows, columns)
+    }
+    #[cfg(not(all(feature = "gpu-kernel", not(feature = "fusion"))))]
+    {
+        let _ = (sum, scores, windows, grid, rows, columns);
+        None
+    }
+}
 
 /// Labels and probabilities of one band of output rows, queued on the device,
 /// or `None` where the kernel cannot run on `logits` (see the module's doc).
@@ -56,6 +88,7 @@ mod cube {
 
     use crate::merge::ClassMerge;
     use crate::resample::LinearTap;
+    use crate::windows::Window;
 
     /// One output pixel's score for query `q`: `logit_scale` times the
     /// bilinear blend of its four source logits, in PyTorch's order
@@ -150,6 +183,107 @@ mod cube {
         labels[word] = packed;
     }
 
+    /// One unit per element of the sum: its value plus, for each window of
+    /// the batch that covers it, the window's patch scores blended at the
+    /// pixel, columns first, then rows (`crate::resample::bilinear`'s order,
+    /// as the tensor operations did). `windows` holds each window's top and
+    /// left; `tap_index` and `tap_weight` two taps per row of the crop, then
+    /// two per column.
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    fn add_windows_kernel(
+        sum: &Tensor<f32>,
+        scores: &Tensor<f32>,
+        windows: &Tensor<u32>,
+        tap_index: &Tensor<u32>,
+        tap_weight: &Tensor<f32>,
+        out: &mut Tensor<f32>,
+        crop_height: u32,
+        crop_width: u32,
+        grid_height: u32,
+        grid_width: u32,
+    ) {
+        let at = ABSOLUTE_POS;
+        if at >= out.len() {
+            terminate!();
+        }
+        let (height, width) = (out.shape(1) as u32, out.shape(2) as u32);
+        let q = at as u32 / (height * width);
+        let y = (at as u32 / width) % height;
+        let x = at as u32 % width;
+        let mut value = sum[q as usize * sum.stride(0) + y as usize * sum.stride(1) + x as usize * sum.stride(2)];
+        let query_scores = q as usize * scores.stride(0);
+        let column_stride = scores.stride(1);
+        let window_count = windows.len() / 2;
+        for i in 0..window_count {
+            let (top, left) = (windows[2 * i], windows[2 * i + 1]);
+            if y >= top && y < top + crop_height && x >= left && x < left + crop_width {
+                let (ty, tx) = ((2 * (y - top)) as usize, (2 * (crop_height + x - left)) as usize);
+                // Window i's patch (r, c) is column `(i * grid_height + r) * grid_width + c` of the scores.
+                let first_row = i as u32 * grid_height;
+                let upper = (first_row + tap_index[ty]) * grid_width;
+                let lower = (first_row + tap_index[ty + 1]) * grid_width;
+                let (c0, c1) = (tap_index[tx], tap_index[tx + 1]);
+                let (h0, h1, w0, w1) = (tap_weight[ty], tap_weight[ty + 1], tap_weight[tx], tap_weight[tx + 1]);
+                let a00 = scores[query_scores + (upper + c0) as usize * column_stride];
+                let a01 = scores[query_scores + (upper + c1) as usize * column_stride];
+                let a10 = scores[query_scores + (lower + c0) as usize * column_stride];
+                let a11 = scores[query_scores + (lower + c1) as usize * column_stride];
+                value += h0 * (w0 * a00 + w1 * a01) + h1 * (w0 * a10 + w1 * a11);
+            }
+        }
+        out[at] = value;
+    }
+
+    pub(super) fn add_windows(
+        sum: &burn_tensor::Tensor<3>,
+        scores: &burn_tensor::Tensor<2>,
+        windows: &[Window],
+        (grid_height, grid_width): (usize, usize),
+        rows: &[LinearTap],
+        columns: &[LinearTap],
+    ) -> Option<burn_tensor::Tensor<3>> {
+        let sum = sum.clone().try_into_primitive::<CubeBackend>().ok()?;
+        let scores = scores.clone().try_into_primitive::<CubeBackend>().ok()?;
+        if sum.dtype != DType::F32 || scores.dtype != DType::F32 {
+            return None;
+        }
+        let (client, device) = (sum.client.clone(), sum.device.clone());
+        let (tap_index, tap_weight) = upload_taps(&client, &device, rows, columns);
+        let corners: Vec<u8> = windows.iter().flat_map(|w| [w.y as u32, w.x as u32]).flat_map(u32::to_le_bytes).collect();
+        let corners = upload(&client, &device, corners, 2 * windows.len(), DType::U32);
+        let shape = sum.meta.shape().clone();
+        let out = empty(&client, &device, shape.clone(), DType::F32);
+        let elements = shape.num_elements();
+        let cube_dim = CubeDim::new(&client, elements);
+        let cube_count = calculate_cube_count_elemwise(&client, elements, cube_dim);
+        add_windows_kernel::launch(
+            &client,
+            cube_count,
+            cube_dim,
+            sum.into_tensor_arg(),
+            scores.into_tensor_arg(),
+            corners.into_tensor_arg(),
+            tap_index.into_tensor_arg(),
+            tap_weight.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            rows.len() as u32,
+            columns.len() as u32,
+            grid_height as u32,
+            grid_width as u32,
+        );
+        Some(burn_tensor::Tensor::from_primitive::<CubeBackend>(out))
+    }
+
+    /// Two taps of each of `rows`, then of `columns`: their indices and weights.
+    fn upload_taps(client: &Client, device: &CubeDevice, rows: &[LinearTap], columns: &[LinearTap]) -> (CubeTensor, CubeTensor) {
+        let taps = || rows.iter().chain(columns);
+        let tap_index: Vec<u8> = taps().flat_map(|t| [t.i0 as u32, t.i1 as u32]).flat_map(u32::to_le_bytes).collect();
+        let tap_weight: Vec<u8> = taps().flat_map(|t| [t.w0, t.w1]).flat_map(f32::to_le_bytes).collect();
+        let len = 2 * (rows.len() + columns.len());
+        (upload(client, device, tap_index, len, DType::U32), upload(client, device, tap_weight, len, DType::F32))
+    }
+
     fn upload(client: &Client, device: &CubeDevice, bytes: Vec<u8>, len: usize, dtype: DType) -> CubeTensor {
         let handle = client.create_from_slice(&bytes);
         CubeTensor::new_contiguous(client.clone(), device.clone(), Shape::new([len]), handle, dtype)
@@ -172,12 +306,7 @@ mod cube {
             return None;
         }
         let (client, device) = (logits.client.clone(), logits.device.clone());
-        let taps = || rows.iter().chain(columns);
-        let tap_index: Vec<u8> = taps().flat_map(|t| [t.i0 as u32, t.i1 as u32]).flat_map(u32::to_le_bytes).collect();
-        let tap_weight: Vec<u8> = taps().flat_map(|t| [t.w0, t.w1]).flat_map(f32::to_le_bytes).collect();
-        let taps_len = 2 * (rows.len() + columns.len());
-        let tap_index = upload(&client, &device, tap_index, taps_len, DType::U32);
-        let tap_weight = upload(&client, &device, tap_weight, taps_len, DType::F32);
+        let (tap_index, tap_weight) = upload_taps(&client, &device, rows, columns);
         let class_of_query: Vec<u8> = merge.class_of_query.iter().flat_map(|&c| (c as u32).to_le_bytes()).collect();
         let class_of_query = upload(&client, &device, class_of_query, merge.class_of_query.len(), DType::U32);
 

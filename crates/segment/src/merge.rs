@@ -206,7 +206,12 @@ pub(crate) struct WindowSum {
 
 impl WindowSum {
     pub fn new(queries: usize, (height, width): (usize, usize), patch: usize, device: &Device) -> Self {
-        Self { sum: Tensor::zeros([queries, height, width], device), count: vec![0; height * width], patch, use_kernel: true }
+        // Made flat: a GPU fills it at the vector width of the element count
+        // (a multiple of 4 whenever a side is the model's 448), which the
+        // warm-up's image shares; `[queries, height, width]` of an odd width
+        // would compile a fill kernel of its own in the first request.
+        let sum = Tensor::<1>::zeros([queries * height * width], device).reshape([queries, height, width]);
+        Self { sum, count: vec![0; height * width], patch, use_kernel: true }
     }
 
     /// Upsample the scores of windows of one shape (same size and padding) to

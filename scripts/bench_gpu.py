@@ -20,6 +20,9 @@ the CLI with that matrix-product routine (`clearclip bench-matmul` compares
 them on the encoder's products alone). With --gpu-attention flash-unit,
 columns "ours f32, flash-unit" and "ours f16, flash-unit" run the towers'
 attention as cubek's flash attention instead of materialising the scores.
+With --gpu-merge tensor-ops, a column "ours f32, tensor-op merge" (right
+after the defaults) makes the window merge and the class maps with burn's
+tensor operations instead of the two kernels of crates/segment/src/gpu_merge.rs.
 Every column of ours also writes its last run's probabilities
 (`bench --probs-out`), and a last table compares them, and PyTorch fp16's,
 with PyTorch fp32's on the same GPU: the largest difference of a probability
@@ -27,6 +30,7 @@ and the share of pixels whose label differs. A fast column that is wrong shows t
 
   python scripts/bench_gpu.py B16.safetensors [--runs 5] [--exe target/release/clearclip]
       [--exe-fused EXE] [--exe-spirv EXE] [--gpu-matmul ROUTINE] [--gpu-attention flash-unit]
+      [--gpu-merge tensor-ops]
       [--column-timeout 180]
       # B16.safetensors is generated first if missing (gen_fixtures.py --vit-b16)
 """
@@ -115,6 +119,8 @@ def measure(a, exe, image_path, img, model, device, columns, parity):
         print(f"  {name} (s, cold / warm): " + json.dumps(columns[name]), flush=True)
     probs_dir = tempfile.mkdtemp()
     variants = [("ours f32", exe, "f32", ()), ("ours f16", exe, "f16", ())]
+    if a.gpu_merge and a.gpu_merge != "kernels":
+        variants.append((f"ours f32, {a.gpu_merge.replace('-ops', '-op')} merge", exe, "f32", ("--gpu-merge", a.gpu_merge)))
     if a.gpu_attention and a.gpu_attention != "scores":
         for precision in ("f32", "f16"):
             variants.append((f"ours {precision}, {a.gpu_attention}", exe, precision, ("--gpu-attention", a.gpu_attention)))
@@ -162,6 +168,7 @@ def main():
     ap.add_argument("--exe-spirv", help="a clearclip binary built with --features spirv: an f32 and an f16 column, last")
     ap.add_argument("--gpu-matmul", help="a --gpu-matmul routine other than burn's: one more f32 and f16 column")
     ap.add_argument("--gpu-attention", help="a --gpu-attention routine other than scores: one more f32 and f16 column")
+    ap.add_argument("--gpu-merge", help="tensor-ops: one more f32 column, the merge by burn's tensor operations")
     ap.add_argument("--column-timeout", type=float, default=180, help="seconds one column of ours may take")
     a = ap.parse_args()
     stop_on_sigterm()

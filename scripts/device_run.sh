@@ -25,7 +25,7 @@
 # MATMUL_BENCH=0 skips bench-matmul (GPU_MATMUL then names the routine for
 # the extra columns, burn's by default), PROFILE=0 the kernel profile (the
 # bench then runs up to GPU_SECONDS), and ALTERNATIVES lists the extra
-# columns, out of "matmul flash fusion spirv" (all by default), e.g.
+# columns, out of "merge matmul flash fusion spirv" (all by default), e.g.
 #   MATMUL_BENCH=0 GPU_MATMUL=simple-unit PROFILE=0 ALTERNATIVES="matmul spirv" bash scripts/device_run.sh gpu
 # A dry run on a Debian 12 machine with lavapipe, as root (`dpkg -x` of the
 # packages that machine already has changes nothing; PyTorch runs on the CPU):
@@ -60,7 +60,7 @@ weights=$(realpath -m "${WEIGHTS:-/tmp/b16.safetensors}")
 # bench_support: gen_fixtures.py imports OpenCV, which that machine may lack).
 [ -f "$weights" ] || (cd scripts && python3 -c "import sys; from bench_support import reference; reference().generate_vit_b16(sys.argv[1])" "$weights")
 if [ "$part" != cpu ]; then
-alternatives=" ${ALTERNATIVES:-matmul flash fusion spirv} "
+alternatives=" ${ALTERNATIVES:-merge matmul flash fusion spirv} "
 best=${GPU_MATMUL:-burn}
 if [ "${MATMUL_BENCH:-1}" != 0 ]; then
 stamp "GPU: the matrix-product routines on one block's products (bench-matmul)"
@@ -73,6 +73,7 @@ best=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["fastest
   "$out/matmul_f32.json" 2>/dev/null || echo burn)
 fi
 extra=()
+[[ $alternatives == *" merge "* ]] && extra+=(--gpu-merge tensor-ops)
 [[ $alternatives == *" matmul "* ]] && extra+=(--gpu-matmul "$best")
 [[ $alternatives == *" flash "* ]] && extra+=(--gpu-attention flash-unit)
 [[ $alternatives == *" fusion "* ]] && extra+=(--exe-fused "$gpu/clearclip-fusion")

@@ -15,7 +15,7 @@ use clearclip_model::gpu_attention::{self, gpu_attention, set_gpu_attention, Att
 use clearclip_model::gpu_matmul::{gpu_matmul, routine_counts, set_gpu_matmul, MatmulRoutine};
 use clearclip_model::{inspect_config, load_clip_from_reader, Activation, ClipConfig, Layout, AttentionKind, ClipTokenizer, DenseMode, LoadError, LoadOptions, Precision};
 use clearclip_segment::{
-    decode_image, ClassList, LastBlockOverrides, Pamr, Preset, Progress, SegmentParams, Segmentation, Segmenter, Templates, PRESETS,
+    decode_image, ClassList, GpuMerge, LastBlockOverrides, Pamr, Preset, Progress, SegmentParams, Segmentation, Segmenter, Templates, PRESETS,
 };
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -106,6 +106,33 @@ struct ModelArgs {
     /// (cubek's flash attention with unit inner products, one kernel).
     #[arg(long, value_parser = parse_attention_routine, default_value = "scores")]
     gpu_attention: AttentionRoutine,
+    /// How the GPU makes the window merge and the class maps: kernels (one
+    /// each) or tensor-ops (burn's operations, some 15 and 30 kernels; to
+    /// compare against).
+    #[arg(long, value_enum, default_value = "kernels")]
+    gpu_merge: GpuMergeArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum GpuMergeArg {
+    Kernels,
+    TensorOps,
+}
+
+impl GpuMergeArg {
+    fn merge(self) -> GpuMerge {
+        match self {
+            GpuMergeArg::Kernels => GpuMerge::Kernels,
+            GpuMergeArg::TensorOps => GpuMerge::TensorOps,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            GpuMergeArg::Kernels => "kernels",
+            GpuMergeArg::TensorOps => "tensor-ops",
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -478,6 +505,9 @@ fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration, S
             bail!("this build cannot choose the GPU's attention routine (it has burn's kernel fusion)");
         }
     }
+    if args.gpu_merge != GpuMergeArg::Kernels && !matches!(args.device, DeviceArg::Gpu) {
+        bail!("--gpu-merge chooses how --device gpu merges");
+    }
     let started = Instant::now();
     let (device, device_description) = make_device(args.device)?;
     let activation = match args.activation {
@@ -490,7 +520,7 @@ fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration, S
     let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json, model.config.text.context_length)?;
     let load_time = started.elapsed();
     eprintln!("model: {} ({:?} layout, {}) on {device_description}, loaded in {load_time:.2?}", model.config.describe(), model.layout, precision.name());
-    Ok((Segmenter::new(model, tokenizer), load_time, device_description))
+    Ok((Segmenter::new(model, tokenizer).with_gpu_merge(args.gpu_merge.merge()), load_time, device_description))
 }
 
 /// One segmentation, with a progress bar for the text and window phases.

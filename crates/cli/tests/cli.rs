@@ -319,6 +319,38 @@ fn every_gpu_matmul_routine_segments_like_the_reference() {
     assert_refused(&[&args[..], &unknown].concat(), "unknown routine \"fastest\"; one of burn, simple-unit", &out);
 }
 
+/// `--gpu-merge tensor-ops` (burn's operations) and the default kernels give
+/// the same maps on the GPU, with PAMR and without; on the CPU the flag is refused.
+#[test]
+fn gpu_merge_kernels_equal_tensor_ops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (weights, image) = (fixture(CHECKPOINTS[1]), fixture("chelsea.png"));
+    let labels = "cat; grass, lawn; sky";
+    for pamr in [false, true] {
+        let maps = |merge: &str| {
+            let out = tmp.path().join(format!("{merge}-{pamr}"));
+            let mut args = segment_args(&weights, &image, labels, out.to_str().unwrap());
+            args.extend(["--device", "gpu", "--gpu-merge", merge]);
+            if pamr {
+                args.extend(["--mode", "naclip", "--pamr", "--pamr-iterations", "2"]);
+            }
+            let output = clearclip(&args);
+            if skip_without_gpu(&output) {
+                return None;
+            }
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            let labels = image::open(out.join("labels.png")).unwrap().to_luma8().into_raw();
+            Some((read_npy(&out.join("probs.npy")).1, labels))
+        };
+        let (Some((kernel_probs, kernel_labels)), Some((ops_probs, ops_labels))) = (maps("kernels"), maps("tensor-ops")) else { return };
+        assert_close(&format!("--gpu-merge kernels vs tensor-ops (PAMR: {pamr})"), &kernel_probs, &ops_probs, 1e-6);
+        assert!(kernel_labels == ops_labels, "labels differ (PAMR: {pamr})");
+    }
+    let out = tmp.path().join("refused");
+    let args = segment_args(&weights, &image, labels, out.to_str().unwrap());
+    assert_refused(&[&args[..], &["--gpu-merge", "tensor-ops"]].concat(), "--gpu-merge chooses how --device gpu merges", &out);
+}
+
 #[test]
 fn flash_attention_segments_like_the_reference() {
     let reference = Reference::load();

@@ -50,6 +50,7 @@ pub mod windows;
 
 pub use classes::{ClassError, ClassList, ClassSpec};
 pub use decode::{decode_image, DecodeError, MAX_DECODE_SIDE};
+pub use merge::GpuMerge;
 pub use pamr::{Pamr, MAX_PAMR_DILATIONS, MAX_PAMR_ITERATIONS};
 pub use presets::{Preset, PRESETS};
 pub use prompts::Templates;

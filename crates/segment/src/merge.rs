@@ -34,6 +34,23 @@ use crate::windows::Window;
 /// below it whatever the image size and class count.
 pub(crate) const BAND_BYTES: usize = 32 << 20;
 
+/// How a GPU makes the window merge and the class maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GpuMerge {
+    /// One kernel each ([`crate::gpu_merge`]) where the device runs them.
+    #[default]
+    Kernels,
+    /// burn's tensor operations (some 15 kernels a batch of windows and 30
+    /// a band of rows), to compare against.
+    TensorOps,
+}
+
+impl GpuMerge {
+    fn kernels(self) -> bool {
+        self == GpuMerge::Kernels
+    }
+}
+
 /// How the queries' scores become class probabilities and labels.
 pub struct ClassMerge<'a> {
     /// The class of each query (synonyms share one).
@@ -200,18 +217,18 @@ pub(crate) struct WindowSum {
     /// `[height, width]`.
     count: Vec<u16>,
     patch: usize,
-    /// Add with the kernel where the device runs it (tests turn it off to compare).
+    /// Add with the kernel where the device runs it.
     use_kernel: bool,
 }
 
 impl WindowSum {
-    pub fn new(queries: usize, (height, width): (usize, usize), patch: usize, device: &Device) -> Self {
+    pub fn new(queries: usize, (height, width): (usize, usize), patch: usize, device: &Device, gpu_merge: GpuMerge) -> Self {
         // Made flat: a GPU fills it at the vector width of the element count
         // (a multiple of 4 whenever a side is the model's 448), which the
         // warm-up's image shares; `[queries, height, width]` of an odd width
         // would compile a fill kernel of its own in the first request.
         let sum = Tensor::<1>::zeros([queries * height * width], device).reshape([queries, height, width]);
-        Self { sum, count: vec![0; height * width], patch, use_kernel: true }
+        Self { sum, count: vec![0; height * width], patch, use_kernel: gpu_merge.kernels() }
     }
 
     /// Upsample the scores of windows of one shape (same size and padding) to
@@ -365,6 +382,7 @@ pub(crate) fn classify(
     merge: &ClassMerge<'_>,
     stride: usize,
     band_bytes: usize,
+    gpu_merge: GpuMerge,
 ) -> PendingClassMaps {
     let (queries, device) = match &logits {
         FullSizeLogits::Resize(averaged) | FullSizeLogits::Refined { averaged, .. } => (averaged.dims()[0], averaged.device()),
@@ -377,8 +395,8 @@ pub(crate) fn classify(
         FullSizeLogits::Resize(averaged) => {
             let logits = BandResize::new(averaged, (height, width));
             Box::new(move |band| {
-                classify_band(&logits.source, &logits.rows[band.clone()], &logits.column_taps, merge, stride)
-                    .unwrap_or_else(|| ops.classify(logits.rows(band)))
+                let kernel = || classify_band(&logits.source, &logits.rows[band.clone()], &logits.column_taps, merge, stride);
+                gpu_merge.kernels().then(kernel).flatten().unwrap_or_else(|| ops.classify(logits.rows(band)))
             })
         }
         FullSizeLogits::Refined { averaged, guide, pamr } => {
@@ -393,7 +411,8 @@ pub(crate) fn classify(
                     .narrow(1, band.start - context.start, band.len());
                 // At full size already: the kernel's resize by identity taps
                 // (weights 1 and 0) copies the values exactly.
-                classify_band(&refined, &linear_taps(band.len(), band.len()), &columns, merge, stride).unwrap_or_else(|| ops.classify(refined))
+                let kernel = || classify_band(&refined, &linear_taps(band.len(), band.len()), &columns, merge, stride);
+                gpu_merge.kernels().then(kernel).flatten().unwrap_or_else(|| ops.classify(refined))
             })
         }
     };
@@ -573,7 +592,7 @@ mod tests {
         let source = maps(&logits(5 * 7 * 9), 5, (7, 9));
         let size = (23, 31);
         let run = |stride, band_bytes| {
-            pollster::block_on(classify(FullSizeLogits::Resize(source.clone()), size, &merge, stride, band_bytes).read()).unwrap()
+            pollster::block_on(classify(FullSizeLogits::Resize(source.clone()), size, &merge, stride, band_bytes, GpuMerge::Kernels).read()).unwrap()
         };
         let one = run(1, BAND_BYTES);
         // 4 * 5 * 31 bytes a row: bands of 3 rows, and of 2 rows with stride 2.
@@ -618,10 +637,13 @@ mod tests {
             let source = Tensor::<3>::from_data(TensorData::new(values.clone(), [4, 9, 8]), &device);
             // One band, and bands of 12 rows (4 * 4 * 37 bytes a row).
             for (stride, band_bytes) in [(1, BAND_BYTES), (3, BAND_BYTES), (1, 12 * 4 * 4 * 37), (3, 12 * 4 * 4 * 37)] {
-                let device = pollster::block_on(classify(FullSizeLogits::Resize(source.clone()), size, &merge, stride, band_bytes).read()).unwrap();
-                let host = classify_on_host(&on_host, size, &merge, stride);
-                assert_eq!(host.labels, device.labels, "{name}: stride {stride}, bands of {band_bytes} bytes");
-                clearclip_fixtures::assert_close(&format!("{name}: host vs device, stride {stride}, bands of {band_bytes} bytes"), &host.probs, &device.probs, 1e-6);
+                for gpu_merge in [GpuMerge::Kernels, GpuMerge::TensorOps] {
+                    let what = format!("{name}, {gpu_merge:?}: stride {stride}, bands of {band_bytes} bytes");
+                    let device = pollster::block_on(classify(FullSizeLogits::Resize(source.clone()), size, &merge, stride, band_bytes, gpu_merge).read()).unwrap();
+                    let host = classify_on_host(&on_host, size, &merge, stride);
+                    assert_eq!(host.labels, device.labels, "{what}");
+                    clearclip_fixtures::assert_close(&format!("host vs device, {what}"), &host.probs, &device.probs, 1e-6);
+                }
             }
         }
     }
@@ -696,8 +718,8 @@ mod tests {
                 let n = windows.len();
                 for batches in [vec![0..n], vec![0..1, 1..n]] {
                     let sum = |use_kernel: bool| {
-                        let mut sum = WindowSum::new(queries, (height, width), patch, &device);
-                        sum.use_kernel = use_kernel;
+                        let merge = if use_kernel { GpuMerge::Kernels } else { GpuMerge::TensorOps };
+                        let mut sum = WindowSum::new(queries, (height, width), patch, &device, merge);
                         for (i, batch) in batches.iter().enumerate() {
                             sum.add(scores(&windows[batch.clone()], i), &windows[batch.clone()]);
                         }
@@ -730,10 +752,10 @@ mod tests {
             let upload = |v: &[f32], channels, (h, w)| Tensor::<3>::from_data(TensorData::new(v.to_vec(), [channels, h, w]), &device);
             let (averaged, guide) = (upload(&source, 5, (7, 9)), upload(&guide, 3, (11, 13)));
             // One band; then bands of 6 rows (a halo of 9 rows each side), a query or two at a time.
-            for band_bytes in [BAND_BYTES, 6 * 4 * 5 * 31] {
+            for (band_bytes, gpu_merge) in [(BAND_BYTES, GpuMerge::Kernels), (6 * 4 * 5 * 31, GpuMerge::Kernels), (6 * 4 * 5 * 31, GpuMerge::TensorOps)] {
                 let logits = FullSizeLogits::Refined { averaged: averaged.clone(), guide: guide.clone(), pamr: &pamr };
-                let maps = pollster::block_on(classify(logits, size, &merge, 1, band_bytes).read()).unwrap();
-                let what = format!("{name}: PAMR in bands of {band_bytes} bytes vs on the host");
+                let maps = pollster::block_on(classify(logits, size, &merge, 1, band_bytes, gpu_merge).read()).unwrap();
+                let what = format!("{name}, {gpu_merge:?}: PAMR in bands of {band_bytes} bytes vs on the host");
                 clearclip_fixtures::assert_close(&what, &maps.probs, &host.probs, 1e-5);
                 let differing = maps.labels.iter().zip(&host.labels).filter(|(a, b)| a != b).count();
                 assert!(differing <= 2, "{what}: {differing} labels differ");

@@ -37,7 +37,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::classes::ClassList;
-use crate::merge::{classify, classify_on_host, read_maps, ClassMerge, FullSizeLogits, WindowSum, BAND_BYTES};
+use crate::merge::{classify, classify_on_host, read_maps, ClassMerge, FullSizeLogits, GpuMerge, WindowSum, BAND_BYTES};
 use crate::pamr::{Pamr, MAX_PAMR_DILATIONS, MAX_PAMR_ITERATIONS};
 use crate::preprocess::{normalize, rescaled_size, resize_like_opencv};
 use crate::prompts::Templates;
@@ -360,6 +360,7 @@ pub struct Segmenter {
     window_cache: Option<WindowCache>,
     clock: Clock,
     phase_sync: bool,
+    gpu_merge: GpuMerge,
     probability_maps: ProbabilityMaps,
     batching: Batching,
 }
@@ -448,6 +449,7 @@ impl Segmenter {
             window_cache: None,
             clock: instant_clock,
             phase_sync: false,
+            gpu_merge: GpuMerge::Kernels,
             probability_maps: ProbabilityMaps::Full,
             batching,
         }
@@ -471,6 +473,13 @@ impl Segmenter {
             Batching::AtMost(n) => Batching::AtMost(n.max(1)),
             memory => memory,
         };
+        self
+    }
+
+    /// How a GPU makes the window merge and the class maps (one kernel each
+    /// by default; burn's tensor operations to compare against).
+    pub fn with_gpu_merge(mut self, gpu_merge: GpuMerge) -> Self {
+        self.gpu_merge = gpu_merge;
         self
     }
 
@@ -660,7 +669,7 @@ impl Segmenter {
                 None => FullSizeLogits::Resize(averaged),
                 Some(pamr) => FullSizeLogits::Refined { averaged, guide: self.upload(&prepared.pixels), pamr },
             };
-            let pending = classify(logits, size, &merge, probs_stride, BAND_BYTES);
+            let pending = classify(logits, size, &merge, probs_stride, BAND_BYTES, self.gpu_merge);
             let classified = self.phase_end()?;
             (pending.read().await?, classified)
         };
@@ -799,7 +808,7 @@ impl Segmenter {
         // Marks the end of the text phase for callers timing the two phases.
         step(observer, Progress::Window { done: 0, total }).await?;
         let patch = self.model.config.vision.patch_size;
-        let mut sum = WindowSum::new(queries.dims()[0], image.pixels.size(), patch, &self.model.vision.device());
+        let mut sum = WindowSum::new(queries.dims()[0], image.pixels.size(), patch, &self.model.vision.device(), self.gpu_merge);
         for batch in &image.batches {
             let windows = &image.windows[batch.clone()];
             let started = (self.clock)();

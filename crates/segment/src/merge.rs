@@ -18,6 +18,7 @@
 //! in registers (3.4 s against 0.27 s for a 2048x1367 photo and 6 queries).
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::ops::Range;
 
 use burn::tensor::{activation, DType, Device, Int, Tensor, TensorData, Transaction};
@@ -375,7 +376,7 @@ pub(crate) struct PendingClassMaps {
 /// in bands of at most `band_bytes`; the probabilities are kept every
 /// `stride`-th pixel in each direction. Each band is one kernel
 /// ([`crate::gpu_merge`]) where the device can run it, else burn's tensor
-/// operations ([`classify_with_tensor_ops`]).
+/// operations ([`TensorOps`]).
 pub(crate) fn classify(
     logits: FullSizeLogits<'_>,
     (height, width): (usize, usize),
@@ -387,7 +388,9 @@ pub(crate) fn classify(
     let (queries, device) = match &logits {
         FullSizeLogits::Resize(averaged) | FullSizeLogits::Refined { averaged, .. } => (averaged.dims()[0], averaged.device()),
     };
-    let ops = TensorOps::new(queries, width, merge, stride, &device);
+    // Made (its index tensors uploaded) only if a band needs it.
+    let tensor_ops = OnceCell::new();
+    let ops = || tensor_ops.get_or_init(|| TensorOps::new(queries, width, merge, stride, &device));
     // The full-size logits of a band of rows, `[queries, rows, width]`,
     // through the kernel where it runs, else made and classified by tensor operations.
     type BandMaps<'a> = Box<dyn Fn(Range<usize>) -> (Tensor<1, Int>, Tensor<3>) + 'a>;
@@ -396,7 +399,7 @@ pub(crate) fn classify(
             let logits = BandResize::new(averaged, (height, width));
             Box::new(move |band| {
                 let kernel = || classify_band(&logits.source, &logits.rows[band.clone()], &logits.column_taps, merge, stride);
-                gpu_merge.kernels().then(kernel).flatten().unwrap_or_else(|| ops.classify(logits.rows(band)))
+                gpu_merge.kernels().then(kernel).flatten().unwrap_or_else(|| ops().classify(logits.rows(band)))
             })
         }
         FullSizeLogits::Refined { averaged, guide, pamr } => {
@@ -412,7 +415,7 @@ pub(crate) fn classify(
                 // At full size already: the kernel's resize by identity taps
                 // (weights 1 and 0) copies the values exactly.
                 let kernel = || classify_band(&refined, &linear_taps(band.len(), band.len()), &columns, merge, stride);
-                gpu_merge.kernels().then(kernel).flatten().unwrap_or_else(|| ops.classify(refined))
+                gpu_merge.kernels().then(kernel).flatten().unwrap_or_else(|| ops().classify(refined))
             })
         }
     };
@@ -716,7 +719,9 @@ mod tests {
                     Tensor::<2>::from_data(TensorData::new(logits(n + seed)[seed..].to_vec(), [queries, batch.len() * grid_cells]), &device)
                 };
                 let n = windows.len();
-                for batches in [vec![0..n], vec![0..1, 1..n]] {
+                // All windows in one batch; then the first alone and the rest.
+                for split in [n, 1] {
+                    let batches: Vec<Range<usize>> = [0..split, split..n].into_iter().filter(|b| !b.is_empty()).collect();
                     let sum = |use_kernel: bool| {
                         let merge = if use_kernel { GpuMerge::Kernels } else { GpuMerge::TensorOps };
                         let mut sum = WindowSum::new(queries, (height, width), patch, &device, merge);

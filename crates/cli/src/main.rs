@@ -109,30 +109,8 @@ struct ModelArgs {
     /// How the GPU makes the window merge and the class maps: kernels (one
     /// each) or tensor-ops (burn's operations, some 15 and 30 kernels; to
     /// compare against).
-    #[arg(long, value_enum, default_value = "kernels")]
-    gpu_merge: GpuMergeArg,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum GpuMergeArg {
-    Kernels,
-    TensorOps,
-}
-
-impl GpuMergeArg {
-    fn merge(self) -> GpuMerge {
-        match self {
-            GpuMergeArg::Kernels => GpuMerge::Kernels,
-            GpuMergeArg::TensorOps => GpuMerge::TensorOps,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            GpuMergeArg::Kernels => "kernels",
-            GpuMergeArg::TensorOps => "tensor-ops",
-        }
-    }
+    #[arg(long, value_parser = parse_gpu_merge, default_value = "kernels")]
+    gpu_merge: GpuMerge,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -322,6 +300,10 @@ fn parse_attention_routine(name: &str) -> Result<AttentionRoutine, String> {
     AttentionRoutine::from_name(name).ok_or_else(|| unknown_routine("attention routine", name, &AttentionRoutine::ALL.map(AttentionRoutine::name)))
 }
 
+fn parse_gpu_merge(name: &str) -> Result<GpuMerge, String> {
+    GpuMerge::from_name(name).ok_or_else(|| unknown_routine("merge", name, &GpuMerge::ALL.map(GpuMerge::name)))
+}
+
 fn parse_matmul_routine(name: &str) -> Result<MatmulRoutine, String> {
     MatmulRoutine::from_name(name).ok_or_else(|| unknown_routine("routine", name, &MatmulRoutine::ALL.map(MatmulRoutine::name)))
 }
@@ -505,7 +487,7 @@ fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration, S
             bail!("this build cannot choose the GPU's attention routine (it has burn's kernel fusion)");
         }
     }
-    if args.gpu_merge != GpuMergeArg::Kernels && !matches!(args.device, DeviceArg::Gpu) {
+    if args.gpu_merge != GpuMerge::Kernels && !matches!(args.device, DeviceArg::Gpu) {
         bail!("--gpu-merge chooses how --device gpu merges");
     }
     let started = Instant::now();
@@ -520,7 +502,7 @@ fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration, S
     let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json, model.config.text.context_length)?;
     let load_time = started.elapsed();
     eprintln!("model: {} ({:?} layout, {}) on {device_description}, loaded in {load_time:.2?}", model.config.describe(), model.layout, precision.name());
-    Ok((Segmenter::new(model, tokenizer).with_gpu_merge(args.gpu_merge.merge()), load_time, device_description))
+    Ok((Segmenter::new(model, tokenizer).with_gpu_merge(args.gpu_merge), load_time, device_description))
 }
 
 /// One segmentation, with a progress bar for the text and window phases.

@@ -349,6 +349,8 @@ fn gpu_merge_kernels_equal_tensor_ops() {
     let out = tmp.path().join("refused");
     let args = segment_args(&weights, &image, labels, out.to_str().unwrap());
     assert_refused(&[&args[..], &["--gpu-merge", "tensor-ops"]].concat(), "--gpu-merge chooses how --device gpu merges", &out);
+    let unknown = ["--device", "gpu", "--gpu-merge", "tensor"];
+    assert_refused(&[&args[..], &unknown].concat(), "unknown merge \"tensor\"; one of kernels, tensor-ops", &out);
 }
 
 #[test]

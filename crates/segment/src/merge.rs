@@ -47,6 +47,20 @@ pub enum GpuMerge {
 }
 
 impl GpuMerge {
+    pub const ALL: [GpuMerge; 2] = [GpuMerge::Kernels, GpuMerge::TensorOps];
+
+    /// The name the CLI takes and prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuMerge::Kernels => "kernels",
+            GpuMerge::TensorOps => "tensor-ops",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
     fn kernels(self) -> bool {
         self == GpuMerge::Kernels
     }
@@ -186,17 +200,16 @@ struct BandResize {
     source: Tensor<3>,
     /// The taps of every output row.
     rows: Vec<LinearTap>,
-    /// The taps of every output column, and on the device.
+    /// The taps of every output column, and on the device (uploaded only if
+    /// [`Self::rows`] runs: the kernel takes `column_taps`).
     column_taps: Vec<LinearTap>,
-    columns: DeviceTaps,
+    columns: OnceCell<DeviceTaps>,
 }
 
 impl BandResize {
     fn new(source: Tensor<3>, (height, width): (usize, usize)) -> Self {
         let [_, in_h, in_w] = source.dims();
-        let column_taps = linear_taps(in_w, width);
-        let columns = DeviceTaps::new(&column_taps, &source.device());
-        Self { rows: linear_taps(in_h, height), column_taps, columns, source }
+        Self { rows: linear_taps(in_h, height), column_taps: linear_taps(in_w, width), columns: OnceCell::new(), source }
     }
 
     /// Output rows `band`.
@@ -205,7 +218,8 @@ impl BandResize {
     /// - returns `[channels, band.len(), width]`
     fn rows(&self, band: Range<usize>) -> Tensor<3> {
         let rows = DeviceTaps::new(&self.rows[band], &self.source.device());
-        let resized = |index: &Tensor<1, Int>| self.columns.resample(self.source.clone().select(1, index.clone()), 2);
+        let columns = self.columns.get_or_init(|| DeviceTaps::new(&self.column_taps, &self.source.device()));
+        let resized = |index: &Tensor<1, Int>| columns.resample(self.source.clone().select(1, index.clone()), 2);
         rows.blend(resized(&rows.lower), resized(&rows.upper), 1)
     }
 }

@@ -4,7 +4,7 @@
 //! - [`add_windows`]: `forward_slide`'s sum, each window's patch scores
 //!   upsampled bilinearly to its padded crop, the padding cut off, added
 //!   where the window lies (one kernel a batch of windows of one shape);
-//! - [`classify_band`]: the bilinear resize of the averaged logits to a band
+//! - [`BandKernel`]: the bilinear resize of the averaged logits to a band
 //!   of output rows, softmax of `logit_scale * logits` over the queries, max
 //!   over each class's synonyms, argmax, background threshold, the labels
 //!   packed four to a 32-bit word and the probabilities of every `stride`-th
@@ -53,28 +53,49 @@ pub(crate) fn add_windows(
     }
 }
 
-/// Labels and probabilities of one band of output rows, queued on the device,
-/// or `None` where the kernel cannot run on `logits` (see the module's doc).
-///
-/// # Shapes
-/// - `logits`: `[queries, in_h, in_w]`; `rows` and `columns` index its last two axes
-/// - returns the labels packed four to a word, `[(rows.len() * columns.len()).div_ceil(4)]`,
-///   and the probabilities, `[classes, rows.len().div_ceil(stride), columns.len().div_ceil(stride)]`
-pub(crate) fn classify_band(
-    logits: &Tensor<3>,
-    rows: &[LinearTap],
-    columns: &[LinearTap],
-    merge: &ClassMerge<'_>,
-    stride: usize,
-) -> Option<(Tensor<1, Int>, Tensor<3>)> {
+/// The class maps of one request on a GPU, band of output rows by band:
+/// what every band shares (the columns' taps, each query's class) is
+/// uploaded once, when the kernel is made; a band uploads its rows' taps.
+pub(crate) struct BandKernel<'a> {
     #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
-    {
-        cube::classify_band(logits, rows, columns, merge, stride)
-    }
+    inner: cube::BandKernel<'a>,
     #[cfg(not(all(feature = "gpu-kernel", not(feature = "fusion"))))]
-    {
-        let _ = (logits, rows, columns, merge, stride);
-        None
+    never: (std::convert::Infallible, std::marker::PhantomData<&'a ()>),
+}
+
+impl<'a> BandKernel<'a> {
+    /// The kernel for logits on `like`'s device, resized to the output
+    /// columns `columns`, or `None` where it cannot run (see the module's
+    /// doc; also more than 256 classes, or logits that are not f32).
+    pub fn new(like: &Tensor<3>, columns: &[LinearTap], merge: &'a ClassMerge<'a>, stride: usize) -> Option<Self> {
+        #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
+        {
+            cube::BandKernel::new(like, columns, merge, stride).map(|inner| Self { inner })
+        }
+        #[cfg(not(all(feature = "gpu-kernel", not(feature = "fusion"))))]
+        {
+            let _ = (like, columns, merge, stride);
+            None
+        }
+    }
+
+    /// Labels and probabilities of one band of output rows, queued on the
+    /// device, or `None` where `logits` are not f32 on the kernel's device.
+    ///
+    /// # Shapes
+    /// - `logits`: `[queries, in_h, in_w]`; `rows` and the kernel's columns index its last two axes
+    /// - returns the labels packed four to a word, `[(rows.len() * columns).div_ceil(4)]`,
+    ///   and the probabilities, `[classes, rows.len().div_ceil(stride), columns.div_ceil(stride)]`
+    pub fn classify(&self, logits: &Tensor<3>, rows: &[LinearTap]) -> Option<(Tensor<1, Int>, Tensor<3>)> {
+        #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
+        {
+            self.inner.classify(logits, rows)
+        }
+        #[cfg(not(all(feature = "gpu-kernel", not(feature = "fusion"))))]
+        {
+            let _ = (logits, rows);
+            match self.never.0 {}
+        }
     }
 }
 
@@ -105,14 +126,16 @@ mod cube {
     }
 
     /// One unit per packed word of labels, four pixels of the band in a row.
-    /// `tap_index` and `tap_weight` hold two taps per output row of the band,
-    /// then two per output column.
+    /// The taps' indices and weights are two per output row of the band, and
+    /// two per output column.
     #[cube(launch)]
     #[allow(clippy::too_many_arguments)]
     fn classify_pixels(
         logits: &Tensor<f32>,
-        tap_index: &Tensor<u32>,
-        tap_weight: &Tensor<f32>,
+        row_tap_index: &Tensor<u32>,
+        row_tap_weight: &Tensor<f32>,
+        column_tap_index: &Tensor<u32>,
+        column_tap_weight: &Tensor<f32>,
         class_of_query: &Tensor<u32>,
         labels: &mut Tensor<u32>,
         probs: &mut Tensor<f32>,
@@ -134,10 +157,10 @@ mod cube {
             let pixel = word as u32 * 4 + byte;
             if pixel < rows * width {
                 let (y, x) = (pixel / width, pixel % width);
-                let (ty, tx) = ((2 * y) as usize, (2 * (rows + x)) as usize);
-                let (row0, row1) = (tap_index[ty] as usize, tap_index[ty + 1] as usize);
-                let (column0, column1) = (tap_index[tx] as usize, tap_index[tx + 1] as usize);
-                let weights = (tap_weight[ty], tap_weight[ty + 1], tap_weight[tx], tap_weight[tx + 1]);
+                let (ty, tx) = ((2 * y) as usize, (2 * x) as usize);
+                let (row0, row1) = (row_tap_index[ty] as usize, row_tap_index[ty + 1] as usize);
+                let (column0, column1) = (column_tap_index[tx] as usize, column_tap_index[tx + 1] as usize);
+                let weights = (row_tap_weight[ty], row_tap_weight[ty + 1], column_tap_weight[tx], column_tap_weight[tx + 1]);
                 // Softmax over the queries: the largest score, then the sum of
                 // the exponentials; the scores are recomputed (four cached
                 // reads each) rather than kept in an array of a length known
@@ -249,7 +272,7 @@ mod cube {
             return None;
         }
         let (client, device) = (sum.client.clone(), sum.device.clone());
-        let (tap_index, tap_weight) = upload_taps(&client, &device, rows, columns);
+        let (tap_index, tap_weight) = upload_taps(&client, &device, &[rows, columns]);
         let corners: Vec<u8> = windows.iter().flat_map(|w| [w.y as u32, w.x as u32]).flat_map(u32::to_le_bytes).collect();
         let corners = upload(&client, &device, corners, 2 * windows.len(), DType::U32);
         let shape = sum.meta.shape().clone();
@@ -275,12 +298,13 @@ mod cube {
         Some(burn_tensor::Tensor::from_primitive::<CubeBackend>(out))
     }
 
-    /// Two taps of each of `rows`, then of `columns`: their indices and weights.
-    fn upload_taps(client: &Client, device: &CubeDevice, rows: &[LinearTap], columns: &[LinearTap]) -> (CubeTensor, CubeTensor) {
-        let taps = || rows.iter().chain(columns);
+    /// The two taps of each tap of `lists`, one list after the other: their
+    /// indices and their weights.
+    fn upload_taps(client: &Client, device: &CubeDevice, lists: &[&[LinearTap]]) -> (CubeTensor, CubeTensor) {
+        let taps = || lists.iter().flat_map(|list| list.iter());
         let tap_index: Vec<u8> = taps().flat_map(|t| [t.i0 as u32, t.i1 as u32]).flat_map(u32::to_le_bytes).collect();
         let tap_weight: Vec<u8> = taps().flat_map(|t| [t.w0, t.w1]).flat_map(f32::to_le_bytes).collect();
-        let len = 2 * (rows.len() + columns.len());
+        let len = 2 * taps().count();
         (upload(client, device, tap_index, len, DType::U32), upload(client, device, tap_weight, len, DType::F32))
     }
 
@@ -294,46 +318,65 @@ mod cube {
         CubeTensor::new_contiguous(client.clone(), device.clone(), shape, handle, dtype)
     }
 
-    pub(super) fn classify_band(
-        logits: &burn_tensor::Tensor<3>,
-        rows: &[LinearTap],
-        columns: &[LinearTap],
-        merge: &ClassMerge<'_>,
+    /// [`super::BandKernel`] on a cubecl device.
+    pub(super) struct BandKernel<'a> {
+        client: Client,
+        device: CubeDevice,
+        column_tap_index: CubeTensor,
+        column_tap_weight: CubeTensor,
+        class_of_query: CubeTensor,
+        columns: usize,
+        merge: &'a ClassMerge<'a>,
         stride: usize,
-    ) -> Option<(burn_tensor::Tensor<1, Int>, burn_tensor::Tensor<3>)> {
-        let logits = logits.clone().try_into_primitive::<CubeBackend>().ok()?;
-        if logits.dtype != DType::F32 || merge.classes > 256 {
-            return None;
+    }
+
+    impl<'a> BandKernel<'a> {
+        pub(super) fn new(like: &burn_tensor::Tensor<3>, columns: &[LinearTap], merge: &'a ClassMerge<'a>, stride: usize) -> Option<Self> {
+            let like = like.clone().try_into_primitive::<CubeBackend>().ok()?;
+            if like.dtype != DType::F32 || merge.classes > 256 {
+                return None;
+            }
+            let (client, device) = (like.client.clone(), like.device.clone());
+            let (column_tap_index, column_tap_weight) = upload_taps(&client, &device, &[columns]);
+            let class_of_query: Vec<u8> = merge.class_of_query.iter().flat_map(|&c| (c as u32).to_le_bytes()).collect();
+            let class_of_query = upload(&client, &device, class_of_query, merge.class_of_query.len(), DType::U32);
+            Some(Self { client, device, column_tap_index, column_tap_weight, class_of_query, columns: columns.len(), merge, stride })
         }
-        let (client, device) = (logits.client.clone(), logits.device.clone());
-        let (tap_index, tap_weight) = upload_taps(&client, &device, rows, columns);
-        let class_of_query: Vec<u8> = merge.class_of_query.iter().flat_map(|&c| (c as u32).to_le_bytes()).collect();
-        let class_of_query = upload(&client, &device, class_of_query, merge.class_of_query.len(), DType::U32);
 
-        let words = (rows.len() * columns.len()).div_ceil(4);
-        let labels = empty(&client, &device, Shape::new([words]), DType::U32);
-        let probs_shape = Shape::new([merge.classes, rows.len().div_ceil(stride), columns.len().div_ceil(stride)]);
-        let probs = empty(&client, &device, probs_shape, DType::F32);
+        pub(super) fn classify(&self, logits: &burn_tensor::Tensor<3>, rows: &[LinearTap]) -> Option<(burn_tensor::Tensor<1, Int>, burn_tensor::Tensor<3>)> {
+            let logits = logits.clone().try_into_primitive::<CubeBackend>().ok()?;
+            if logits.dtype != DType::F32 || logits.device != self.device {
+                return None;
+            }
+            let (client, device, merge, stride) = (&self.client, &self.device, self.merge, self.stride);
+            let (row_tap_index, row_tap_weight) = upload_taps(client, device, &[rows]);
+            let words = (rows.len() * self.columns).div_ceil(4);
+            let labels = empty(client, device, Shape::new([words]), DType::U32);
+            let probs_shape = Shape::new([merge.classes, rows.len().div_ceil(stride), self.columns.div_ceil(stride)]);
+            let probs = empty(client, device, probs_shape, DType::F32);
 
-        let cube_dim = CubeDim::new(&client, words);
-        let cube_count = calculate_cube_count_elemwise(&client, words, cube_dim);
-        classify_pixels::launch(
-            &client,
-            cube_count,
-            cube_dim,
-            logits.into_tensor_arg(),
-            tap_index.into_tensor_arg(),
-            tap_weight.into_tensor_arg(),
-            class_of_query.into_tensor_arg(),
-            labels.clone().into_tensor_arg(),
-            probs.clone().into_tensor_arg(),
-            rows.len() as u32,
-            columns.len() as u32,
-            merge.classes as u32,
-            stride as u32,
-            merge.logit_scale,
-            merge.background_threshold,
-        );
-        Some((burn_tensor::Tensor::from_primitive::<CubeBackend>(labels), burn_tensor::Tensor::from_primitive::<CubeBackend>(probs)))
+            let cube_dim = CubeDim::new(client, words);
+            let cube_count = calculate_cube_count_elemwise(client, words, cube_dim);
+            classify_pixels::launch(
+                client,
+                cube_count,
+                cube_dim,
+                logits.into_tensor_arg(),
+                row_tap_index.into_tensor_arg(),
+                row_tap_weight.into_tensor_arg(),
+                self.column_tap_index.clone().into_tensor_arg(),
+                self.column_tap_weight.clone().into_tensor_arg(),
+                self.class_of_query.clone().into_tensor_arg(),
+                labels.clone().into_tensor_arg(),
+                probs.clone().into_tensor_arg(),
+                rows.len() as u32,
+                self.columns as u32,
+                merge.classes as u32,
+                stride as u32,
+                merge.logit_scale,
+                merge.background_threshold,
+            );
+            Some((burn_tensor::Tensor::from_primitive::<CubeBackend>(labels), burn_tensor::Tensor::from_primitive::<CubeBackend>(probs)))
+        }
     }
 }

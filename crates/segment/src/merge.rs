@@ -23,7 +23,7 @@ use std::ops::Range;
 
 use burn::tensor::{activation, DType, Device, Int, Tensor, TensorData, Transaction};
 
-use crate::gpu_merge::{add_windows, classify_band};
+use crate::gpu_merge::{add_windows, BandKernel};
 use crate::pamr::Pamr;
 use crate::resample::{bilinear, linear_taps, LinearTap, Maps};
 use crate::rows::for_each_chunk_mut;
@@ -411,14 +411,17 @@ pub(crate) fn classify(
     let band_maps: BandMaps = match logits {
         FullSizeLogits::Resize(averaged) => {
             let logits = BandResize::new(averaged, (height, width));
+            let kernel = gpu_merge.kernels().then(|| BandKernel::new(&logits.source, &logits.column_taps, merge, stride)).flatten();
             Box::new(move |band| {
-                let kernel = || classify_band(&logits.source, &logits.rows[band.clone()], &logits.column_taps, merge, stride);
-                gpu_merge.kernels().then(kernel).flatten().unwrap_or_else(|| ops().classify(logits.rows(band)))
+                let by_kernel = kernel.as_ref().and_then(|k| k.classify(&logits.source, &logits.rows[band.clone()]));
+                by_kernel.unwrap_or_else(|| ops().classify(logits.rows(band)))
             })
         }
         FullSizeLogits::Refined { averaged, guide, pamr } => {
+            // At full size already: the kernel's resize by identity taps
+            // (weights 1 and 0) copies the values exactly.
+            let kernel = gpu_merge.kernels().then(|| BandKernel::new(&averaged, &linear_taps(width, width), merge, stride)).flatten();
             let (logits, guide) = (BandResize::new(averaged, (height, width)), BandResize::new(guide, (height, width)));
-            let columns = linear_taps(width, width);
             Box::new(move |band: Range<usize>| {
                 let context = band.start.saturating_sub(pamr.halo())..(band.end + pamr.halo()).min(height);
                 // Buffers of up to three bands: PAMR's gathers grow with the
@@ -426,10 +429,8 @@ pub(crate) fn classify(
                 let refined = pamr
                     .refine_tensor(guide.rows(context.clone()), logits.rows(context.clone()), 3 * band_bytes)
                     .narrow(1, band.start - context.start, band.len());
-                // At full size already: the kernel's resize by identity taps
-                // (weights 1 and 0) copies the values exactly.
-                let kernel = || classify_band(&refined, &linear_taps(band.len(), band.len()), &columns, merge, stride);
-                gpu_merge.kernels().then(kernel).flatten().unwrap_or_else(|| ops().classify(refined))
+                let by_kernel = kernel.as_ref().and_then(|k| k.classify(&refined, &linear_taps(band.len(), band.len())));
+                by_kernel.unwrap_or_else(|| ops().classify(refined))
             })
         }
     };
@@ -470,7 +471,7 @@ impl<'a> TensorOps<'a> {
         Self { merge, synonyms, sampled_columns, stride }
     }
 
-    /// The packed labels and the kept probabilities of a band (as [`classify_band`]'s).
+    /// The packed labels and the kept probabilities of a band (as [`BandKernel::classify`]'s).
     ///
     /// # Shapes
     /// - `logits`: `[queries, rows, width]` at full size
@@ -693,7 +694,7 @@ mod tests {
                         unpack_labels(&data[0], size.0 * size.1, &mut unpacked);
                         (unpacked, f32_values(&data[1]).into_owned())
                     };
-                    let kernel = classify_band(&source, &resize.rows, &resize.column_taps, &merge, stride);
+                    let kernel = BandKernel::new(&source, &resize.column_taps, &merge, stride).and_then(|k| k.classify(&source, &resize.rows));
                     assert_eq!(kernel.is_some(), cubecl, "{what}: the kernel ran");
                     let (ops_labels, ops_probs) = read(ops.classify(resize.rows(0..size.0)));
                     let host = classify_on_host(&on_host, size, &merge, stride);

@@ -12,6 +12,11 @@ padded to 77 tokens: 35 s on one thread here, several times ours) is timed
 --torch-text-runs times after a warm-up on one prompt, once by default, which
 keeps a 1-16 thread sweep inside a device call.
 
+With --batched 16,4 our image phase is also timed with both windows encoded
+as one batch (`--batch memory`; the CPU's default is one window at a time),
+at those thread counts, in a column of its own (`--templates single` there:
+only its image phase is read).
+
 Thread counts run in the order given, and each row of the table is printed
 as soon as it is measured, so a run cut short by SIGTERM (`timeout`, the
 device call's limit) keeps its rows; put the counts that matter first (the
@@ -20,7 +25,7 @@ device run: 1,16,2,4,8). The speed-up column is against the first count.
   python scripts/gen_fixtures.py --vit-b16 /tmp/b16.safetensors
   cargo build --release -p clearclip-cli
   python scripts/bench_cpu.py /tmp/b16.safetensors --threads 1,2 [--runs 4] [--torch-text-runs 1]
-      [--exe target/release/clearclip]
+      [--batched 2] [--exe target/release/clearclip]
 """
 import argparse
 import json
@@ -57,9 +62,9 @@ def torch_runs(model, img, threads, runs, text_runs):
     return statistics.median(text), statistics.median(image[1:])
 
 
-def ours(exe, weights, image_path, threads, runs):
+def ours(exe, weights, image_path, threads, runs, extra=()):
     out = subprocess.run([exe, "bench", "--weights", weights, "--labels", CLASSES, "--image", image_path,
-                          "--device", "cpu", "--threads", str(threads), "--runs", str(runs), "--json"],
+                          "--device", "cpu", "--threads", str(threads), "--runs", str(runs), "--json", *extra],
                          capture_output=True, text=True, check=True).stdout
     phases = {p["phase"]: p["warmMedianMs"] / 1e3 for p in json.loads(out)["phases"]}
     return phases["text (all prompts, uncached)"], phases["image (total)"]
@@ -71,6 +76,8 @@ def main():
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts, run in this order")
     ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--torch-text-runs", type=int, default=1, help="timed text encodings in PyTorch (after a warm-up)")
+    ap.add_argument("--batched", default="", help="comma-separated thread counts at which our image phase is "
+                    "also timed with the windows in one batch")
     ap.add_argument("--exe", help="the clearclip binary [default: target/release/clearclip]")
     a = ap.parse_args()
     if a.torch_text_runs < 1 or a.runs < 2:
@@ -81,18 +88,24 @@ def main():
           f"PyTorch text: median of {a.torch_text_runs}", flush=True)
 
     counts = [int(x) for x in a.threads.split(",")]
+    batched = {int(x) for x in a.batched.split(",") if x}
     rows = []
     print(f"\n| threads | text: ours | text: PyTorch | ratio | image: ours | image: PyTorch | ratio "
-          f"| ours, image speed-up vs {counts[0]} thread(s) | PyTorch, image speed-up |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+          f"| ours, image speed-up vs {counts[0]} thread(s) | PyTorch, image speed-up "
+          f"| image: ours, windows in one batch | ratio |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     try:
         for threads in counts:
             o = ours(exe, a.weights, image_path, threads, a.runs)
             p = torch_runs(model, img, threads, a.runs, a.torch_text_runs)
+            in_one = " | "
+            if threads in batched:
+                b = ours(exe, a.weights, image_path, threads, a.runs, ["--batch", "memory", "--templates", "single"])[1]
+                in_one = f"{b:.2f} s | {b / p[1]:.2f}"
             rows.append((threads, o, p))
             one = rows[0]
             print(f"| {threads} | {o[0]:.2f} s | {p[0]:.2f} s | {o[0] / p[0]:.2f} | {o[1]:.2f} s | {p[1]:.2f} s | "
-                  f"{o[1] / p[1]:.2f} | {one[1][1] / o[1]:.2f}x | {one[2][1] / p[1]:.2f}x |", flush=True)
+                  f"{o[1] / p[1]:.2f} | {one[1][1] / o[1]:.2f}x | {one[2][1] / p[1]:.2f}x | {in_one} |", flush=True)
     except Stopped:
         print(f"stopped by SIGTERM after {len(rows)} of {len(counts)} thread counts", flush=True)
 

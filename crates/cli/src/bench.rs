@@ -80,6 +80,8 @@ struct Report {
     gpu_attention_declined: usize,
     /// How the GPU made the window merge and the class maps (`--gpu-merge`).
     gpu_merge: &'static str,
+    /// Windows and class names encoded together (`--batch`): a count or `memory`.
+    batching: String,
     image: [u32; 2],
     resized: [u32; 2],
     windows: usize,
@@ -208,6 +210,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         gpu_attention_flashed,
         gpu_attention_declined,
         gpu_merge: args.model.gpu_merge.name(),
+        batching: segmenter.batching().name(),
         image: [full.width, full.height],
         resized: [full.resized.0, full.resized.1],
         windows: full.windows,
@@ -243,8 +246,8 @@ fn segment(
 
 fn print_table(r: &Report) {
     println!(
-        "{} ({}) on {} (matrix products: {}, attention: {}, merge: {}), {} threads; image {}x{} (model input {}x{}, {} windows); {} class names x {} prompts; load {:.0} ms; warm-up {}",
-        r.model, r.precision, r.device, r.gpu_matmul, r.gpu_attention, r.gpu_merge, r.threads, r.image[0], r.image[1], r.resized[0], r.resized[1], r.windows, r.class_names, r.prompts_per_name, r.load_ms,
+        "{} ({}) on {} (matrix products: {}, attention: {}, merge: {}), {} threads, batches of {}; image {}x{} (model input {}x{}, {} windows); {} class names x {} prompts; load {:.0} ms; warm-up {}",
+        r.model, r.precision, r.device, r.gpu_matmul, r.gpu_attention, r.gpu_merge, r.threads, r.batching, r.image[0], r.image[1], r.resized[0], r.resized[1], r.windows, r.class_names, r.prompts_per_name, r.load_ms,
         r.warm_up_ms.map_or("skipped".to_string(), |ms| format!("{ms:.0} ms"))
     );
     println!("| phase (ms) | cold | warm median | warm min | warm max |");

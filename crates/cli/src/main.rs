@@ -15,7 +15,7 @@ use clearclip_model::gpu_attention::{self, gpu_attention, set_gpu_attention, Att
 use clearclip_model::gpu_matmul::{gpu_matmul, routine_counts, set_gpu_matmul, MatmulRoutine};
 use clearclip_model::{inspect_config, load_clip_from_reader, Activation, ClipConfig, Layout, AttentionKind, ClipTokenizer, DenseMode, LoadError, LoadOptions, Precision};
 use clearclip_segment::{
-    decode_image, ClassList, GpuMerge, LastBlockOverrides, Pamr, Preset, Progress, SegmentParams, Segmentation, Segmenter, Templates, PRESETS,
+    decode_image, Batching, ClassList, GpuMerge, LastBlockOverrides, Pamr, Preset, Progress, SegmentParams, Segmentation, Segmenter, Templates, PRESETS,
 };
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -111,6 +111,11 @@ struct ModelArgs {
     /// compare against).
     #[arg(long, value_parser = parse_gpu_merge, default_value = "kernels")]
     gpu_merge: GpuMerge,
+    /// Windows (and class names) encoded together: a count, or memory (as
+    /// many as keep the largest activation under 128 MiB) [default: memory
+    /// on a GPU, 1 on the CPU].
+    #[arg(long, value_parser = parse_batching)]
+    batch: Option<Batching>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -302,6 +307,10 @@ fn parse_attention_routine(name: &str) -> Result<AttentionRoutine, String> {
 
 fn parse_gpu_merge(name: &str) -> Result<GpuMerge, String> {
     GpuMerge::from_name(name).ok_or_else(|| unknown_routine("merge", name, &GpuMerge::ALL.map(GpuMerge::name)))
+}
+
+fn parse_batching(name: &str) -> Result<Batching, String> {
+    Batching::from_name(name).ok_or_else(|| format!("--batch takes a count of at least 1 or \"memory\", not \"{name}\""))
 }
 
 fn parse_matmul_routine(name: &str) -> Result<MatmulRoutine, String> {
@@ -502,7 +511,11 @@ fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration, S
     let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json, model.config.text.context_length)?;
     let load_time = started.elapsed();
     eprintln!("model: {} ({:?} layout, {}) on {device_description}, loaded in {load_time:.2?}", model.config.describe(), model.layout, precision.name());
-    Ok((Segmenter::new(model, tokenizer).with_gpu_merge(args.gpu_merge), load_time, device_description))
+    let mut segmenter = Segmenter::new(model, tokenizer).with_gpu_merge(args.gpu_merge);
+    if let Some(batching) = args.batch {
+        segmenter = segmenter.with_batching(batching);
+    }
+    Ok((segmenter, load_time, device_description))
 }
 
 /// One segmentation, with a progress bar for the text and window phases.
@@ -530,12 +543,13 @@ fn report(seg: &Segmentation) {
     let t = &seg.timings;
     let time = |ms: f64| std::time::Duration::from_secs_f64(ms.max(0.0) / 1e3);
     eprintln!(
-        "segmented {}x{} (model input {}x{}, {} windows{}): text {:.2?}, image {:.2?}, total {:.2?} ({} class names encoded, the others cached)",
+        "segmented {}x{} (model input {}x{}, {} windows in {} batches{}): text {:.2?}, image {:.2?}, total {:.2?} ({} class names encoded, the others cached)",
         seg.width,
         seg.height,
         seg.resized.0,
         seg.resized.1,
         seg.windows,
+        seg.window_batches,
         if seg.reused_windows { ", first blocks reused: last block only" } else { "" },
         time(t.text_ms),
         time(t.image_ms),

@@ -353,6 +353,38 @@ fn gpu_merge_kernels_equal_tensor_ops() {
     assert_refused(&[&args[..], &unknown].concat(), "unknown merge \"tensor\"; one of kernels, tensor-ops", &out);
 }
 
+/// Windows encoded together give the windows' results one at a time (the
+/// CPU's default): chelsea.png has 3 windows, so batches of 2 and 1, then
+/// all 3 in one.
+#[test]
+fn batched_windows_segment_like_the_reference() {
+    let reference = Reference::load();
+    let tmp = tempfile::tempdir().unwrap();
+    let (weights, image) = (fixture(CHECKPOINTS[1]), fixture("chelsea.png"));
+    let labels = reference.meta["pipeline"]["default"]["classes"].as_str().unwrap().to_string();
+    let (expected, _) = reference.f32("pipeline.default.probs");
+    let probs = |batch: &str, batches: usize| {
+        let out = tmp.path().join(format!("batch-{batch}"));
+        let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+        args.extend(["--batch", batch]);
+        let output = clearclip(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success() && stderr.contains(&format!("3 windows in {batches} batches")), "{stderr}");
+        read_npy(&out.join("probs.npy")).1
+    };
+    let one_by_one = probs("1", 3);
+    for (batch, batches) in [("2", 2), ("memory", 1)] {
+        let batched = probs(batch, batches);
+        assert_close(&format!("CLI --batch {batch} vs reference"), &batched, &expected, 1e-4);
+        assert_close(&format!("CLI --batch {batch} vs --batch 1"), &batched, &one_by_one, 1e-5);
+    }
+    let out = tmp.path().join("refused");
+    let args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    for bad in ["0", "many"] {
+        assert_refused(&[&args[..], &["--batch", bad]].concat(), &format!("--batch takes a count of at least 1 or \"memory\", not \"{bad}\""), &out);
+    }
+}
+
 #[test]
 fn flash_attention_segments_like_the_reference() {
     let reference = Reference::load();
@@ -510,6 +542,7 @@ fn bench_reports_every_phase_cold_and_warm_as_json() {
     assert_eq!(report["runs"], 3);
     assert_eq!(report["device"], "cpu (flex)");
     assert_eq!(report["threads"], 1);
+    assert_eq!(report["batching"], "1", "the CPU encodes one window at a time by default");
     assert!(report["warmUpMs"].as_f64().unwrap() > 0.0, "the warm-up runs after the load");
     assert_eq!(
         report["classNames"], 4,

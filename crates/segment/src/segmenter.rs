@@ -325,6 +325,8 @@ pub struct Segmentation {
     /// Size the model saw (after the resize), and the windows it ran.
     pub resized: (u32, u32),
     pub windows: usize,
+    /// The batches the windows went through the encoder in ([`Batching`]).
+    pub window_batches: usize,
     /// The first `L-1` blocks of every window came from the previous run on
     /// the same image (only the last block and what follows ran).
     pub reused_windows: bool,
@@ -388,6 +390,24 @@ pub enum Batching {
     /// to cancel between windows on a slow device (the page's CPU fallback)
     /// asks for 1.
     AtMost(usize),
+}
+
+impl Batching {
+    /// `memory`, or the count.
+    pub fn name(self) -> String {
+        match self {
+            Batching::Memory => "memory".to_string(),
+            Batching::AtMost(n) => n.to_string(),
+        }
+    }
+
+    /// [`Self::name`]'s inverse; a count must be at least 1.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "memory" => Some(Batching::Memory),
+            count => count.parse().ok().filter(|&n| n >= 1).map(Batching::AtMost),
+        }
+    }
 }
 
 /// Everything of the last run that does not depend on the last block.
@@ -465,6 +485,11 @@ impl Segmenter {
     /// wants both kinds from one model (the bench's re-runs).
     pub fn set_probability_maps(&mut self, maps: ProbabilityMaps) {
         self.probability_maps = maps;
+    }
+
+    /// How windows and class names are batched.
+    pub fn batching(&self) -> Batching {
+        self.batching
     }
 
     /// How windows and class names are batched (see [`Batching`] for the default).
@@ -647,7 +672,7 @@ impl Segmenter {
         let prepared = self.prepare(image, geometry);
         let mut phases = ImagePhases { prepare_ms: (self.clock)() - text_done, ..ImagePhases::default() };
         let reused_windows = prepared.reused.is_some();
-        let window_count = prepared.windows.len();
+        let (window_count, window_batches) = (prepared.windows.len(), prepared.batches.len());
         let (averaged, inputs) = self.merged_window_logits(&prepared, &queries, &params.last_block, observer, &mut phases).await?;
 
         let merging = (self.clock)();
@@ -688,6 +713,7 @@ impl Segmenter {
             labels: maps.labels,
             resized: (rw as u32, rh as u32),
             windows: window_count,
+            window_batches,
             reused_windows,
             timings: Timings { text_ms: text_done - started, image_ms: done - text_done, classes_encoded, image: phases },
             warnings,

@@ -12,10 +12,16 @@ padded to 77 tokens: 35 s on one thread here, several times ours) is timed
 --torch-text-runs times after a warm-up on one prompt, once by default, which
 keeps a 1-16 thread sweep inside a device call.
 
-With --batched 16,4 our image phase is also timed with both windows encoded
-as one batch (`--batch memory`; the CPU's default is one window at a time),
-at those thread counts, in a column of its own (`--templates single` there:
-only its image phase is read).
+With --one-by-one 16,4 our image phase is also timed with the windows
+encoded one at a time (`--window-batch 1`; by default both go through the
+encoder as one batch), at those thread counts, in a column of its own
+(`--templates single` there: only its image phase is read).
+
+With --profile the tables end with where each side's image phase went at
+each thread count: ours by CPU kernel and shape (the bench's `cpuKernels`,
+means of the warm runs, and what is left: burn's ops and copies), PyTorch's
+by operator (torch.profiler's self CPU time, one more image run after the
+timed ones).
 
 Thread counts run in the order given, and each row of the table is printed
 as soon as it is measured, so a run cut short by SIGTERM (`timeout`, the
@@ -25,7 +31,7 @@ device run: 1,16,2,4,8). The speed-up column is against the first count.
   python scripts/gen_fixtures.py --vit-b16 /tmp/b16.safetensors
   cargo build --release -p clearclip-cli
   python scripts/bench_cpu.py /tmp/b16.safetensors --threads 1,2 [--runs 4] [--torch-text-runs 1]
-      [--batched 2] [--exe target/release/clearclip]
+      [--one-by-one 2] [--profile] [--exe target/release/clearclip]
 """
 import argparse
 import json
@@ -42,9 +48,11 @@ ref = reference()
 CLASSES = "cat;grass;wall;sky;tree"
 
 
-def torch_runs(model, img, threads, runs, text_runs):
-    """(text, image) in seconds: the median of `text_runs` text encodings after
-    a warm-up on one prompt, and the warm median of `runs` image runs, the first dropped."""
+def torch_runs(model, img, threads, runs, text_runs, profile=False):
+    """(text, image, operators) in seconds: the median of `text_runs` text
+    encodings after a warm-up on one prompt, the warm median of `runs` image
+    runs, the first dropped, and with `profile` {operator: self CPU ms} of one
+    more image run."""
     torch.set_num_threads(threads)
     names, idx = ref.split_classes(CLASSES)
     templates = ref.OPENAI_IMAGENET_TEMPLATES
@@ -59,15 +67,45 @@ def torch_runs(model, img, threads, runs, text_runs):
             t0 = time.perf_counter()
             ref.segment(model, img, q, idx)
             image.append(time.perf_counter() - t0)
-    return statistics.median(text), statistics.median(image[1:])
+        operators = {}
+        if profile:
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                ref.segment(model, img, q, idx)
+            operators = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
+    return statistics.median(text), statistics.median(image[1:]), operators
 
 
 def ours(exe, weights, image_path, threads, runs, extra=()):
     out = subprocess.run([exe, "bench", "--weights", weights, "--labels", CLASSES, "--image", image_path,
                           "--device", "cpu", "--threads", str(threads), "--runs", str(runs), "--json", *extra],
                          capture_output=True, text=True, check=True).stdout
-    phases = {p["phase"]: p["warmMedianMs"] / 1e3 for p in json.loads(out)["phases"]}
-    return phases["text (all prompts, uncached)"], phases["image (total)"]
+    report = json.loads(out)
+    phases = {p["phase"]: p["warmMedianMs"] / 1e3 for p in report["phases"]}
+    kernels = {k["kernel"]: k["ms"] for k in report.get("cpuKernels", []) if k["phase"] == "image"}
+    return phases["text (all prompts, uncached)"], phases["image (total)"], kernels
+
+
+def print_profiles(rows):
+    """Where the image phase went at each thread count: ours by kernel (and
+    the rest of the phase), PyTorch's ten costliest operators at the first
+    count, in ms."""
+    if not rows:
+        return
+    counts = [r[0] for r in rows]
+    head = "| " + " | ".join(f"{t} thread(s)" for t in counts) + " |"
+    rule = "|---|" + "---:|" * len(counts)
+    first = rows[0]
+    ours_names = sorted(first[1][2], key=first[1][2].get, reverse=True)
+    print(f"\nOur image phase by CPU kernel, ms (means of the warm runs)\n\n| kernel {head}\n{rule}")
+    for name in ours_names:
+        print(f"| {name} | " + " | ".join(f"{r[1][2].get(name, 0):.1f}" for r in rows) + " |")
+    print("| the rest (burn's ops, copies; the phase's median less the kernels) | "
+          + " | ".join(f"{r[1][1] * 1e3 - sum(r[1][2].values()):.1f}" for r in rows) + " |")
+    torch_names = sorted(first[2][2], key=first[2][2].get, reverse=True)[:10]
+    print(f"\nPyTorch's image phase by operator, self CPU ms (torch.profiler, one run)\n\n| operator {head}\n{rule}")
+    for name in torch_names:
+        print(f"| {name} | " + " | ".join(f"{r[2][2].get(name, 0):.1f}" for r in rows) + " |")
+    print("| all operators | " + " | ".join(f"{sum(r[2][2].values()):.1f}" for r in rows) + " |", flush=True)
 
 
 def main():
@@ -76,8 +114,9 @@ def main():
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts, run in this order")
     ap.add_argument("--runs", type=int, default=4)
     ap.add_argument("--torch-text-runs", type=int, default=1, help="timed text encodings in PyTorch (after a warm-up)")
-    ap.add_argument("--batched", default="", help="comma-separated thread counts at which our image phase is "
-                    "also timed with the windows in one batch")
+    ap.add_argument("--one-by-one", default="", help="comma-separated thread counts at which our image phase is "
+                    "also timed with the windows encoded one at a time")
+    ap.add_argument("--profile", action="store_true", help="end with each side's image phase by kernel / operator")
     ap.add_argument("--exe", help="the clearclip binary [default: target/release/clearclip]")
     a = ap.parse_args()
     if a.torch_text_runs < 1 or a.runs < 2:
@@ -88,26 +127,28 @@ def main():
           f"PyTorch text: median of {a.torch_text_runs}", flush=True)
 
     counts = [int(x) for x in a.threads.split(",")]
-    batched = {int(x) for x in a.batched.split(",") if x}
+    one_by_one = {int(x) for x in a.one_by_one.split(",") if x}
     rows = []
     print(f"\n| threads | text: ours | text: PyTorch | ratio | image: ours | image: PyTorch | ratio "
           f"| ours, image speed-up vs {counts[0]} thread(s) | PyTorch, image speed-up "
-          f"| image: ours, windows in one batch | ratio |")
+          f"| image: ours, one window at a time | ratio |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     try:
         for threads in counts:
             o = ours(exe, a.weights, image_path, threads, a.runs)
-            p = torch_runs(model, img, threads, a.runs, a.torch_text_runs)
-            in_one = " | "
-            if threads in batched:
-                b = ours(exe, a.weights, image_path, threads, a.runs, ["--batch", "memory", "--templates", "single"])[1]
-                in_one = f"{b:.2f} s | {b / p[1]:.2f}"
+            p = torch_runs(model, img, threads, a.runs, a.torch_text_runs, a.profile)
+            alone = " | "
+            if threads in one_by_one:
+                b = ours(exe, a.weights, image_path, threads, a.runs, ["--window-batch", "1", "--templates", "single"])[1]
+                alone = f"{b:.2f} s | {b / p[1]:.2f}"
             rows.append((threads, o, p))
             one = rows[0]
             print(f"| {threads} | {o[0]:.2f} s | {p[0]:.2f} s | {o[0] / p[0]:.2f} | {o[1]:.2f} s | {p[1]:.2f} s | "
-                  f"{o[1] / p[1]:.2f} | {one[1][1] / o[1]:.2f}x | {one[2][1] / p[1]:.2f}x | {in_one} |", flush=True)
+                  f"{o[1] / p[1]:.2f} | {one[1][1] / o[1]:.2f}x | {one[2][1] / p[1]:.2f}x | {alone} |", flush=True)
     except Stopped:
         print(f"stopped by SIGTERM after {len(rows)} of {len(counts)} thread counts", flush=True)
+    if a.profile:
+        print_profiles(rows)
 
 
 if __name__ == "__main__":

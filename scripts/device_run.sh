@@ -7,8 +7,9 @@
 # PyTorch fp32's probabilities,
 # scripts/bench_gpu.py; then cubecl's per-kernel profile of one request,
 # scripts/kernel_profile.py) and the CPU thread
-# scaling of issue 13 (ours vs PyTorch at 1-16 threads, and ours with the
-# windows in one batch at BATCHED threads, scripts/bench_cpu.py).
+# scaling of issue 13 (ours vs PyTorch at 1-16 threads, ours with the
+# windows one at a time at ONE_BY_ONE threads, and both sides' image phase
+# by kernel / operator at each count, scripts/bench_cpu.py).
 # Everything goes to $OUT (it comes back) and to stdout.
 #   run(carry=[".gl", ".gpu"], command="bash scripts/device_run.sh", timeout_s=600)
 # Both parts may not fit one call's 10 minutes: `device_run.sh gpu` and
@@ -106,6 +107,6 @@ fi
 if [ "$part" != gpu ]; then
 stamp "CPU: thread scaling"
 timeout $(( ${CPU_SECONDS:-570} - ($(date +%s) - started) )) python3 scripts/bench_cpu.py "$weights" \
-  --threads ${THREADS:-1,16,2,4,8} --runs ${CPU_RUNS:-3} --batched ${BATCHED:-16,4,8} --exe "$gpu/clearclip" 2>&1 | tee "$out/bench_cpu.txt"
+  --threads ${THREADS:-1,16,2,4,8} --runs ${CPU_RUNS:-3} --one-by-one ${ONE_BY_ONE:-16,4,8} --profile --exe "$gpu/clearclip" 2>&1 | tee "$out/bench_cpu.txt"
 fi
 stamp "done"

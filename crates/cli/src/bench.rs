@@ -11,12 +11,15 @@
 //! blank image, [`Segmenter::warm_up`]), as the page does on WebGPU, unless
 //! `--no-warm-up` asks for the cold process.
 //! On a GPU the segmenter waits for the device after each phase, so the
-//! device's time lands in the phase that queued it.
+//! device's time lands in the phase that queued it. On the CPU the report
+//! also says which of the CPU backend's kernels the text and the image
+//! phases spent their time in ([`clearclip_model::kernel_times`]).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clearclip_segment::{ProbabilityMaps, SegmentParams, Segmentation, Segmenter};
+use clearclip_model::kernel_times::{self, KernelTime};
+use clearclip_segment::{Progress, ProbabilityMaps, SegmentParams, Segmentation, Segmenter};
 use serde::Serialize;
 
 use crate::{load_segmenter, read_image, DeviceArg, ModelArgs, RequestArgs};
@@ -80,8 +83,10 @@ struct Report {
     gpu_attention_declined: usize,
     /// How the GPU made the window merge and the class maps (`--gpu-merge`).
     gpu_merge: &'static str,
-    /// Windows and class names encoded together (`--batch`): a count or `memory`.
-    batching: String,
+    /// Windows, and class names, encoded together (`--window-batch`,
+    /// `--name-batch`): a count or `memory`.
+    window_batching: String,
+    name_batching: String,
     image: [u32; 2],
     resized: [u32; 2],
     windows: usize,
@@ -94,6 +99,36 @@ struct Report {
     /// Whether each phase waited for the device (GPU) before the next began.
     phase_sync: bool,
     phases: Vec<PhaseStats>,
+    /// On the CPU: the kernels of the full runs' text and image phases, the
+    /// mean of the warm runs, by phase and then time (empty on a GPU).
+    cpu_kernels: Vec<KernelStats>,
+}
+
+/// One CPU kernel at one shape in one phase: calls and milliseconds, the
+/// mean of the warm runs.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KernelStats {
+    phase: &'static str,
+    kernel: String,
+    calls: f64,
+    ms: f64,
+}
+
+/// The mean of the warm runs (all but the first) of each kernel of
+/// `per_run`, slowest first.
+fn kernel_stats(phase: &'static str, per_run: &[Vec<KernelTime>]) -> Vec<KernelStats> {
+    let warm = &per_run[1..];
+    let mut stats: Vec<KernelStats> = Vec::new();
+    for t in warm.iter().flatten() {
+        let n = warm.len() as f64;
+        match stats.iter_mut().find(|s| s.kernel == t.kernel) {
+            Some(s) => (s.calls, s.ms) = (s.calls + t.calls as f64 / n, s.ms + t.ms / n),
+            None => stats.push(KernelStats { phase, kernel: t.kernel.clone(), calls: t.calls as f64 / n, ms: t.ms / n }),
+        }
+    }
+    stats.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    stats
 }
 
 /// The re-runs of the last block after a full run: full-size maps, the
@@ -163,10 +198,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
 
     let mut runs: Vec<[(&'static str, f64); 12]> = Vec::new();
+    let (mut text_kernels, mut image_kernels) = (Vec::new(), Vec::new());
+    kernel_times::set_recording(!gpu);
     let mut last = None;
     for run in 0..args.runs {
         segmenter.clear_caches();
-        let full = segment(&mut segmenter, &image, &classes, &params)?;
+        // The kernels of the full run: the text's until the windows start.
+        kernel_times::take();
+        let mut text = None;
+        let full = pollster::block_on(segmenter.segment(&image, &classes, &params, &mut |p| {
+            if let Progress::Window { done: 0, .. } = p {
+                text.get_or_insert_with(kernel_times::take);
+            }
+        }))?;
+        text_kernels.push(text.unwrap_or_default());
+        image_kernels.push(kernel_times::take());
         let full_maps = segment(&mut segmenter, &image, &classes, &params)?;
         segmenter.set_probability_maps(ProbabilityMaps::ForDisplay);
         let display_maps = segment(&mut segmenter, &image, &classes, &params);
@@ -184,6 +230,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         runs.push(phases(&full, &reruns));
         last = Some(full);
     }
+    kernel_times::set_recording(false);
     let full = last.expect("at least two runs");
     if let Some(path) = &args.probs_out {
         std::fs::write(path, crate::output::probs_npy(&full)).with_context(|| format!("cannot write {}", path.display()))?;
@@ -210,7 +257,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         gpu_attention_flashed,
         gpu_attention_declined,
         gpu_merge: args.model.gpu_merge.name(),
-        batching: segmenter.batching().name(),
+        window_batching: segmenter.window_batching().name(),
+        name_batching: segmenter.name_batching().name(),
         image: [full.width, full.height],
         resized: [full.resized.0, full.resized.1],
         windows: full.windows,
@@ -221,6 +269,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         warm_up_ms,
         phase_sync: gpu,
         phases,
+        cpu_kernels: [kernel_stats("text", &text_kernels), kernel_stats("image", &image_kernels)].into_iter().flatten().collect(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -246,8 +295,8 @@ fn segment(
 
 fn print_table(r: &Report) {
     println!(
-        "{} ({}) on {} (matrix products: {}, attention: {}, merge: {}), {} threads, batches of {}; image {}x{} (model input {}x{}, {} windows); {} class names x {} prompts; load {:.0} ms; warm-up {}",
-        r.model, r.precision, r.device, r.gpu_matmul, r.gpu_attention, r.gpu_merge, r.threads, r.batching, r.image[0], r.image[1], r.resized[0], r.resized[1], r.windows, r.class_names, r.prompts_per_name, r.load_ms,
+        "{} ({}) on {} (matrix products: {}, attention: {}, merge: {}), {} threads, batches of {} windows and {} names; image {}x{} (model input {}x{}, {} windows); {} class names x {} prompts; load {:.0} ms; warm-up {}",
+        r.model, r.precision, r.device, r.gpu_matmul, r.gpu_attention, r.gpu_merge, r.threads, r.window_batching, r.name_batching, r.image[0], r.image[1], r.resized[0], r.resized[1], r.windows, r.class_names, r.prompts_per_name, r.load_ms,
         r.warm_up_ms.map_or("skipped".to_string(), |ms| format!("{ms:.0} ms"))
     );
     println!("| phase (ms) | cold | warm median | warm min | warm max |");
@@ -257,5 +306,12 @@ fn print_table(r: &Report) {
             "| {} | {:.1} | {:.1} | {:.1} | {:.1} |",
             p.phase, p.cold_ms, p.warm_median_ms, p.warm_min_ms, p.warm_max_ms
         );
+    }
+    if !r.cpu_kernels.is_empty() {
+        println!("\n| CPU kernel (mean of the warm runs) | phase | calls | ms |");
+        println!("|---|---|---:|---:|");
+        for k in &r.cpu_kernels {
+            println!("| {} | {} | {:.0} | {:.1} |", k.kernel, k.phase, k.calls, k.ms);
+        }
     }
 }

@@ -111,11 +111,14 @@ struct ModelArgs {
     /// compare against).
     #[arg(long, value_parser = parse_gpu_merge, default_value = "kernels")]
     gpu_merge: GpuMerge,
-    /// Windows (and class names) encoded together: a count, or memory (as
-    /// many as keep the largest activation under 128 MiB) [default: memory
-    /// on a GPU, 1 on the CPU].
+    /// Windows encoded together: a count, or memory (as many as keep the
+    /// largest activation under 128 MiB) [default: memory].
     #[arg(long, value_parser = parse_batching)]
-    batch: Option<Batching>,
+    window_batch: Option<Batching>,
+    /// Class names whose prompts are encoded together: a count, or memory
+    /// [default: memory on a GPU, 1 on the CPU].
+    #[arg(long, value_parser = parse_batching)]
+    name_batch: Option<Batching>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -310,7 +313,7 @@ fn parse_gpu_merge(name: &str) -> Result<GpuMerge, String> {
 }
 
 fn parse_batching(name: &str) -> Result<Batching, String> {
-    Batching::from_name(name).ok_or_else(|| format!("--batch takes a count of at least 1 or \"memory\", not \"{name}\""))
+    Batching::from_name(name).ok_or_else(|| format!("a batch is a count of at least 1 or \"memory\", not \"{name}\""))
 }
 
 fn parse_matmul_routine(name: &str) -> Result<MatmulRoutine, String> {
@@ -512,8 +515,11 @@ fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration, S
     let load_time = started.elapsed();
     eprintln!("model: {} ({:?} layout, {}) on {device_description}, loaded in {load_time:.2?}", model.config.describe(), model.layout, precision.name());
     let mut segmenter = Segmenter::new(model, tokenizer).with_gpu_merge(args.gpu_merge);
-    if let Some(batching) = args.batch {
-        segmenter = segmenter.with_batching(batching);
+    if let Some(batching) = args.window_batch {
+        segmenter = segmenter.with_window_batching(batching);
+    }
+    if let Some(batching) = args.name_batch {
+        segmenter = segmenter.with_name_batching(batching);
     }
     Ok((segmenter, load_time, device_description))
 }

@@ -353,9 +353,9 @@ fn gpu_merge_kernels_equal_tensor_ops() {
     assert_refused(&[&args[..], &unknown].concat(), "unknown merge \"tensor\"; one of kernels, tensor-ops", &out);
 }
 
-/// Windows encoded together give the windows' results one at a time (the
-/// CPU's default): chelsea.png has 3 windows, so batches of 2 and 1, then
-/// all 3 in one.
+/// Windows encoded together give the windows' results one at a time:
+/// chelsea.png has 3 windows, so batches of 2 and 1, then all 3 in one (the
+/// default).
 #[test]
 fn batched_windows_segment_like_the_reference() {
     let reference = Reference::load();
@@ -366,7 +366,7 @@ fn batched_windows_segment_like_the_reference() {
     let probs = |batch: &str, batches: usize| {
         let out = tmp.path().join(format!("batch-{batch}"));
         let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
-        args.extend(["--batch", batch]);
+        args.extend(["--window-batch", batch]);
         let output = clearclip(&args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success() && stderr.contains(&format!("3 windows in {batches} batches")), "{stderr}");
@@ -375,13 +375,13 @@ fn batched_windows_segment_like_the_reference() {
     let one_by_one = probs("1", 3);
     for (batch, batches) in [("2", 2), ("memory", 1)] {
         let batched = probs(batch, batches);
-        assert_close(&format!("CLI --batch {batch} vs reference"), &batched, &expected, 1e-4);
-        assert_close(&format!("CLI --batch {batch} vs --batch 1"), &batched, &one_by_one, 1e-5);
+        assert_close(&format!("CLI --window-batch {batch} vs reference"), &batched, &expected, 1e-4);
+        assert_close(&format!("CLI --window-batch {batch} vs 1"), &batched, &one_by_one, 1e-5);
     }
     let out = tmp.path().join("refused");
     let args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
-    for bad in ["0", "many"] {
-        assert_refused(&[&args[..], &["--batch", bad]].concat(), &format!("--batch takes a count of at least 1 or \"memory\", not \"{bad}\""), &out);
+    for (flag, bad) in [("--window-batch", "0"), ("--name-batch", "many")] {
+        assert_refused(&[&args[..], &[flag, bad]].concat(), &format!("a batch is a count of at least 1 or \"memory\", not \"{bad}\""), &out);
     }
 }
 
@@ -542,7 +542,7 @@ fn bench_reports_every_phase_cold_and_warm_as_json() {
     assert_eq!(report["runs"], 3);
     assert_eq!(report["device"], "cpu (flex)");
     assert_eq!(report["threads"], 1);
-    assert_eq!(report["batching"], "1", "the CPU encodes one window at a time by default");
+    assert_eq!((&report["windowBatching"], &report["nameBatching"]), (&"memory".into(), &"1".into()), "the CPU's defaults");
     assert!(report["warmUpMs"].as_f64().unwrap() > 0.0, "the warm-up runs after the load");
     assert_eq!(
         report["classNames"], 4,
@@ -591,4 +591,25 @@ fn bench_reports_every_phase_cold_and_warm_as_json() {
     assert!(ms("re-run of the last block", "warmMedianMs") < ms("image (total)", "warmMedianMs"));
     assert!(ms("re-run of the last block, display maps (the page)", "warmMinMs") > 0.0);
     assert!(ms("re-run of the last block, display maps, no waits", "warmMinMs") > 0.0);
+
+    // The CPU kernels of each phase: every block's layer norms, linear
+    // layers and attention, the text's and the image's apart, within the
+    // phase's time (a run's kernels run within its phase, so their mean
+    // over the warm runs is at most the phase's slowest warm run).
+    let kernels = report["cpuKernels"].as_array().unwrap();
+    let of_phase = |phase: &str| -> Vec<(String, f64, f64)> {
+        kernels
+            .iter()
+            .filter(|k| k["phase"] == phase)
+            .map(|k| (k["kernel"].as_str().unwrap().to_string(), k["calls"].as_f64().unwrap(), k["ms"].as_f64().unwrap()))
+            .collect()
+    };
+    for (phase, total) in [("text", "text ("), ("image", "image (total)")] {
+        let found = of_phase(phase);
+        for kind in ["layer norm ", "linear ", "attention "] {
+            assert!(found.iter().any(|(k, calls, ms)| k.starts_with(kind) && *calls >= 1.0 && *ms >= 0.0), "{phase}: no {kind}in {found:?}");
+        }
+        let sum: f64 = found.iter().map(|(_, _, ms)| ms).sum();
+        assert!(sum <= ms(total, "warmMaxMs") + 1e-6, "{phase}: kernels {sum} ms, phase at most {} ms", ms(total, "warmMaxMs"));
+    }
 }

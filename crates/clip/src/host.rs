@@ -33,6 +33,8 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::Flex;
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::kernel_times::timed;
+
 /// Whether tensors on `device` live in host memory (burn's CPU backend), where
 /// this module's kernels replace burn's ops.
 pub fn is_host(device: &Device) -> bool {
@@ -122,11 +124,16 @@ fn softmax_in_place(row: &mut [f32]) {
 /// (a V8 profile of the page on 2 threads), and it is 2.4 M values per block
 /// of a ViT-B/16 window.
 pub fn quick_gelu_in_place(values: &mut [f32]) {
-    on_pool_in_chunks(values, values_per_task(values.len()), |_, chunk| {
-        for v in chunk.iter_mut() {
-            *v *= 1.0 / (1.0 + exp(-(1.702 * *v)));
-        }
-    });
+    timed(
+        || "QuickGELU".to_string(),
+        || {
+            on_pool_in_chunks(values, values_per_task(values.len()), |_, chunk| {
+                for v in chunk.iter_mut() {
+                    *v *= 1.0 / (1.0 + exp(-(1.702 * *v)));
+                }
+            })
+        },
+    )
 }
 
 /// Values per rayon task in the loops below: large enough that the pool's
@@ -200,13 +207,18 @@ fn write_row(row: &mut [MaybeUninit<f32>], value: impl Fn(usize) -> f32) {
 pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> {
     let width = gamma.len();
     assert!(width > 0 && beta.len() == width && x.len().is_multiple_of(width), "layer norm of {} values by {width}", x.len());
-    rows_into_new(x.len() / width, width, |r, out| {
-        let row = &x[r * width..][..width];
-        let mean = sum_of(row) / width as f32;
-        let squares = sum_of_map(row, |v| (v - mean) * (v - mean));
-        let inv_std = 1.0 / (squares / width as f32 + eps).sqrt();
-        write_row(out, |i| (row[i] - mean) * inv_std * gamma[i] + beta[i]);
-    })
+    timed(
+        || format!("layer norm {width}"),
+        || {
+            rows_into_new(x.len() / width, width, |r, out| {
+                let row = &x[r * width..][..width];
+                let mean = sum_of(row) / width as f32;
+                let squares = sum_of_map(row, |v| (v - mean) * (v - mean));
+                let inv_std = 1.0 / (squares / width as f32 + eps).sqrt();
+                write_row(out, |i| (row[i] - mean) * inv_std * gamma[i] + beta[i]);
+            })
+        },
+    )
 }
 
 /// Products with at least this many multiply-adds run on rayon's pool
@@ -227,7 +239,11 @@ pub fn linear(x: &[f32], weight: &[f32], bias: &[f32], residual: Option<&[f32]>)
     assert!(n > 0 && weight.len().is_multiple_of(n), "a weight of {} values with a bias of {n}", weight.len());
     let k = weight.len() / n;
     assert!(k > 0 && x.len().is_multiple_of(k), "{} inputs for a weight of {k} rows", x.len());
-    let rows = x.len() / k;
+    timed(|| format!("linear {k}x{n}"), || linear_unchecked(x, weight, bias, residual, (x.len() / k, k, n)))
+}
+
+/// [`linear`] of `[rows, k]` by `[k, n]`, the lengths checked.
+fn linear_unchecked(x: &[f32], weight: &[f32], bias: &[f32], residual: Option<&[f32]>, (rows, k, n): (usize, usize, usize)) -> Vec<f32> {
     let mut y = match residual {
         Some(residual) => {
             assert_eq!(residual.len(), rows * n, "the residual must be [rows, {n}]");
@@ -240,7 +256,7 @@ pub fn linear(x: &[f32], weight: &[f32], bias: &[f32], residual: Option<&[f32]>)
     #[cfg(not(feature = "rayon"))]
     let parallelism = gemm::Parallelism::None;
     // SAFETY: `y` is [rows, n], `x` [rows, k], `weight` [k, n], all row-major
-    // with the lengths checked above.
+    // with the lengths checked in `linear`.
     unsafe {
         gemm::gemm(
             rows, n, k,
@@ -302,7 +318,8 @@ pub struct AttentionSpec<'a> {
 /// # Shapes
 /// - `qkv`: `[batch, tokens, 3 * heads * head_dim]` (see [`QkvShape`]) -> `[batch, tokens, heads * head_dim]`
 pub fn attention(qkv: &[f32], shape: QkvShape, spec: AttentionSpec) -> Vec<f32> {
-    attention_in_blocks(qkv, shape, spec, blocks_per_head(shape, pool_threads()))
+    let name = || format!("attention {}x{} of {} tokens", shape.heads, shape.head_dim, shape.tokens);
+    timed(name, || attention_in_blocks(qkv, shape, spec, blocks_per_head(shape, pool_threads())))
 }
 
 /// [`attention`] splits heads into blocks of no fewer query rows than this.

@@ -51,6 +51,7 @@ mod dense;
 pub mod gpu_attention;
 pub mod gpu_matmul;
 pub mod host;
+pub mod kernel_times;
 mod loader;
 mod routine_choice;
 mod nn;

@@ -364,7 +364,8 @@ pub struct Segmenter {
     phase_sync: bool,
     gpu_merge: GpuMerge,
     probability_maps: ProbabilityMaps,
-    batching: Batching,
+    window_batching: Batching,
+    name_batching: Batching,
 }
 
 /// The largest activation of a batch of windows or prompts, in bytes (the
@@ -376,12 +377,20 @@ const BATCH_BYTES: usize = 128 << 20;
 /// first, several classes and one with a synonym (5 classes, 6 names).
 pub const WARM_UP_CLASSES: &str = "a wall; the floor, the ground; a window; a door; the sky";
 
-/// How many windows, and how many class names' prompts, go through an
-/// encoder together. By default [`Self::Memory`] on a GPU, one at a time on
-/// the CPU backend: there the matrix products of one window are already
-/// parallel, and larger activations only spill the caches (`clearclip
-/// bench`, 2 threads, 2 windows and 6 names in one batch each: first blocks
-/// 4.2 s against 3.7 s one by one, text 7.4 s against 5.7 s).
+/// How many windows, or how many class names' prompts, go through an
+/// encoder together ([`Segmenter::with_window_batching`],
+/// [`Segmenter::with_name_batching`]).
+///
+/// By default windows go by [`Self::Memory`] everywhere, and names too on a
+/// GPU; on the CPU backend names go one at a time. There a name's prompts
+/// are encoded up to its own longest prompt rather than the batch's, and
+/// nothing is gained from larger products, while more windows a batch make
+/// fewer, larger parallel steps (`clearclip bench`, ViT-B/16-shaped weights,
+/// 672x448, 5 names x 80 prompts, two rounds, warm medians: on 2 threads the
+/// image phase 1628 / 1647 ms with the 2 windows in one batch against 1750 /
+/// 1741 ms one by one, text 2055 / 2080 ms with the names in one batch
+/// against 2146 / 1929 ms; on 1 thread image 3318 / 3213 against 3360 /
+/// 3240 ms, text 4019 / 3956 against 3737 / 3772 ms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Batching {
     /// As many as keep the largest activation under [`BATCH_BYTES`].
@@ -398,6 +407,13 @@ impl Batching {
         match self {
             Batching::Memory => "memory".to_string(),
             Batching::AtMost(n) => n.to_string(),
+        }
+    }
+
+    fn at_least_one(self) -> Self {
+        match self {
+            Batching::AtMost(n) => Batching::AtMost(n.max(1)),
+            memory => memory,
         }
     }
 
@@ -461,7 +477,7 @@ async fn read_back<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, Segmen
 
 impl Segmenter {
     pub fn new(model: Clip, tokenizer: ClipTokenizer) -> Self {
-        let batching = if is_host(&model.vision.device()) { Batching::AtMost(1) } else { Batching::Memory };
+        let name_batching = if is_host(&model.vision.device()) { Batching::AtMost(1) } else { Batching::Memory };
         Self {
             model,
             tokenizer,
@@ -471,7 +487,8 @@ impl Segmenter {
             phase_sync: false,
             gpu_merge: GpuMerge::Kernels,
             probability_maps: ProbabilityMaps::Full,
-            batching,
+            window_batching: Batching::Memory,
+            name_batching,
         }
     }
 
@@ -487,17 +504,25 @@ impl Segmenter {
         self.probability_maps = maps;
     }
 
-    /// How windows and class names are batched.
-    pub fn batching(&self) -> Batching {
-        self.batching
+    /// How windows are batched.
+    pub fn window_batching(&self) -> Batching {
+        self.window_batching
     }
 
-    /// How windows and class names are batched (see [`Batching`] for the default).
-    pub fn with_batching(mut self, batching: Batching) -> Self {
-        self.batching = match batching {
-            Batching::AtMost(n) => Batching::AtMost(n.max(1)),
-            memory => memory,
-        };
+    /// How class names are batched.
+    pub fn name_batching(&self) -> Batching {
+        self.name_batching
+    }
+
+    /// How windows are batched (see [`Batching`] for the default).
+    pub fn with_window_batching(mut self, batching: Batching) -> Self {
+        self.window_batching = batching.at_least_one();
+        self
+    }
+
+    /// How class names are batched (see [`Batching`] for the default).
+    pub fn with_name_batching(mut self, batching: Batching) -> Self {
+        self.name_batching = batching.at_least_one();
         self
     }
 
@@ -601,7 +626,7 @@ impl Segmenter {
             if batch.iter().any(|(n, _)| *n == name) || self.text_cache.contains_key(&(name.to_string(), templates)) {
                 continue;
             }
-            if let Batching::AtMost(n) = self.batching {
+            if let Batching::AtMost(n) = self.name_batching {
                 if batch.len() >= n.max(1) {
                     break;
                 }
@@ -609,7 +634,7 @@ impl Segmenter {
             let tokens = self.tokenizer.encode_batch(&templates.prompts(name))?;
             (rows, len) = (rows + tokens.rows(), len.max(tokens.len));
             let fits = 4 * rows * len * text.mlp_width.max(text.heads * len) <= BATCH_BYTES;
-            if self.batching == Batching::Memory && !fits && !batch.is_empty() {
+            if self.name_batching == Batching::Memory && !fits && !batch.is_empty() {
                 break;
             }
             batch.push((name, tokens));
@@ -803,7 +828,7 @@ impl Segmenter {
 
     /// How many windows like `window` go through the encoder together.
     fn windows_per_batch(&self, window: &Window) -> usize {
-        match self.batching {
+        match self.window_batching {
             Batching::AtMost(n) => n,
             Batching::Memory => {
                 let vision = &self.model.config.vision;

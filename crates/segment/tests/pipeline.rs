@@ -234,8 +234,8 @@ fn a_cancelled_run_stops_between_windows_and_the_next_run_is_whole() {
     let image = chelsea();
     let (classes, _) = ClassList::parse("cat; grass, lawn; wall").unwrap();
     let params = SegmentParams { short_side: 160, crop: 112, stride: 56, templates: Templates::Single, ..SegmentParams::default() };
-    // One window per batch, as the CPU backend runs by default.
-    let mut seg = segmenter(CHECKPOINTS[1], &device);
+    // One window per batch, as the page's CPU fallback asks.
+    let mut seg = segmenter(CHECKPOINTS[1], &device).with_window_batching(Batching::AtMost(1));
     let whole = pollster::block_on(seg.segment(&image, &classes, &params, &mut |_: Progress| {})).unwrap();
     assert!(whole.windows > 3);
 
@@ -273,13 +273,13 @@ fn batches_of_windows_and_sampled_probability_maps_give_the_same_result() {
             .unwrap();
             (result, windows_seen)
         };
-        let (single, seen) = run(segmenter(CHECKPOINTS[1], &device).with_batching(Batching::AtMost(1)));
+        let (single, seen) = run(segmenter(CHECKPOINTS[1], &device).with_window_batching(Batching::AtMost(1)));
         assert_eq!(seen, (0..=single.windows).collect::<Vec<_>>());
         let n = single.windows;
         assert!(n > 4, "{n} windows");
         let pairs = std::iter::once(0).chain((2..=n).step_by(2)).chain((n % 2 == 1).then_some(n)).collect();
         for (batch, reports) in [(Batching::AtMost(2), pairs), (Batching::Memory, vec![0, n])] {
-            let (batched, seen) = run(segmenter(CHECKPOINTS[1], &device).with_batching(batch));
+            let (batched, seen) = run(segmenter(CHECKPOINTS[1], &device).with_window_batching(batch));
             assert_eq!(seen, reports, "{device_name}: progress after each batch");
             assert_close(&format!("{device_name} batches of {batch:?}"), &batched.probs, &single.probs, 1e-5);
             let agreement = label_agreement(&batched.labels, &single.labels);
@@ -288,7 +288,7 @@ fn batches_of_windows_and_sampled_probability_maps_give_the_same_result() {
         // Class names: two per text batch, or all in one.
         let names = ["cat", "grass", "lawn", "wall", "sky"];
         let embed = |batching| {
-            let mut seg = segmenter(CHECKPOINTS[1], &device).with_batching(batching);
+            let mut seg = segmenter(CHECKPOINTS[1], &device).with_name_batching(batching);
             pollster::block_on(seg.class_embeddings(&names, Templates::OpenAiImageNet, &mut |_: Progress| {}, &mut Vec::new())).unwrap().0
         };
         assert_close(&format!("{device_name} names two by two"), &embed(Batching::AtMost(2)), &embed(Batching::Memory), 1e-6);

@@ -23,7 +23,7 @@ use std::rc::Rc;
 use burn::tensor::Device;
 use clearclip_model::{Activation, CheckpointLoader, ClipTokenizer, LoadOptions, Precision};
 use clearclip_segment::{
-    decode_image, render, Catalog, ClassList, Observer, ProbabilityMaps, Progress, SegmentError, SegmentParams, SegmentRequest, Segmentation, Segmenter, Timings,
+    decode_image, render, Batching, Catalog, ClassList, Observer, ProbabilityMaps, Progress, SegmentError, SegmentParams, SegmentRequest, Segmentation, Segmenter, Timings,
 };
 use image::RgbImage;
 use js_sys::{Float32Array, Function, Object, Reflect, Uint8Array};
@@ -421,8 +421,12 @@ impl WebSegmenter {
         let description = format!("{} [{:?} layout, {}]{note}", model.config.describe(), model.layout, precision.name());
         let patch = model.config.vision.patch_size;
         // The page draws heatmaps at display size. On the CPU the segmenter
-        // takes one window (one class name) at a time, so a cancel is heard between them.
-        let segmenter = Segmenter::new(model, tokenizer).with_clock(performance_now).with_probability_maps(ProbabilityMaps::ForDisplay);
+        // takes one window (and one class name) at a time, so a cancel is
+        // heard, and the progress bar moves, between them.
+        let mut segmenter = Segmenter::new(model, tokenizer).with_clock(performance_now).with_probability_maps(ProbabilityMaps::ForDisplay);
+        if backend == Backend::Cpu {
+            segmenter = segmenter.with_window_batching(Batching::AtMost(1));
+        }
         Ok(WebSegmenter { state: Rc::new(RefCell::new(State { segmenter, last: None })), backend, description, patch })
     }
 

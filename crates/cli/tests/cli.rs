@@ -31,13 +31,26 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     (shape, data)
 }
 
+/// The official pipeline's default request: chelsea.png and the reference's
+/// classes, on `checkpoint`, with the reference to hold the results to.
+struct DefaultRequest {
+    weights: String,
+    image: String,
+    labels: String,
+    reference: Reference,
+}
+
+fn default_request(checkpoint: &str) -> DefaultRequest {
+    let reference = Reference::load();
+    let labels = reference.meta["pipeline"]["default"]["classes"].as_str().unwrap().to_string();
+    DefaultRequest { weights: fixture(checkpoint), image: fixture("chelsea.png"), labels, reference }
+}
+
 #[test]
 fn segments_the_bundled_photo_and_writes_every_file() {
-    let reference = Reference::load();
+    let DefaultRequest { weights, image, labels, reference } = default_request(CHECKPOINTS[0]);
     let out = tempfile::tempdir().unwrap();
     let out_dir: PathBuf = out.path().join("result");
-    let (weights, image) = (fixture(CHECKPOINTS[0]), fixture("chelsea.png"));
-    let labels = reference.meta["pipeline"]["default"]["classes"].as_str().unwrap().to_string();
     let output = clearclip(&segment_args(&weights, &image, &labels, out_dir.to_str().unwrap()));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
@@ -268,11 +281,9 @@ fn inspect_prints_the_architecture() {
 
 #[test]
 fn gpu_device_gives_the_same_numbers_as_cpu() {
-    let reference = Reference::load();
+    let DefaultRequest { weights, image, labels, reference } = default_request(CHECKPOINTS[1]);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("gpu");
-    let (weights, image) = (fixture(CHECKPOINTS[1]), fixture("chelsea.png"));
-    let labels = reference.meta["pipeline"]["default"]["classes"].as_str().unwrap().to_string();
     let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
     args.extend(["--device", "gpu"]);
     let output = clearclip(&args);
@@ -288,10 +299,8 @@ fn gpu_device_gives_the_same_numbers_as_cpu() {
 
 #[test]
 fn every_gpu_matmul_routine_segments_like_the_reference() {
-    let reference = Reference::load();
+    let DefaultRequest { weights, image, labels, reference } = default_request(CHECKPOINTS[1]);
     let tmp = tempfile::tempdir().unwrap();
-    let (weights, image) = (fixture(CHECKPOINTS[1]), fixture("chelsea.png"));
-    let labels = reference.meta["pipeline"]["default"]["classes"].as_str().unwrap().to_string();
     let (expected, _) = reference.f32("pipeline.default.probs");
     for routine in ["simple-unit", "simple-unit-small", "double-unit", "double-unit-small", "gemm"] {
         let out = tmp.path().join(routine);
@@ -358,10 +367,8 @@ fn gpu_merge_kernels_equal_tensor_ops() {
 /// default).
 #[test]
 fn batched_windows_segment_like_the_reference() {
-    let reference = Reference::load();
+    let DefaultRequest { weights, image, labels, reference } = default_request(CHECKPOINTS[1]);
     let tmp = tempfile::tempdir().unwrap();
-    let (weights, image) = (fixture(CHECKPOINTS[1]), fixture("chelsea.png"));
-    let labels = reference.meta["pipeline"]["default"]["classes"].as_str().unwrap().to_string();
     let (expected, _) = reference.f32("pipeline.default.probs");
     let probs = |batch: &str, batches: usize| {
         let out = tmp.path().join(format!("batch-{batch}"));
@@ -387,10 +394,8 @@ fn batched_windows_segment_like_the_reference() {
 
 #[test]
 fn flash_attention_segments_like_the_reference() {
-    let reference = Reference::load();
+    let DefaultRequest { weights, image, labels, reference } = default_request(CHECKPOINTS[1]);
     let tmp = tempfile::tempdir().unwrap();
-    let (weights, image) = (fixture(CHECKPOINTS[1]), fixture("chelsea.png"));
-    let labels = reference.meta["pipeline"]["default"]["classes"].as_str().unwrap().to_string();
     let out = tmp.path().join("flash");
     let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
     args.extend(["--device", "gpu", "--gpu-attention", "flash-unit"]);
@@ -475,10 +480,8 @@ fn skip_without_gpu(output: &Output) -> bool {
 
 #[test]
 fn half_precision_segments_like_the_f32_reference_on_the_gpu_and_is_refused_on_the_cpu() {
-    let reference = Reference::load();
+    let DefaultRequest { weights, image, labels, reference } = default_request(CHECKPOINTS[1]);
     let tmp = tempfile::tempdir().unwrap();
-    let (weights, image) = (fixture(CHECKPOINTS[1]), fixture("chelsea.png"));
-    let labels = reference.meta["pipeline"]["default"]["classes"].as_str().unwrap().to_string();
 
     let out = tmp.path().join("cpu");
     let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());

@@ -55,7 +55,12 @@ export VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/n
 gpu=$(mktemp -d)
 tar -C "$gpu" -xJf .gpu/bundle.tar.xz
 export PYTHONPATH=$gpu/py${PYTHONPATH:+:$PYTHONPATH}
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; python3 -c 'import torch; print(torch.__version__)'; } 2>&1 | tee "$out/machine.txt"
+# The CPU's model, vector extensions and caches say which of gemm's kernels
+# and blockings the CPU part ran (its 1-thread ratio to PyTorch differs by
+# machine: 1.23 there, 0.85-0.95 on this project's 2-core machines).
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; python3 -c 'import torch; print(torch.__version__)'
+  lscpu 2>/dev/null | grep -E "^(Model name|Thread|Core|Socket|NUMA node\(s\)|L1d|L2|L3)" || grep -m1 "model name" /proc/cpuinfo
+  grep -m1 -o -w -E "avx512f|avx2" /proc/cpuinfo | sort -u | tr '\n' ' '; echo; } 2>&1 | tee "$out/machine.txt"
 
 weights=$(realpath -m "${WEIGHTS:-/tmp/b16.safetensors}")
 # The ViT-B/16-shaped checkpoint, as bench_gpu.py would make it (through

@@ -278,24 +278,25 @@ impl LastBlock {
         Ok(())
     }
 
-    /// Run `block` as described. Computes only what the description needs
-    /// (no FFN when it is off, no q-k scores for q-q attention).
+    /// Run `block` as described, from its fused q, k, v projection of
+    /// `ln_1(x)`. Computes only what the description needs (no FFN when it
+    /// is off, no q-k scores for q-q attention).
     ///
     /// # Shapes
     /// - `x`: `[batch, 1 + grid_h * grid_w, width]` (output of the first `L-1` blocks) -> same
+    /// - `qkv`: `[batch, 1 + grid_h * grid_w, 3 * width]`, `block.attn.qkv` of `block.ln_1` of `x`
     /// - `grid`: `(grid_h, grid_w)`, the patch grid (for the neighbourhood bias)
-    pub(crate) fn forward(&self, block: &ResidualAttentionBlock, x: Tensor<3>, grid: (usize, usize)) -> Tensor<3> {
+    pub(crate) fn forward(&self, block: &ResidualAttentionBlock, x: Tensor<3>, qkv: Tensor<3>, grid: (usize, usize)) -> Tensor<3> {
         let attn = &block.attn;
-        let h = block.ln_1.forward(x.clone());
         let scale = attn.scale();
         let tokens = 1 + grid.0 * grid.1; // x's token count: both come from one `LastBlockInput`
         let bias = self.neighbourhood_std.map(|std| neighbourhood_bias(grid, std));
         let parts = self.attention.score_parts();
         let a = if host::is_host(&x.device()) && !parts.is_empty() {
             let spec = AttentionSpec { scores: parts, scale: scale as f32, bias: bias.as_deref(), causal: false };
-            attn.out.forward(host::attention_tensor(attn.qkv.forward(h), attn.heads, spec))
+            attn.out.forward(host::attention_tensor(qkv, attn.heads, spec))
         } else {
-            let HeadProjections { q, k, v } = attn.project(h);
+            let HeadProjections { q, k, v } = attn.split_heads(qkv);
             let bias = bias.map(|bias| Tensor::<2>::from_data(TensorData::new(bias, [tokens, tokens]), &x.device()).unsqueeze::<4>());
             let part = |p: Part| match p {
                 Part::Query => q.clone(),

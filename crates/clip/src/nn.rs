@@ -180,8 +180,16 @@ impl Attention {
     /// # Shapes
     /// - `x`: `[batch, tokens, width]` -> q, k, v each `[batch, heads, tokens, head_dim]`
     pub fn project(&self, x: Tensor<3>) -> HeadProjections {
-        let [batch, tokens, width] = x.dims();
-        let qkv = self.qkv.forward(x);
+        self.split_heads(self.qkv.forward(x))
+    }
+
+    /// The heads of a fused projection (the output of [`Self::qkv`]).
+    ///
+    /// # Shapes
+    /// - `qkv`: `[batch, tokens, 3 * width]` -> q, k, v each `[batch, heads, tokens, head_dim]`
+    pub fn split_heads(&self, qkv: Tensor<3>) -> HeadProjections {
+        let [batch, tokens, width3] = qkv.dims();
+        let width = width3 / 3;
         let split = |i: usize| {
             qkv.clone()
                 .narrow(2, i * width, width)

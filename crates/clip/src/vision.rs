@@ -1,6 +1,8 @@
 //! The CLIP ViT image tower, with dense per-patch output.
 //! Reference: `VisionTransformer.forward` in mc-lan/ClearCLIP `open_clip/transformer.py`.
 
+use std::cell::OnceCell;
+
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
 use crate::config::VisionConfig;
@@ -21,6 +23,12 @@ pub struct LastBlockInput {
     pub(crate) tokens: Tensor<3>,
     /// `(grid_h, grid_w)`.
     pub(crate) grid: (usize, usize),
+    /// The last block's fused q, k, v projection of `ln_1(tokens)`, `[batch,
+    /// 1 + grid_h * grid_w, 3 * width]`. Every [`LastBlock`] starts from it
+    /// (they differ in what they attend with and what follows), so the first
+    /// run of the last block makes it and the re-runs reuse it: the largest
+    /// of the last block's products.
+    qkv: OnceCell<Tensor<3>>,
 }
 
 impl LastBlockInput {
@@ -78,7 +86,7 @@ impl VisionTransformer {
         }
         let x = self.embed(pixels)?;
         let tokens = self.blocks.iter().fold(x, |x, block| block.forward(x, None));
-        Ok(LastBlockInput { tokens, grid: (height / patch, width / patch) })
+        Ok(LastBlockInput { tokens, grid: (height / patch, width / patch), qkv: OnceCell::new() })
     }
 
     /// Run the last block as `last_block` says, then `ln_post` and the
@@ -89,7 +97,9 @@ impl VisionTransformer {
     /// - `input.tokens`: `[batch, 1 + patches, width]` from [`Self::encode_to_last_block`]
     /// - returns `[batch, patches, embed_dim]`
     pub fn dense_from_last_block(&self, input: &LastBlockInput, last_block: &LastBlock) -> Tensor<3> {
-        let y = self.ln_post.forward(last_block.forward(&self.last_block, input.tokens.clone(), input.grid));
+        let block = &self.last_block;
+        let qkv = input.qkv.get_or_init(|| block.attn.qkv.forward(block.ln_1.forward(input.tokens.clone())));
+        let y = self.ln_post.forward(last_block.forward(block, input.tokens.clone(), qkv.clone(), input.grid));
         let [batch, tokens, width] = y.dims();
         let patches = y.narrow(1, 1, tokens - 1).reshape([batch * (tokens - 1), width]);
         let embed = self.projection.dims()[1];

@@ -501,7 +501,12 @@ pub(crate) fn attention_tensor(qkv: Tensor<3>, heads: usize, spec: AttentionSpec
     let [batch, tokens, width3] = qkv.dims();
     let device = qkv.device();
     let shape = QkvShape { batch, tokens, heads, head_dim: width3 / 3 / heads };
-    let out = attention(&host_values(qkv), shape, spec);
+    // Borrowed, not taken: the last block's projection is kept for the next
+    // mode's re-run (`LastBlockInput`), and taking a shared tensor's values copies them.
+    let out = match HostValues::of(&qkv) {
+        Some(values) => attention(&values, shape, spec),
+        None => attention(&host_values(qkv), shape, spec),
+    };
     Tensor::from_data(TensorData::new(out, [batch, tokens, width3 / 3]), &device)
 }
 

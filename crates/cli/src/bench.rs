@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clearclip_model::kernel_times::{self, KernelTime};
-use clearclip_segment::{Progress, ProbabilityMaps, SegmentParams, Segmentation, Segmenter};
+use clearclip_segment::{Observer, Progress, ProbabilityMaps, SegmentParams, Segmentation, Segmenter};
 use serde::Serialize;
 
 use crate::{load_segmenter, read_image, DeviceArg, ModelArgs, RequestArgs};
@@ -119,9 +119,9 @@ struct KernelStats {
 /// `per_run`, slowest first.
 fn kernel_stats(phase: &'static str, per_run: &[Vec<KernelTime>]) -> Vec<KernelStats> {
     let warm = &per_run[1..];
+    let n = warm.len() as f64;
     let mut stats: Vec<KernelStats> = Vec::new();
     for t in warm.iter().flatten() {
-        let n = warm.len() as f64;
         match stats.iter_mut().find(|s| s.kernel == t.kernel) {
             Some(s) => (s.calls, s.ms) = (s.calls + t.calls as f64 / n, s.ms + t.ms / n),
             None => stats.push(KernelStats { phase, kernel: t.kernel.clone(), calls: t.calls as f64 / n, ms: t.ms / n }),
@@ -206,18 +206,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         // The kernels of the full run: the text's until the windows start.
         kernel_times::take();
         let mut text = None;
-        let full = pollster::block_on(segmenter.segment(&image, &classes, &params, &mut |p| {
+        let full = segment(&mut segmenter, &image, &classes, &params, &mut |p: Progress| {
             if let Progress::Window { done: 0, .. } = p {
                 text.get_or_insert_with(kernel_times::take);
             }
-        }))?;
+        })?;
         text_kernels.push(text.unwrap_or_default());
         image_kernels.push(kernel_times::take());
-        let full_maps = segment(&mut segmenter, &image, &classes, &params)?;
+        let full_maps = segment(&mut segmenter, &image, &classes, &params, &mut |_: Progress| {})?;
         segmenter.set_probability_maps(ProbabilityMaps::ForDisplay);
-        let display_maps = segment(&mut segmenter, &image, &classes, &params);
+        let display_maps = segment(&mut segmenter, &image, &classes, &params, &mut |_: Progress| {});
         segmenter.set_phase_sync(false);
-        let display_maps_unsynced = segment(&mut segmenter, &image, &classes, &params);
+        let display_maps_unsynced = segment(&mut segmenter, &image, &classes, &params, &mut |_: Progress| {});
         segmenter.set_phase_sync(gpu);
         segmenter.set_probability_maps(ProbabilityMaps::Full);
         let reruns = ReRuns { full_maps, display_maps: display_maps?, display_maps_unsynced: display_maps_unsynced? };
@@ -284,13 +284,9 @@ fn segment(
     image: &image::RgbImage,
     classes: &clearclip_segment::ClassList,
     params: &SegmentParams,
+    observer: &mut dyn Observer,
 ) -> Result<Segmentation> {
-    Ok(pollster::block_on(segmenter.segment(
-        image,
-        classes,
-        params,
-        &mut |_| {},
-    ))?)
+    Ok(pollster::block_on(segmenter.segment(image, classes, params, observer))?)
 }
 
 fn print_table(r: &Report) {

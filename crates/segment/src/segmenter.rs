@@ -627,7 +627,7 @@ impl Segmenter {
                 continue;
             }
             if let Batching::AtMost(n) = self.name_batching {
-                if batch.len() >= n.max(1) {
+                if batch.len() >= n {
                     break;
                 }
             }

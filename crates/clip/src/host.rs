@@ -24,7 +24,9 @@
 //!
 //! Everything else stays on burn's ops. The crate is built at `opt-level = 3`
 //! in every profile (the workspace's Cargo.toml): the loops here rely on
-//! LLVM's vectoriser, which `opt-level = "z"` turns off.
+//! LLVM's vectoriser, which `opt-level = "z"` turns off. Natively, the loops
+//! run in copies compiled for AVX-512 or AVX2 where the CPU has them
+//! ([`widest_simd`]), as `gemm` picks its microkernel at run time.
 
 use std::mem::MaybeUninit;
 use std::ops::{Deref, Range};
@@ -74,9 +76,47 @@ pub fn exp(x: f32) -> f32 {
     e_r * f32::from_bits(((n_int + 127) << 23) as u32)
 }
 
+/// `work()`, compiled for the widest x86 vector extension this CPU has:
+/// AVX-512, else AVX2, else the build's baseline (SSE2 on x86-64, `simd128`
+/// on wasm, which has nothing wider).
+///
+/// A binary for any x86-64 CPU is compiled for SSE2, so LLVM vectorises this
+/// module's loops four floats wide; `gemm` picks its AVX-512 microkernel at
+/// run time but the softmax, QuickGELU and layer norm between its products
+/// stayed at SSE2 (a `perf` annotation of the softmax showed `xmm` registers
+/// only). `work` and everything it calls must be `#[inline(always)]`, so that
+/// they are compiled into the copy for the wider extension. The results are
+/// the same bit for bit on every path: Rust never fuses a multiply and an add
+/// by itself, and the reductions here fix their order in [`LANES`]
+/// accumulators, so a wider vector does the same operations in the same order.
+#[inline(always)]
+pub fn widest_simd<R>(work: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn avx512<R>(work: impl FnOnce() -> R) -> R {
+            work()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<R>(work: impl FnOnce() -> R) -> R {
+            work()
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512 F (and so AVX2 and FMA).
+            return unsafe { avx512(work) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { avx2(work) };
+        }
+    }
+    work()
+}
+
 /// Lanes of the reductions below: independent accumulators that vectorise.
 const LANES: usize = 8;
 
+#[inline(always)]
 fn max_of(row: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
@@ -88,6 +128,7 @@ fn max_of(row: &[f32]) -> f32 {
     chunks.remainder().iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
+#[inline(always)]
 fn sum_of(row: &[f32]) -> f32 {
     sum_of_map(row, |v| v)
 }
@@ -105,13 +146,24 @@ fn sum_of_map(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     chunks.remainder().iter().map(|&v| f(v)).chain(lanes).sum()
 }
 
-/// `row <- softmax(row)`.
+/// `row <- softmax(row)`: the exponentials and their sum in one pass (the
+/// same additions, in the same order, as [`sum_of`] over them).
+#[inline(always)]
 fn softmax_in_place(row: &mut [f32]) {
     let max = max_of(row);
-    for v in row.iter_mut() {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (s, v) in lanes.iter_mut().zip(chunk) {
+            *v = exp(*v - max);
+            *s += *v;
+        }
+    }
+    let rest = chunks.into_remainder();
+    for v in rest.iter_mut() {
         *v = exp(*v - max);
     }
-    let inv_sum = 1.0 / sum_of(row);
+    let inv_sum = 1.0 / rest.iter().copied().chain(lanes).sum::<f32>();
     for v in row.iter_mut() {
         *v *= inv_sum;
     }
@@ -128,9 +180,14 @@ pub fn quick_gelu_in_place(values: &mut [f32]) {
         || "QuickGELU".to_string(),
         || {
             on_pool_in_chunks(values, values_per_task(values.len()), |_, chunk| {
-                for v in chunk.iter_mut() {
-                    *v *= 1.0 / (1.0 + exp(-(1.702 * *v)));
-                }
+                widest_simd(
+                    #[inline(always)]
+                    || {
+                        for v in chunk.iter_mut() {
+                            *v *= 1.0 / (1.0 + exp(-(1.702 * *v)));
+                        }
+                    },
+                )
             })
         },
     )
@@ -174,16 +231,23 @@ fn on_pool_in_chunks<T: Send>(values: &mut [T], chunk_len: usize, f: impl Fn(usi
 }
 
 /// Writes every element of a new `rows x width` buffer by `fill(row, out)`,
-/// in chunks of whole rows on rayon's pool where there is one.
+/// in chunks of whole rows on rayon's pool where there is one, through
+/// [`widest_simd`] (so `fill` must be `#[inline(always)]`).
+#[inline(always)]
 fn rows_into_new(rows: usize, width: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send) -> Vec<f32> {
     let len = rows * width;
     let mut values = Vec::with_capacity(len);
     let out = &mut values.spare_capacity_mut()[..len];
     let chunk_rows = values_per_task(len).div_ceil(width.max(1)).max(1);
     on_pool_in_chunks(out, chunk_rows * width, |chunk, out| {
-        for (i, row) in out.chunks_exact_mut(width).enumerate() {
-            fill(chunk * chunk_rows + i, row);
-        }
+        widest_simd(
+            #[inline(always)]
+            || {
+                for (i, row) in out.chunks_exact_mut(width).enumerate() {
+                    fill(chunk * chunk_rows + i, row);
+                }
+            },
+        )
     });
     // SAFETY: `fill` is called once for every row of `out` and writes the
     // whole row (`write_row` below is how every caller writes).
@@ -191,11 +255,14 @@ fn rows_into_new(rows: usize, width: usize, fill: impl Fn(usize, &mut [MaybeUnin
     values
 }
 
-/// Writes `value(i)` at every position of `row`.
+/// Writes `value(a[i], b[i], c[i])` at every position `i` of `row`, whose
+/// length the three inputs have: zipped, so the loop has no bounds checks
+/// and vectorises.
 #[inline(always)]
-fn write_row(row: &mut [MaybeUninit<f32>], value: impl Fn(usize) -> f32) {
-    for (i, out) in row.iter_mut().enumerate() {
-        out.write(value(i));
+fn write_row(row: &mut [MaybeUninit<f32>], (a, b, c): (&[f32], &[f32], &[f32]), value: impl Fn(f32, f32, f32) -> f32) {
+    assert!(a.len() == row.len() && b.len() == row.len() && c.len() == row.len());
+    for (((out, &a), &b), &c) in row.iter_mut().zip(a).zip(b).zip(c) {
+        out.write(value(a, b, c));
     }
 }
 
@@ -210,12 +277,12 @@ pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> Vec<f32> 
     timed(
         || format!("layer norm {width}"),
         || {
-            rows_into_new(x.len() / width, width, |r, out| {
+            rows_into_new(x.len() / width, width, #[inline(always)] |r, out| {
                 let row = &x[r * width..][..width];
                 let mean = sum_of(row) / width as f32;
                 let squares = sum_of_map(row, |v| (v - mean) * (v - mean));
                 let inv_std = 1.0 / (squares / width as f32 + eps).sqrt();
-                write_row(out, |i| (row[i] - mean) * inv_std * gamma[i] + beta[i]);
+                write_row(out, (row, gamma, beta), |x, g, b| (x - mean) * inv_std * g + b);
             })
         },
     )
@@ -247,9 +314,9 @@ fn linear_unchecked(x: &[f32], weight: &[f32], bias: &[f32], residual: Option<&[
     let mut y = match residual {
         Some(residual) => {
             assert_eq!(residual.len(), rows * n, "the residual must be [rows, {n}]");
-            rows_into_new(rows, n, |r, out| write_row(out, |i| residual[r * n + i] + bias[i]))
+            rows_into_new(rows, n, #[inline(always)] |r, out| write_row(out, (&residual[r * n..][..n], bias, bias), |r, b, _| r + b))
         }
-        None => rows_into_new(rows, n, |_, out| write_row(out, |i| bias[i])),
+        None => rows_into_new(rows, n, #[inline(always)] |_, out| write_row(out, (bias, bias, bias), |b, _, _| b)),
     };
     #[cfg(feature = "rayon")]
     let parallelism = if rows * n * k >= PARALLEL_PRODUCT { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
@@ -428,16 +495,21 @@ unsafe fn attend_rows(qkv: &[f32], shape: QkvShape, head: usize, rows: Range<usi
                 0.0, spec.scale, false, false, false, gemm::Parallelism::None,
             );
         }
-        for (row_index, row) in rows.clone().zip(scores.chunks_mut(tokens)) {
-            if let Some(bias) = spec.bias {
-                for (s, &b) in row.iter_mut().zip(&bias[row_index * tokens..]) {
-                    *s += b;
+        widest_simd(
+            #[inline(always)]
+            || {
+                for (row_index, row) in rows.clone().zip(scores.chunks_mut(tokens)) {
+                    if let Some(bias) = spec.bias {
+                        for (s, &b) in row.iter_mut().zip(&bias[row_index * tokens..]) {
+                            *s += b;
+                        }
+                    }
+                    let attended = if spec.causal { row_index + 1 } else { tokens };
+                    softmax_in_place(&mut row[..attended]);
+                    row[attended..].fill(0.0);
                 }
-            }
-            let attended = if spec.causal { row_index + 1 } else { tokens };
-            softmax_in_place(&mut row[..attended]);
-            row[attended..].fill(0.0);
-        }
+            },
+        );
     };
     let (weights, more) = scratch.split_at_mut(count * tokens);
     for (i, &pair) in spec.scores.iter().enumerate() {
@@ -715,5 +787,53 @@ mod tests {
                 assert!((*g as f64 - w).abs() <= 1e-6 * w.abs().max(1.0), "{g} vs {w}");
             }
         });
+    }
+
+    /// A loop gives the same bits through [`widest_simd`] (AVX-512 or AVX2,
+    /// where this CPU has them; the same code elsewhere) as compiled here for
+    /// the baseline: softmax rows with tails, and the layer norm's and
+    /// QuickGELU's arithmetic.
+    #[test]
+    fn wider_simd_gives_the_same_bits() {
+        #[inline(always)]
+        fn softmax_rows(v: &mut [f32]) {
+            for row in v.chunks_mut(785) {
+                softmax_in_place(row);
+            }
+        }
+        #[inline(always)]
+        fn spread(v: &[f32], mean: f32) -> (f32, f32, f32) {
+            (sum_of(v), sum_of_map(v, |x| (x - mean) * (x - mean)), max_of(v))
+        }
+        #[inline(always)]
+        fn gelu(v: &mut [f32]) {
+            v.iter_mut().for_each(|x| *x *= 1.0 / (1.0 + exp(-(1.702 * *x))));
+        }
+        let values = SeededRng::new(11).uniform(785 * 3 + 5, -40.0, 40.0);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let mut baseline = values.clone();
+        softmax_rows(&mut baseline);
+        let mut wide = values.clone();
+        widest_simd(
+            #[inline(always)]
+            || softmax_rows(&mut wide),
+        );
+        assert_eq!(bits(&baseline), bits(&wide), "softmax");
+
+        let mean = sum_of(&values) / values.len() as f32;
+        let wide = widest_simd(
+            #[inline(always)]
+            || spread(&values, mean),
+        );
+        assert_eq!(spread(&values, mean), wide, "sums and max");
+
+        let mut baseline = values.clone();
+        gelu(&mut baseline);
+        let mut wide = values.clone();
+        widest_simd(
+            #[inline(always)]
+            || gelu(&mut wide),
+        );
+        assert_eq!(bits(&baseline), bits(&wide), "QuickGELU");
     }
 }

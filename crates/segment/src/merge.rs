@@ -22,10 +22,11 @@ use std::cell::OnceCell;
 use std::ops::Range;
 
 use burn::tensor::{activation, DType, Device, Int, Tensor, TensorData, Transaction};
+use clearclip_model::host::{exp, widest_simd};
 
 use crate::gpu_merge::{add_windows, BandKernel};
 use crate::pamr::Pamr;
-use crate::resample::{bilinear, linear_taps, LinearTap, Maps};
+use crate::resample::{linear_taps, LinearTap, Maps};
 use crate::rows::for_each_chunk_mut;
 use crate::segmenter::{device_error, SegmentError, SegmentParams};
 use crate::windows::Window;
@@ -120,10 +121,18 @@ const HOST_BAND_ROWS: usize = 32;
 /// pixel. Only every `stride`-th pixel's probabilities are kept. Bands of
 /// rows run on rayon's pool where there is one.
 ///
+/// A band first resizes the input rows it reads along the columns, then
+/// makes its output rows a row at a time, each step over the whole row
+/// (vectorised: [`widest_simd`]): the same operations per pixel, in the same
+/// order, as [`crate::resample::bilinear`] and a per-pixel loop, which took 130 ms for a
+/// 2048x1367 photo and 6 queries on 2 threads (`clearclip bench`), three
+/// quarters of a mode switch's re-run on the CPU.
+///
 /// # Shapes
 /// - `logits`: `[queries, in_h, in_w]` (`in` = `out` for PAMR's full-size logits)
 pub(crate) fn classify_on_host(logits: &Maps, (out_h, out_w): (usize, usize), merge: &ClassMerge, stride: usize) -> ClassMaps {
     let (in_h, in_w) = logits.size();
+    let queries = logits.channels();
     let ty = linear_taps(in_h, out_h);
     let tx = linear_taps(in_w, out_w);
     let (sampled_h, sampled_w) = (out_h.div_ceil(stride), out_w.div_ceil(stride));
@@ -140,36 +149,72 @@ pub(crate) fn classify_on_host(logits: &Maps, (out_h, out_w): (usize, usize), me
         }
     }
     let classify_band = |(b, (labels, mut probs)): (usize, (&mut [u8], Vec<&mut [f32]>))| {
-        let mut scores = vec![0.0f32; logits.channels()];
-        let mut class_probs = vec![0.0f32; merge.classes];
-        for (dy, (row_labels, t)) in labels.chunks_mut(out_w).zip(&ty[b * band..]).enumerate() {
-            for (x, s) in tx.iter().enumerate() {
-                for (q, score) in scores.iter_mut().enumerate() {
-                    let plane = logits.plane(q);
-                    let (upper, lower) = (&plane[t.i0 * in_w..][..in_w], &plane[t.i1 * in_w..][..in_w]);
-                    *score = bilinear(t, s, upper, lower) * merge.logit_scale;
-                }
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut total = 0.0;
-                for score in scores.iter_mut() {
-                    *score = (*score - max).exp();
-                    total += *score;
-                }
-                class_probs.iter_mut().for_each(|p| *p = f32::NEG_INFINITY);
-                for (&c, score) in merge.class_of_query.iter().zip(&scores) {
-                    class_probs[c] = class_probs[c].max(score / total);
-                }
-                let mut best = 0;
-                for (c, &p) in class_probs.iter().enumerate() {
-                    if p > class_probs[best] {
-                        best = c;
+        let rows = &ty[b * band..][..labels.len() / out_w];
+        // The input rows the band reads (taps only move down), each resized
+        // along the columns: `[queries, read.len(), out_w]`.
+        let read = rows[0].i0..rows[rows.len() - 1].i1 + 1;
+        let mut columns_resized = Vec::with_capacity(queries * read.len() * out_w);
+        for q in 0..queries {
+            for y in read.clone() {
+                let source = &logits.plane(q)[y * in_w..][..in_w];
+                columns_resized.extend(tx.iter().map(|t| t.w0 * source[t.i0] + t.w1 * source[t.i1]));
+            }
+        }
+        let resized_row = |q: usize, y: usize| &columns_resized[(q * read.len() + y - read.start) * out_w..][..out_w];
+        // One output row: each query's scores, then (in place) its share of
+        // the softmax; each class's probability; the best class.
+        let mut scores = vec![0.0f32; queries * out_w];
+        let mut class_probs = vec![0.0f32; merge.classes * out_w];
+        let (mut largest, mut total, mut best_prob) = (vec![0.0f32; out_w], vec![0.0f32; out_w], vec![0.0f32; out_w]);
+        for (dy, (row_labels, t)) in labels.chunks_mut(out_w).zip(rows).enumerate() {
+            widest_simd(
+                #[inline(always)]
+                || {
+                    largest.fill(f32::NEG_INFINITY);
+                    for (q, scores) in scores.chunks_exact_mut(out_w).enumerate() {
+                        let (upper, lower) = (resized_row(q, t.i0), resized_row(q, t.i1));
+                        for (((s, &u), &l), m) in scores.iter_mut().zip(upper).zip(lower).zip(largest.iter_mut()) {
+                            *s = (t.w0 * u + t.w1 * l) * merge.logit_scale;
+                            *m = m.max(*s);
+                        }
                     }
-                }
-                row_labels[x] = if class_probs[best] < merge.background_threshold { 0 } else { best as u8 };
-                if dy % stride == 0 && x % stride == 0 {
-                    let at = (dy / stride) * sampled_w + x / stride;
-                    for (plane, &p) in probs.iter_mut().zip(&class_probs) {
-                        plane[at] = p;
+                    total.fill(0.0);
+                    for scores in scores.chunks_exact_mut(out_w) {
+                        for ((s, &m), sum) in scores.iter_mut().zip(&largest).zip(total.iter_mut()) {
+                            *s = exp(*s - m);
+                            *sum += *s;
+                        }
+                    }
+                    class_probs.fill(f32::NEG_INFINITY);
+                    for (&c, scores) in merge.class_of_query.iter().zip(scores.chunks_exact(out_w)) {
+                        let class = &mut class_probs[c * out_w..][..out_w];
+                        for ((p, &s), &sum) in class.iter_mut().zip(scores).zip(&total) {
+                            *p = p.max(s / sum);
+                        }
+                    }
+                    // The first of equal classes wins, as in a scan with `>`.
+                    row_labels.fill(0);
+                    best_prob.copy_from_slice(&class_probs[..out_w]);
+                    for (c, class) in class_probs.chunks_exact(out_w).enumerate().skip(1) {
+                        for ((label, best), &p) in row_labels.iter_mut().zip(best_prob.iter_mut()).zip(class) {
+                            if p > *best {
+                                *best = p;
+                                *label = c as u8;
+                            }
+                        }
+                    }
+                    for (label, &best) in row_labels.iter_mut().zip(&best_prob) {
+                        if best < merge.background_threshold {
+                            *label = 0;
+                        }
+                    }
+                },
+            );
+            if dy % stride == 0 {
+                let at = (dy / stride) * sampled_w;
+                for (plane, class) in probs.iter_mut().zip(class_probs.chunks_exact(out_w)) {
+                    for (p, &value) in plane[at..][..sampled_w].iter_mut().zip(class.iter().step_by(stride)) {
+                        *p = value;
                     }
                 }
             }

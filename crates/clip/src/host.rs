@@ -807,18 +807,33 @@ mod tests {
         }
         #[inline(always)]
         fn gelu(v: &mut [f32]) {
-            v.iter_mut().for_each(|x| *x *= 1.0 / (1.0 + exp(-(1.702 * *x))));
+            for x in v.iter_mut() {
+                *x *= 1.0 / (1.0 + exp(-(1.702 * *x)));
+            }
+        }
+        /// `f` on a copy of `values` here and through `widest_simd`.
+        fn both_ways(values: &[f32], f: impl Fn(&mut [f32])) -> [Vec<u32>; 2] {
+            let (mut baseline, mut wide) = (values.to_vec(), values.to_vec());
+            f(&mut baseline);
+            widest_simd(
+                #[inline(always)]
+                || f(&mut wide),
+            );
+            [baseline, wide].map(|v| v.iter().map(|x| x.to_bits()).collect())
         }
         let values = SeededRng::new(11).uniform(785 * 3 + 5, -40.0, 40.0);
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let mut baseline = values.clone();
-        softmax_rows(&mut baseline);
-        let mut wide = values.clone();
-        widest_simd(
+        let [baseline, wide] = both_ways(
+            &values,
             #[inline(always)]
-            || softmax_rows(&mut wide),
+            |v| softmax_rows(v),
         );
-        assert_eq!(bits(&baseline), bits(&wide), "softmax");
+        assert_eq!(baseline, wide, "softmax");
+        let [baseline, wide] = both_ways(
+            &values,
+            #[inline(always)]
+            |v| gelu(v),
+        );
+        assert_eq!(baseline, wide, "QuickGELU");
 
         let mean = sum_of(&values) / values.len() as f32;
         let wide = widest_simd(
@@ -826,14 +841,5 @@ mod tests {
             || spread(&values, mean),
         );
         assert_eq!(spread(&values, mean), wide, "sums and max");
-
-        let mut baseline = values.clone();
-        gelu(&mut baseline);
-        let mut wide = values.clone();
-        widest_simd(
-            #[inline(always)]
-            || gelu(&mut wide),
-        );
-        assert_eq!(bits(&baseline), bits(&wide), "QuickGELU");
     }
 }

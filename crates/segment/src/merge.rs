@@ -121,12 +121,13 @@ const HOST_BAND_ROWS: usize = 32;
 /// pixel. Only every `stride`-th pixel's probabilities are kept. Bands of
 /// rows run on rayon's pool where there is one.
 ///
-/// A band first resizes the input rows it reads along the columns, then
-/// makes its output rows a row at a time, each step over the whole row
-/// (vectorised: [`widest_simd`]): the same operations per pixel, in the same
-/// order, as [`crate::resample::bilinear`] and a per-pixel loop, which took 130 ms for a
-/// 2048x1367 photo and 6 queries on 2 threads (`clearclip bench`), three
-/// quarters of a mode switch's re-run on the CPU.
+/// A band resizes each input row it reads along the columns once
+/// ([`ColumnResizedRows`]) and makes its output rows one at a time, each
+/// step over the whole row (vectorised: [`widest_simd`]). Per pixel these are
+/// the operations of [`crate::resample::bilinear`] and a per-pixel softmax,
+/// in the same order; a loop over pixels took 100 ms for a 2048x1367 photo
+/// and 6 queries on 2 threads (`clearclip bench`), two thirds of a mode
+/// switch's re-run on the CPU, against 29 ms this way.
 ///
 /// # Shapes
 /// - `logits`: `[queries, in_h, in_w]` (`in` = `out` for PAMR's full-size logits)
@@ -150,17 +151,7 @@ pub(crate) fn classify_on_host(logits: &Maps, (out_h, out_w): (usize, usize), me
     }
     let classify_band = |(b, (labels, mut probs)): (usize, (&mut [u8], Vec<&mut [f32]>))| {
         let rows = &ty[b * band..][..labels.len() / out_w];
-        // The input rows the band reads (taps only move down), each resized
-        // along the columns: `[queries, read.len(), out_w]`.
-        let read = rows[0].i0..rows[rows.len() - 1].i1 + 1;
-        let mut columns_resized = Vec::with_capacity(queries * read.len() * out_w);
-        for q in 0..queries {
-            for y in read.clone() {
-                let source = &logits.plane(q)[y * in_w..][..in_w];
-                columns_resized.extend(tx.iter().map(|t| t.w0 * source[t.i0] + t.w1 * source[t.i1]));
-            }
-        }
-        let resized_row = |q: usize, y: usize| &columns_resized[(q * read.len() + y - read.start) * out_w..][..out_w];
+        let mut input_rows = ColumnResizedRows::new(queries, out_w);
         // One output row: each query's scores, then (in place) its share of
         // the softmax; each class's probability; the best class.
         let mut scores = vec![0.0f32; queries * out_w];
@@ -171,8 +162,8 @@ pub(crate) fn classify_on_host(logits: &Maps, (out_h, out_w): (usize, usize), me
                 #[inline(always)]
                 || {
                     largest.fill(f32::NEG_INFINITY);
-                    for (q, scores) in scores.chunks_exact_mut(out_w).enumerate() {
-                        let (upper, lower) = (resized_row(q, t.i0), resized_row(q, t.i1));
+                    let [upper_rows, lower_rows] = input_rows.get(logits, &tx, [t.i0, t.i1]);
+                    for ((scores, upper), lower) in scores.chunks_exact_mut(out_w).zip(upper_rows.chunks_exact(out_w)).zip(lower_rows.chunks_exact(out_w)) {
                         for (((s, &u), &l), m) in scores.iter_mut().zip(upper).zip(lower).zip(largest.iter_mut()) {
                             *s = (t.w0 * u + t.w1 * l) * merge.logit_scale;
                             *m = m.max(*s);
@@ -228,6 +219,53 @@ pub(crate) fn classify_on_host(logits: &Maps, (out_h, out_w): (usize, usize), me
     #[cfg(not(feature = "rayon"))]
     labels.chunks_mut(band * out_w).zip(band_probs).enumerate().for_each(classify_band);
     ClassMaps { probs, labels }
+}
+
+/// The last two input rows an output band read, each resized along the
+/// columns, every query's: the taps of consecutive output rows only move
+/// down, so each input row is resized once a band, and a band holds two rows
+/// (not all it reads, which for a photo's full-size PAMR logits and many
+/// classes would be megabytes a task).
+struct ColumnResizedRows {
+    /// Which input row each slot holds.
+    row: [Option<usize>; 2],
+    /// `[queries, out_w]` each.
+    values: [Vec<f32>; 2],
+}
+
+impl ColumnResizedRows {
+    fn new(queries: usize, out_w: usize) -> Self {
+        Self { row: [None; 2], values: [vec![0.0; queries * out_w], vec![0.0; queries * out_w]] }
+    }
+
+    /// Input rows `upper` and `lower` of every query, resized by the column
+    /// taps `tx` in [`crate::resample::bilinear`]'s order.
+    ///
+    /// # Shapes
+    /// - `logits`: `[queries, in_h, in_w]`; returns two `[queries, out_w]`
+    fn get(&mut self, logits: &Maps, tx: &[LinearTap], [upper, lower]: [usize; 2]) -> [&[f32]; 2] {
+        let upper_slot = self.fill(logits, tx, upper, lower);
+        let lower_slot = self.fill(logits, tx, lower, upper);
+        [&self.values[upper_slot], &self.values[lower_slot]]
+    }
+
+    /// The slot that holds input row `row`, filled now if need be, in the
+    /// slot that does not hold `keep`.
+    fn fill(&mut self, logits: &Maps, tx: &[LinearTap], row: usize, keep: usize) -> usize {
+        if let Some(slot) = self.row.iter().position(|&r| r == Some(row)) {
+            return slot;
+        }
+        let slot = if self.row[0] == Some(keep) { 1 } else { 0 };
+        let in_w = logits.size().1;
+        for (q, out) in self.values[slot].chunks_exact_mut(tx.len()).enumerate() {
+            let source = &logits.plane(q)[row * in_w..][..in_w];
+            for (o, t) in out.iter_mut().zip(tx) {
+                *o = t.w0 * source[t.i0] + t.w1 * source[t.i1];
+            }
+        }
+        self.row[slot] = Some(row);
+        slot
+    }
 }
 
 /// Reads a `[channels, height, width]` tensor back as maps.

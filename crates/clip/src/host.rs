@@ -146,24 +146,17 @@ fn sum_of_map(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     chunks.remainder().iter().map(|&v| f(v)).chain(lanes).sum()
 }
 
-/// `row <- softmax(row)`: the exponentials and their sum in one pass (the
-/// same additions, in the same order, as [`sum_of`] over them).
+/// `row <- softmax(row)`, in passes that vectorise at any width: a loop
+/// that both makes the exponentials and sums them in [`LANES`] accumulators
+/// was slower, as LLVM then builds the vectors lane by lane (on wasm) or
+/// 8 wide (on AVX-512).
 #[inline(always)]
 fn softmax_in_place(row: &mut [f32]) {
     let max = max_of(row);
-    let mut lanes = [0.0f32; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
-    for chunk in &mut chunks {
-        for (s, v) in lanes.iter_mut().zip(chunk) {
-            *v = exp(*v - max);
-            *s += *v;
-        }
-    }
-    let rest = chunks.into_remainder();
-    for v in rest.iter_mut() {
+    for v in row.iter_mut() {
         *v = exp(*v - max);
     }
-    let inv_sum = 1.0 / rest.iter().copied().chain(lanes).sum::<f32>();
+    let inv_sum = 1.0 / sum_of(row);
     for v in row.iter_mut() {
         *v *= inv_sum;
     }

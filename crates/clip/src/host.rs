@@ -243,7 +243,8 @@ fn rows_into_new(rows: usize, width: usize, fill: impl Fn(usize, &mut [MaybeUnin
         )
     });
     // SAFETY: `fill` is called once for every row of `out` and writes the
-    // whole row (`write_row` below is how every caller writes).
+    // whole row (by `write_row` below, or `write_copy_of_slice`; both panic
+    // where their input is not the row's length).
     unsafe { values.set_len(len) };
     values
 }
@@ -309,7 +310,14 @@ fn linear_unchecked(x: &[f32], weight: &[f32], bias: &[f32], residual: Option<&[
             assert_eq!(residual.len(), rows * n, "the residual must be [rows, {n}]");
             rows_into_new(rows, n, #[inline(always)] |r, out| write_row(out, (&residual[r * n..][..n], bias, bias), |r, b, _| r + b))
         }
-        None => rows_into_new(rows, n, #[inline(always)] |_, out| write_row(out, (bias, bias, bias), |b, _, _| b)),
+        None => rows_into_new(
+            rows,
+            n,
+            #[inline(always)]
+            |_, out| {
+                out.write_copy_of_slice(bias);
+            },
+        ),
     };
     #[cfg(feature = "rayon")]
     let parallelism = if rows * n * k >= PARALLEL_PRODUCT { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };

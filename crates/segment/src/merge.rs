@@ -166,7 +166,7 @@ pub(crate) fn classify_on_host(logits: &Maps, (out_h, out_w): (usize, usize), me
                     let [upper_rows, lower_rows] = input_rows.get(logits, &tx, [t.i0, t.i1]);
                     for ((scores, upper), lower) in scores.chunks_exact_mut(out_w).zip(upper_rows.chunks_exact(out_w)).zip(lower_rows.chunks_exact(out_w)) {
                         for (((s, &u), &l), m) in scores.iter_mut().zip(upper).zip(lower).zip(largest.iter_mut()) {
-                            *s = (t.w0 * u + t.w1 * l) * merge.logit_scale;
+                            *s = t.mix(u, l) * merge.logit_scale;
                             *m = m.max(*s);
                         }
                     }
@@ -261,7 +261,7 @@ impl ColumnResizedRows {
         for (q, out) in self.values[slot].chunks_exact_mut(tx.len()).enumerate() {
             let source = &logits.plane(q)[row * in_w..][..in_w];
             for (o, t) in out.iter_mut().zip(tx) {
-                *o = t.w0 * source[t.i0] + t.w1 * source[t.i1];
+                *o = t.sample(source);
             }
         }
         self.row[slot] = Some(row);

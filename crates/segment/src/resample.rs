@@ -15,6 +15,20 @@ pub struct LinearTap {
     pub w1: f32,
 }
 
+impl LinearTap {
+    /// `w0 * a + w1 * b`: `a` and `b` the values at taps `i0` and `i1`.
+    #[inline(always)]
+    pub fn mix(&self, a: f32, b: f32) -> f32 {
+        self.w0 * a + self.w1 * b
+    }
+
+    /// The value at this position of `line`, resampled along it.
+    #[inline(always)]
+    pub fn sample(&self, line: &[f32]) -> f32 {
+        self.mix(line[self.i0], line[self.i1])
+    }
+}
+
 /// The taps of every output position of one axis (`in_size` > 0).
 pub fn linear_taps(in_size: usize, out_size: usize) -> Vec<LinearTap> {
     let in_size = in_size.max(1);
@@ -34,7 +48,7 @@ pub fn linear_taps(in_size: usize, out_size: usize) -> Vec<LinearTap> {
 /// `lower` (`row.i1`), in PyTorch's order.
 #[inline]
 pub(crate) fn bilinear(row: &LinearTap, column: &LinearTap, upper: &[f32], lower: &[f32]) -> f32 {
-    row.w0 * (column.w0 * upper[column.i0] + column.w1 * upper[column.i1]) + row.w1 * (column.w0 * lower[column.i0] + column.w1 * lower[column.i1])
+    row.mix(column.sample(upper), column.sample(lower))
 }
 
 /// Planes of floats, `[channels, height, width]` row-major: class maps,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the wasm modules: web/pkg (WebGPU, and the CPU on one thread) and
-# web/pkg-threads (the CPU on a pool of web workers, with relaxed SIMD):
+# Builds the wasm modules: web/pkg (WebGPU, and the CPU on one thread), the
+# same with relaxed SIMD (web/pkg-relaxed), and web/pkg-threads (the CPU on a
+# pool of web workers, with relaxed SIMD):
 # cargo (wasm32, profile wasm-release),
 # wasm-bindgen (installed at the exact version in Cargo.lock if missing),
 # then wasm-opt from npm's binaryen when node_modules has it. WASM_NAMES=1 keeps the
@@ -73,12 +74,19 @@ finish() {
 target=${CARGO_TARGET_DIR:-target}
 
 # web/pkg: WebGPU, and the CPU backend on the worker's one thread (the CPU
-# path of pages that are not cross-origin isolated). It has no relaxed-SIMD
-# twin: that served only the one-thread CPU path in Chromium (0.88x the time
-# there; docs/performance.md), and cost CI a cargo build and a wasm-opt.
-rm -rf web/pkg-relaxed web/pkg-threads-relaxed # left by earlier versions of this script
-cargo build -p clearclip-web --target wasm32-unknown-unknown --profile wasm-release --locked
+# path of pages that are not cross-origin isolated, as on a static host that
+# cannot send COOP/COEP), for every browser with WebAssembly SIMD.
+# web/pkg-relaxed: the same with gemm's register blocks multiplying and adding
+# in one `f32x4.relaxed_madd` (the `relaxed-simd` feature, as web/pkg-threads
+# below), which the worker takes where relaxed SIMD validates. The two share a
+# target directory: the second build compiles again only gemm and the crates
+# above it. Each is bound before the next build replaces the cargo output.
+rm -rf web/pkg-threads-relaxed # left by earlier versions of this script
+single=(cargo build -p clearclip-web --target wasm32-unknown-unknown --profile wasm-release --locked)
+"${single[@]}"
 bind web/pkg "$target/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm"
+"${single[@]}" --features relaxed-simd
+bind web/pkg-relaxed "$target/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm" --enable-relaxed-simd
 
 # web/pkg-threads: the CPU backend on a pool of web workers (the `threads`
 # feature), for cross-origin isolated pages without WebGPU (web/worker.js),

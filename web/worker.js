@@ -16,17 +16,18 @@ let cancelledRun = null; // id of the run the page cancelled
 const post = (message, transfer = []) => self.postMessage(message, transfer);
 let wasmMemory = null; // to report its size: wasm memory grows and never shrinks
 
-// Two builds of the module (scripts/build-web.sh), each in two variants.
-// pkg/ has WebGPU and a CPU backend on this worker's one thread; pkg-threads/
-// has only the CPU backend, on a pool of web workers sharing its memory
-// (wasm-bindgen-rayon), which needs a cross-origin isolated page (the COOP and
-// COEP headers that scripts/serve.mjs sends). The pool's module is built with
-// relaxed SIMD (fused multiply-adds in the matrix products), so it runs only
-// where the browser has that; elsewhere the worker takes the one-thread
-// module and says why. The page says in this worker's URL whether it wants
-// WebGPU (`webgpu=0`: no), how many threads (`threads=N`; 1 is the
-// one-thread module) and whether relaxed SIMD may be used (`relaxed=0`: no,
-// as in a browser without it).
+// Three builds of the module (scripts/build-web.sh). pkg/ has WebGPU and a
+// CPU backend on this worker's one thread; pkg-relaxed/ is the same built with
+// relaxed SIMD (fused multiply-adds in the matrix products: 0.87x the time on
+// one thread, docs/performance.md), taken where the browser has that.
+// pkg-threads/ has only the CPU backend, on a pool of web workers sharing its
+// memory (wasm-bindgen-rayon), which needs a cross-origin isolated page (the
+// COOP and COEP headers that scripts/serve.mjs sends). It is built with
+// relaxed SIMD only, so it runs only where the browser has that; elsewhere the
+// worker takes the one-thread module and says why. The page says in this
+// worker's URL whether it wants WebGPU (`webgpu=0`: no), how many threads
+// (`threads=N`; 1 is the one-thread module) and whether relaxed SIMD may be
+// used (`relaxed=0`: no, as in a browser without it: pkg/ then).
 //
 // Without WebGPU the pool is the default on a cross-origin isolated page, one
 // thread per core the browser reports (at most 16); `threads=1` asks for the
@@ -67,7 +68,7 @@ async function instantiate() {
       post({ type: MSG.POOL, threads, phase: 'settled' });
     }
   }
-  const single = await import('./pkg/clearclip_web.js');
+  const single = await (relaxed ? import('./pkg-relaxed/clearclip_web.js') : import('./pkg/clearclip_web.js'));
   return { module: single, exports: await single.default() };
 }
 

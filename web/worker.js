@@ -18,7 +18,7 @@ let wasmMemory = null; // to report its size: wasm memory grows and never shrink
 
 // Three builds of the module (scripts/build-web.sh). pkg/ has WebGPU and a
 // CPU backend on this worker's one thread; pkg-relaxed/ is the same built with
-// relaxed SIMD (fused multiply-adds in the matrix products: 0.87x the time on
+// relaxed SIMD (fused multiply-adds in the matrix products: 0.88x the time on
 // one thread, docs/performance.md), taken where the browser has that.
 // pkg-threads/ has only the CPU backend, on a pool of web workers sharing its
 // memory (wasm-bindgen-rayon), which needs a cross-origin isolated page (the

@@ -8,8 +8,9 @@
 //! `--crop` pixels, in the layouts the model gives them (q, k, v are strided
 //! views of the fused projection; k is transposed), with random operands. Each
 //! routine's first run of each product is checked against the CPU backend;
-//! the timed runs then queue `--repeat` products and wait for the device once,
-//! so launch latency is spread as it is in the model's stream of kernels. The
+//! each timed run then queues `--repeat` products and waits for the device
+//! once, so launch latency is spread as it is in the model's stream of
+//! kernels, and the routines take turns, run by run and product by product. The
 //! per-image estimate multiplies one block's products by the number of blocks.
 
 use std::path::PathBuf;
@@ -192,16 +193,25 @@ pub fn run(args: BenchMatmulArgs) -> Result<()> {
         })
         .collect();
 
-    let mut reports = Vec::new();
-    for &routine in &routines {
-        let mut report = RoutineReport { routine: routine.name(), ms: Vec::new(), max_relative_error: 0.0, errors: Vec::new(), per_image_ms: None };
-        for (product, expected) in products.iter().zip(&expected) {
-            let (lhs, rhs) = operands(product, &gpu, precision);
+    // Each routine's first run of each product is checked against the CPU
+    // (and compiles its kernels). The timed runs then take the routines in
+    // turn, product by product, starting one routine later each run, so that
+    // a GPU whose clocks or caches drift during the bench favours none of
+    // them. (Timed one routine after another, on the H200 at f16, burn's
+    // routine, first, came out 1.86x simple-unit's, though the two were
+    // within the noise of each other in the whole pipeline.)
+    let operands: Vec<_> = products.iter().map(|p| operands(p, &gpu, precision)).collect();
+    let mut reports: Vec<RoutineReport> = routines
+        .iter()
+        .map(|r| RoutineReport { routine: r.name(), ms: Vec::new(), max_relative_error: 0.0, errors: Vec::new(), per_image_ms: None })
+        .collect();
+    let mut accepted = vec![vec![false; products.len()]; routines.len()];
+    for ((&routine, report), accepted) in routines.iter().zip(&mut reports).zip(&mut accepted) {
+        for ((product, (lhs, rhs)), (expected, accepted)) in products.iter().zip(&operands).zip(expected.iter().zip(accepted)) {
             let first = match matmul_with(routine, lhs.clone(), rhs.clone()) {
                 Ok(out) => out,
                 Err(why) => {
                     report.errors.push(format!("{}: {why}", product.name));
-                    report.ms.push(None);
                     continue;
                 }
             };
@@ -209,24 +219,33 @@ pub fn run(args: BenchMatmulArgs) -> Result<()> {
             let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
             let error = got.iter().zip(expected).fold(0f32, |m, (g, e)| m.max((g - e).abs()));
             report.max_relative_error = report.max_relative_error.max(f64::from(error / scale));
-            let mut times = Vec::new();
-            for _ in 0..args.runs {
+            *accepted = true;
+        }
+        if !args.json {
+            eprintln!("{routine}: checked");
+        }
+    }
+    let mut times = vec![vec![Vec::new(); products.len()]; routines.len()];
+    for run in 0..usize::from(args.runs) {
+        for (p, (lhs, rhs)) in operands.iter().enumerate() {
+            for turn in 0..routines.len() {
+                let r = (run + turn) % routines.len();
+                if !accepted[r][p] {
+                    continue;
+                }
                 let started = Instant::now();
                 for _ in 0..args.repeat {
                     // The routine accepted this problem above.
-                    let _ = matmul_with(routine, lhs.clone(), rhs.clone());
+                    let _ = matmul_with(routines[r], lhs.clone(), rhs.clone());
                 }
                 gpu.sync().map_err(|e| anyhow::anyhow!("the GPU failed: {e:?}"))?;
-                times.push(started.elapsed().as_secs_f64() * 1e3 / f64::from(args.repeat));
+                times[r][p].push(started.elapsed().as_secs_f64() * 1e3 / f64::from(args.repeat));
             }
-            times.sort_by(f64::total_cmp);
-            report.ms.push(Some(times[times.len() / 2]));
         }
+    }
+    for (report, times) in reports.iter_mut().zip(times) {
+        report.ms = times.into_iter().map(|mut t| median(&mut t)).collect();
         report.per_image_ms = report.ms.iter().copied().sum::<Option<f64>>().map(|block| block * config.vision.layers as f64);
-        if !args.json {
-            eprintln!("{routine}: done");
-        }
-        reports.push(report);
     }
 
     let fastest_exact = match precision {
@@ -258,6 +277,12 @@ pub fn run(args: BenchMatmulArgs) -> Result<()> {
         print_table(&report);
     }
     Ok(())
+}
+
+/// The median of `times`; `None` if there are none (the routine declined the product).
+fn median(times: &mut [f64]) -> Option<f64> {
+    times.sort_by(f64::total_cmp);
+    times.get(times.len() / 2).copied()
 }
 
 /// The JSON spells the precision as the CLI does (`f32`, `f16`).

@@ -106,9 +106,9 @@ struct ModelArgs {
     /// (cubek's flash attention with unit inner products, one kernel).
     #[arg(long, value_parser = parse_attention_routine, default_value = "scores")]
     gpu_attention: AttentionRoutine,
-    /// How the GPU makes the window merge and the class maps: kernels (one
-    /// each) or tensor-ops (burn's operations, some 15 and 30 kernels; to
-    /// compare against).
+    /// How the GPU makes the window merge, the class maps and PAMR: kernels
+    /// (one each, three for PAMR) or tensor-ops (burn's operations, some 15
+    /// and 30 kernels, PAMR some 10 an iteration; to compare against).
     #[arg(long, value_parser = parse_gpu_merge, default_value = "kernels")]
     gpu_merge: GpuMerge,
     /// Windows encoded together: a count, or memory (as many as keep the

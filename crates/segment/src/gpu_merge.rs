@@ -100,7 +100,7 @@ impl<'a> BandKernel<'a> {
 }
 
 #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
-mod cube {
+pub(crate) mod cube {
     use burn::tensor::{self as burn_tensor, DType, Int, Shape};
     use burn_cubecl::tensor::CubeTensor;
     use burn_cubecl::{CubeBackend, CubeDevice};
@@ -308,12 +308,12 @@ mod cube {
         (upload(client, device, tap_index, len, DType::U32), upload(client, device, tap_weight, len, DType::F32))
     }
 
-    fn upload(client: &Client, device: &CubeDevice, bytes: Vec<u8>, len: usize, dtype: DType) -> CubeTensor {
+    pub(crate) fn upload(client: &Client, device: &CubeDevice, bytes: Vec<u8>, len: usize, dtype: DType) -> CubeTensor {
         let handle = client.create_from_slice(&bytes);
         CubeTensor::new_contiguous(client.clone(), device.clone(), Shape::new([len]), handle, dtype)
     }
 
-    fn empty(client: &Client, device: &CubeDevice, shape: Shape, dtype: DType) -> CubeTensor {
+    pub(crate) fn empty(client: &Client, device: &CubeDevice, shape: Shape, dtype: DType) -> CubeTensor {
         let handle = client.empty(shape.num_elements() * dtype.size());
         CubeTensor::new_contiguous(client.clone(), device.clone(), shape, handle, dtype)
     }

@@ -36,6 +36,7 @@
 pub mod classes;
 pub mod decode;
 mod gpu_merge;
+mod gpu_pamr;
 pub mod pamr;
 pub mod preprocess;
 pub mod merge;

@@ -37,14 +37,15 @@ use crate::windows::Window;
 /// below it whatever the image size and class count.
 pub(crate) const BAND_BYTES: usize = 32 << 20;
 
-/// How a GPU makes the window merge and the class maps.
+/// How a GPU makes the window merge, the class maps and PAMR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GpuMerge {
-    /// One kernel each ([`crate::gpu_merge`]) where the device runs them.
+    /// One kernel each ([`crate::gpu_merge`]) and three for PAMR
+    /// ([`crate::gpu_pamr`]) where the device runs them.
     #[default]
     Kernels,
     /// burn's tensor operations (some 15 kernels a batch of windows and 30
-    /// a band of rows), to compare against.
+    /// a band of rows, PAMR some 10 an iteration), to compare against.
     TensorOps,
 }
 
@@ -511,7 +512,7 @@ pub(crate) fn classify(
                 // Buffers of up to three bands: PAMR's gathers grow with the
                 // neighbours they hold, and fewer, larger ones are fewer kernels.
                 let refined = pamr
-                    .refine_tensor(guide.rows(context.clone()), logits.rows(context.clone()), 3 * band_bytes)
+                    .refine_on_device(guide.rows(context.clone()), logits.rows(context.clone()), 3 * band_bytes, gpu_merge)
                     .narrow(1, band.start - context.start, band.len());
                 let by_kernel = kernel.as_ref().and_then(|k| k.classify(&refined, &linear_taps(band.len(), band.len())));
                 by_kernel.unwrap_or_else(|| ops().classify(refined))

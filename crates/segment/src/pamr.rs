@@ -12,14 +12,17 @@
 //! soft-maxed over the neighbours. Then, `iterations` times, every mask value
 //! becomes the affinity-weighted sum of its neighbours' values.
 //!
-//! Two implementations of the one definition: [`Pamr::refine`] loops over the
-//! pixels on the host (the CPU backend's path), [`Pamr::refine_tensor`] is
-//! tensor ops on the model's device (a GPU's path, run band by band with
-//! [`Pamr::halo`] rows of context by [`crate::merge`]).
+//! Three implementations of the one definition: [`Pamr::refine`] loops over
+//! the pixels on the host (the CPU backend's path); on the model's device
+//! (a GPU's path, run band by band with [`Pamr::halo`] rows of context by
+//! [`crate::merge`]), [`Pamr::refine_on_device`] runs three kernels
+//! ([`crate::gpu_pamr`]) where the device can, else burn's tensor operations.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::gpu_pamr;
+use crate::merge::GpuMerge;
 use crate::resample::Maps;
 use crate::segmenter::SettingsError;
 
@@ -115,6 +118,21 @@ impl Pamr {
             }
             masks.copy_from_slice(&next);
         }
+    }
+
+    /// [`Self::refine`] on the tensors' device: by the kernels of
+    /// [`crate::gpu_pamr`] where they run and `gpu_merge` asks for them, else
+    /// by [`Self::refine_tensor`]. No buffer grows beyond `budget_bytes`.
+    ///
+    /// # Shapes
+    /// - `guide`: `[channels, rows, width]`
+    /// - `masks`: `[queries, rows, width]` -> the same
+    pub fn refine_on_device(&self, guide: Tensor<3>, masks: Tensor<3>, budget_bytes: usize, gpu_merge: GpuMerge) -> Tensor<3> {
+        let by_kernels = match gpu_merge {
+            GpuMerge::Kernels if self.iterations > 0 => gpu_pamr::refine(self, &guide, &masks, budget_bytes),
+            _ => None,
+        };
+        by_kernels.unwrap_or_else(|| self.refine_tensor(guide, masks, budget_bytes))
     }
 
     /// [`Self::refine`] as tensor ops on the tensors' device. The tensors'
@@ -306,11 +324,16 @@ mod tests {
         pamr.refine(&Maps::from_vec(guide.clone(), 3, (h, w)).unwrap(), &mut expected);
         for (name, device) in test_devices() {
             let upload = |v: &[f32], c| Tensor::<3>::from_data(TensorData::new(v.to_vec(), [c, h, w]), &device);
-            // Everything at once; then groups of 5 offsets (16 = 5 + 5 + 5 + 1), queries 3 at a time.
-            for budget in [1 << 30, 4 * 15 * h * w] {
-                let refined = pamr.refine_tensor(upload(&guide, 3), upload(&masks, queries), budget);
-                let refined = pollster::block_on(refined.into_data_async()).unwrap().iter::<f32>().collect::<Vec<_>>();
-                assert_close(&format!("{name}: device PAMR with {budget} bytes a buffer vs host"), &refined, expected.as_slice(), 1e-5);
+            // Everything at once; then, by tensor operations, groups of 5
+            // offsets (16 = 5 + 5 + 5 + 1) and queries 3 at a time; by the
+            // kernels, groups of 15 and 1 offsets, then of 3 (16 = 5 x 3 + 1)
+            // with queries 3 and 2 at a time.
+            for budget in [1 << 30, 4 * 15 * h * w, 4 * 3 * h * w] {
+                for gpu_merge in GpuMerge::ALL {
+                    let refined = pamr.refine_on_device(upload(&guide, 3), upload(&masks, queries), budget, gpu_merge);
+                    let refined = pollster::block_on(refined.into_data_async()).unwrap().iter::<f32>().collect::<Vec<_>>();
+                    assert_close(&format!("{name}: device PAMR ({gpu_merge:?}) with {budget} bytes a buffer vs host"), &refined, expected.as_slice(), 1e-5);
+                }
             }
         }
     }

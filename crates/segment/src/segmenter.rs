@@ -748,7 +748,9 @@ impl Segmenter {
     /// Run the pipeline on a blank image that gives two windows of `params`'
     /// crop, so that a GPU compiles its kernels at load rather than in the
     /// user's first request: once on one class name (all blocks), then again
-    /// on [`WARM_UP_CLASSES`] (the last block only). A GPU compiles a kernel
+    /// on [`WARM_UP_CLASSES`] (the last block only), and on a GPU once more
+    /// with each other [`DenseMode`]'s last block, for the page's mode
+    /// switches. A GPU compiles a kernel
     /// for each vector width, bounds check and order of work groups, which
     /// follow the shapes: the two passes cover the shapes of one name's
     /// prompts and of several names', and of one class and of several with a
@@ -759,10 +761,20 @@ impl Segmenter {
         let window_cache = self.window_cache.take();
         let side = params.short_side.max(self.model.config.vision.patch_size as u32);
         let blank = RgbImage::from_pixel(side + side / 2, side, image::Rgb([128, 128, 128]));
+        let on_gpu = !is_host(&self.model.vision.device());
         let result = async {
             for spec in ["a blank image", WARM_UP_CLASSES] {
                 let (classes, _) = ClassList::parse(spec).map_err(|e| SegmentError::Device(e.to_string()))?;
                 self.segment(&blank, &classes, params, &mut |_: Progress| {}).await?;
+                // A mode switch runs the last block only, with kernels of its
+                // own (attention kinds, NACLIP's bias, vanilla's residual and
+                // FFN): every named mode's, on the blank's kept first blocks.
+                if on_gpu && spec == WARM_UP_CLASSES {
+                    for mode in DenseMode::ALL.into_iter().filter(|mode| mode.last_block() != params.last_block) {
+                        let params = SegmentParams { last_block: mode.last_block(), ..params.clone() };
+                        self.segment(&blank, &classes, &params, &mut |_: Progress| {}).await?;
+                    }
+                }
             }
             Ok::<_, SegmentError>(())
         }

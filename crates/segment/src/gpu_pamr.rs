@@ -203,12 +203,12 @@ mod cube {
     pub(super) fn refine(pamr: &Pamr, guide: &burn_tensor::Tensor<3>, masks: &burn_tensor::Tensor<3>, budget_bytes: usize) -> Option<burn_tensor::Tensor<3>> {
         let [queries, rows, width] = masks.dims();
         let [channels, ..] = guide.dims();
-        // Contiguous `[queries, pixels]` chunks are cut from it below.
+        // `[queries, pixels]`; each chunk's first step reads its queries where they are.
         let masks = masks.clone().reshape([queries, rows * width]);
         let (guide, masks) = (guide.clone().try_into_primitive::<CubeBackend>().ok()?, masks.try_into_primitive::<CubeBackend>().ok()?);
         let pixels = rows * width;
         let per_plane = 4 * pixels;
-        if guide.dtype != DType::F32 || masks.dtype != DType::F32 || guide.device != masks.device || budget_bytes < per_plane {
+        if pixels == 0 || queries == 0 || guide.dtype != DType::F32 || masks.dtype != DType::F32 || guide.device != masks.device || budget_bytes < per_plane {
             return None;
         }
         let (client, device) = (guide.client.clone(), guide.device.clone());
@@ -287,5 +287,4 @@ mod cube {
         let cube_dim = CubeDim::new(client, elements);
         launch(calculate_cube_count_elemwise(client, elements, cube_dim), cube_dim);
     }
-
 }

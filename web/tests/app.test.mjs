@@ -24,6 +24,7 @@ let browser;
 let context;
 let cliProbs;
 let cliNaclipProbs;
+let cliPamrProbs;
 /**
  * The WebGPU page of the first test, handed on to the WebGPU soak and then
  * to the device-loss test: SwiftShader compiles every kernel again for each
@@ -46,6 +47,8 @@ before(async () => {
   const out = cliSegment(join(ROOT, 'web/assets/example.png'), ['--mode', 'clearclip,naclip']);
   cliProbs = readNpy(join(out, 'clearclip', 'probs.npy'));
   cliNaclipProbs = readNpy(join(out, 'naclip', 'probs.npy'));
+  // PAMR on the CPU backend is the host loop: the reference for the page's GPU kernels.
+  cliPamrProbs = readNpy(join(cliSegment(join(ROOT, 'web/assets/example.png'), ['--mode', 'naclip', '--pamr']), 'probs.npy'));
   assert.deepEqual(cliProbs.shape, [4, 300, 451]);
 
   server = await serve();
@@ -198,8 +201,15 @@ test('segments a dropped image on WebGPU and matches the CLI', async () => {
   const switchStatus = await page.textContent('#run-status');
   console.log(`webgpu naclip after a mode switch vs CLI: max abs diff ${naclipDiff.toExponential(2)}; ${switchStatus}`);
   assert.ok(naclipDiff <= TOLERANCE, `max abs diff ${naclipDiff}`);
-  // A knob that makes it no named mode: "custom".
+  // PAMR on: the GPU's PAMR kernels (WGSL as the browser compiles it) against the CLI's host loop.
   await page.locator('#advanced summary').click();
+  await nextResult(page, () => page.check('#pamr'));
+  assert.equal(await page.evaluate(() => window.__clearclip.result.result.reusedWindows), true, 'PAMR re-runs only the last block');
+  const pamrDiff = maxAbsDiff(await pageProbs(page), cliPamrProbs.data);
+  console.log(`webgpu naclip + PAMR vs CLI: max abs diff ${pamrDiff.toExponential(2)}`);
+  assert.ok(pamrDiff <= TOLERANCE, `max abs diff ${pamrDiff}`);
+  await nextResult(page, () => page.uncheck('#pamr'));
+  // A knob that makes it no named mode: "custom".
   await nextResult(page, () => page.check('#ffn'));
   assert.equal(await page.inputValue('#mode'), 'custom');
   assert.match(await page.evaluate(() => window.__clearclip.result.result.lastBlock), /, FFN$/);

@@ -277,24 +277,23 @@ pub(crate) mod cube {
         let corners = upload(&client, &device, corners, 2 * windows.len(), DType::U32);
         let shape = sum.meta.shape().clone();
         let out = empty(&client, &device, shape.clone(), DType::F32);
-        let elements = shape.num_elements();
-        let cube_dim = CubeDim::new(&client, elements);
-        let cube_count = calculate_cube_count_elemwise(&client, elements, cube_dim);
-        add_windows_kernel::launch(
-            &client,
-            cube_count,
-            cube_dim,
-            sum.into_tensor_arg(),
-            scores.into_tensor_arg(),
-            corners.into_tensor_arg(),
-            tap_index.into_tensor_arg(),
-            tap_weight.into_tensor_arg(),
-            out.clone().into_tensor_arg(),
-            rows.len() as u32,
-            columns.len() as u32,
-            grid_height as u32,
-            grid_width as u32,
-        );
+        launch_over(&client, shape.num_elements(), |cube_count, cube_dim| {
+            add_windows_kernel::launch(
+                &client,
+                cube_count,
+                cube_dim,
+                sum.into_tensor_arg(),
+                scores.into_tensor_arg(),
+                corners.into_tensor_arg(),
+                tap_index.into_tensor_arg(),
+                tap_weight.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                rows.len() as u32,
+                columns.len() as u32,
+                grid_height as u32,
+                grid_width as u32,
+            )
+        });
         Some(burn_tensor::Tensor::from_primitive::<CubeBackend>(out))
     }
 
@@ -311,6 +310,12 @@ pub(crate) mod cube {
     pub(crate) fn upload(client: &Client, device: &CubeDevice, bytes: Vec<u8>, len: usize, dtype: DType) -> CubeTensor {
         let handle = client.create_from_slice(&bytes);
         CubeTensor::new_contiguous(client.clone(), device.clone(), Shape::new([len]), handle, dtype)
+    }
+
+    /// Launches `launch` with a unit per element of `elements`.
+    pub(crate) fn launch_over(client: &Client, elements: usize, launch: impl FnOnce(CubeCount, CubeDim)) {
+        let cube_dim = CubeDim::new(client, elements);
+        launch(calculate_cube_count_elemwise(client, elements, cube_dim), cube_dim);
     }
 
     pub(crate) fn empty(client: &Client, device: &CubeDevice, shape: Shape, dtype: DType) -> CubeTensor {
@@ -355,27 +360,27 @@ pub(crate) mod cube {
             let probs_shape = Shape::new([merge.classes, rows.len().div_ceil(stride), self.columns.div_ceil(stride)]);
             let probs = empty(client, device, probs_shape, DType::F32);
 
-            let cube_dim = CubeDim::new(client, words);
-            let cube_count = calculate_cube_count_elemwise(client, words, cube_dim);
-            classify_pixels::launch(
-                client,
-                cube_count,
-                cube_dim,
-                logits.into_tensor_arg(),
-                row_tap_index.into_tensor_arg(),
-                row_tap_weight.into_tensor_arg(),
-                self.column_tap_index.clone().into_tensor_arg(),
-                self.column_tap_weight.clone().into_tensor_arg(),
-                self.class_of_query.clone().into_tensor_arg(),
-                labels.clone().into_tensor_arg(),
-                probs.clone().into_tensor_arg(),
-                rows.len() as u32,
-                self.columns as u32,
-                merge.classes as u32,
-                stride as u32,
-                merge.logit_scale,
-                merge.background_threshold,
-            );
+            launch_over(client, words, |cube_count, cube_dim| {
+                classify_pixels::launch(
+                    client,
+                    cube_count,
+                    cube_dim,
+                    logits.into_tensor_arg(),
+                    row_tap_index.into_tensor_arg(),
+                    row_tap_weight.into_tensor_arg(),
+                    self.column_tap_index.clone().into_tensor_arg(),
+                    self.column_tap_weight.clone().into_tensor_arg(),
+                    self.class_of_query.clone().into_tensor_arg(),
+                    labels.clone().into_tensor_arg(),
+                    probs.clone().into_tensor_arg(),
+                    rows.len() as u32,
+                    self.columns as u32,
+                    merge.classes as u32,
+                    stride as u32,
+                    merge.logit_scale,
+                    merge.background_threshold,
+                )
+            });
             Some((burn_tensor::Tensor::from_primitive::<CubeBackend>(labels), burn_tensor::Tensor::from_primitive::<CubeBackend>(probs)))
         }
     }

@@ -51,9 +51,7 @@ mod cube {
     use burn_cubecl::tensor::CubeTensor;
     use burn_cubecl::CubeBackend;
     use cubecl::prelude::*;
-    use cubecl::{calculate_cube_count_elemwise, client::Client};
-
-    use crate::gpu_merge::cube::{empty, upload};
+    use crate::gpu_merge::cube::{empty, launch_over, upload};
     use crate::pamr::Pamr;
 
     /// The flat index of neighbour `k` of the pixel at `(y, x)`: neighbour
@@ -280,11 +278,5 @@ mod cube {
             .collect();
         let refined = if refined.len() == 1 { refined.into_iter().next().expect("one chunk") } else { burn_tensor::Tensor::cat(refined, 0) };
         Some(refined.reshape([queries, rows as usize, width as usize]))
-    }
-
-    /// Launches `launch` with a unit per element of `elements`.
-    fn launch_over(client: &Client, elements: usize, launch: impl FnOnce(CubeCount, CubeDim)) {
-        let cube_dim = CubeDim::new(client, elements);
-        launch(calculate_cube_count_elemwise(client, elements, cube_dim), cube_dim);
     }
 }

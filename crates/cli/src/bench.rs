@@ -9,7 +9,8 @@
 //! is reported as cold; the others give the warm median, minimum and maximum.
 //! Between the load and the first run the segmenter warms up (a run on a
 //! blank image, [`Segmenter::warm_up`]), as the page does on WebGPU, unless
-//! `--no-warm-up` asks for the cold process.
+//! `--no-warm-up` asks for the cold process. It warms up with the request's
+//! settings, or with the page's defaults (`--warm-up-as-page`).
 //! On a GPU the segmenter waits for the device after each phase, so the
 //! device's time lands in the phase that queued it. On the CPU the report
 //! also says which of the CPU backend's kernels the text and the image
@@ -42,6 +43,11 @@ pub struct BenchArgs {
     /// the GPU kernels.
     #[arg(long)]
     no_warm_up: bool,
+    /// Warm up as the page does, with the default settings rather than the
+    /// request's: the cold run then also compiles what a first request with
+    /// these settings compiles in the page (a mode, PAMR).
+    #[arg(long, conflicts_with = "no_warm_up")]
+    warm_up_as_page: bool,
     /// Also write the last run's probabilities to this file, as `segment`
     /// writes `probs.npy` (`[classes, height, width]`, float32), to check
     /// what was timed against a reference (scripts/bench_gpu.py does).
@@ -192,9 +198,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let (segmenter, load_time, device) = load_segmenter(&args.model)?;
     let mut segmenter = segmenter.with_phase_sync(gpu);
     let model = segmenter.config().describe();
-    let warm_up_ms = match args.no_warm_up {
-        true => None,
-        false => Some(pollster::block_on(segmenter.warm_up(&params))?),
+    let warm_up_ms = match (args.no_warm_up, args.warm_up_as_page) {
+        (true, _) => None,
+        (false, false) => Some(pollster::block_on(segmenter.warm_up(&params))?),
+        (false, true) => Some(pollster::block_on(segmenter.warm_up(&SegmentParams::default()))?),
     };
 
     let mut runs: Vec<[(&'static str, f64); 12]> = Vec::new();

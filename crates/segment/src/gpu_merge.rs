@@ -14,8 +14,11 @@
 //!   last-block re-run on an H200, and 1.4 s of the image phase on lavapipe,
 //!   for a 2048x1367 photo).
 //!
+//! And for PAMR, which refines logits at full size guided by the image at
+//! full size, [`ResizeKernel`]: the bilinear resize alone, band by band.
+//!
 //! The kernels need cubecl tensors (`burn-cubecl`'s `CubeBackend`: wgpu on
-//! WebGPU, Vulkan or Metal). Both functions answer `None` for any other (the
+//! WebGPU, Vulkan or Metal). All answer `None` for any other (the
 //! CPU backend, a build with burn's kernel fusion, a build without the
 //! `gpu-kernel` feature), and the caller runs the tensor operations instead.
 
@@ -99,6 +102,53 @@ impl<'a> BandKernel<'a> {
     }
 }
 
+/// A bilinear resize on a GPU, band of output rows by band, as one kernel a
+/// band: the columns' taps are uploaded once, when the kernel is made; a
+/// band uploads its rows' taps. Its arithmetic is [`crate::merge`]'s tensor
+/// operations' (columns first, then rows), whose kernels' vector widths
+/// follow the image, so that they compiled anew for each new size of photo.
+pub(crate) struct ResizeKernel {
+    #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
+    inner: cube::ResizeKernel,
+    #[cfg(not(all(feature = "gpu-kernel", not(feature = "fusion"))))]
+    never: std::convert::Infallible,
+}
+
+impl ResizeKernel {
+    /// The kernel for sources on `like`'s device, resized to the output
+    /// columns `columns`, or `None` where it cannot run (see the module's
+    /// doc; also sources that are not f32).
+    pub fn new(like: &Tensor<3>, columns: &[LinearTap]) -> Option<Self> {
+        #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
+        {
+            cube::ResizeKernel::new(like, columns).map(|inner| Self { inner })
+        }
+        #[cfg(not(all(feature = "gpu-kernel", not(feature = "fusion"))))]
+        {
+            let _ = (like, columns);
+            None
+        }
+    }
+
+    /// The output rows `rows` of `source`, queued on the device, or `None`
+    /// where `source` is not f32 on the kernel's device.
+    ///
+    /// # Shapes
+    /// - `source`: `[channels, in_h, in_w]`; `rows` and the kernel's columns index its last two axes
+    /// - returns `[channels, rows.len(), columns]`
+    pub fn rows(&self, source: &Tensor<3>, rows: &[LinearTap]) -> Option<Tensor<3>> {
+        #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
+        {
+            self.inner.rows(source, rows)
+        }
+        #[cfg(not(all(feature = "gpu-kernel", not(feature = "fusion"))))]
+        {
+            let _ = (source, rows);
+            match self.never {}
+        }
+    }
+}
+
 #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
 pub(crate) mod cube {
     use burn::tensor::{self as burn_tensor, DType, Int, Shape};
@@ -111,18 +161,52 @@ pub(crate) mod cube {
     use crate::resample::LinearTap;
     use crate::windows::Window;
 
-    /// One output pixel's score for query `q`: `logit_scale` times the
-    /// bilinear blend of its four source logits, in PyTorch's order
+    /// One output pixel of channel `q`: the bilinear blend of its four
+    /// source values, columns first, then rows, PyTorch's order
     /// (`crate::resample::bilinear`).
     #[cube]
     #[allow(clippy::too_many_arguments)]
-    fn scaled_logit(logits: &Tensor<f32>, q: usize, row0: usize, row1: usize, column0: usize, column1: usize, weights: (f32, f32, f32, f32), logit_scale: f32) -> f32 {
+    fn blended(source: &Tensor<f32>, q: usize, row0: usize, row1: usize, column0: usize, column1: usize, weights: (f32, f32, f32, f32)) -> f32 {
         let (h0, h1, w0, w1) = weights;
-        let plane = q * logits.stride(0);
-        let (upper, lower) = (plane + row0 * logits.stride(1), plane + row1 * logits.stride(1));
-        let (c0, c1) = (column0 * logits.stride(2), column1 * logits.stride(2));
-        let blended = h0 * (w0 * logits[upper + c0] + w1 * logits[upper + c1]) + h1 * (w0 * logits[lower + c0] + w1 * logits[lower + c1]);
-        blended * logit_scale
+        let plane = q * source.stride(0);
+        let (upper, lower) = (plane + row0 * source.stride(1), plane + row1 * source.stride(1));
+        let (c0, c1) = (column0 * source.stride(2), column1 * source.stride(2));
+        h0 * (w0 * source[upper + c0] + w1 * source[upper + c1]) + h1 * (w0 * source[lower + c0] + w1 * source[lower + c1])
+    }
+
+    /// One output pixel's score for query `q`: `logit_scale` times its
+    /// [`blended`] logit.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn scaled_logit(logits: &Tensor<f32>, q: usize, row0: usize, row1: usize, column0: usize, column1: usize, weights: (f32, f32, f32, f32), logit_scale: f32) -> f32 {
+        blended(logits, q, row0, row1, column0, column1, weights) * logit_scale
+    }
+
+    /// One unit per element of the output band, `[channels, rows, width]`:
+    /// its [`blended`] value. The taps are two per output row of the band,
+    /// and two per output column.
+    #[cube(launch)]
+    fn resize_rows(
+        source: &Tensor<f32>,
+        row_tap_index: &Tensor<u32>,
+        row_tap_weight: &Tensor<f32>,
+        column_tap_index: &Tensor<u32>,
+        column_tap_weight: &Tensor<f32>,
+        out: &mut Tensor<f32>,
+        rows: u32,
+        width: u32,
+    ) {
+        let at = ABSOLUTE_POS;
+        if at >= out.len() {
+            terminate!();
+        }
+        let channel = at as u32 / (rows * width);
+        let (y, x) = ((at as u32 / width) % rows, at as u32 % width);
+        let (ty, tx) = ((2 * y) as usize, (2 * x) as usize);
+        let (row0, row1) = (row_tap_index[ty] as usize, row_tap_index[ty + 1] as usize);
+        let (column0, column1) = (column_tap_index[tx] as usize, column_tap_index[tx + 1] as usize);
+        let weights = (row_tap_weight[ty], row_tap_weight[ty + 1], column_tap_weight[tx], column_tap_weight[tx + 1]);
+        out[at] = blended(source, channel as usize, row0, row1, column0, column1, weights);
     }
 
     /// One unit per packed word of labels, four pixels of the band in a row.
@@ -382,6 +466,55 @@ pub(crate) mod cube {
                 )
             });
             Some((burn_tensor::Tensor::from_primitive::<CubeBackend>(labels), burn_tensor::Tensor::from_primitive::<CubeBackend>(probs)))
+        }
+    }
+
+    /// [`super::ResizeKernel`] on a cubecl device.
+    pub(super) struct ResizeKernel {
+        client: Client,
+        device: CubeDevice,
+        column_tap_index: CubeTensor,
+        column_tap_weight: CubeTensor,
+        columns: usize,
+    }
+
+    impl ResizeKernel {
+        pub(super) fn new(like: &burn_tensor::Tensor<3>, columns: &[LinearTap]) -> Option<Self> {
+            let like = like.clone().try_into_primitive::<CubeBackend>().ok()?;
+            if like.dtype != DType::F32 {
+                return None;
+            }
+            let (client, device) = (like.client.clone(), like.device.clone());
+            let (column_tap_index, column_tap_weight) = upload_taps(&client, &device, &[columns]);
+            Some(Self { client, device, column_tap_index, column_tap_weight, columns: columns.len() })
+        }
+
+        pub(super) fn rows(&self, source: &burn_tensor::Tensor<3>, rows: &[LinearTap]) -> Option<burn_tensor::Tensor<3>> {
+            let channels = source.dims()[0];
+            let source = source.clone().try_into_primitive::<CubeBackend>().ok()?;
+            if source.dtype != DType::F32 || source.device != self.device {
+                return None;
+            }
+            let (client, device) = (&self.client, &self.device);
+            let (row_tap_index, row_tap_weight) = upload_taps(client, device, &[rows]);
+            let shape = Shape::new([channels, rows.len(), self.columns]);
+            let out = empty(client, device, shape.clone(), DType::F32);
+            launch_over(client, shape.num_elements(), |cube_count, cube_dim| {
+                resize_rows::launch(
+                    client,
+                    cube_count,
+                    cube_dim,
+                    source.into_tensor_arg(),
+                    row_tap_index.into_tensor_arg(),
+                    row_tap_weight.into_tensor_arg(),
+                    self.column_tap_index.clone().into_tensor_arg(),
+                    self.column_tap_weight.clone().into_tensor_arg(),
+                    out.clone().into_tensor_arg(),
+                    rows.len() as u32,
+                    self.columns as u32,
+                )
+            });
+            Some(burn_tensor::Tensor::from_primitive::<CubeBackend>(out))
         }
     }
 }

@@ -25,7 +25,7 @@ use std::ops::Range;
 use burn::tensor::{activation, DType, Device, Int, Tensor, TensorData, Transaction};
 use clearclip_model::host::{exp, widest_simd};
 
-use crate::gpu_merge::{add_windows, BandKernel};
+use crate::gpu_merge::{add_windows, BandKernel, ResizeKernel};
 use crate::pamr::Pamr;
 use crate::resample::{linear_taps, LinearTap, Maps};
 use crate::rows::for_each_chunk_mut;
@@ -280,21 +280,26 @@ pub(crate) async fn read_maps(tensor: Tensor<3>) -> Result<Maps, SegmentError> {
 
 /// A bilinear resize of one `[channels, in_h, in_w]` tensor to `(height,
 /// width)`, made band by band of output rows: columns first, then rows,
-/// PyTorch's order (see [`crate::resample`]).
+/// PyTorch's order (see [`crate::resample`]). One kernel a band
+/// ([`ResizeKernel`]) where the device runs it and `gpu_merge` asks for
+/// kernels, else burn's tensor operations.
 struct BandResize {
     source: Tensor<3>,
     /// The taps of every output row.
     rows: Vec<LinearTap>,
     /// The taps of every output column, and on the device (uploaded only if
-    /// [`Self::rows`] runs: the kernel takes `column_taps`).
+    /// [`Self::rows`] runs: [`BandKernel`] takes `column_taps`).
     column_taps: Vec<LinearTap>,
     columns: OnceCell<DeviceTaps>,
+    kernel: OnceCell<Option<ResizeKernel>>,
+    gpu_merge: GpuMerge,
 }
 
 impl BandResize {
-    fn new(source: Tensor<3>, (height, width): (usize, usize)) -> Self {
+    fn new(source: Tensor<3>, (height, width): (usize, usize), gpu_merge: GpuMerge) -> Self {
         let [_, in_h, in_w] = source.dims();
-        Self { rows: linear_taps(in_h, height), column_taps: linear_taps(in_w, width), columns: OnceCell::new(), source }
+        let (rows, column_taps) = (linear_taps(in_h, height), linear_taps(in_w, width));
+        Self { rows, column_taps, columns: OnceCell::new(), kernel: OnceCell::new(), gpu_merge, source }
     }
 
     /// Output rows `band`.
@@ -302,6 +307,13 @@ impl BandResize {
     /// # Shapes
     /// - returns `[channels, band.len(), width]`
     fn rows(&self, band: Range<usize>) -> Tensor<3> {
+        let kernel = match self.gpu_merge.kernels() {
+            true => self.kernel.get_or_init(|| ResizeKernel::new(&self.source, &self.column_taps)).as_ref(),
+            false => None,
+        };
+        if let Some(resized) = kernel.and_then(|k| k.rows(&self.source, &self.rows[band.clone()])) {
+            return resized;
+        }
         let rows = DeviceTaps::new(&self.rows[band], &self.source.device());
         let columns = self.columns.get_or_init(|| DeviceTaps::new(&self.column_taps, &self.source.device()));
         let resized = |index: &Tensor<1, Int>| columns.resample(self.source.clone().select(1, index.clone()), 2);
@@ -495,7 +507,7 @@ pub(crate) fn classify(
     type BandMaps<'a> = Box<dyn Fn(Range<usize>) -> (Tensor<1, Int>, Tensor<3>) + 'a>;
     let band_maps: BandMaps = match logits {
         FullSizeLogits::Resize(averaged) => {
-            let logits = BandResize::new(averaged, (height, width));
+            let logits = BandResize::new(averaged, (height, width), gpu_merge);
             let kernel = gpu_merge.kernels().then(|| BandKernel::new(&logits.source, &logits.column_taps, merge, stride)).flatten();
             Box::new(move |band| {
                 let by_kernel = kernel.as_ref().and_then(|k| k.classify(&logits.source, &logits.rows[band.clone()]));
@@ -506,7 +518,7 @@ pub(crate) fn classify(
             // At full size already: the kernel's resize by identity taps
             // (weights 1 and 0) copies the values exactly.
             let kernel = gpu_merge.kernels().then(|| BandKernel::new(&averaged, &linear_taps(width, width), merge, stride)).flatten();
-            let (logits, guide) = (BandResize::new(averaged, (height, width)), BandResize::new(guide, (height, width)));
+            let (logits, guide) = (BandResize::new(averaged, (height, width), gpu_merge), BandResize::new(guide, (height, width), gpu_merge));
             Box::new(move |band: Range<usize>| {
                 let context = band.start.saturating_sub(pamr.halo())..(band.end + pamr.halo()).min(height);
                 // Buffers of up to three bands: PAMR's gathers grow with the
@@ -527,6 +539,24 @@ pub(crate) fn classify(
         transaction = transaction.register(labels).register(probs);
     }
     PendingClassMaps { transaction, bands, size: (height, width), classes: merge.classes, stride }
+}
+
+/// [`classify`] with PAMR once, on a blank 64x64 image and two queries, so
+/// that a GPU compiles the kernels of PAMR's full-size step ([`ResizeKernel`]
+/// and [`crate::gpu_pamr`]'s three) before the user first asks for PAMR.
+/// Their shapes are run-time arguments; what a kernel's build still takes
+/// from the size is its work-group size, which cubecl makes as large as the
+/// work allows up to 8 planes (of at most 128 units on today's GPUs), and a
+/// 64x64 image fills those in every launch. One iteration at one dilation
+/// runs the same kernels as NACLIP's ten at two.
+pub(crate) async fn warm_up_refinement(device: &Device, gpu_merge: GpuMerge) -> Result<(), SegmentError> {
+    let (size, source) = ((64, 64), (16, 16));
+    let zeros = |channels| Tensor::<3>::zeros([channels, source.0, source.1], device);
+    let pamr = Pamr { iterations: 1, dilations: vec![1] };
+    let class_of_query = [0, 1];
+    let merge = ClassMerge { class_of_query: &class_of_query, classes: 2, logit_scale: 50.0, background_threshold: 0.0 };
+    let logits = FullSizeLogits::Refined { averaged: zeros(2), guide: zeros(3), pamr: &pamr };
+    classify(logits, size, &merge, 1, BAND_BYTES, gpu_merge).read().await.map(|_| ())
 }
 
 /// [`classify`]'s per-pixel step in burn's tensor operations, for a device
@@ -628,7 +658,7 @@ mod tests {
 
     /// The bilinear resize of `source` to `size`, made on the device and read back.
     fn resized_on_device(source: Tensor<3>, (height, width): (usize, usize)) -> Vec<f32> {
-        let resized = BandResize::new(source, (height, width)).rows(0..height);
+        let resized = BandResize::new(source, (height, width), GpuMerge::TensorOps).rows(0..height);
         pollster::block_on(read_maps(resized)).unwrap().into_vec()
     }
 
@@ -650,6 +680,35 @@ mod tests {
         for size in [(23, 31), (4, 5), (7, 20)] {
             let device = resized_on_device(maps(&source, 3, (7, 9)), size);
             clearclip_fixtures::assert_close(&format!("host vs device resize to {size:?}"), on_host.resized(size).as_slice(), &device, 1e-6);
+        }
+    }
+
+    /// The resize kernel (PAMR's guide and logits at full size) against the
+    /// tensor operations and the host, whole and in bands of rows. Where the
+    /// device is a cubecl one in a build with the kernel, it must run.
+    #[test]
+    fn resize_kernel_equals_tensor_ops_and_the_host() {
+        let source = logits(3 * 7 * 9);
+        let on_host = Maps::from_vec(source.clone(), 3, (7, 9)).unwrap();
+        for (name, device) in clearclip_fixtures::test_devices() {
+            let cubecl = name == "wgpu" && cfg!(feature = "gpu-kernel") && !cfg!(feature = "fusion");
+            let source = Tensor::<3>::from_data(TensorData::new(source.clone(), [3, 7, 9]), &device);
+            for size in [(23, 31), (4, 5), (61, 13)] {
+                let host = on_host.resized(size);
+                let (kernel, ops) = (BandResize::new(source.clone(), size, GpuMerge::Kernels), BandResize::new(source.clone(), size, GpuMerge::TensorOps));
+                let ran = kernel.kernel.get_or_init(|| ResizeKernel::new(&source, &kernel.column_taps)).is_some();
+                assert_eq!(ran, cubecl, "{name}, {size:?}: the kernel ran");
+                let split = size.0 / 3;
+                for band in [0..size.0, 0..split, split..size.0] {
+                    let what = format!("{name}, {size:?}, rows {band:?}");
+                    let expected: Vec<f32> = (0..3).flat_map(|c| host.plane(c)[band.start * size.1..band.end * size.1].to_vec()).collect();
+                    for (how, resize) in [("kernel", &kernel), ("tensor ops", &ops)] {
+                        let out = pollster::block_on(read_maps(resize.rows(band.clone()))).unwrap();
+                        assert_eq!((out.channels(), out.size()), (3, (band.len(), size.1)), "{what}: {how}");
+                        clearclip_fixtures::assert_close(&format!("{what}: {how} vs host"), out.as_slice(), &expected, 1e-6);
+                    }
+                }
+            }
         }
     }
 
@@ -771,7 +830,7 @@ mod tests {
                 let on_host = Maps::from_vec(values, queries, (in_h, in_w)).unwrap();
                 for (size, stride) in [((23, 31), 1), ((5, 7), 2), ((61, 13), 3)] {
                     let what = format!("{name}, case {case}, {size:?} stride {stride}");
-                    let resize = BandResize::new(source.clone(), size);
+                    let resize = BandResize::new(source.clone(), size, GpuMerge::TensorOps);
                     let ops = TensorOps::new(queries, size.1, &merge, stride, &device);
                     let read = |(labels, probs): (Tensor<1, Int>, Tensor<3>)| {
                         let data = pollster::block_on(Transaction::default().register(labels).register(probs).execute_async()).unwrap();

@@ -37,7 +37,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::classes::ClassList;
-use crate::merge::{classify, classify_on_host, read_maps, ClassMerge, FullSizeLogits, GpuMerge, WindowSum, BAND_BYTES};
+use crate::merge::{classify, classify_on_host, read_maps, warm_up_refinement, ClassMerge, FullSizeLogits, GpuMerge, WindowSum, BAND_BYTES};
 use crate::pamr::{Pamr, MAX_PAMR_DILATIONS, MAX_PAMR_ITERATIONS};
 use crate::preprocess::{normalize, rescaled_size, resize_like_opencv};
 use crate::prompts::Templates;
@@ -750,7 +750,7 @@ impl Segmenter {
     /// user's first request: once on one class name (all blocks), then again
     /// on [`WARM_UP_CLASSES`] (the last block only), and on a GPU once more
     /// with each other [`DenseMode`]'s last block, for the page's mode
-    /// switches. A GPU compiles a kernel
+    /// switches, and PAMR's step on a small image, for its switch. A GPU compiles a kernel
     /// for each vector width, bounds check and order of work groups, which
     /// follow the shapes: the two passes cover the shapes of one name's
     /// prompts and of several names', and of one class and of several with a
@@ -775,6 +775,11 @@ impl Segmenter {
                         self.segment(&blank, &classes, &params, &mut |_: Progress| {}).await?;
                     }
                 }
+            }
+            // PAMR's kernels, for the page's PAMR switch (a request with PAMR
+            // has compiled them above).
+            if on_gpu && params.pamr.is_none() && self.gpu_merge == GpuMerge::Kernels {
+                warm_up_refinement(&self.model.vision.device(), self.gpu_merge).await?;
             }
             Ok::<_, SegmentError>(())
         }

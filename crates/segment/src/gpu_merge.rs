@@ -182,6 +182,23 @@ pub(crate) mod cube {
         blended(logits, q, row0, row1, column0, column1, weights) * logit_scale
     }
 
+    /// Output pixel `(y, x)`'s two source rows and two source columns, and
+    /// their weights `(h0, h1, w0, w1)`: the taps are two per output row,
+    /// then two per output column.
+    #[cube]
+    fn taps_at(
+        row_tap_index: &Tensor<u32>,
+        row_tap_weight: &Tensor<f32>,
+        column_tap_index: &Tensor<u32>,
+        column_tap_weight: &Tensor<f32>,
+        y: u32,
+        x: u32,
+    ) -> (usize, usize, usize, usize, (f32, f32, f32, f32)) {
+        let (ty, tx) = ((2 * y) as usize, (2 * x) as usize);
+        let weights = (row_tap_weight[ty], row_tap_weight[ty + 1], column_tap_weight[tx], column_tap_weight[tx + 1]);
+        (row_tap_index[ty] as usize, row_tap_index[ty + 1] as usize, column_tap_index[tx] as usize, column_tap_index[tx + 1] as usize, weights)
+    }
+
     /// One unit per element of the output band, `[channels, rows, width]`:
     /// its [`blended`] value. The taps are two per output row of the band,
     /// and two per output column.
@@ -202,10 +219,7 @@ pub(crate) mod cube {
         }
         let channel = at as u32 / (rows * width);
         let (y, x) = ((at as u32 / width) % rows, at as u32 % width);
-        let (ty, tx) = ((2 * y) as usize, (2 * x) as usize);
-        let (row0, row1) = (row_tap_index[ty] as usize, row_tap_index[ty + 1] as usize);
-        let (column0, column1) = (column_tap_index[tx] as usize, column_tap_index[tx + 1] as usize);
-        let weights = (row_tap_weight[ty], row_tap_weight[ty + 1], column_tap_weight[tx], column_tap_weight[tx + 1]);
+        let (row0, row1, column0, column1, weights) = taps_at(row_tap_index, row_tap_weight, column_tap_index, column_tap_weight, y, x);
         out[at] = blended(source, channel as usize, row0, row1, column0, column1, weights);
     }
 
@@ -241,10 +255,7 @@ pub(crate) mod cube {
             let pixel = word as u32 * 4 + byte;
             if pixel < rows * width {
                 let (y, x) = (pixel / width, pixel % width);
-                let (ty, tx) = ((2 * y) as usize, (2 * x) as usize);
-                let (row0, row1) = (row_tap_index[ty] as usize, row_tap_index[ty + 1] as usize);
-                let (column0, column1) = (column_tap_index[tx] as usize, column_tap_index[tx + 1] as usize);
-                let weights = (row_tap_weight[ty], row_tap_weight[ty + 1], column_tap_weight[tx], column_tap_weight[tx + 1]);
+                let (row0, row1, column0, column1, weights) = taps_at(row_tap_index, row_tap_weight, column_tap_index, column_tap_weight, y, x);
                 // Softmax over the queries: the largest score, then the sum of
                 // the exponentials; the scores are recomputed (four cached
                 // reads each) rather than kept in an array of a length known

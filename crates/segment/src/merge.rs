@@ -712,6 +712,17 @@ mod tests {
         }
     }
 
+    /// The warm-up's PAMR step runs on every device (the warm-up ignores
+    /// its failure, so that a device without it still loads).
+    #[test]
+    fn the_warm_up_refinement_runs() {
+        for (name, device) in clearclip_fixtures::test_devices() {
+            for gpu_merge in GpuMerge::ALL {
+                pollster::block_on(warm_up_refinement(&device, gpu_merge)).unwrap_or_else(|e| panic!("{name}, {gpu_merge:?}: {e}"));
+            }
+        }
+    }
+
     #[test]
     fn same_size_is_identity() {
         let x: Vec<f32> = (0..12).map(|i| i as f32).collect();

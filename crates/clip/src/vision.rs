@@ -80,13 +80,35 @@ impl VisionTransformer {
     /// - returns tokens `[batch, 1 + grid_h * grid_w, width]` (class token first)
     pub fn encode_to_last_block(&self, pixels: Tensor<4>) -> Result<LastBlockInput, InputError> {
         let [_, _, height, width] = pixels.dims();
+        let tokens = self.encode_through(pixels, self.blocks.len())?;
+        let patch = self.config.patch_size;
+        Ok(LastBlockInput { tokens, grid: (height / patch, width / patch), qkv: OnceCell::new() })
+    }
+
+    /// The embedding and the first block only: not an output of the model,
+    /// but every kernel that the first `L-1` blocks (which all run the same
+    /// ones) and the last block's attention run at this batch size, for a
+    /// small part of the work; for a GPU warm-up that compiles what a new
+    /// batch size needs.
+    ///
+    /// # Shapes
+    /// - `pixels`: as [`Self::encode_to_last_block`] -> tokens `[batch, 1 + patches, width]`
+    pub fn warm_up_first_block(&self, pixels: Tensor<4>) -> Result<Tensor<3>, InputError> {
+        self.encode_through(pixels, self.blocks.len().min(1))
+    }
+
+    /// The embedding and the first `blocks` blocks.
+    ///
+    /// # Shapes
+    /// - `pixels`: `[batch, 3, height, width]` -> tokens `[batch, 1 + patches, width]`
+    fn encode_through(&self, pixels: Tensor<4>, blocks: usize) -> Result<Tensor<3>, InputError> {
+        let [_, _, height, width] = pixels.dims();
         let patch = self.config.patch_size;
         if height % patch != 0 || width % patch != 0 || height == 0 || width == 0 {
             return Err(InputError::NotPatchMultiple { width, height, patch });
         }
         let x = self.embed(pixels)?;
-        let tokens = self.blocks.iter().fold(x, |x, block| block.forward(x, None));
-        Ok(LastBlockInput { tokens, grid: (height / patch, width / patch), qkv: OnceCell::new() })
+        Ok(self.blocks[..blocks].iter().fold(x, |x, block| block.forward(x, None)))
     }
 
     /// Run the last block as `last_block` says, then `ln_post` and the

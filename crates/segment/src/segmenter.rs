@@ -750,7 +750,8 @@ impl Segmenter {
     /// user's first request: once on one class name (all blocks), then again
     /// on [`WARM_UP_CLASSES`] (the last block only), and on a GPU once more
     /// with each other [`DenseMode`]'s last block, for the page's mode
-    /// switches, and PAMR's step on a small image, for its switch. A GPU compiles a kernel
+    /// switches, a batch of one window (a square photo's), and PAMR's step on
+    /// a small image, for its switch. A GPU compiles a kernel
     /// for each vector width, bounds check and order of work groups, which
     /// follow the shapes: the two passes cover the shapes of one name's
     /// prompts and of several names', and of one class and of several with a
@@ -776,6 +777,9 @@ impl Segmenter {
                     }
                 }
             }
+            if on_gpu {
+                self.warm_up_one_window(params).await?;
+            }
             // PAMR's kernels, for the page's PAMR switch (a request with PAMR
             // has compiled them above). PAMR is optional: where its step
             // fails, the model still loads, and a request with PAMR says why.
@@ -789,6 +793,25 @@ impl Segmenter {
         self.window_cache = window_cache;
         result?;
         Ok((self.clock)() - started)
+    }
+
+    /// A batch of one window through the encoder's embedding and first
+    /// block: the variants of the encoder's kernels that a batch of one takes
+    /// (the class token's slice-assign sizes its work groups by the batch,
+    /// the positional add broadcasts only above one, the attention's copies
+    /// size their work per unit by theirs). The warm-up's blank image has two
+    /// windows, so without this a square photo (one window), or the last batch
+    /// of a wide one, compiled four kernels in the user's request. The other
+    /// blocks and every mode's last block run the same kernels at this batch
+    /// size (counted with `scripts/kernel_misses.py`), so one block stands for
+    /// them.
+    async fn warm_up_one_window(&self, params: &SegmentParams) -> Result<(), SegmentError> {
+        let device = self.model.vision.device();
+        let patch = self.model.config.vision.patch_size;
+        let side = params.crop.div_ceil(patch) * patch;
+        let tokens = self.model.vision.warm_up_first_block(Tensor::zeros([1, 3, side, side], &device))?;
+        tokens.into_data_async().await.map_err(device_error)?;
+        Ok(())
     }
 
     /// `maps` on the model's device.

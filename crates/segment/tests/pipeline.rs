@@ -214,6 +214,29 @@ fn a_mode_switch_reuses_the_first_blocks_and_gives_the_same_result_as_a_fresh_ru
     assert!(pollster::block_on(kept.segment(&flipped, &classes, &pamr, &mut |_: Progress| {})).unwrap().reused_windows);
 }
 
+#[test]
+fn the_warm_up_changes_no_result_and_keeps_the_caches() {
+    let image = chelsea();
+    let (classes, _) = ClassList::parse("cat; grass, lawn; wall").unwrap();
+    let params = SegmentParams { short_side: 160, crop: 112, stride: 56, ..SegmentParams::default() };
+    // On a GPU the warm-up also runs the other modes' last blocks, a window
+    // alone through the first block, and PAMR's step on a small blank.
+    for (device_name, device) in test_devices() {
+        let mut cold = segmenter(CHECKPOINTS[1], &device);
+        let expected = pollster::block_on(cold.segment(&image, &classes, &params, &mut |_: Progress| {})).unwrap();
+        let ms = pollster::block_on(cold.warm_up(&params)).unwrap();
+        assert!(ms >= 0.0, "{device_name}");
+        let after = pollster::block_on(cold.segment(&image, &classes, &params, &mut |_: Progress| {})).unwrap();
+        assert!(after.reused_windows && after.timings.classes_encoded == 0, "{device_name}: the caches survive the warm-up");
+        assert_eq!(after.probs, expected.probs, "{device_name}");
+        let mut warm = segmenter(CHECKPOINTS[1], &device);
+        pollster::block_on(warm.warm_up(&params)).unwrap();
+        let first = pollster::block_on(warm.segment(&image, &classes, &params, &mut |_: Progress| {})).unwrap();
+        assert!(!first.reused_windows, "{device_name}: the warm-up's blank is not the image");
+        assert_eq!(first.probs, expected.probs, "{device_name}");
+    }
+}
+
 /// Stops the run once `stop_after` windows are done; counts the pauses.
 struct CancelAfter {
     stop_after: usize,

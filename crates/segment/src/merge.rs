@@ -291,15 +291,17 @@ struct BandResize {
     /// [`Self::rows`] runs: [`BandKernel`] takes `column_taps`).
     column_taps: Vec<LinearTap>,
     columns: OnceCell<DeviceTaps>,
+    /// The kernel, made when [`Self::rows`] first runs; `None` where the
+    /// device cannot run it, or set so at once for `GpuMerge::TensorOps`.
     kernel: OnceCell<Option<ResizeKernel>>,
-    gpu_merge: GpuMerge,
 }
 
 impl BandResize {
     fn new(source: Tensor<3>, (height, width): (usize, usize), gpu_merge: GpuMerge) -> Self {
         let [_, in_h, in_w] = source.dims();
         let (rows, column_taps) = (linear_taps(in_h, height), linear_taps(in_w, width));
-        Self { rows, column_taps, columns: OnceCell::new(), kernel: OnceCell::new(), gpu_merge, source }
+        let kernel = if gpu_merge.kernels() { OnceCell::new() } else { OnceCell::from(None) };
+        Self { rows, column_taps, columns: OnceCell::new(), kernel, source }
     }
 
     /// Output rows `band`.
@@ -307,11 +309,8 @@ impl BandResize {
     /// # Shapes
     /// - returns `[channels, band.len(), width]`
     fn rows(&self, band: Range<usize>) -> Tensor<3> {
-        let kernel = match self.gpu_merge.kernels() {
-            true => self.kernel.get_or_init(|| ResizeKernel::new(&self.source, &self.column_taps)).as_ref(),
-            false => None,
-        };
-        if let Some(resized) = kernel.and_then(|k| k.rows(&self.source, &self.rows[band.clone()])) {
+        let kernel = self.kernel.get_or_init(|| ResizeKernel::new(&self.source, &self.column_taps));
+        if let Some(resized) = kernel.as_ref().and_then(|k| k.rows(&self.source, &self.rows[band.clone()])) {
             return resized;
         }
         let rows = DeviceTaps::new(&self.rows[band], &self.source.device());

@@ -779,12 +779,13 @@ impl Segmenter {
             }
             if on_gpu {
                 self.warm_up_one_window(params).await?;
-            }
-            // PAMR's kernels, for the page's PAMR switch (a request with PAMR
-            // has compiled them above). PAMR is optional: where its step
-            // fails, the model still loads, and a request with PAMR says why.
-            if on_gpu && params.pamr.is_none() && self.gpu_merge == GpuMerge::Kernels {
-                let _ = warm_up_refinement(&self.model.vision.device(), self.gpu_merge).await;
+                // PAMR's kernels, for the page's PAMR switch (a request with
+                // PAMR has compiled them above). PAMR is optional: where its
+                // step fails, the model still loads, and a request with PAMR
+                // says why.
+                if params.pamr.is_none() && self.gpu_merge == GpuMerge::Kernels {
+                    let _ = warm_up_refinement(&self.model.vision.device(), self.gpu_merge).await;
+                }
             }
             Ok::<_, SegmentError>(())
         }

@@ -98,7 +98,8 @@ struct ModelArgs {
     precision: PrecisionArg,
     /// The GPU's matrix-product routine: burn (burn's own without autotune),
     /// simple-unit, simple-unit-small, double-unit, double-unit-small or gemm
-    /// (cubek's routines that need no tensor cores; `bench-matmul` times them).
+    /// (cubek's routines that need no tensor cores), or tiled and tiled-small
+    /// (our own register-tiled kernel, two tile sizes); `bench-matmul` times them.
     #[arg(long, value_parser = parse_matmul_routine, default_value = "burn")]
     gpu_matmul: MatmulRoutine,
     /// The GPU's attention in the towers' blocks: scores (materialised

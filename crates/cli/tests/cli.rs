@@ -302,7 +302,7 @@ fn every_gpu_matmul_routine_segments_like_the_reference() {
     let DefaultRequest { weights, image, labels, reference } = default_request(CHECKPOINTS[1]);
     let tmp = tempfile::tempdir().unwrap();
     let (expected, _) = reference.f32("pipeline.default.probs");
-    for routine in ["simple-unit", "simple-unit-small", "double-unit", "double-unit-small", "gemm"] {
+    for routine in ["simple-unit", "simple-unit-small", "double-unit", "double-unit-small", "gemm", "tiled", "tiled-small"] {
         let out = tmp.path().join(routine);
         let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
         args.extend(["--device", "gpu", "--gpu-matmul", routine]);

@@ -41,16 +41,23 @@ pub enum MatmulRoutine {
     /// cubek's `Gemm` routine without stages (autotune's "gemm" candidate in
     /// the unit group).
     Gemm,
+    /// Our own register-tiled kernel (`src/tiled_matmul.rs`), sums in f32:
+    /// 128 x 64 output tiles, 8 x 4 a unit.
+    Tiled,
+    /// The same with 64 x 64 tiles, 4 x 4 a unit.
+    TiledSmall,
 }
 
 impl MatmulRoutine {
-    pub const ALL: [MatmulRoutine; 6] = [
+    pub const ALL: [MatmulRoutine; 8] = [
         MatmulRoutine::Burn,
         MatmulRoutine::SimpleUnit,
         MatmulRoutine::SimpleUnitSmall,
         MatmulRoutine::DoubleUnit,
         MatmulRoutine::DoubleUnitSmall,
         MatmulRoutine::Gemm,
+        MatmulRoutine::Tiled,
+        MatmulRoutine::TiledSmall,
     ];
 
     /// The name the CLI takes and prints.
@@ -62,6 +69,8 @@ impl MatmulRoutine {
             MatmulRoutine::DoubleUnit => "double-unit",
             MatmulRoutine::DoubleUnitSmall => "double-unit-small",
             MatmulRoutine::Gemm => "gemm",
+            MatmulRoutine::Tiled => "tiled",
+            MatmulRoutine::TiledSmall => "tiled-small",
         }
     }
 
@@ -145,7 +154,11 @@ pub fn matmul_with<const D: usize>(routine: MatmulRoutine, lhs: Tensor<D>, rhs: 
         return Err(format!("batch dimensions differ: {:?} and {:?}", lhs.dims(), rhs.dims()));
     }
     #[cfg(all(feature = "gpu-routines", not(feature = "fusion")))]
-    return cube::matmul(&cube::strategy(routine), lhs, rhs);
+    return match routine {
+        MatmulRoutine::Tiled => crate::tiled_matmul::matmul(lhs, rhs, 8),
+        MatmulRoutine::TiledSmall => crate::tiled_matmul::matmul(lhs, rhs, 4),
+        _ => cube::matmul(&cube::strategy(routine), lhs, rhs),
+    };
     #[cfg(not(all(feature = "gpu-routines", not(feature = "fusion"))))]
     Err("this build runs burn's matrix products only (no gpu-matmul feature, or kernel fusion)".into())
 }
@@ -174,7 +187,8 @@ mod cube {
         let simple = |tile_size| MultiLevel::SimpleUnit(BlueprintStrategy::Inferred(SimpleUnitSelectionArgs { tile_size }));
         let double = |tile_size| MultiLevel::DoubleUnit(BlueprintStrategy::Inferred(DoubleUnitSelectionArgs { tile_size }));
         match routine {
-            MatmulRoutine::Burn => Strategy::default(),
+            // Ours (`crate::tiled_matmul`) is not a cubek strategy.
+            MatmulRoutine::Burn | MatmulRoutine::Tiled | MatmulRoutine::TiledSmall => Strategy::default(),
             MatmulRoutine::SimpleUnit => simple(TileSizeSelection::MaxTileSize).into(),
             MatmulRoutine::SimpleUnitSmall => simple(TileSizeSelection::MinTileSize).into(),
             MatmulRoutine::DoubleUnit => double(TileSizeSelection::MaxTileSize).into(),

@@ -50,6 +50,8 @@ mod config;
 mod dense;
 pub mod gpu_attention;
 pub mod gpu_matmul;
+#[cfg(all(feature = "gpu-routines", not(feature = "fusion")))]
+mod tiled_matmul;
 pub mod host;
 pub mod kernel_times;
 mod loader;

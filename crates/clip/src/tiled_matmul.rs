@@ -1,0 +1,195 @@
+//! A matrix-product kernel of our own for the GPU backend
+//! ([`crate::gpu_matmul::MatmulRoutine::Tiled`] and `TiledSmall`), candidates for a bench on
+//! a real GPU next to cubek's routines: the textbook register-tiled product.
+//! A work group of 16 x 16 units computes a 128 x 64 tile of the output,
+//! each unit 8 rows by one vector of 4 columns (`Tiled`), or a 64 x 64 tile,
+//! 4 rows a unit (`TiledSmall`: more work groups for the same product, for a
+//! GPU with many cores), with the operands staged in workgroup memory 16
+//! products deep and every inner step a vector multiply-add.
+//!
+//! Sums are f32 at both precisions, as cubek's are and as PyTorch's fp16 is
+//! on CUDA: at f16 the operands are read as f16 (half the memory traffic)
+//! and widened once, when staged. Summing in f16 instead (vector f16
+//! multiply-adds, which NVIDIA GPUs run two to an instruction) was tried on
+//! lavapipe, which rounds each f16 variable as a GPU does: with partial f16
+//! sums of 16 or 8 products added into f32 the towers came out 1.86x and
+//! 1.55x as far from f32 as PyTorch's fp16 (the f16 tests allow 1.5x); 4
+//! products were within it, but then the conversions and adds into f32 cost
+//! as many instructions as the f16 multiply-adds save (`docs/performance.md`,
+//! "Sums in f16").
+//!
+//! Operands may have any strides (q, k and v are views of the fused
+//! projection, k transposed) and the same batch dimensions; the output is
+//! contiguous. Edges are zero-padded in workgroup memory, so any shape runs.
+
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn::tensor::{self as burn_tensor, DType};
+use burn_cubecl::kernel::matmul::init_matmul_output;
+use burn_cubecl::CubeBackend;
+use cubecl::prelude::*;
+
+/// Units of a work group along the output's rows and columns.
+const UNITS_Y: usize = 16;
+const UNITS_X: usize = 16;
+/// Values in a vector: f32 or f16 `vec4` in WGSL.
+const LANES: usize = 4;
+/// Products a work group stages at a time.
+const TILE_K: usize = 16;
+/// A work group's output columns.
+const TILE_N: usize = UNITS_X * LANES;
+
+/// One work group per `16 * unit_rows` x [`TILE_N`] tile of one batch's
+/// output (`CUBE_POS_Y`, `CUBE_POS_X`, `CUBE_POS_Z`); a unit computes
+/// `unit_rows` rows (4 or 8) by one vector of `N` = [`LANES`] columns.
+#[cube(launch_unchecked)]
+fn tiled_matmul<F: Float, N: Size>(
+    lhs: &Tensor<F>,
+    rhs: &Tensor<F>,
+    out: &mut Tensor<F>,
+    #[comptime] unit_rows: usize,
+    #[define(F)] _dtype: ElemType,
+) {
+    let tile_m = comptime!(UNITS_Y * unit_rows);
+    let rank = out.rank();
+    let (m, n, depth) = (out.shape(rank - 2), out.shape(rank - 1), lhs.shape(rank - 1));
+
+    // This work group's batch: its offset in each operand, the batch
+    // dimensions unravelled from the last.
+    let mut rest = CUBE_POS_Z as usize;
+    let mut lhs_at = 0usize;
+    let mut rhs_at = 0usize;
+    let mut out_at = 0usize;
+    for j in 0..rank - 2 {
+        let dim = rank - 3 - j;
+        let index = rest % out.shape(dim);
+        rest /= out.shape(dim);
+        lhs_at += index * lhs.stride(dim);
+        rhs_at += index * rhs.stride(dim);
+        out_at += index * out.stride(dim);
+    }
+    let (lhs_row, lhs_col) = (lhs.stride(rank - 2), lhs.stride(rank - 1));
+    let (rhs_row, rhs_col) = (rhs.stride(rank - 2), rhs.stride(rank - 1));
+
+    // Workgroup memory, in f32, by product index: the tile's lhs column as
+    // vectors of rows, its rhs row as vectors of columns.
+    let lhs_vectors = comptime!(tile_m / LANES);
+    let rhs_vectors = comptime!(TILE_N / LANES);
+    let mut lhs_tile = Shared::<[Vector<f32, N>]>::new_slice(comptime!(TILE_K * tile_m / LANES));
+    let mut rhs_tile = Shared::<[Vector<f32, N>]>::new_slice(comptime!(TILE_K * TILE_N / LANES));
+
+    let unit = UNIT_POS_Y as usize * UNITS_X + UNIT_POS_X as usize;
+    let (tile_row, tile_col) = (CUBE_POS_Y as usize * tile_m, CUBE_POS_X as usize * TILE_N);
+    let zero = F::new(0.0);
+
+    let mut sums = Array::<Vector<f32, N>>::new(unit_rows);
+    #[unroll]
+    for i in 0..unit_rows {
+        sums[i] = Vector::new(0.0f32);
+    }
+
+    #[allow(clippy::manual_div_ceil)] // kernel code has no div_ceil
+    let tiles = (depth + TILE_K - 1) / TILE_K;
+    for t in 0..tiles {
+        let k0 = t * TILE_K;
+        // Stage the tile: consecutive units take consecutive products of
+        // the lhs (its rows are contiguous in the model's layouts) and
+        // consecutive columns of the rhs.
+        #[unroll]
+        for j in 0..comptime!(TILE_K * tile_m / LANES / (UNITS_X * UNITS_Y)) {
+            let v = unit + j * comptime!(UNITS_X * UNITS_Y);
+            let (k, row) = (v % TILE_K, tile_row + (v / TILE_K) * LANES);
+            let mut value = Vector::<F, N>::empty();
+            #[unroll]
+            for lane in 0..LANES {
+                let x = if row + lane < m && k0 + k < depth { lhs[lhs_at + (row + lane) * lhs_row + (k0 + k) * lhs_col] } else { zero };
+                value.insert(lane, x);
+            }
+            lhs_tile[k * lhs_vectors + v / TILE_K] = Vector::cast_from(value);
+        }
+        #[unroll]
+        for j in 0..comptime!(TILE_K * TILE_N / LANES / (UNITS_X * UNITS_Y)) {
+            let v = unit + j * comptime!(UNITS_X * UNITS_Y);
+            let (k, col) = (v / rhs_vectors, tile_col + (v % rhs_vectors) * LANES);
+            let mut value = Vector::<F, N>::empty();
+            #[unroll]
+            for lane in 0..LANES {
+                let x = if col + lane < n && k0 + k < depth { rhs[rhs_at + (k0 + k) * rhs_row + (col + lane) * rhs_col] } else { zero };
+                value.insert(lane, x);
+            }
+            rhs_tile[k * rhs_vectors + v % rhs_vectors] = Vector::cast_from(value);
+        }
+        sync_cube();
+
+        #[unroll]
+        for k in 0..TILE_K {
+            let b = rhs_tile[k * rhs_vectors + UNIT_POS_X as usize];
+            #[unroll]
+            for r in 0..comptime!(unit_rows / LANES) {
+                let a = lhs_tile[k * lhs_vectors + UNIT_POS_Y as usize * comptime!(unit_rows / LANES) + r];
+                #[unroll]
+                for lane in 0..LANES {
+                    let i = comptime!(r * LANES + lane);
+                    sums[i] = fma(Vector::new(a.extract(lane)), b, sums[i]);
+                }
+            }
+        }
+        sync_cube();
+    }
+
+    let col = tile_col + UNIT_POS_X as usize * LANES;
+    let (out_row, out_col) = (out.stride(rank - 2), out.stride(rank - 1));
+    #[unroll]
+    for i in 0..unit_rows {
+        let row = tile_row + UNIT_POS_Y as usize * unit_rows + i;
+        #[unroll]
+        for lane in 0..LANES {
+            if row < m && col + lane < n {
+                out[out_at + row * out_row + (col + lane) * out_col] = F::cast_from(sums[i].extract(lane));
+            }
+        }
+    }
+}
+
+/// `lhs @ rhs` through [`tiled_matmul`] with units of `unit_rows` rows (4
+/// or 8), or why it cannot run: operands that are not cubecl tensors of one
+/// float type (f32 or f16).
+///
+/// # Shapes
+/// - `lhs`: `[..batch, m, k]`, `rhs`: `[..batch, k, n]` -> `[..batch, m, n]`
+pub(crate) fn matmul<const D: usize>(lhs: burn_tensor::Tensor<D>, rhs: burn_tensor::Tensor<D>, unit_rows: usize) -> Result<burn_tensor::Tensor<D>, String> {
+    let on_gpu = |e| format!("not a GPU tensor ({e:?})");
+    let lhs = lhs.try_into_primitive::<CubeBackend>().map_err(on_gpu)?;
+    let rhs = rhs.try_into_primitive::<CubeBackend>().map_err(on_gpu)?;
+    assert!(unit_rows == 4 || unit_rows == 8, "a unit's rows are one or two vectors");
+    let dtype = lhs.dtype;
+    if rhs.dtype != dtype || !matches!(dtype, DType::F32 | DType::F16) {
+        return Err(format!("operands of {dtype:?} and {:?}", rhs.dtype));
+    }
+    let out = init_matmul_output(&lhs, &rhs, dtype);
+    let shape = out.meta.shape().clone();
+    let (m, n) = (shape[D - 2], shape[D - 1]);
+    let batches: usize = shape.as_slice()[..D - 2].iter().product();
+    if out.meta.num_elements() == 0 {
+        return Ok(burn_tensor::Tensor::from_primitive::<CubeBackend>(out));
+    }
+    let client = out.client.clone();
+    let cube_count = CubeCount::Static(n.div_ceil(TILE_N) as u32, m.div_ceil(UNITS_Y * unit_rows) as u32, batches as u32);
+    // SAFETY: every read of an operand and every write of the output is
+    // guarded by the row, column and product bounds (edges are zero-padded),
+    // and workgroup memory is indexed within its comptime length; so the
+    // bounds checks of a checked launch, on every load, are left out.
+    unsafe {
+        tiled_matmul::launch_unchecked(
+            &client,
+            cube_count,
+            CubeDim::new_2d(UNITS_X as u32, UNITS_Y as u32),
+            LANES,
+            lhs.into_tensor_arg(),
+            rhs.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+            unit_rows,
+            dtype_to_storage_type(dtype),
+        );
+    }
+    Ok(burn_tensor::Tensor::from_primitive::<CubeBackend>(out))
+}

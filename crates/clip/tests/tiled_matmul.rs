@@ -1,0 +1,134 @@
+//! Our own matrix-product kernel on the GPU (`--gpu-matmul tiled` and
+//! `tiled-small`, `src/tiled_matmul.rs`): products of every shape class
+//! the model gives it against the CPU backend, then the towers with it
+//! against PyTorch at f32 and f16. The choice is process-wide, so these tests
+//! have a process of their own (this file), and need the `gpu-routines`
+//! feature.
+
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+use clearclip_fixtures::{assert_close, assert_half_like_pytorch, read_fixture, tokenizer_json, wgpu_device, wgpu_required, Reference, CHECKPOINTS};
+use clearclip_model::gpu_matmul::{matmul_with, routine_counts, set_gpu_matmul, MatmulRoutine};
+use clearclip_model::{load_clip, ClipTokenizer, DenseMode, LoadOptions, Precision};
+
+/// The tolerance of burn's routine in the towers (`tests/parity.rs`).
+const FEATURE_TOLERANCE: f32 = 1e-4;
+
+/// Values in [-1, 1) from a 32-bit LCG.
+fn random(len: usize, seed: u32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device, precision: Precision) -> Tensor<D> {
+    Tensor::<D>::from_data(TensorData::new(values, shape), device).cast(precision.dtype())
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.cast(FloatDType::F32).into_data().try_into_vec::<f32>().unwrap()
+}
+
+/// `lhs @ rhs` through `routine` on the GPU and through burn on the CPU
+/// (from the same, rounded, operands); the largest difference relative to
+/// the largest value.
+fn relative_error<const D: usize>(routine: MatmulRoutine, lhs: Tensor<D>, rhs: Tensor<D>, gpu: &Device) -> f32 {
+    let cpu = Device::flex();
+    let on_cpu = |t: &Tensor<D>| Tensor::<D>::from_data(t.clone().cast(FloatDType::F32).into_data(), &cpu);
+    let expected = values(on_cpu(&lhs).matmul(on_cpu(&rhs)));
+    let (lhs, rhs) = (Tensor::<D>::from_data(lhs.into_data(), gpu), Tensor::<D>::from_data(rhs.into_data(), gpu));
+    let ours = values(matmul_with(routine, lhs, rhs).expect("the kernel runs on a wgpu device"));
+    let (worst, _) = clearclip_fixtures::largest_difference(&ours, &expected);
+    worst / expected.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+#[test]
+fn tiled_products_equal_the_cpu_in_every_layout() {
+    let Some(gpu) = wgpu_device() else { return };
+    let mut precisions = vec![Precision::F32];
+    if Precision::F16.is_supported_on(&gpu) {
+        precisions.push(Precision::F16);
+    } else {
+        assert!(!wgpu_required(), "the wgpu adapter has no shader-f16 (lavapipe has)");
+    }
+    let cpu = Device::flex();
+    for precision in precisions {
+        // At f32 as exact as burn's routine; at f16 the CPU multiplies the
+        // same rounded operands in f32, so what is left is the output's
+        // rounding to f16 (2^-11 relative, at most 2^-11 of the largest).
+        let tolerance = match precision {
+            Precision::F32 => 1e-5,
+            Precision::F16 => 5e-4,
+        };
+        for routine in [MatmulRoutine::Tiled, MatmulRoutine::TiledSmall] {
+            let what = |shape: &str| format!("{routine} {} {shape}", precision.name());
+            // 2-D, as the linear layers: a tile and a part, one row, edges
+            // in every dimension (k not a multiple of the 16 staged).
+            for (m, k, n) in [(128, 16, 64), (1, 40, 7), (130, 33, 70), (197, 96, 288), (77, 3, 5)] {
+                let lhs = tensor(random(m * k, 1), [m, k], &cpu, precision);
+                let rhs = tensor(random(k * n, 2), [k, n], &cpu, precision);
+                let error = relative_error(routine, lhs, rhs, &gpu);
+                assert!(error <= tolerance, "{}: {error:e}", what(&format!("{m}x{k} @ {k}x{n}")));
+            }
+            // 4-D views of a fused projection, as the attention's: q and
+            // k^T (k transposed, so its columns are strided), then weights
+            // and v; two windows of 3 heads, 50 tokens of 8 dimensions.
+            let (batch, heads, tokens, head_dim) = (2, 3, 50, 8);
+            let width = heads * head_dim;
+            let qkv = tensor(random(batch * tokens * 3 * width, 3), [batch, tokens, 3 * width], &cpu, precision);
+            let split = |i: usize| qkv.clone().narrow(2, i * width, width).reshape([batch, tokens, heads, head_dim]).swap_dims(1, 2);
+            let error = relative_error(routine, split(0), split(1).swap_dims(2, 3), &gpu);
+            assert!(error <= tolerance, "{}: {error:e}", what("q @ k^T"));
+            let weights = tensor(random(batch * heads * tokens * tokens, 4), [batch, heads, tokens, tokens], &cpu, precision);
+            let error = relative_error(routine, weights, split(2), &gpu);
+            assert!(error <= tolerance, "{}: {error:e}", what("weights @ v"));
+        }
+    }
+}
+
+#[test]
+fn towers_with_the_tiled_kernel_match_pytorch_at_both_precisions() {
+    let Some(device) = wgpu_device() else { return };
+    let reference = Reference::load();
+    let (input, shape) = reference.f32("dense.input_96x160");
+    let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json(), 77).unwrap();
+    let prompts: Vec<&str> = reference.meta["text_prompts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let mut precisions = vec![Precision::F32];
+    if Precision::F16.is_supported_on(&device) {
+        precisions.push(Precision::F16);
+    }
+    for routine in [MatmulRoutine::Tiled, MatmulRoutine::TiledSmall] {
+        assert!(set_gpu_matmul(routine), "this build has kernel fusion");
+        for &precision in &precisions {
+            for checkpoint in CHECKPOINTS {
+                let model = load_clip(&read_fixture(checkpoint), LoadOptions { precision, ..LoadOptions::default() }, &device).unwrap();
+                let before = routine_counts();
+                for mode in DenseMode::ALL {
+                    let pixels: Tensor<4> = Tensor::from_data(TensorData::new(input.clone(), [1, shape[0], shape[1], shape[2]]), &device);
+                    let ours = model.vision.dense_features(pixels, &mode.last_block()).unwrap().into_data().try_into_vec::<f32>().unwrap();
+                    let what = format!("{routine} {checkpoint} {} 96x160 {}", mode.name(), precision.name());
+                    let (exact, _) = reference.f32(&format!("dense.{}_96x160", mode.name()));
+                    match precision {
+                        Precision::F32 => drop(assert_close(&what, &ours, &exact, FEATURE_TOLERANCE)),
+                        Precision::F16 => assert_half_like_pytorch(&what, &ours, &reference.f32(&format!("dense_f16.{}_96x160", mode.name())).0, &exact),
+                    }
+                }
+                let text = model.text.encode(&tokenizer.encode_batch(&prompts).unwrap()).unwrap();
+                let ours = text.into_data().try_into_vec::<f32>().unwrap();
+                let what = format!("{routine} {checkpoint} text {}", precision.name());
+                let (exact, _) = reference.f32("text.prompts");
+                match precision {
+                    Precision::F32 => drop(assert_close(&what, &ours, &exact, FEATURE_TOLERANCE)),
+                    Precision::F16 => assert_half_like_pytorch(&what, &ours, &reference.f32("text_f16.prompts").0, &exact),
+                }
+                // The products went through the kernel, none declined.
+                let (ran, declined) = routine_counts();
+                assert!(ran > before.0, "{routine} {checkpoint}: no product ran through the kernel");
+                assert_eq!(declined, before.1, "{routine} {checkpoint} {}: products declined", precision.name());
+            }
+        }
+    }
+}

@@ -17,7 +17,8 @@ built with cubecl's SPIR-V compiler (`--features spirv`), after the PAMR rows
 (untested on the project's machines; its parity row says whether it is right). With
 --gpu-matmul ROUTINE, columns "ours f32, ROUTINE" and "ours f16, ROUTINE" run
 the CLI with that matrix-product routine (`clearclip bench-matmul` compares
-them on the encoder's products alone). With --gpu-attention flash-unit,
+them on the encoder's products alone); --gpu-matmul-f16 ROUTINE names
+another for the f16 column (the fastest at f16 may not be the fastest at f32). With --gpu-attention flash-unit,
 columns "ours f32, flash-unit" and "ours f16, flash-unit" run the towers'
 attention as cubek's flash attention instead of materialising the scores.
 With --gpu-merge tensor-ops, a column "ours f32, tensor-op merge" (right
@@ -29,7 +30,8 @@ with PyTorch fp32's on the same GPU: the largest difference of a probability
 and the share of pixels whose label differs. A fast column that is wrong shows there.
 
   python scripts/bench_gpu.py B16.safetensors [--runs 5] [--exe target/release/clearclip]
-      [--exe-fused EXE] [--exe-spirv EXE] [--gpu-matmul ROUTINE] [--gpu-attention flash-unit]
+      [--exe-fused EXE] [--exe-spirv EXE] [--gpu-matmul ROUTINE] [--gpu-matmul-f16 ROUTINE]
+      [--gpu-attention flash-unit]
       [--gpu-merge tensor-ops]
       [--column-timeout 180]
       # B16.safetensors is generated first if missing (gen_fixtures.py --vit-b16)
@@ -104,6 +106,11 @@ def ours(exe, weights, image_path, precision, runs, extra=(), probs_out=None, ti
     return {p["phase"]: (p["coldMs"] / 1e3, p["warmMedianMs"] / 1e3) for p in report["phases"]}, report
 
 
+def matmul_f16(a):
+    """The --gpu-matmul routine of the extra f16 column."""
+    return a.gpu_matmul_f16 or a.gpu_matmul
+
+
 def measure(a, exe, image_path, img, model, device, columns, parity):
     """Fills `columns` ({name: {phase: (cold, warm)}}) and `parity` ({name: agreement}) column by column.
     PyTorch first (seconds on a GPU), then ours, the defaults before the
@@ -124,9 +131,9 @@ def measure(a, exe, image_path, img, model, device, columns, parity):
     if a.gpu_attention and a.gpu_attention != "scores":
         for precision in ("f32", "f16"):
             variants.append((f"ours {precision}, {a.gpu_attention}", exe, precision, ("--gpu-attention", a.gpu_attention)))
-    if a.gpu_matmul and a.gpu_matmul != "burn":
-        for precision in ("f32", "f16"):
-            variants.append((f"ours {precision}, {a.gpu_matmul}", exe, precision, ("--gpu-matmul", a.gpu_matmul)))
+    for precision, routine in (("f32", a.gpu_matmul), ("f16", matmul_f16(a))):
+        if routine and routine != "burn":
+            variants.append((f"ours {precision}, {routine}", exe, precision, ("--gpu-matmul", routine)))
     if a.exe_fused:
         variants.append(("ours f32, fusion", a.exe_fused, "f32", ()))
 
@@ -167,6 +174,7 @@ def main():
     ap.add_argument("--exe-fused", help="a clearclip binary built with --features fusion: one more f32 column")
     ap.add_argument("--exe-spirv", help="a clearclip binary built with --features spirv: an f32 and an f16 column, last")
     ap.add_argument("--gpu-matmul", help="a --gpu-matmul routine other than burn's: one more f32 and f16 column")
+    ap.add_argument("--gpu-matmul-f16", help="the routine of that f16 column, where it differs [default: --gpu-matmul's]")
     ap.add_argument("--gpu-attention", help="a --gpu-attention routine other than scores: one more f32 and f16 column")
     ap.add_argument("--gpu-merge", help="tensor-ops: one more f32 column, the merge by burn's tensor operations")
     ap.add_argument("--column-timeout", type=float, default=180, help="seconds one column of ours may take")
@@ -202,7 +210,7 @@ def main():
         print(f"| {name} | " + " | ".join(cells) + " |")
     print()
     pairs = [("ours f32", "PyTorch fp32"), ("ours f32, fusion", "PyTorch fp32"), ("ours f16", "PyTorch fp16"),
-             (f"ours f32, {a.gpu_matmul}", "PyTorch fp32"), (f"ours f16, {a.gpu_matmul}", "PyTorch fp16"),
+             (f"ours f32, {a.gpu_matmul}", "PyTorch fp32"), (f"ours f16, {matmul_f16(a)}", "PyTorch fp16"),
              (f"ours f32, {a.gpu_attention}", "PyTorch fp32"), (f"ours f16, {a.gpu_attention}", "PyTorch fp16"),
              ("ours f32, SPIR-V", "PyTorch fp32"), ("ours f16, SPIR-V", "PyTorch fp16")]
     for ours_name, theirs in pairs:

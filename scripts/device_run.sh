@@ -25,7 +25,8 @@
 # threads before 2, 4 and 8.
 # A second call that needs only some columns (the rest measured already):
 # MATMUL_BENCH=0 skips bench-matmul (GPU_MATMUL then names the routine for
-# the extra columns, burn's by default), PROFILE=0 the kernel profile (the
+# the extra columns, burn's by default, and GPU_MATMUL_F16 the f16 one's if
+# it differs), PROFILE=0 the kernel profile (the
 # bench then runs up to GPU_SECONDS), and ALTERNATIVES lists the extra
 # columns, out of "merge matmul flash fusion spirv" (all by default), e.g.
 #   MATMUL_BENCH=0 GPU_MATMUL=simple-unit PROFILE=0 ALTERNATIVES="matmul spirv" bash scripts/device_run.sh gpu
@@ -69,19 +70,27 @@ weights=$(realpath -m "${WEIGHTS:-/tmp/b16.safetensors}")
 if [ "$part" != cpu ]; then
 alternatives=" ${ALTERNATIVES:-merge matmul flash fusion spirv} "
 best=${GPU_MATMUL:-burn}
+best_f16=${GPU_MATMUL_F16:-$best}
 if [ "${MATMUL_BENCH:-1}" != 0 ]; then
 stamp "GPU: the matrix-product routines on one block's products (bench-matmul)"
 for precision in f32 f16; do
   timeout 60 "$gpu/clearclip" bench-matmul --weights "$weights" --precision $precision \
     --json-out "$out/matmul_$precision.json" 2>&1 | tee -a "$out/matmul.txt"
 done
-# The fastest exact routine at f32 gets a column of its own in the full bench.
+# The fastest exact routine at f32 gets a column of its own in the full bench,
+# and the fastest at f16 (within 1e-3 of the CPU's f32 product: f16's
+# rounding of the output, 5.8e-4 for every routine on lavapipe) an f16 one.
 best=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["fastestExact"] or "burn")' \
   "$out/matmul_f32.json" 2>/dev/null || echo burn)
+best_f16=$(python3 -c '
+import json, sys
+ok = [r for r in json.load(open(sys.argv[1]))["routines"]
+      if not r["errors"] and r["perImageMs"] is not None and r["maxRelativeError"] <= 1e-3]
+print(min(ok, key=lambda r: r["perImageMs"])["routine"] if ok else "burn")' "$out/matmul_f16.json" 2>/dev/null || echo "$best")
 fi
 extra=()
 [[ $alternatives == *" merge "* ]] && extra+=(--gpu-merge tensor-ops)
-[[ $alternatives == *" matmul "* ]] && extra+=(--gpu-matmul "$best")
+[[ $alternatives == *" matmul "* ]] && extra+=(--gpu-matmul "$best" --gpu-matmul-f16 "$best_f16")
 [[ $alternatives == *" flash "* ]] && extra+=(--gpu-attention flash-unit)
 [[ $alternatives == *" fusion "* ]] && extra+=(--exe-fused "$gpu/clearclip-fusion")
 [[ $alternatives == *" spirv "* ]] && extra+=(--exe-spirv "$gpu/clearclip-spirv")

@@ -5,13 +5,12 @@
 //! have a process of their own (this file), and need the `gpu-routines`
 //! feature.
 
-use burn::tensor::{Device, FloatDType, Tensor, TensorData};
-use clearclip_fixtures::{assert_close, assert_half_like_pytorch, read_fixture, tokenizer_json, wgpu_device, wgpu_required, Reference, CHECKPOINTS};
-use clearclip_model::gpu_matmul::{matmul_with, routine_counts, set_gpu_matmul, MatmulRoutine};
-use clearclip_model::{load_clip, ClipTokenizer, DenseMode, LoadOptions, Precision};
+mod common;
 
-/// The tolerance of burn's routine in the towers (`tests/parity.rs`).
-const FEATURE_TOLERANCE: f32 = 1e-4;
+use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+use clearclip_fixtures::{largest_difference, wgpu_device};
+use clearclip_model::gpu_matmul::{matmul_with, routine_counts, set_gpu_matmul, MatmulRoutine};
+use clearclip_model::Precision;
 
 /// Values in [-1, 1) from a 32-bit LCG.
 fn random(len: usize, seed: u32) -> Vec<f32> {
@@ -41,21 +40,15 @@ fn relative_error<const D: usize>(routine: MatmulRoutine, lhs: Tensor<D>, rhs: T
     let expected = values(on_cpu(&lhs).matmul(on_cpu(&rhs)));
     let (lhs, rhs) = (Tensor::<D>::from_data(lhs.into_data(), gpu), Tensor::<D>::from_data(rhs.into_data(), gpu));
     let ours = values(matmul_with(routine, lhs, rhs).expect("the kernel runs on a wgpu device"));
-    let (worst, _) = clearclip_fixtures::largest_difference(&ours, &expected);
+    let (worst, _) = largest_difference(&ours, &expected);
     worst / expected.iter().fold(0.0f32, |m, v| m.max(v.abs()))
 }
 
 #[test]
 fn tiled_products_equal_the_cpu_in_every_layout() {
     let Some(gpu) = wgpu_device() else { return };
-    let mut precisions = vec![Precision::F32];
-    if Precision::F16.is_supported_on(&gpu) {
-        precisions.push(Precision::F16);
-    } else {
-        assert!(!wgpu_required(), "the wgpu adapter has no shader-f16 (lavapipe has)");
-    }
     let cpu = Device::flex();
-    for precision in precisions {
+    for precision in common::precisions(&gpu) {
         // At f32 as exact as burn's routine; at f16 the CPU multiplies the
         // same rounded operands in f32, so what is left is the output's
         // rounding to f16 (2^-11 relative, at most 2^-11 of the largest).
@@ -92,42 +85,12 @@ fn tiled_products_equal_the_cpu_in_every_layout() {
 #[test]
 fn towers_with_the_tiled_kernel_match_pytorch_at_both_precisions() {
     let Some(device) = wgpu_device() else { return };
-    let reference = Reference::load();
-    let (input, shape) = reference.f32("dense.input_96x160");
-    let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json(), 77).unwrap();
-    let prompts: Vec<&str> = reference.meta["text_prompts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
-    let mut precisions = vec![Precision::F32];
-    if Precision::F16.is_supported_on(&device) {
-        precisions.push(Precision::F16);
-    }
     for routine in [MatmulRoutine::Tiled, MatmulRoutine::TiledSmall] {
         assert!(set_gpu_matmul(routine), "this build has kernel fusion");
-        for &precision in &precisions {
-            for checkpoint in CHECKPOINTS {
-                let model = load_clip(&read_fixture(checkpoint), LoadOptions { precision, ..LoadOptions::default() }, &device).unwrap();
-                let before = routine_counts();
-                for mode in DenseMode::ALL {
-                    let pixels: Tensor<4> = Tensor::from_data(TensorData::new(input.clone(), [1, shape[0], shape[1], shape[2]]), &device);
-                    let ours = model.vision.dense_features(pixels, &mode.last_block()).unwrap().into_data().try_into_vec::<f32>().unwrap();
-                    let what = format!("{routine} {checkpoint} {} 96x160 {}", mode.name(), precision.name());
-                    let (exact, _) = reference.f32(&format!("dense.{}_96x160", mode.name()));
-                    match precision {
-                        Precision::F32 => drop(assert_close(&what, &ours, &exact, FEATURE_TOLERANCE)),
-                        Precision::F16 => assert_half_like_pytorch(&what, &ours, &reference.f32(&format!("dense_f16.{}_96x160", mode.name())).0, &exact),
-                    }
-                }
-                let text = model.text.encode(&tokenizer.encode_batch(&prompts).unwrap()).unwrap();
-                let ours = text.into_data().try_into_vec::<f32>().unwrap();
-                let what = format!("{routine} {checkpoint} text {}", precision.name());
-                let (exact, _) = reference.f32("text.prompts");
-                match precision {
-                    Precision::F32 => drop(assert_close(&what, &ours, &exact, FEATURE_TOLERANCE)),
-                    Precision::F16 => assert_half_like_pytorch(&what, &ours, &reference.f32("text_f16.prompts").0, &exact),
-                }
+        for precision in common::precisions(&device) {
+            for (_, (ran, declined)) in common::assert_towers_match_pytorch(&device, routine.name(), precision, routine_counts) {
                 // The products went through the kernel, none declined.
-                let (ran, declined) = routine_counts();
-                assert!(ran > before.0, "{routine} {checkpoint}: no product ran through the kernel");
-                assert_eq!(declined, before.1, "{routine} {checkpoint} {}: products declined", precision.name());
+                assert!(ran > 0 && declined == 0, "{routine} {}: {ran} products ran, {declined} declined", precision.name());
             }
         }
     }

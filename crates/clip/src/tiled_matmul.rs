@@ -5,7 +5,8 @@
 //! each unit 8 rows by one vector of 4 columns (`Tiled`), or a 64 x 64 tile,
 //! 4 rows a unit (`TiledSmall`: more work groups for the same product, for a
 //! GPU with many cores), with the operands staged in workgroup memory 16
-//! products deep and every inner step a vector multiply-add.
+//! products deep (the next 16 read into registers meanwhile) and every inner
+//! step a vector multiply-add.
 //!
 //! Sums are f32 at both precisions, as cubek's are and as PyTorch's fp16 is
 //! on CUDA: at f16 the operands are read as f16 (half the memory traffic)
@@ -38,9 +39,16 @@ const TILE_K: usize = 16;
 /// A work group's output columns.
 const TILE_N: usize = UNITS_X * LANES;
 
+/// Vectors of the lhs and of the rhs a unit stages per tile.
+const fn loads_per_unit(tile: usize) -> usize {
+    TILE_K * tile / LANES / (UNITS_X * UNITS_Y)
+}
+
 /// One work group per `16 * unit_rows` x [`TILE_N`] tile of one batch's
 /// output (`CUBE_POS_Y`, `CUBE_POS_X`, `CUBE_POS_Z`); a unit computes
 /// `unit_rows` rows (4 or 8) by one vector of `N` = [`LANES`] columns.
+/// The next tile's operands are read into registers while the unit works
+/// on this one's, so their latency hides behind the multiply-adds.
 #[cube(launch_unchecked)]
 fn tiled_matmul<F: Float, N: Size>(
     lhs: &Tensor<F>,
@@ -51,7 +59,6 @@ fn tiled_matmul<F: Float, N: Size>(
 ) {
     let tile_m = comptime!(UNITS_Y * unit_rows);
     let rank = out.rank();
-    let (m, n, depth) = (out.shape(rank - 2), out.shape(rank - 1), lhs.shape(rank - 1));
 
     // This work group's batch: its offset in each operand, the batch
     // dimensions unravelled from the last.
@@ -67,8 +74,6 @@ fn tiled_matmul<F: Float, N: Size>(
         rhs_at += index * rhs.stride(dim);
         out_at += index * out.stride(dim);
     }
-    let (lhs_row, lhs_col) = (lhs.stride(rank - 2), lhs.stride(rank - 1));
-    let (rhs_row, rhs_col) = (rhs.stride(rank - 2), rhs.stride(rank - 1));
 
     // Workgroup memory, in f32, by product index: the tile's lhs column as
     // vectors of rows, its rhs row as vectors of columns.
@@ -76,10 +81,11 @@ fn tiled_matmul<F: Float, N: Size>(
     let rhs_vectors = comptime!(TILE_N / LANES);
     let mut lhs_tile = Shared::<[Vector<f32, N>]>::new_slice(comptime!(TILE_K * tile_m / LANES));
     let mut rhs_tile = Shared::<[Vector<f32, N>]>::new_slice(comptime!(TILE_K * TILE_N / LANES));
+    let mut lhs_staged = Array::<Vector<F, N>>::new(comptime!(loads_per_unit(tile_m)));
+    let mut rhs_staged = Array::<Vector<F, N>>::new(comptime!(loads_per_unit(TILE_N)));
 
     let unit = UNIT_POS_Y as usize * UNITS_X + UNIT_POS_X as usize;
     let (tile_row, tile_col) = (CUBE_POS_Y as usize * tile_m, CUBE_POS_X as usize * TILE_N);
-    let zero = F::new(0.0);
 
     let mut sums = Array::<Vector<f32, N>>::new(unit_rows);
     #[unroll]
@@ -88,37 +94,23 @@ fn tiled_matmul<F: Float, N: Size>(
     }
 
     #[allow(clippy::manual_div_ceil)] // kernel code has no div_ceil
-    let tiles = (depth + TILE_K - 1) / TILE_K;
+    let tiles = (lhs.shape(rank - 1) + TILE_K - 1) / TILE_K;
+    load_tile(lhs, rhs, lhs_at, rhs_at, tile_row, tile_col, 0, unit, &mut lhs_staged, &mut rhs_staged, tile_m);
     for t in 0..tiles {
-        let k0 = t * TILE_K;
-        // Stage the tile: consecutive units take consecutive products of
-        // the lhs (its rows are contiguous in the model's layouts) and
-        // consecutive columns of the rhs.
         #[unroll]
-        for j in 0..comptime!(TILE_K * tile_m / LANES / (UNITS_X * UNITS_Y)) {
+        for j in 0..comptime!(loads_per_unit(tile_m)) {
             let v = unit + j * comptime!(UNITS_X * UNITS_Y);
-            let (k, row) = (v % TILE_K, tile_row + (v / TILE_K) * LANES);
-            let mut value = Vector::<F, N>::empty();
-            #[unroll]
-            for lane in 0..LANES {
-                let x = if row + lane < m && k0 + k < depth { lhs[lhs_at + (row + lane) * lhs_row + (k0 + k) * lhs_col] } else { zero };
-                value.insert(lane, x);
-            }
-            lhs_tile[k * lhs_vectors + v / TILE_K] = Vector::cast_from(value);
+            lhs_tile[(v % TILE_K) * lhs_vectors + v / TILE_K] = Vector::cast_from(lhs_staged[j]);
         }
         #[unroll]
-        for j in 0..comptime!(TILE_K * TILE_N / LANES / (UNITS_X * UNITS_Y)) {
+        for j in 0..comptime!(loads_per_unit(TILE_N)) {
             let v = unit + j * comptime!(UNITS_X * UNITS_Y);
-            let (k, col) = (v / rhs_vectors, tile_col + (v % rhs_vectors) * LANES);
-            let mut value = Vector::<F, N>::empty();
-            #[unroll]
-            for lane in 0..LANES {
-                let x = if col + lane < n && k0 + k < depth { rhs[rhs_at + (k0 + k) * rhs_row + (col + lane) * rhs_col] } else { zero };
-                value.insert(lane, x);
-            }
-            rhs_tile[k * rhs_vectors + v % rhs_vectors] = Vector::cast_from(value);
+            rhs_tile[v] = Vector::cast_from(rhs_staged[j]);
         }
         sync_cube();
+
+        // Past the last tile this reads nothing (every product is out of range).
+        load_tile(lhs, rhs, lhs_at, rhs_at, tile_row, tile_col, (t + 1) * TILE_K, unit, &mut lhs_staged, &mut rhs_staged, tile_m);
 
         #[unroll]
         for k in 0..TILE_K {
@@ -136,6 +128,7 @@ fn tiled_matmul<F: Float, N: Size>(
         sync_cube();
     }
 
+    let (m, n) = (out.shape(rank - 2), out.shape(rank - 1));
     let col = tile_col + UNIT_POS_X as usize * LANES;
     let (out_row, out_col) = (out.stride(rank - 2), out.stride(rank - 1));
     #[unroll]
@@ -148,6 +141,60 @@ fn tiled_matmul<F: Float, N: Size>(
             }
         }
     }
+}
+
+/// This unit's share of the tile of products from `k0`, read into
+/// registers: `lhs_staged` holds vectors of `LANES` rows of one product,
+/// `rhs_staged` vectors of `LANES` columns. Consecutive units take
+/// consecutive products of the lhs (its rows are contiguous in the model's
+/// layouts) and consecutive columns of the rhs. Values past an edge are 0.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_tile<F: Float, N: Size>(
+    lhs: &Tensor<F>,
+    rhs: &Tensor<F>,
+    lhs_at: usize,
+    rhs_at: usize,
+    tile_row: usize,
+    tile_col: usize,
+    k0: usize,
+    unit: usize,
+    lhs_staged: &mut Array<Vector<F, N>>,
+    rhs_staged: &mut Array<Vector<F, N>>,
+    #[comptime] tile_m: usize,
+) {
+    let rank = lhs.rank();
+    let (m, depth, n) = (lhs.shape(rank - 2), lhs.shape(rank - 1), rhs.shape(rank - 1));
+    #[unroll]
+    for j in 0..comptime!(loads_per_unit(tile_m)) {
+        let v = unit + j * comptime!(UNITS_X * UNITS_Y);
+        let (k, row) = (k0 + v % TILE_K, tile_row + (v / TILE_K) * LANES);
+        let rows = if k < depth && row < m { m - row } else { 0usize };
+        let at = lhs_at + row * lhs.stride(rank - 2) + k * lhs.stride(rank - 1);
+        lhs_staged[j] = gather(lhs, at, lhs.stride(rank - 2), rows);
+    }
+    let rhs_vectors = comptime!(TILE_N / LANES);
+    #[unroll]
+    for j in 0..comptime!(loads_per_unit(TILE_N)) {
+        let v = unit + j * comptime!(UNITS_X * UNITS_Y);
+        let (k, col) = (k0 + v / rhs_vectors, tile_col + (v % rhs_vectors) * LANES);
+        let columns = if k < depth && col < n { n - col } else { 0usize };
+        let at = rhs_at + k * rhs.stride(rank - 2) + col * rhs.stride(rank - 1);
+        rhs_staged[j] = gather(rhs, at, rhs.stride(rank - 1), columns);
+    }
+}
+
+/// `LANES` values of `tensor`, `step` apart from `at`, of which the first
+/// `valid` are read and the rest are 0.
+#[cube]
+fn gather<F: Float, N: Size>(tensor: &Tensor<F>, at: usize, step: usize, valid: usize) -> Vector<F, N> {
+    let mut value = Vector::<F, N>::empty();
+    #[unroll]
+    for lane in 0..LANES {
+        let x = if lane < valid { tensor[at + lane * step] } else { F::new(0.0) };
+        value.insert(lane, x);
+    }
+    value
 }
 
 /// `lhs @ rhs` through [`tiled_matmul`] with units of `unit_rows` rows (4

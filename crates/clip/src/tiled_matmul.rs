@@ -1,6 +1,7 @@
 //! A matrix-product kernel of our own for the GPU backend
-//! ([`crate::gpu_matmul::MatmulRoutine::Tiled`] and `TiledSmall`), candidates for a bench on
-//! a real GPU next to cubek's routines: the textbook register-tiled product.
+//! ([`crate::gpu_matmul::MatmulRoutine::Tiled`] and `TiledSmall`),
+//! candidates for a bench on a real GPU next to cubek's routines: the
+//! textbook register-tiled product.
 //! A work group of 16 x 16 units computes a 128 x 64 tile of the output,
 //! each unit 8 rows by one vector of 4 columns (`Tiled`), or a 64 x 64 tile,
 //! 4 rows a unit (`TiledSmall`: more work groups for the same product, for a
@@ -15,9 +16,9 @@
 //! lavapipe, which rounds each f16 variable as a GPU does: with partial f16
 //! sums of 16 or 8 products added into f32 the towers came out 1.86x and
 //! 1.55x as far from f32 as PyTorch's fp16 (the f16 tests allow 1.5x); 4
-//! products were within it, but then the conversions and adds into f32 cost
-//! as many instructions as the f16 multiply-adds save (`docs/performance.md`,
-//! "Sums in f16").
+//! products were within it, but then, counting instructions, folding each
+//! run into f32 costs what the f16 multiply-adds save (`docs/performance.md`,
+//! "Matrix-product routines").
 //!
 //! Operands may have any strides (q, k and v are views of the fused
 //! projection, k transposed) and the same batch dimensions; the output is
@@ -218,6 +219,11 @@ pub(crate) fn matmul<const D: usize>(lhs: burn_tensor::Tensor<D>, rhs: burn_tens
     let batches: usize = shape.as_slice()[..D - 2].iter().product();
     if out.meta.num_elements() == 0 {
         return Ok(burn_tensor::Tensor::from_primitive::<CubeBackend>(out));
+    }
+    // A work group count a dimension, at most 65535 in WebGPU (burn's
+    // routine runs what would need more).
+    if batches > 65_535 || m.div_ceil(UNITS_Y * unit_rows) > 65_535 {
+        return Err(format!("{batches} batches of {m} rows: more work groups than a dispatch allows"));
     }
     let client = out.client.clone();
     let cube_count = CubeCount::Static(n.div_ceil(TILE_N) as u32, m.div_ceil(UNITS_Y * unit_rows) as u32, batches as u32);

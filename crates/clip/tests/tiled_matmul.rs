@@ -83,6 +83,19 @@ fn tiled_products_equal_the_cpu_in_every_layout() {
 }
 
 #[test]
+fn more_batches_than_a_dispatch_allows_are_declined() {
+    let Some(gpu) = wgpu_device() else { return };
+    // 65536 batches of 1x1 products: one work group each, one more than
+    // WebGPU dispatches along a dimension. (65535 of them run, but take a
+    // minute on lavapipe.)
+    let ones = |batches: usize| tensor(vec![1.0; batches], [batches, 1, 1], &gpu, Precision::F32);
+    for routine in [MatmulRoutine::Tiled, MatmulRoutine::TiledSmall] {
+        let declined = matmul_with(routine, ones(65_536), ones(65_536)).err().unwrap_or_default();
+        assert!(declined.contains("more work groups than a dispatch allows"), "{routine}: {declined:?}");
+    }
+}
+
+#[test]
 fn towers_with_the_tiled_kernel_match_pytorch_at_both_precisions() {
     let Some(device) = wgpu_device() else { return };
     for routine in [MatmulRoutine::Tiled, MatmulRoutine::TiledSmall] {

@@ -441,7 +441,7 @@ fn bench_matmul_runs_and_checks_every_routine() {
     assert_eq!(products.len(), 6, "{products:?}");
     let routines = report["routines"].as_array().unwrap();
     let names: Vec<_> = routines.iter().map(|r| r["routine"].as_str().unwrap()).collect();
-    assert_eq!(names, ["burn", "simple-unit", "simple-unit-small", "double-unit", "double-unit-small", "gemm"]);
+    assert_eq!(names, ["burn", "simple-unit", "simple-unit-small", "double-unit", "double-unit-small", "gemm", "tiled", "tiled-small"]);
     for r in routines {
         // Every routine takes every product of the model (none falls back to burn's).
         assert_eq!(r["errors"].as_array().unwrap().len(), 0, "{r}");

@@ -1,4 +1,5 @@
-//! Which of cubek's matrix-product routines the GPU backend runs.
+//! Which matrix-product routine the GPU backend runs: one of cubek's, or
+//! our own kernel (`src/tiled_matmul.rs`).
 //!
 //! Without autotune (which the page cannot use, see `../shared/BROWSER.md`),
 //! burn-cubecl runs every product with cubek's `Strategy::default()`: it tries
@@ -7,8 +8,8 @@
 //! in workgroup memory) with the largest tile. Autotune would have timed the
 //! other routines that need no tensor cores or subgroups (see burn-cubecl's
 //! `kernel/matmul/tune/base.rs`, the "unit" group); [`MatmulRoutine`] names
-//! them, so that a bench on a real GPU can compare them one by one and the
-//! fastest exact one can be chosen without autotune.
+//! them, and ours, so that a bench on a real GPU can compare them one by one
+//! and the fastest exact one can be chosen without autotune.
 //!
 //! The choice is process-wide, as burn's own kernel choices are: the CLI sets
 //! it once ([`set_gpu_matmul`]) and every product of the model on a GPU device
@@ -187,8 +188,8 @@ mod cube {
         let simple = |tile_size| MultiLevel::SimpleUnit(BlueprintStrategy::Inferred(SimpleUnitSelectionArgs { tile_size }));
         let double = |tile_size| MultiLevel::DoubleUnit(BlueprintStrategy::Inferred(DoubleUnitSelectionArgs { tile_size }));
         match routine {
-            // Ours (`crate::tiled_matmul`) is not a cubek strategy.
-            MatmulRoutine::Burn | MatmulRoutine::Tiled | MatmulRoutine::TiledSmall => Strategy::default(),
+            MatmulRoutine::Burn => Strategy::default(),
+            MatmulRoutine::Tiled | MatmulRoutine::TiledSmall => unreachable!("ours, not cubek's: `matmul_with` runs crate::tiled_matmul"),
             MatmulRoutine::SimpleUnit => simple(TileSizeSelection::MaxTileSize).into(),
             MatmulRoutine::SimpleUnitSmall => simple(TileSizeSelection::MinTileSize).into(),
             MatmulRoutine::DoubleUnit => double(TileSizeSelection::MaxTileSize).into(),

@@ -2,8 +2,8 @@
 # One call on a lent GPU machine (NVIDIA, CUDA PyTorch, no network), after
 # scripts/prepare_device.sh here: the GPU bench of issue 11 (the matrix-product
 # routines side by side, `clearclip bench-matmul`; then ours at f32 and f16,
-# with burn's routine, the fastest exact one, flash attention and, last,
-# cubecl's SPIR-V kernels, vs PyTorch fp32 and fp16, each checked against
+# with burn's routine, the window merge by tensor operations, the fastest
+# exact routine and, last, cubecl's SPIR-V kernels, vs PyTorch fp32 and fp16, each checked against
 # PyTorch fp32's probabilities,
 # scripts/bench_gpu.py; then cubecl's per-kernel profile of one request,
 # scripts/kernel_profile.py) and the CPU thread
@@ -28,7 +28,7 @@
 # the extra columns, burn's by default, and GPU_MATMUL_F16 the f16 one's if
 # it differs), PROFILE=0 the kernel profile (the
 # bench then runs up to GPU_SECONDS), and ALTERNATIVES lists the extra
-# columns, out of "merge matmul flash fusion spirv" (all by default), e.g.
+# columns, out of "merge matmul flash fusion spirv" ("merge matmul spirv" by default), e.g.
 #   MATMUL_BENCH=0 GPU_MATMUL=simple-unit PROFILE=0 ALTERNATIVES="matmul spirv" bash scripts/device_run.sh gpu
 # A dry run on a Debian 12 machine with lavapipe, as root (`dpkg -x` of the
 # packages that machine already has changes nothing; PyTorch runs on the CPU):
@@ -50,7 +50,7 @@ done
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}
-# The three CLIs and py/ (scripts/prepare_device.sh), unpacked outside the
+# The CLIs and py/ (scripts/prepare_device.sh), unpacked outside the
 # tree so that .gpu stays what was carried (unpacked, it would not fit the
 # device tool's 64 MiB a second time).
 gpu=$(mktemp -d)
@@ -68,7 +68,10 @@ weights=$(realpath -m "${WEIGHTS:-/tmp/b16.safetensors}")
 # bench_support: gen_fixtures.py imports OpenCV, which that machine may lack).
 [ -f "$weights" ] || (cd scripts && python3 -c "import sys; from bench_support import reference; reference().generate_vit_b16(sys.argv[1])" "$weights")
 if [ "$part" != cpu ]; then
-alternatives=" ${ALTERNATIVES:-merge matmul flash fusion spirv} "
+# Flash attention and kernel fusion were slower or no faster on the H200
+# (docs/performance.md, "On an NVIDIA H200"): on request only, fusion with a
+# bundle that has it (VARIANTS in scripts/prepare_device.sh).
+alternatives=" ${ALTERNATIVES:-merge matmul spirv} "
 best=${GPU_MATMUL:-burn}
 best_f16=${GPU_MATMUL_F16:-$best}
 if [ "${MATMUL_BENCH:-1}" != 0 ]; then
@@ -92,6 +95,12 @@ extra=()
 [[ $alternatives == *" merge "* ]] && extra+=(--gpu-merge tensor-ops)
 [[ $alternatives == *" matmul "* ]] && extra+=(--gpu-matmul "$best" --gpu-matmul-f16 "$best_f16")
 [[ $alternatives == *" flash "* ]] && extra+=(--gpu-attention flash-unit)
+for variant in fusion spirv; do
+  if [[ $alternatives == *" $variant "* ]] && [ ! -x "$gpu/clearclip-$variant" ]; then
+    echo "no clearclip-$variant in the bundle (VARIANTS in scripts/prepare_device.sh): its columns are left out"
+    alternatives=${alternatives/ $variant / }
+  fi
+done
 [[ $alternatives == *" fusion "* ]] && extra+=(--exe-fused "$gpu/clearclip-fusion")
 [[ $alternatives == *" spirv "* ]] && extra+=(--exe-spirv "$gpu/clearclip-spirv")
 chosen=$(echo $alternatives)  # the list without its padding, empty when none

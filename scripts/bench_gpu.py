@@ -16,8 +16,10 @@ fusion (`cargo build --release -p clearclip-cli --features fusion`). With
 built with cubecl's SPIR-V compiler (`--features spirv`), after the PAMR rows
 (untested on the project's machines; its parity row says whether it is right). With
 --gpu-matmul ROUTINE, columns "ours f32, ROUTINE" and "ours f16, ROUTINE" run
-the CLI with that matrix-product routine (`clearclip bench-matmul` compares
-them on the encoder's products alone); --gpu-matmul-f16 ROUTINE names
+the CLI with that matrix-product routine, or routines as `--gpu-matmul`
+takes them (`projections=ROUTINE,attention=ROUTINE`; `clearclip
+bench-matmul` compares them on the encoder's products alone and names the
+fastest for each kind); --gpu-matmul-f16 ROUTINE names
 another for the f16 column (the fastest at f16 may not be the fastest at f32). With --gpu-attention flash-unit,
 columns "ours f32, flash-unit" and "ours f16, flash-unit" run the towers'
 attention as cubek's flash attention instead of materialising the scores.
@@ -173,7 +175,7 @@ def main():
     ap.add_argument("--exe", help="the clearclip binary [default: target/release/clearclip]")
     ap.add_argument("--exe-fused", help="a clearclip binary built with --features fusion: one more f32 column")
     ap.add_argument("--exe-spirv", help="a clearclip binary built with --features spirv: an f32 and an f16 column, last")
-    ap.add_argument("--gpu-matmul", help="a --gpu-matmul routine other than burn's: one more f32 and f16 column")
+    ap.add_argument("--gpu-matmul", help="a --gpu-matmul routine (or routines for each kind) other than burn's: one more f32 and f16 column")
     ap.add_argument("--gpu-matmul-f16", help="the routine of that f16 column, where it differs [default: --gpu-matmul's]")
     ap.add_argument("--gpu-attention", help="a --gpu-attention routine other than scores: one more f32 and f16 column")
     ap.add_argument("--gpu-merge", help="tensor-ops: one more f32 column, the merge by burn's tensor operations")

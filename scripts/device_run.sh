@@ -24,9 +24,9 @@
 # most first: ours and PyTorch at f32/f16 before the alternatives; 1 and 16
 # threads before 2, 4 and 8.
 # A second call that needs only some columns (the rest measured already):
-# MATMUL_BENCH=0 skips bench-matmul (GPU_MATMUL then names the routine for
-# the extra columns, burn's by default, and GPU_MATMUL_F16 the f16 one's if
-# it differs), PROFILE=0 the kernel profile (the
+# MATMUL_BENCH=0 skips bench-matmul (GPU_MATMUL then names the routine, or
+# routines as --gpu-matmul takes them, for the extra columns, burn's by
+# default, and GPU_MATMUL_F16 the f16 one's if it differs), PROFILE=0 the kernel profile (the
 # bench then runs up to GPU_SECONDS), and ALTERNATIVES lists the extra
 # columns, out of "merge matmul flash fusion spirv" ("merge matmul spirv" by default), e.g.
 #   MATMUL_BENCH=0 GPU_MATMUL=simple-unit PROFILE=0 ALTERNATIVES="matmul spirv" bash scripts/device_run.sh gpu
@@ -80,16 +80,14 @@ for precision in f32 f16; do
   timeout 60 "$gpu/clearclip" bench-matmul --weights "$weights" --precision $precision \
     --json-out "$out/matmul_$precision.json" 2>&1 | tee -a "$out/matmul.txt"
 done
-# The fastest exact routine at f32 gets a column of its own in the full bench,
-# and the fastest at f16 (within 1e-3 of the CPU's f32 product: f16's
-# rounding of the output, 5.8e-4 for every routine on lavapipe) an f16 one.
-best=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["fastestExact"] or "burn")' \
-  "$out/matmul_f32.json" 2>/dev/null || echo burn)
-best_f16=$(python3 -c '
-import json, sys
-ok = [r for r in json.load(open(sys.argv[1]))["routines"]
-      if not r["errors"] and r["perImageMs"] is not None and r["maxRelativeError"] <= 1e-3]
-print(min(ok, key=lambda r: r["perImageMs"])["routine"] if ok else "burn")' "$out/matmul_f16.json" 2>/dev/null || echo "$best")
+# The fastest exact routines at f32 get a column of their own in the full
+# bench, and the fastest at f16 (within 1e-3 of the CPU's f32 product: f16's
+# rounding of the output, 5.8e-4 for every routine on lavapipe) an f16 one:
+# for each kind of product its own (`fastestByKind`, as --gpu-matmul takes
+# it: the projections and attention's products have different shapes).
+fastest() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("fastestByKind") or "burn")' "$1" 2>/dev/null || echo burn; }
+best=$(fastest "$out/matmul_f32.json")
+best_f16=$(fastest "$out/matmul_f16.json")
 fi
 extra=()
 [[ $alternatives == *" merge "* ]] && extra+=(--gpu-merge tensor-ops)

@@ -76,10 +76,11 @@ struct Report {
     precision: &'static str,
     /// Threads of the CPU backend's pool.
     threads: usize,
-    /// The GPU's matrix-product routine (`--gpu-matmul`).
-    gpu_matmul: &'static str,
-    /// Products that routine ran, and those it declined (burn's routine ran
-    /// them), over the warm-up and all runs.
+    /// The GPU's matrix-product routines (`--gpu-matmul`, as it takes them).
+    gpu_matmul: String,
+    /// Products those routines ran, and those they declined (burn's routine
+    /// ran them), over the warm-up and all runs; products left to burn's
+    /// routine are in neither.
     gpu_matmul_products: usize,
     gpu_matmul_declined: usize,
     /// The GPU's attention routine (`--gpu-attention`), and how many
@@ -250,14 +251,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             )
         })
         .collect();
-    let (gpu_matmul_products, gpu_matmul_declined) = clearclip_model::gpu_matmul::routine_counts();
+    let (gpu_matmul_products, gpu_matmul_declined) = crate::total_routine_counts();
     let (gpu_attention_flashed, gpu_attention_declined) = clearclip_model::gpu_attention::routine_counts();
     let report = Report {
         model,
         device,
         precision: args.model.precision().name(),
         threads: rayon::current_num_threads(),
-        gpu_matmul: args.model.gpu_matmul.name(),
+        gpu_matmul: args.model.gpu_matmul.to_string(),
         gpu_matmul_products,
         gpu_matmul_declined,
         gpu_attention: args.model.gpu_attention.name(),

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::Device;
 use clap::{Parser, Subcommand, ValueEnum};
 use clearclip_model::gpu_attention::{self, gpu_attention, set_gpu_attention, AttentionRoutine};
-use clearclip_model::gpu_matmul::{gpu_matmul, routine_counts, set_gpu_matmul, MatmulRoutine};
+use clearclip_model::gpu_matmul::{gpu_matmul, routine_counts, set_gpu_matmul, MatmulChoice, MatmulRoutine, ProductKind};
 use clearclip_model::{inspect_config, load_clip_from_reader, Activation, ClipConfig, Layout, AttentionKind, ClipTokenizer, DenseMode, LoadError, LoadOptions, Precision};
 use clearclip_segment::{
     decode_image, Batching, ClassList, GpuMerge, LastBlockOverrides, Pamr, Preset, Progress, SegmentParams, Segmentation, Segmenter, Templates, PRESETS,
@@ -99,9 +99,11 @@ struct ModelArgs {
     /// The GPU's matrix-product routine: burn (burn's own without autotune),
     /// simple-unit, simple-unit-small, double-unit, double-unit-small or gemm
     /// (cubek's routines that need no tensor cores), or tiled and tiled-small
-    /// (our own register-tiled kernel, two tile sizes); `bench-matmul` times them.
-    #[arg(long, value_parser = parse_matmul_routine, default_value = "burn")]
-    gpu_matmul: MatmulRoutine,
+    /// (our own register-tiled kernel, two tile sizes); `bench-matmul` times
+    /// them. One for all products, or one for each kind:
+    /// projections=ROUTINE,attention=ROUTINE (a kind left out keeps burn's).
+    #[arg(long, value_parser = parse_matmul_choice, default_value = "burn")]
+    gpu_matmul: MatmulChoice,
     /// The GPU's attention in the towers' blocks: scores (materialised
     /// between two products, burn's kernels without autotune) or flash-unit
     /// (cubek's flash attention with unit inner products, one kernel).
@@ -289,11 +291,28 @@ fn parse_preset(id: &str) -> Result<&'static Preset, String> {
 
 /// With a --gpu-matmul routine, how many products it ran and how many it
 /// declined (burn's routine ran those).
+/// One line for a routine chosen for both kinds, else one for each kind not
+/// left to burn's.
 fn report_gpu_matmul() {
-    if gpu_matmul() != MatmulRoutine::Burn {
-        let (routed, declined) = routine_counts();
-        eprintln!("--gpu-matmul {}: {routed} products, {declined} declined (run by burn's routine)", gpu_matmul());
+    let choice = gpu_matmul();
+    let line = |what: String, (routed, declined): (usize, usize)| {
+        eprintln!("--gpu-matmul {what}: {routed} products, {declined} declined (run by burn's routine)");
+    };
+    if choice == MatmulChoice::uniform(MatmulRoutine::Burn) {
+        return;
     }
+    if choice.projections == choice.attention {
+        line(choice.to_string(), total_routine_counts());
+        return;
+    }
+    for kind in ProductKind::ALL.into_iter().filter(|&kind| choice.get(kind) != MatmulRoutine::Burn) {
+        line(format!("{}={}", kind.name(), choice.get(kind)), routine_counts(kind));
+    }
+}
+
+/// [`routine_counts`] over both kinds of product.
+fn total_routine_counts() -> (usize, usize) {
+    ProductKind::ALL.into_iter().map(routine_counts).fold((0, 0), |(r, d), (kr, kd)| (r + kr, d + kd))
 }
 
 /// With --gpu-attention flash-unit, how many attentions it ran and how many
@@ -315,6 +334,10 @@ fn parse_gpu_merge(name: &str) -> Result<GpuMerge, String> {
 
 fn parse_batching(name: &str) -> Result<Batching, String> {
     Batching::from_name(name).ok_or_else(|| format!("a batch is a count of at least 1 or \"memory\", not \"{name}\""))
+}
+
+fn parse_matmul_choice(text: &str) -> Result<MatmulChoice, String> {
+    text.parse()
 }
 
 fn parse_matmul_routine(name: &str) -> Result<MatmulRoutine, String> {
@@ -484,7 +507,7 @@ fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration, S
         None => BUNDLED_TOKENIZER.to_vec(),
     };
     let weights = std::fs::File::open(&args.weights).with_context(|| format!("cannot read weights {}", args.weights.display()))?;
-    if args.gpu_matmul != MatmulRoutine::Burn {
+    if args.gpu_matmul != MatmulChoice::default() {
         if !matches!(args.device, DeviceArg::Gpu) {
             bail!("--gpu-matmul chooses a routine of --device gpu");
         }

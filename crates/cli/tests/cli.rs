@@ -320,12 +320,28 @@ fn every_gpu_matmul_routine_segments_like_the_reference() {
         // The tolerance of --device gpu with burn's routine.
         assert_close(&format!("CLI --gpu-matmul {routine} vs reference"), &probs, &expected, 1e-4);
     }
+    // A routine for each kind of product: each kind's products went through its own.
+    let out = tmp.path().join("mixed");
+    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    args.extend(["--device", "gpu", "--gpu-matmul", "attention=simple-unit,projections=tiled"]);
+    let output = clearclip(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    for kind in ["projections=tiled", "attention=simple-unit"] {
+        let counts = stderr.lines().find_map(|l| l.strip_prefix(&format!("--gpu-matmul {kind}: "))).unwrap_or_else(|| panic!("{kind}: {stderr}"));
+        let (products, declined) = counts.split_once(" products, ").unwrap();
+        assert!(products.parse::<usize>().unwrap() > 0 && declined.starts_with("0 declined"), "{kind}: {counts}");
+    }
+    let (_, probs) = read_npy(&out.join("probs.npy"));
+    assert_close("CLI --gpu-matmul projections=tiled,attention=simple-unit vs reference", &probs, &expected, 1e-4);
 
     let out = tmp.path().join("cpu");
     let args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
     assert_refused(&[&args[..], &["--gpu-matmul", "gemm"]].concat(), "--gpu-matmul chooses a routine of --device gpu", &out);
     let unknown = ["--device", "gpu", "--gpu-matmul", "fastest"];
     assert_refused(&[&args[..], &unknown].concat(), "unknown routine \"fastest\"; one of burn, simple-unit", &out);
+    let unknown_kind = ["--device", "gpu", "--gpu-matmul", "weights=tiled"];
+    assert_refused(&[&args[..], &unknown_kind].concat(), "unknown kind of product \"weights\"; one of projections, attention", &out);
 }
 
 /// `--gpu-merge tensor-ops` (burn's operations) and the default kernels give
@@ -455,6 +471,23 @@ fn bench_matmul_runs_and_checks_every_routine() {
     let per_image = |r: &serde_json::Value| r["perImageMs"].as_f64().unwrap();
     let fastest = routines.iter().min_by(|a, b| per_image(a).total_cmp(&per_image(b))).unwrap();
     assert_eq!(report["fastestExact"], fastest["routine"], "{report}");
+    // And for each kind of product, the fastest at that kind's products, as
+    // --gpu-matmul takes the choice; its time is theirs over all blocks.
+    let attention: Vec<bool> = products.iter().map(|p| p.as_str().unwrap().starts_with("q k^T") || p.as_str().unwrap().starts_with("weights v")).collect();
+    assert_eq!(attention.iter().filter(|a| **a).count(), 2, "{products:?}");
+    let kind_ms = |r: &serde_json::Value, of_attention: bool| -> f64 {
+        r["ms"].as_array().unwrap().iter().zip(&attention).filter(|(_, a)| **a == of_attention).map(|(ms, _)| ms.as_f64().unwrap()).sum()
+    };
+    let fastest_for = |of_attention: bool| routines.iter().min_by(|a, b| kind_ms(a, of_attention).total_cmp(&kind_ms(b, of_attention))).unwrap();
+    let (projections, attention_routine) = (fastest_for(false), fastest_for(true));
+    let choice = match projections["routine"] == attention_routine["routine"] {
+        true => projections["routine"].as_str().unwrap().to_string(),
+        false => format!("projections={},attention={}", projections["routine"].as_str().unwrap(), attention_routine["routine"].as_str().unwrap()),
+    };
+    assert_eq!(report["fastestByKind"].as_str(), Some(choice.as_str()), "{report}");
+    let layers = report["layers"].as_f64().unwrap();
+    let choice_ms = (kind_ms(projections, false) + kind_ms(attention_routine, true)) * layers;
+    assert!((report["fastestByKindMs"].as_f64().unwrap() - choice_ms).abs() <= 1e-9 * choice_ms, "{report}");
 
     // The same report as a Markdown table on stdout.
     let table = String::from_utf8_lossy(&output.stdout);
@@ -464,6 +497,7 @@ fn bench_matmul_runs_and_checks_every_routine() {
         assert!(table.contains(&format!("| {} | ", product.as_str().unwrap())), "{table}");
     }
     assert!(table.contains(&format!("fastest within 1e-5 of the CPU: {}", fastest["routine"].as_str().unwrap())), "{table}");
+    assert!(table.contains(&format!("fastest for each kind of product within 1e-5 of the CPU: {choice} (")), "{table}");
 }
 
 /// Whether `output` failed for want of a wgpu adapter (and the test may be

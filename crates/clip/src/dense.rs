@@ -12,7 +12,7 @@ use std::fmt;
 use burn::tensor::{FloatDType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::gpu_matmul::matmul;
+use crate::gpu_matmul::{matmul, ProductKind};
 use crate::host::{self, AttentionSpec, Part};
 use crate::nn::{attention_weights, HeadProjections, ResidualAttentionBlock};
 
@@ -308,7 +308,7 @@ impl LastBlock {
             let dtype = FloatDType::from(v.dtype());
             let weights = parts.iter().map(|&(a, b)| attention_weights(part(a), part(b), scale, bias.as_ref(), None).cast(dtype));
             let mixed = match weights.reduce(|sum, w| sum + w) {
-                Some(weights) => matmul(weights, v.clone()),
+                Some(weights) => matmul(ProductKind::Attention, weights, v.clone()),
                 None => v.clone(),
             };
             attn.merge(mixed)

@@ -13,11 +13,16 @@
 //!
 //! The choice is process-wide, as burn's own kernel choices are: the CLI sets
 //! it once ([`set_gpu_matmul`]) and every product of the model on a GPU device
-//! goes through [`matmul`]. Products on the CPU backend, products whose batch
-//! dimensions broadcast (burn folds those first), and builds with burn's
-//! kernel fusion (whose tensors are not cubecl tensors) keep burn's path.
+//! goes through [`matmul`]. It is made for each [`ProductKind`] apart: the
+//! projections (one large matrix, thousands of rows) and attention's
+//! products (a small one per head) have different shapes, and the fastest
+//! routine for one need not be the fastest for the other. Products on the
+//! CPU backend, products whose batch dimensions broadcast (burn folds those
+//! first), and builds with burn's kernel fusion (whose tensors are not cubecl
+//! tensors) keep burn's path.
 
 use std::fmt;
+use std::str::FromStr;
 
 use burn::tensor::Tensor;
 
@@ -86,42 +91,157 @@ impl fmt::Display for MatmulRoutine {
     }
 }
 
-static CHOICE: RoutineChoice<MatmulRoutine> = RoutineChoice::new(&MatmulRoutine::ALL);
+/// The two kinds of the model's products, each with a routine of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProductKind {
+    /// Rows of activations times one matrix: the layers' weights (patch
+    /// embedding, q k v, output and MLP projections, the towers' final
+    /// projections) and the class embeddings (the logits).
+    ///
+    /// `[rows, k] @ [k, n]`, rows in the thousands for a photo's windows.
+    Projection,
+    /// Attention's products, a small one per window and head: `q k^T` and
+    /// the weights times `v`.
+    ///
+    /// `[batch, heads, tokens, head_dim] @ [batch, heads, head_dim, tokens]`,
+    /// and `[.., tokens, tokens] @ [.., tokens, head_dim]`.
+    Attention,
+}
 
-/// Run the GPU backend's products with `routine` from now on, in this process.
+impl ProductKind {
+    pub const ALL: [ProductKind; 2] = [ProductKind::Projection, ProductKind::Attention];
+
+    /// The name `--gpu-matmul` takes for it (`projections=...,attention=...`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ProductKind::Projection => "projections",
+            ProductKind::Attention => "attention",
+        }
+    }
+
+    fn choice(self) -> &'static RoutineChoice<MatmulRoutine> {
+        static PROJECTIONS: RoutineChoice<MatmulRoutine> = RoutineChoice::new(&MatmulRoutine::ALL);
+        static ATTENTION: RoutineChoice<MatmulRoutine> = RoutineChoice::new(&MatmulRoutine::ALL);
+        match self {
+            ProductKind::Projection => &PROJECTIONS,
+            ProductKind::Attention => &ATTENTION,
+        }
+    }
+}
+
+/// A routine for each [`ProductKind`]. Written (and parsed, as
+/// `--gpu-matmul` takes it) as one routine's name when both are the same,
+/// else as `projections=ROUTINE,attention=ROUTINE`, where a kind left out
+/// keeps burn's routine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MatmulChoice {
+    pub projections: MatmulRoutine,
+    pub attention: MatmulRoutine,
+}
+
+impl MatmulChoice {
+    /// `routine` for both kinds.
+    pub fn uniform(routine: MatmulRoutine) -> Self {
+        Self { projections: routine, attention: routine }
+    }
+
+    pub fn get(self, kind: ProductKind) -> MatmulRoutine {
+        match kind {
+            ProductKind::Projection => self.projections,
+            ProductKind::Attention => self.attention,
+        }
+    }
+
+    /// This choice with `routine` for `kind`.
+    pub fn with(self, kind: ProductKind, routine: MatmulRoutine) -> Self {
+        match kind {
+            ProductKind::Projection => Self { projections: routine, ..self },
+            ProductKind::Attention => Self { attention: routine, ..self },
+        }
+    }
+}
+
+impl fmt::Display for MatmulChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.projections == self.attention {
+            true => write!(f, "{}", self.projections),
+            false => write!(f, "projections={},attention={}", self.projections, self.attention),
+        }
+    }
+}
+
+impl FromStr for MatmulChoice {
+    type Err = String;
+
+    /// One routine's name, or `KIND=ROUTINE` pairs separated by commas.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let routine = |name: &str| {
+            MatmulRoutine::from_name(name).ok_or_else(|| {
+                let names: Vec<_> = MatmulRoutine::ALL.iter().map(|r| r.name()).collect();
+                format!("unknown routine \"{name}\"; one of {}", names.join(", "))
+            })
+        };
+        if !text.contains('=') {
+            return routine(text).map(Self::uniform);
+        }
+        let mut choice = Self::default();
+        let mut given = Vec::new();
+        for pair in text.split(',') {
+            let (kind_name, name) = pair.split_once('=').ok_or_else(|| format!("\"{pair}\" is not KIND=ROUTINE"))?;
+            let kind = ProductKind::ALL
+                .into_iter()
+                .find(|k| k.name() == kind_name)
+                .ok_or_else(|| format!("unknown kind of product \"{kind_name}\"; one of projections, attention"))?;
+            if given.contains(&kind) {
+                return Err(format!("{kind_name} is given twice"));
+            }
+            given.push(kind);
+            choice = choice.with(kind, routine(name)?);
+        }
+        Ok(choice)
+    }
+}
+
+/// Run the GPU backend's products with `choice`'s routines from now on, in this process.
 ///
 /// Returns `false` (and changes nothing) when this build cannot choose: it was
 /// built without the `gpu-routines` feature, or with burn's kernel fusion.
-pub fn set_gpu_matmul(routine: MatmulRoutine) -> bool {
-    CHOICE.set(routine)
+pub fn set_gpu_matmul(choice: MatmulChoice) -> bool {
+    if !ProductKind::ALL.iter().all(|&kind| kind.choice().can_set(choice.get(kind))) {
+        return false;
+    }
+    ProductKind::ALL.iter().all(|&kind| kind.choice().set(choice.get(kind)))
 }
 
-/// The routine [`set_gpu_matmul`] chose ([`MatmulRoutine::Burn`] unless it was called).
-pub fn gpu_matmul() -> MatmulRoutine {
-    CHOICE.get()
+/// The routines [`set_gpu_matmul`] chose (burn's unless it was called).
+pub fn gpu_matmul() -> MatmulChoice {
+    MatmulChoice { projections: ProductKind::Projection.choice().get(), attention: ProductKind::Attention.choice().get() }
 }
 
-/// `lhs @ rhs`, through the chosen routine on a GPU device, else burn's `matmul`.
+/// `lhs @ rhs`, through the routine chosen for `kind` on a GPU device, else
+/// burn's `matmul`.
 ///
 /// # Shapes
 /// - `lhs`: `[..batch, m, k]`, `rhs`: `[..batch, k, n]` -> `[..batch, m, n]`
 ///   (batch dimensions broadcast as in burn's `matmul`)
-pub fn matmul<const D: usize>(lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
-    match gpu_matmul() {
+pub fn matmul<const D: usize>(kind: ProductKind, lhs: Tensor<D>, rhs: Tensor<D>) -> Tensor<D> {
+    let choice = kind.choice();
+    match choice.get() {
         MatmulRoutine::Burn => lhs.matmul(rhs),
         _ if crate::host::is_host(&lhs.device()) => lhs.matmul(rhs),
         routine => {
             let product = matmul_with(routine, lhs.clone(), rhs.clone()).ok();
-            CHOICE.count(product.is_some());
+            choice.count(product.is_some());
             product.unwrap_or_else(|| lhs.matmul(rhs))
         }
     }
 }
 
-/// How many of [`matmul`]'s GPU products ran through the chosen routine, and
-/// how many it declined (they ran with burn's), in this process so far.
-pub fn routine_counts() -> (usize, usize) {
-    CHOICE.counts()
+/// How many of [`matmul`]'s GPU products of `kind` ran through the routine
+/// chosen for it, and how many it declined (they ran with burn's), in this
+/// process so far. Products of a kind left to burn's routine are not counted.
+pub fn routine_counts(kind: ProductKind) -> (usize, usize) {
+    kind.choice().counts()
 }
 
 /// The cubecl runtime that serves `device`, which names its shader compiler
@@ -162,6 +282,38 @@ pub fn matmul_with<const D: usize>(routine: MatmulRoutine, lhs: Tensor<D>, rhs: 
     };
     #[cfg(not(all(feature = "gpu-routines", not(feature = "fusion"))))]
     Err("this build runs burn's matrix products only (no gpu-matmul feature, or kernel fusion)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_choice_is_written_as_the_cli_takes_it() {
+        let tiled = MatmulChoice::uniform(MatmulRoutine::Tiled);
+        assert_eq!("tiled".parse(), Ok(tiled));
+        assert_eq!(tiled.to_string(), "tiled");
+        // Written in full when the kinds differ, read in either order; a kind
+        // left out keeps burn's routine.
+        let mixed = MatmulChoice { projections: MatmulRoutine::Tiled, attention: MatmulRoutine::SimpleUnit };
+        assert_eq!(mixed.to_string(), "projections=tiled,attention=simple-unit");
+        assert_eq!("attention=simple-unit,projections=tiled".parse(), Ok(mixed));
+        let attention_only = MatmulChoice { projections: MatmulRoutine::Burn, attention: MatmulRoutine::Gemm };
+        assert_eq!("attention=gemm".parse(), Ok(attention_only));
+        assert_eq!(attention_only.to_string().parse(), Ok(attention_only));
+        assert_eq!("projections=tiled,attention=tiled".parse::<MatmulChoice>().map(|c| c.to_string()), Ok("tiled".to_string()));
+        assert_eq!(MatmulChoice::default(), MatmulChoice::uniform(MatmulRoutine::Burn));
+    }
+
+    #[test]
+    fn a_wrong_choice_says_what_is_wrong() {
+        let error = |text: &str| text.parse::<MatmulChoice>().unwrap_err();
+        assert!(error("fastest").starts_with("unknown routine \"fastest\"; one of burn, simple-unit"), "{}", error("fastest"));
+        assert!(error("projections=fast").starts_with("unknown routine \"fast\""));
+        assert!(error("weights=tiled").starts_with("unknown kind of product \"weights\"; one of projections, attention"));
+        assert_eq!(error("projections=tiled,projections=gemm"), "projections is given twice");
+        assert_eq!(error("projections=tiled,gemm"), "\"gemm\" is not KIND=ROUTINE");
+    }
 }
 
 #[cfg(all(feature = "gpu-routines", not(feature = "fusion")))]

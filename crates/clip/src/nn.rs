@@ -4,7 +4,7 @@ use burn::tensor::{activation, Bool, Device, FloatDType, Tensor, TensorData};
 
 use crate::config::Activation;
 use crate::gpu_attention;
-use crate::gpu_matmul::matmul;
+use crate::gpu_matmul::{matmul, ProductKind};
 use crate::host::{self, AttentionSpec, HostValues, Part};
 
 /// `y = x W + b`, with `W` stored input-major (`[in, out]`).
@@ -23,7 +23,7 @@ impl Linear {
         }
         let [batch, tokens, width] = x.dims();
         let out = self.weight.dims()[1];
-        let y = matmul(x.reshape([batch * tokens, width]), self.weight.clone());
+        let y = matmul(ProductKind::Projection, x.reshape([batch * tokens, width]), self.weight.clone());
         let y = match &self.bias {
             Some(bias) => y + bias.clone().unsqueeze::<2>(),
             None => y,
@@ -246,7 +246,7 @@ impl Attention {
             return merge_heads(heads);
         }
         let weights = attention_weights(q, k, self.scale(), None, future);
-        merge_heads(matmul(weights.cast(FloatDType::from(v.dtype())), v))
+        merge_heads(matmul(ProductKind::Attention, weights.cast(FloatDType::from(v.dtype())), v))
     }
 }
 
@@ -281,7 +281,7 @@ pub fn causal_mask(tokens: usize, device: &Device) -> Tensor<2, Bool> {
 /// - `future`: `[tokens, tokens]` ([`causal_mask`])
 /// - returns `[batch, heads, tokens, tokens]`, f32
 pub(crate) fn attention_weights(a: Tensor<4>, b: Tensor<4>, scale: f64, bias: Option<&Tensor<4>>, future: Option<&Tensor<2, Bool>>) -> Tensor<4> {
-    let scores = matmul(a, b.swap_dims(2, 3)).cast(FloatDType::F32) * scale;
+    let scores = matmul(ProductKind::Attention, a, b.swap_dims(2, 3)).cast(FloatDType::F32) * scale;
     let scores = match bias {
         Some(bias) => scores + bias.clone(),
         None => scores,

@@ -21,10 +21,16 @@ impl<T: Copy + PartialEq> RoutineChoice<T> {
         Self { all, index: AtomicU8::new(0), ran: AtomicUsize::new(0), declined: AtomicUsize::new(0) }
     }
 
+    /// Whether [`Self::set`] would take `routine`: the default, or any in a
+    /// build that can choose ([`CAN_CHOOSE`]).
+    pub(crate) fn can_set(&self, routine: T) -> bool {
+        CAN_CHOOSE || routine == self.all[0]
+    }
+
     /// Choose `routine`; `false` (and nothing changes) when it is not the
     /// default and this build cannot choose ([`CAN_CHOOSE`]).
     pub(crate) fn set(&self, routine: T) -> bool {
-        if !CAN_CHOOSE && routine != self.all[0] {
+        if !self.can_set(routine) {
             return false;
         }
         let index = self.all.iter().position(|r| *r == routine).expect("listed");

@@ -5,7 +5,7 @@
 use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 
 use crate::config::TextConfig;
-use crate::gpu_matmul::matmul;
+use crate::gpu_matmul::{matmul, ProductKind};
 use crate::host::is_host;
 use crate::nn::{causal_mask, LayerNorm, ResidualAttentionBlock};
 use crate::tokenizer::TokenBatch;
@@ -83,6 +83,6 @@ impl TextTransformer {
         }
         let pooled = eot.len();
         let eot: Tensor<1, Int> = Tensor::from_data(TensorData::new(eot, [pooled]), &device);
-        Ok(matmul(x.select(0, eot), self.projection.clone()).narrow(0, 0, rows).cast(FloatDType::F32))
+        Ok(matmul(ProductKind::Projection, x.select(0, eot), self.projection.clone()).narrow(0, 0, rows).cast(FloatDType::F32))
     }
 }

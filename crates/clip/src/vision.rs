@@ -7,7 +7,7 @@ use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 
 use crate::config::VisionConfig;
 use crate::dense::LastBlock;
-use crate::gpu_matmul::matmul;
+use crate::gpu_matmul::{matmul, ProductKind};
 use crate::InputError;
 use crate::nn::{LayerNorm, ResidualAttentionBlock};
 use crate::pos_embed::resize_patch_positions;
@@ -125,7 +125,7 @@ impl VisionTransformer {
         let [batch, tokens, width] = y.dims();
         let patches = y.narrow(1, 1, tokens - 1).reshape([batch * (tokens - 1), width]);
         let embed = self.projection.dims()[1];
-        matmul(patches, self.projection.clone()).reshape([batch, tokens - 1, embed]).cast(FloatDType::F32)
+        matmul(ProductKind::Projection, patches, self.projection.clone()).reshape([batch, tokens - 1, embed]).cast(FloatDType::F32)
     }
 
     /// Dense patch features: [`Self::encode_to_last_block`] then [`Self::dense_from_last_block`].
@@ -149,7 +149,7 @@ impl VisionTransformer {
             .reshape([batch, channels, grid_h, patch, grid_w, patch])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([batch * grid_h * grid_w, channels * patch * patch]);
-        let tokens = matmul(patches, self.patch_embedding.clone()).reshape([batch, grid_h * grid_w, width]);
+        let tokens = matmul(ProductKind::Projection, patches, self.patch_embedding.clone()).reshape([batch, grid_h * grid_w, width]);
 
         let n = self.config.grid_size;
         let positions = resize_patch_positions(&self.patch_positions, n, width, patch, height, width_px)?;

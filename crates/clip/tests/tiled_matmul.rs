@@ -1,16 +1,28 @@
 //! Our own matrix-product kernel on the GPU (`--gpu-matmul tiled` and
 //! `tiled-small`, `src/tiled_matmul.rs`): products of every shape class
 //! the model gives it against the CPU backend, then the towers with it
-//! against PyTorch at f32 and f16. The choice is process-wide, so these tests
-//! have a process of their own (this file), and need the `gpu-routines`
-//! feature.
+//! against PyTorch at f32 and f16, and each kind of product with a routine
+//! of its own. The choice is process-wide, so these tests have a process of
+//! their own (this file), take turns at it ([`CHOICE`]), and need the
+//! `gpu-routines` feature.
 
 mod common;
 
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use clearclip_fixtures::{largest_difference, wgpu_device};
-use clearclip_model::gpu_matmul::{matmul_with, routine_counts, set_gpu_matmul, MatmulRoutine};
+use std::sync::Mutex;
+
+use clearclip_model::gpu_matmul::{matmul_with, routine_counts, set_gpu_matmul, MatmulChoice, MatmulRoutine, ProductKind};
 use clearclip_model::Precision;
+
+/// Held by a test while it sets the process-wide choice and runs the model.
+static CHOICE: Mutex<()> = Mutex::new(());
+
+/// The products the chosen routines ran and declined, both kinds together.
+fn counts_of_both_kinds() -> (usize, usize) {
+    let (p, a) = (routine_counts(ProductKind::Projection), routine_counts(ProductKind::Attention));
+    (p.0 + a.0, p.1 + a.1)
+}
 
 /// Values in [-1, 1) from a 32-bit LCG.
 fn random(len: usize, seed: u32) -> Vec<f32> {
@@ -98,13 +110,42 @@ fn more_batches_than_a_dispatch_allows_are_declined() {
 #[test]
 fn towers_with_the_tiled_kernel_match_pytorch_at_both_precisions() {
     let Some(device) = wgpu_device() else { return };
+    let _turn = CHOICE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     for routine in [MatmulRoutine::Tiled, MatmulRoutine::TiledSmall] {
-        assert!(set_gpu_matmul(routine), "this build has kernel fusion");
+        assert!(set_gpu_matmul(MatmulChoice::uniform(routine)), "this build has kernel fusion");
         for precision in common::precisions(&device) {
-            for (_, (ran, declined)) in common::assert_towers_match_pytorch(&device, routine.name(), precision, routine_counts) {
+            for (_, (ran, declined)) in common::assert_towers_match_pytorch(&device, routine.name(), precision, counts_of_both_kinds) {
                 // The products went through the kernel, none declined.
                 assert!(ran > 0 && declined == 0, "{routine} {}: {ran} products ran, {declined} declined", precision.name());
             }
+        }
+    }
+}
+
+/// A choice for each kind of product: the projections' products through
+/// one routine, attention's through the other (here burn's, which counts
+/// nothing), and the towers still match PyTorch.
+#[test]
+fn each_kind_of_product_runs_with_its_own_routine() {
+    let Some(device) = wgpu_device() else { return };
+    let _turn = CHOICE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for (choice, routed) in [
+        ("projections=tiled", ProductKind::Projection),
+        ("attention=tiled-small", ProductKind::Attention),
+        ("projections=tiled-small,attention=tiled", ProductKind::Projection),
+    ] {
+        let choice: MatmulChoice = choice.parse().unwrap();
+        assert!(set_gpu_matmul(choice), "this build has kernel fusion");
+        let other = ProductKind::ALL.into_iter().find(|&kind| kind != routed).unwrap();
+        let before = routine_counts(other);
+        for (_, (ran, declined)) in common::assert_towers_match_pytorch(&device, &choice.to_string(), Precision::F32, || routine_counts(routed)) {
+            assert!(ran > 0 && declined == 0, "{choice}: {ran} {} products ran, {declined} declined", routed.name());
+        }
+        let after = routine_counts(other);
+        match choice.get(other) {
+            // Left to burn's routine: nothing goes through the choice.
+            MatmulRoutine::Burn => assert_eq!(after, before, "{choice}: {} products went through a routine", other.name()),
+            _ => assert!(after.0 > before.0 && after.1 == before.1, "{choice}: {} products {before:?} -> {after:?}", other.name()),
         }
     }
 }

@@ -32,7 +32,7 @@ use std::pin::Pin;
 use burn::tensor::{Tensor, TensorData};
 use clearclip_model::{Clip, ClipConfig, ClipTokenizer, DenseMode, InputError, LastBlock, LastBlockError, LastBlockInput, TokenBatch, TokenizerError};
 use clearclip_model::host::is_host;
-use clearclip_model::gpu_matmul::matmul;
+use clearclip_model::gpu_matmul::{matmul, ProductKind};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
@@ -944,7 +944,7 @@ impl Segmenter {
         let [batch, n, dim] = features.dims();
         let features = features.reshape([batch * n, dim]);
         let norm = features.clone().square().sum_dim(1).sqrt();
-        matmul(queries.clone(), (features / norm).transpose())
+        matmul(ProductKind::Projection, queries.clone(), (features / norm).transpose())
     }
 }
 

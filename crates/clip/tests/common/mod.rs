@@ -25,7 +25,7 @@ pub fn precisions(device: &Device) -> Vec<Precision> {
 /// prompts' text embeddings; at f32 within [`FEATURE_TOLERANCE`], at f16
 /// like PyTorch's f16. Returns each checkpoint's configuration with what
 /// `counts` (a routine's problems run and declined) grew by over its checks.
-pub fn assert_towers_match_pytorch(device: &Device, what: &str, precision: Precision, counts: fn() -> (usize, usize)) -> Vec<(ClipConfig, (usize, usize))> {
+pub fn assert_towers_match_pytorch(device: &Device, what: &str, precision: Precision, counts: impl Fn() -> (usize, usize)) -> Vec<(ClipConfig, (usize, usize))> {
     let reference = Reference::load();
     let (input, shape) = reference.f32("dense.input_96x160");
     let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json(), 77).unwrap();

@@ -28,7 +28,7 @@ use burn::tensor::Tensor;
 
 use crate::routine_choice::RoutineChoice;
 
-/// A cubek routine for the GPU backend's matrix products.
+/// A routine for the GPU backend's matrix products: one of cubek's, or our own kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MatmulRoutine {
     /// burn's choice without autotune: cubek's `Auto` (tensor cores where the

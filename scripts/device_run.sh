@@ -33,6 +33,7 @@
 # A dry run on a Debian 12 machine with lavapipe, as root (`dpkg -x` of the
 # packages that machine already has changes nothing; PyTorch runs on the CPU):
 #   OUT=/tmp/out WEIGHTS=fixtures/tiny_openclip_bf16.safetensors GPU_SECONDS=300 THREADS=1,2 \
+#   MATMUL_ARGS="--crop 64 --runs 2 --repeat 2" \
 #   VK_DRIVER_FILES=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json bash scripts/device_run.sh
 set -uo pipefail
 part=${1:-all}
@@ -77,7 +78,9 @@ best_f16=${GPU_MATMUL_F16:-$best}
 if [ "${MATMUL_BENCH:-1}" != 0 ]; then
 stamp "GPU: the matrix-product routines on one block's products (bench-matmul)"
 for precision in f32 f16; do
-  timeout 60 "$gpu/clearclip" bench-matmul --weights "$weights" --precision $precision \
+  # MATMUL_ARGS: more arguments, e.g. "--crop 64 --runs 2 --repeat 2" for a dry run on lavapipe,
+  # where the default (two 448 windows, 5 x 10 runs of 8 routines) takes longer than the 60 s.
+  timeout 60 "$gpu/clearclip" bench-matmul --weights "$weights" --precision $precision ${MATMUL_ARGS:-} \
     --json-out "$out/matmul_$precision.json" 2>&1 | tee -a "$out/matmul.txt"
 done
 # The fastest exact routines at f32 get a column of their own in the full

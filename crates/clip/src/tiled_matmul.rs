@@ -77,10 +77,12 @@ fn tiled_matmul<F: Float, N: Size>(
     }
 
     // Workgroup memory, in f32, by product index: the tile's lhs column as
-    // vectors of rows, its rhs row as vectors of columns.
-    let lhs_vectors = comptime!(tile_m / LANES);
+    // vectors of rows, its rhs row as vectors of columns. Each lhs column is
+    // padded by one vector: consecutive units stage consecutive products of
+    // a row, which unpadded would all land in the same memory banks.
+    let lhs_stride = comptime!(tile_m / LANES + 1);
     let rhs_vectors = comptime!(TILE_N / LANES);
-    let mut lhs_tile = Shared::<[Vector<f32, N>]>::new_slice(comptime!(TILE_K * tile_m / LANES));
+    let mut lhs_tile = Shared::<[Vector<f32, N>]>::new_slice(comptime!(TILE_K * (tile_m / LANES + 1)));
     let mut rhs_tile = Shared::<[Vector<f32, N>]>::new_slice(comptime!(TILE_K * TILE_N / LANES));
     let mut lhs_staged = Array::<Vector<F, N>>::new(comptime!(loads_per_unit(tile_m)));
     let mut rhs_staged = Array::<Vector<F, N>>::new(comptime!(loads_per_unit(TILE_N)));
@@ -101,7 +103,7 @@ fn tiled_matmul<F: Float, N: Size>(
         #[unroll]
         for j in 0..comptime!(loads_per_unit(tile_m)) {
             let v = unit + j * comptime!(UNITS_X * UNITS_Y);
-            lhs_tile[(v % TILE_K) * lhs_vectors + v / TILE_K] = Vector::cast_from(lhs_staged[j]);
+            lhs_tile[(v % TILE_K) * lhs_stride + v / TILE_K] = Vector::cast_from(lhs_staged[j]);
         }
         #[unroll]
         for j in 0..comptime!(loads_per_unit(TILE_N)) {
@@ -118,7 +120,7 @@ fn tiled_matmul<F: Float, N: Size>(
             let b = rhs_tile[k * rhs_vectors + UNIT_POS_X as usize];
             #[unroll]
             for r in 0..comptime!(unit_rows / LANES) {
-                let a = lhs_tile[k * lhs_vectors + UNIT_POS_Y as usize * comptime!(unit_rows / LANES) + r];
+                let a = lhs_tile[k * lhs_stride + UNIT_POS_Y as usize * comptime!(unit_rows / LANES) + r];
                 #[unroll]
                 for lane in 0..LANES {
                     let i = comptime!(r * LANES + lane);

@@ -251,7 +251,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             )
         })
         .collect();
-    let (gpu_matmul_products, gpu_matmul_declined) = crate::total_routine_counts();
+    let (gpu_matmul_products, gpu_matmul_declined) = clearclip_model::gpu_matmul::total_routine_counts();
     let (gpu_attention_flashed, gpu_attention_declined) = clearclip_model::gpu_attention::routine_counts();
     let report = Report {
         model,

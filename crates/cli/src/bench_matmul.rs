@@ -67,6 +67,14 @@ const EXACT_F32: f64 = 1e-5;
 /// order; every routine was within 5.8e-4 on lavapipe at ViT-B/16's shapes.
 const WITHIN_F16: f64 = 1e-3;
 
+/// The error within which a routine may be chosen at `precision`.
+fn routine_tolerance(precision: Precision) -> f64 {
+    match precision {
+        Precision::F32 => EXACT_F32,
+        Precision::F16 => WITHIN_F16,
+    }
+}
+
 /// One product of a transformer block.
 struct Product {
     name: &'static str,
@@ -281,10 +289,7 @@ pub fn run(args: BenchMatmulArgs) -> Result<()> {
             .map(|(routine, _)| routine),
         Precision::F16 => None,
     };
-    let tolerance = match precision {
-        Precision::F32 => EXACT_F32,
-        Precision::F16 => WITHIN_F16,
-    };
+    let tolerance = routine_tolerance(precision);
     let kinds: Vec<ProductKind> = products.iter().map(|p| p.kind.product_kind()).collect();
     let (fastest_by_kind, fastest_by_kind_ms) = match fastest_by_kind(&reports, &kinds, tolerance) {
         Some((choice, block_ms)) => (Some(choice.to_string()), Some(block_ms * config.vision.layers as f64)),
@@ -369,10 +374,7 @@ fn print_table(r: &Report) {
         }
     }
     if let (Some(choice), Some(ms)) = (&r.fastest_by_kind, r.fastest_by_kind_ms) {
-        let within = match r.precision {
-            Precision::F32 => EXACT_F32,
-            Precision::F16 => WITHIN_F16,
-        };
+        let within = routine_tolerance(r.precision);
         println!("fastest for each kind of product within {within:.0e} of the CPU: {choice} ({ms:.3} ms an image)");
     }
     match (r.fastest_exact, r.precision) {

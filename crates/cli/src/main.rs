@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::Device;
 use clap::{Parser, Subcommand, ValueEnum};
 use clearclip_model::gpu_attention::{self, gpu_attention, set_gpu_attention, AttentionRoutine};
-use clearclip_model::gpu_matmul::{gpu_matmul, routine_counts, set_gpu_matmul, MatmulChoice, MatmulRoutine, ProductKind};
+use clearclip_model::gpu_matmul::{gpu_matmul, routine_counts, set_gpu_matmul, total_routine_counts, MatmulChoice, MatmulRoutine, ProductKind};
 use clearclip_model::{inspect_config, load_clip_from_reader, Activation, ClipConfig, Layout, AttentionKind, ClipTokenizer, DenseMode, LoadError, LoadOptions, Precision};
 use clearclip_segment::{
     decode_image, Batching, ClassList, GpuMerge, LastBlockOverrides, Pamr, Preset, Progress, SegmentParams, Segmentation, Segmenter, Templates, PRESETS,
@@ -290,9 +290,8 @@ fn parse_preset(id: &str) -> Result<&'static Preset, String> {
 }
 
 /// With a --gpu-matmul routine, how many products it ran and how many it
-/// declined (burn's routine ran those).
-/// One line for a routine chosen for both kinds, else one for each kind not
-/// left to burn's.
+/// declined (burn's routine ran those): one line for a routine chosen for
+/// both kinds, else one for each kind not left to burn's.
 fn report_gpu_matmul() {
     let choice = gpu_matmul();
     let line = |what: String, (routed, declined): (usize, usize)| {
@@ -308,11 +307,6 @@ fn report_gpu_matmul() {
     for kind in ProductKind::ALL.into_iter().filter(|&kind| choice.get(kind) != MatmulRoutine::Burn) {
         line(format!("{}={}", kind.name(), choice.get(kind)), routine_counts(kind));
     }
-}
-
-/// [`routine_counts`] over both kinds of product.
-fn total_routine_counts() -> (usize, usize) {
-    ProductKind::ALL.into_iter().map(routine_counts).fold((0, 0), |(r, d), (kr, kd)| (r + kr, d + kd))
 }
 
 /// With --gpu-attention flash-unit, how many attentions it ran and how many
@@ -341,7 +335,7 @@ fn parse_matmul_choice(text: &str) -> Result<MatmulChoice, String> {
 }
 
 fn parse_matmul_routine(name: &str) -> Result<MatmulRoutine, String> {
-    MatmulRoutine::from_name(name).ok_or_else(|| unknown_routine("routine", name, &MatmulRoutine::ALL.map(MatmulRoutine::name)))
+    name.parse()
 }
 
 /// The message for a `--gpu-*` routine called `name`, which is none of `names`.

@@ -85,6 +85,17 @@ impl MatmulRoutine {
     }
 }
 
+impl FromStr for MatmulRoutine {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        Self::from_name(name).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|r| r.name()).collect();
+            format!("unknown routine \"{name}\"; one of {}", names.join(", "))
+        })
+    }
+}
+
 impl fmt::Display for MatmulRoutine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -175,12 +186,7 @@ impl FromStr for MatmulChoice {
 
     /// One routine's name, or `KIND=ROUTINE` pairs separated by commas.
     fn from_str(text: &str) -> Result<Self, String> {
-        let routine = |name: &str| {
-            MatmulRoutine::from_name(name).ok_or_else(|| {
-                let names: Vec<_> = MatmulRoutine::ALL.iter().map(|r| r.name()).collect();
-                format!("unknown routine \"{name}\"; one of {}", names.join(", "))
-            })
-        };
+        let routine = |name: &str| name.parse::<MatmulRoutine>();
         if !text.contains('=') {
             return routine(text).map(Self::uniform);
         }
@@ -242,6 +248,11 @@ pub fn matmul<const D: usize>(kind: ProductKind, lhs: Tensor<D>, rhs: Tensor<D>)
 /// process so far. Products of a kind left to burn's routine are not counted.
 pub fn routine_counts(kind: ProductKind) -> (usize, usize) {
     kind.choice().counts()
+}
+
+/// [`routine_counts`] of both kinds together.
+pub fn total_routine_counts() -> (usize, usize) {
+    ProductKind::ALL.into_iter().map(routine_counts).fold((0, 0), |(ran, declined), (r, d)| (ran + r, declined + d))
 }
 
 /// The cubecl runtime that serves `device`, which names its shader compiler

@@ -12,17 +12,11 @@ use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use clearclip_fixtures::{largest_difference, wgpu_device};
 use std::sync::Mutex;
 
-use clearclip_model::gpu_matmul::{matmul_with, routine_counts, set_gpu_matmul, MatmulChoice, MatmulRoutine, ProductKind};
+use clearclip_model::gpu_matmul::{matmul_with, routine_counts, set_gpu_matmul, total_routine_counts, MatmulChoice, MatmulRoutine, ProductKind};
 use clearclip_model::Precision;
 
 /// Held by a test while it sets the process-wide choice and runs the model.
 static CHOICE: Mutex<()> = Mutex::new(());
-
-/// The products the chosen routines ran and declined, both kinds together.
-fn counts_of_both_kinds() -> (usize, usize) {
-    let (p, a) = (routine_counts(ProductKind::Projection), routine_counts(ProductKind::Attention));
-    (p.0 + a.0, p.1 + a.1)
-}
 
 /// Values in [-1, 1) from a 32-bit LCG.
 fn random(len: usize, seed: u32) -> Vec<f32> {
@@ -114,7 +108,7 @@ fn towers_with_the_tiled_kernel_match_pytorch_at_both_precisions() {
     for routine in [MatmulRoutine::Tiled, MatmulRoutine::TiledSmall] {
         assert!(set_gpu_matmul(MatmulChoice::uniform(routine)), "this build has kernel fusion");
         for precision in common::precisions(&device) {
-            for (_, (ran, declined)) in common::assert_towers_match_pytorch(&device, routine.name(), precision, counts_of_both_kinds) {
+            for (_, (ran, declined)) in common::assert_towers_match_pytorch(&device, routine.name(), precision, total_routine_counts) {
                 // The products went through the kernel, none declined.
                 assert!(ran > 0 && declined == 0, "{routine} {}: {ran} products ran, {declined} declined", precision.name());
             }

@@ -23,6 +23,10 @@
 //! Operands may have any strides (q, k and v are views of the fused
 //! projection, k transposed) and the same batch dimensions; the output is
 //! contiguous. Edges are zero-padded in workgroup memory, so any shape runs.
+//! Consecutive units read consecutive addresses where an operand has them:
+//! the lhs along its products (its rows are contiguous in the model's
+//! layouts), the rhs along its columns, or along its products where those
+//! are contiguous instead (k^T in `q k^T`).
 
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::tensor::{self as burn_tensor, DType};
@@ -56,6 +60,7 @@ fn tiled_matmul<F: Float, N: Size>(
     rhs: &Tensor<F>,
     out: &mut Tensor<F>,
     #[comptime] unit_rows: usize,
+    #[comptime] rhs_by_column: bool,
     #[define(F)] _dtype: ElemType,
 ) {
     let tile_m = comptime!(UNITS_Y * unit_rows);
@@ -77,13 +82,14 @@ fn tiled_matmul<F: Float, N: Size>(
     }
 
     // Workgroup memory, in f32, by product index: the tile's lhs column as
-    // vectors of rows, its rhs row as vectors of columns. Each lhs column is
-    // padded by one vector: consecutive units stage consecutive products of
-    // a row, which unpadded would all land in the same memory banks.
+    // vectors of rows, its rhs row as vectors of columns. Each is padded by
+    // one vector: units that stage consecutive products of a row (the lhs;
+    // the rhs read by column) would otherwise all store into the same
+    // memory banks.
     let lhs_stride = comptime!(tile_m / LANES + 1);
-    let rhs_vectors = comptime!(TILE_N / LANES);
+    let rhs_stride = comptime!(TILE_N / LANES + 1);
     let mut lhs_tile = Shared::<[Vector<f32, N>]>::new_slice(comptime!(TILE_K * (tile_m / LANES + 1)));
-    let mut rhs_tile = Shared::<[Vector<f32, N>]>::new_slice(comptime!(TILE_K * TILE_N / LANES));
+    let mut rhs_tile = Shared::<[Vector<f32, N>]>::new_slice(comptime!(TILE_K * (TILE_N / LANES + 1)));
     let mut lhs_staged = Array::<Vector<F, N>>::new(comptime!(loads_per_unit(tile_m)));
     let mut rhs_staged = Array::<Vector<F, N>>::new(comptime!(loads_per_unit(TILE_N)));
 
@@ -98,7 +104,7 @@ fn tiled_matmul<F: Float, N: Size>(
 
     #[allow(clippy::manual_div_ceil)] // kernel code has no div_ceil
     let tiles = (lhs.shape(rank - 1) + TILE_K - 1) / TILE_K;
-    load_tile(lhs, rhs, lhs_at, rhs_at, tile_row, tile_col, 0, unit, &mut lhs_staged, &mut rhs_staged, tile_m);
+    load_tile(lhs, rhs, lhs_at, rhs_at, tile_row, tile_col, 0, unit, &mut lhs_staged, &mut rhs_staged, tile_m, rhs_by_column);
     for t in 0..tiles {
         #[unroll]
         for j in 0..comptime!(loads_per_unit(tile_m)) {
@@ -107,17 +113,17 @@ fn tiled_matmul<F: Float, N: Size>(
         }
         #[unroll]
         for j in 0..comptime!(loads_per_unit(TILE_N)) {
-            let v = unit + j * comptime!(UNITS_X * UNITS_Y);
-            rhs_tile[v] = Vector::cast_from(rhs_staged[j]);
+            let (k, column) = rhs_staging_position(unit + j * comptime!(UNITS_X * UNITS_Y), rhs_by_column);
+            rhs_tile[k * rhs_stride + column] = Vector::cast_from(rhs_staged[j]);
         }
         sync_cube();
 
         // Past the last tile this reads nothing (every product is out of range).
-        load_tile(lhs, rhs, lhs_at, rhs_at, tile_row, tile_col, (t + 1) * TILE_K, unit, &mut lhs_staged, &mut rhs_staged, tile_m);
+        load_tile(lhs, rhs, lhs_at, rhs_at, tile_row, tile_col, (t + 1) * TILE_K, unit, &mut lhs_staged, &mut rhs_staged, tile_m, rhs_by_column);
 
         #[unroll]
         for k in 0..TILE_K {
-            let b = rhs_tile[k * rhs_vectors + UNIT_POS_X as usize];
+            let b = rhs_tile[k * rhs_stride + UNIT_POS_X as usize];
             #[unroll]
             for r in 0..comptime!(unit_rows / LANES) {
                 let a = lhs_tile[k * lhs_stride + UNIT_POS_Y as usize * comptime!(unit_rows / LANES) + r];
@@ -146,11 +152,26 @@ fn tiled_matmul<F: Float, N: Size>(
     }
 }
 
+/// Where the `v`-th vector of a tile's rhs goes: its product (0 to
+/// [`TILE_K`]) and its vector of columns (0 to `TILE_N / LANES`).
+/// Consecutive `v` are consecutive vectors of columns of one product, or,
+/// `by_column`, consecutive products of one vector of columns.
+#[cube]
+fn rhs_staging_position(v: usize, #[comptime] by_column: bool) -> (usize, usize) {
+    if by_column {
+        (v % TILE_K, v / TILE_K)
+    } else {
+        (v / comptime!(TILE_N / LANES), v % comptime!(TILE_N / LANES))
+    }
+}
+
 /// This unit's share of the tile of products from `k0`, read into
 /// registers: `lhs_staged` holds vectors of `LANES` rows of one product,
 /// `rhs_staged` vectors of `LANES` columns. Consecutive units take
 /// consecutive products of the lhs (its rows are contiguous in the model's
-/// layouts) and consecutive columns of the rhs. Values past an edge are 0.
+/// layouts), and consecutive columns of the rhs or, `rhs_by_column`,
+/// consecutive products ([`rhs_staging_position`]), so that a warp's reads
+/// are contiguous. Values past an edge are 0.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn load_tile<F: Float, N: Size>(
@@ -165,6 +186,7 @@ fn load_tile<F: Float, N: Size>(
     lhs_staged: &mut Array<Vector<F, N>>,
     rhs_staged: &mut Array<Vector<F, N>>,
     #[comptime] tile_m: usize,
+    #[comptime] rhs_by_column: bool,
 ) {
     let rank = lhs.rank();
     let (m, depth, n) = (lhs.shape(rank - 2), lhs.shape(rank - 1), rhs.shape(rank - 1));
@@ -176,11 +198,10 @@ fn load_tile<F: Float, N: Size>(
         let at = lhs_at + row * lhs.stride(rank - 2) + k * lhs.stride(rank - 1);
         lhs_staged[j] = gather(lhs, at, lhs.stride(rank - 2), rows);
     }
-    let rhs_vectors = comptime!(TILE_N / LANES);
     #[unroll]
     for j in 0..comptime!(loads_per_unit(TILE_N)) {
-        let v = unit + j * comptime!(UNITS_X * UNITS_Y);
-        let (k, col) = (k0 + v / rhs_vectors, tile_col + (v % rhs_vectors) * LANES);
+        let (k, column) = rhs_staging_position(unit + j * comptime!(UNITS_X * UNITS_Y), rhs_by_column);
+        let (k, col) = (k0 + k, tile_col + column * LANES);
         let columns = if k < depth && col < n { n - col } else { 0usize };
         let at = rhs_at + k * rhs.stride(rank - 2) + col * rhs.stride(rank - 1);
         rhs_staged[j] = gather(rhs, at, rhs.stride(rank - 1), columns);
@@ -227,6 +248,10 @@ pub(crate) fn matmul<const D: usize>(lhs: burn_tensor::Tensor<D>, rhs: burn_tens
     if batches > 65_535 || m.div_ceil(UNITS_Y * unit_rows) > 65_535 {
         return Err(format!("{batches} batches of {m} rows: more work groups than a dispatch allows"));
     }
+    // The rhs read along its products where they, not its columns, are
+    // contiguous (k^T as a view of k).
+    let rhs_strides = rhs.meta.strides();
+    let rhs_by_column = rhs_strides[D - 2] == 1 && rhs_strides[D - 1] != 1;
     let client = out.client.clone();
     let cube_count = CubeCount::Static(n.div_ceil(TILE_N) as u32, m.div_ceil(UNITS_Y * unit_rows) as u32, batches as u32);
     // SAFETY: every read of an operand and every write of the output is
@@ -243,6 +268,7 @@ pub(crate) fn matmul<const D: usize>(lhs: burn_tensor::Tensor<D>, rhs: burn_tens
             rhs.into_tensor_arg(),
             out.clone().into_tensor_arg(),
             unit_rows,
+            rhs_by_column,
             dtype_to_storage_type(dtype),
         );
     }

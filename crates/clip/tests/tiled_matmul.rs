@@ -9,7 +9,7 @@
 mod common;
 
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
-use clearclip_fixtures::{largest_difference, wgpu_device};
+use clearclip_fixtures::{largest_difference, wgpu_device, SeededRng};
 use std::sync::Mutex;
 
 use clearclip_model::gpu_matmul::{matmul_with, routine_counts, set_gpu_matmul, total_routine_counts, MatmulChoice, MatmulRoutine, ProductKind};
@@ -18,15 +18,9 @@ use clearclip_model::Precision;
 /// Held by a test while it sets the process-wide choice and runs the model.
 static CHOICE: Mutex<()> = Mutex::new(());
 
-/// Values in [-1, 1) from a 32-bit LCG.
-fn random(len: usize, seed: u32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-        })
-        .collect()
+/// `len` values in [-1, 1), the same for the same seed.
+fn random(len: usize, seed: u64) -> Vec<f32> {
+    SeededRng::new(seed).uniform(len, -1.0, 1.0)
 }
 
 fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device, precision: Precision) -> Tensor<D> {
@@ -37,14 +31,15 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.cast(FloatDType::F32).into_data().try_into_vec::<f32>().unwrap()
 }
 
-/// `lhs @ rhs` through `routine` on the GPU and through burn on the CPU
-/// (from the same, rounded, operands); the largest difference relative to
-/// the largest value.
-fn relative_error<const D: usize>(routine: MatmulRoutine, lhs: Tensor<D>, rhs: Tensor<D>, gpu: &Device) -> f32 {
+/// `lhs @ rhs` through `routine` on the GPU and through burn on the CPU;
+/// the largest difference relative to the largest value. `operands` makes
+/// both on a device, in the layout under test (views stay views on the
+/// GPU), from the same rounded values.
+fn relative_error<const D: usize>(routine: MatmulRoutine, operands: impl Fn(&Device) -> (Tensor<D>, Tensor<D>), gpu: &Device) -> f32 {
     let cpu = Device::flex();
-    let on_cpu = |t: &Tensor<D>| Tensor::<D>::from_data(t.clone().cast(FloatDType::F32).into_data(), &cpu);
-    let expected = values(on_cpu(&lhs).matmul(on_cpu(&rhs)));
-    let (lhs, rhs) = (Tensor::<D>::from_data(lhs.into_data(), gpu), Tensor::<D>::from_data(rhs.into_data(), gpu));
+    let (lhs, rhs) = operands(&cpu);
+    let expected = values(lhs.cast(FloatDType::F32).matmul(rhs.cast(FloatDType::F32)));
+    let (lhs, rhs) = operands(gpu);
     let ours = values(matmul_with(routine, lhs, rhs).expect("the kernel runs on a wgpu device"));
     let (worst, _) = largest_difference(&ours, &expected);
     worst / expected.iter().fold(0.0f32, |m, v| m.max(v.abs()))
@@ -53,7 +48,6 @@ fn relative_error<const D: usize>(routine: MatmulRoutine, lhs: Tensor<D>, rhs: T
 #[test]
 fn tiled_products_equal_the_cpu_in_every_layout() {
     let Some(gpu) = wgpu_device() else { return };
-    let cpu = Device::flex();
     for precision in common::precisions(&gpu) {
         // At f32 as exact as burn's routine; at f16 the CPU multiplies the
         // same rounded operands in f32, so what is left is the output's
@@ -67,22 +61,34 @@ fn tiled_products_equal_the_cpu_in_every_layout() {
             // 2-D, as the linear layers: a tile and a part, one row, edges
             // in every dimension (k not a multiple of the 16 staged).
             for (m, k, n) in [(128, 16, 64), (1, 40, 7), (130, 33, 70), (197, 96, 288), (77, 3, 5)] {
-                let lhs = tensor(random(m * k, 1), [m, k], &cpu, precision);
-                let rhs = tensor(random(k * n, 2), [k, n], &cpu, precision);
-                let error = relative_error(routine, lhs, rhs, &gpu);
+                let operands = |device: &Device| (tensor(random(m * k, 1), [m, k], device, precision), tensor(random(k * n, 2), [k, n], device, precision));
+                let error = relative_error(routine, operands, &gpu);
                 assert!(error <= tolerance, "{}: {error:e}", what(&format!("{m}x{k} @ {k}x{n}")));
+                // The rhs as the transpose of a contiguous [n, k], so that
+                // its products, not its columns, are contiguous.
+                let transposed = |device: &Device| (tensor(random(m * k, 1), [m, k], device, precision), tensor(random(k * n, 2), [n, k], device, precision).transpose());
+                let error = relative_error(routine, transposed, &gpu);
+                assert!(error <= tolerance, "{}: {error:e}", what(&format!("{m}x{k} @ ({n}x{k})^T")));
             }
             // 4-D views of a fused projection, as the attention's: q and
-            // k^T (k transposed, so its columns are strided), then weights
-            // and v; two windows of 3 heads, 50 tokens of 8 dimensions.
+            // k^T (k transposed, so its columns are strided and its
+            // products contiguous), then weights and v; two windows of 3
+            // heads, 50 tokens of 8 dimensions.
             let (batch, heads, tokens, head_dim) = (2, 3, 50, 8);
             let width = heads * head_dim;
-            let qkv = tensor(random(batch * tokens * 3 * width, 3), [batch, tokens, 3 * width], &cpu, precision);
-            let split = |i: usize| qkv.clone().narrow(2, i * width, width).reshape([batch, tokens, heads, head_dim]).swap_dims(1, 2);
-            let error = relative_error(routine, split(0), split(1).swap_dims(2, 3), &gpu);
+            let qkv = |device: &Device| tensor(random(batch * tokens * 3 * width, 3), [batch, tokens, 3 * width], device, precision);
+            let split = |qkv: &Tensor<3>, i: usize| qkv.clone().narrow(2, i * width, width).reshape([batch, tokens, heads, head_dim]).swap_dims(1, 2);
+            let scores = |device: &Device| {
+                let qkv = qkv(device);
+                (split(&qkv, 0), split(&qkv, 1).swap_dims(2, 3))
+            };
+            let error = relative_error(routine, scores, &gpu);
             assert!(error <= tolerance, "{}: {error:e}", what("q @ k^T"));
-            let weights = tensor(random(batch * heads * tokens * tokens, 4), [batch, heads, tokens, tokens], &cpu, precision);
-            let error = relative_error(routine, weights, split(2), &gpu);
+            let values = |device: &Device| {
+                let weights = tensor(random(batch * heads * tokens * tokens, 4), [batch, heads, tokens, tokens], device, precision);
+                (weights, split(&qkv(device), 2))
+            };
+            let error = relative_error(routine, values, &gpu);
             assert!(error <= tolerance, "{}: {error:e}", what("weights @ v"));
         }
     }

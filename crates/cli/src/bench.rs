@@ -88,6 +88,8 @@ struct Report {
     gpu_attention: &'static str,
     gpu_attention_flashed: usize,
     gpu_attention_declined: usize,
+    /// How many attention softmaxes were one kernel (`clearclip_model::gpu_softmax`).
+    gpu_attention_softmax_kernels: usize,
     /// How the GPU made the window merge and the class maps (`--gpu-merge`).
     gpu_merge: &'static str,
     /// Windows, and class names, encoded together (`--window-batch`,
@@ -264,6 +266,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         gpu_attention: args.model.gpu_attention.name(),
         gpu_attention_flashed,
         gpu_attention_declined,
+        gpu_attention_softmax_kernels: clearclip_model::gpu_softmax::kernel_count(),
         gpu_merge: args.model.gpu_merge.name(),
         window_batching: segmenter.window_batching().name(),
         name_batching: segmenter.name_batching().name(),

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::Device;
 use clap::{Parser, Subcommand, ValueEnum};
 use clearclip_model::gpu_attention::{self, gpu_attention, set_gpu_attention, AttentionRoutine};
+use clearclip_model::gpu_softmax;
 use clearclip_model::gpu_matmul::{gpu_matmul, routine_counts, set_gpu_matmul, total_routine_counts, MatmulChoice, MatmulRoutine, ProductKind};
 use clearclip_model::{inspect_config, load_clip_from_reader, Activation, ClipConfig, Layout, AttentionKind, ClipTokenizer, DenseMode, LoadError, LoadOptions, Precision};
 use clearclip_segment::{
@@ -105,8 +106,10 @@ struct ModelArgs {
     #[arg(long, value_parser = parse_matmul_choice, default_value = "burn")]
     gpu_matmul: MatmulChoice,
     /// The GPU's attention in the towers' blocks: scores (materialised
-    /// between two products, burn's kernels without autotune) or flash-unit
-    /// (cubek's flash attention with unit inner products, one kernel).
+    /// between two products, the softmax one kernel), flash-unit (cubek's
+    /// flash attention with unit inner products, one kernel) or
+    /// scores-tensor-ops (the softmax as burn's operations, also in the
+    /// last block; to compare against).
     #[arg(long, value_parser = parse_attention_routine, default_value = "scores")]
     gpu_attention: AttentionRoutine,
     /// How the GPU makes the window merge, the class maps and PAMR: kernels
@@ -310,11 +313,18 @@ fn report_gpu_matmul() {
 }
 
 /// With --gpu-attention flash-unit, how many attentions it ran and how many
-/// it declined (the scores path ran those).
+/// it declined (the scores path ran those); with scores-tensor-ops, how many
+/// softmaxes were one kernel all the same (none).
 fn report_gpu_attention() {
-    if gpu_attention() != AttentionRoutine::Scores {
-        let (flashed, declined) = gpu_attention::routine_counts();
-        eprintln!("--gpu-attention {}: {flashed} attentions, {declined} declined (run with the scores materialised)", gpu_attention());
+    match gpu_attention() {
+        AttentionRoutine::Scores => {}
+        AttentionRoutine::FlashUnit => {
+            let (flashed, declined) = gpu_attention::routine_counts();
+            eprintln!("--gpu-attention flash-unit: {flashed} attentions, {declined} declined (run with the scores materialised)");
+        }
+        AttentionRoutine::ScoresTensorOps => {
+            eprintln!("--gpu-attention scores-tensor-ops: {} softmaxes as one kernel", gpu_softmax::kernel_count());
+        }
     }
 }
 

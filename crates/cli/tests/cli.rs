@@ -435,7 +435,33 @@ fn flash_attention_segments_like_the_reference() {
     let args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
     assert_refused(&[&args[..], &["--gpu-attention", "flash-unit"]].concat(), "--gpu-attention chooses a routine of --device gpu", &out);
     let unknown = ["--device", "gpu", "--gpu-attention", "flash"];
-    assert_refused(&[&args[..], &unknown].concat(), "unknown attention routine \"flash\"; one of scores, flash-unit", &out);
+    assert_refused(&[&args[..], &unknown].concat(), "unknown attention routine \"flash\"; one of scores, flash-unit, scores-tensor-ops", &out);
+}
+
+/// The GPU's attention softmax as one kernel (the default) and as burn's
+/// operations (`--gpu-attention scores-tensor-ops`) segment alike, and like
+/// the reference; the second ran no softmax as the kernel.
+#[test]
+fn softmax_kernel_segments_like_tensor_ops() {
+    let DefaultRequest { weights, image, labels, reference } = default_request(CHECKPOINTS[1]);
+    let tmp = tempfile::tempdir().unwrap();
+    let probs = |routine: &str| {
+        let out = tmp.path().join(routine);
+        let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+        args.extend(["--device", "gpu", "--gpu-attention", routine]);
+        let output = clearclip(&args);
+        if skip_without_gpu(&output) {
+            return None;
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        Some((read_npy(&out.join("probs.npy")).1, stderr))
+    };
+    let (Some((kernel, _)), Some((tensor_ops, stderr))) = (probs("scores"), probs("scores-tensor-ops")) else { return };
+    assert!(stderr.contains("--gpu-attention scores-tensor-ops: 0 softmaxes as one kernel"), "{stderr}");
+    let (expected, _) = reference.f32("pipeline.default.probs");
+    assert_close("CLI softmax kernel vs reference", &kernel, &expected, 1e-4);
+    assert_close("CLI softmax kernel vs tensor ops", &kernel, &tensor_ops, 1e-6);
 }
 
 #[test]
@@ -579,6 +605,7 @@ fn bench_reports_every_phase_cold_and_warm_as_json() {
     assert_eq!(report["runs"], 3);
     assert_eq!(report["device"], "cpu (flex)");
     assert_eq!(report["threads"], 1);
+    assert_eq!(report["gpuAttentionSoftmaxKernels"], 0, "the CPU backend's attention is its own");
     assert_eq!((&report["windowBatching"], &report["nameBatching"]), (&"memory".into(), &"1".into()), "the CPU's defaults");
     assert!(report["warmUpMs"].as_f64().unwrap() > 0.0, "the warm-up runs after the load");
     assert_eq!(

@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use burn::tensor::{FloatDType, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::gpu_matmul::{matmul, ProductKind};
@@ -303,10 +303,9 @@ impl LastBlock {
                 Part::Key => k.clone(),
                 Part::Value => v.clone(),
             };
-            // softmax(scale a b^T + bias), each cast to v's precision and summed
-            // over the kind's pairs (the reference adds the half softmaxes)
-            let dtype = FloatDType::from(v.dtype());
-            let weights = parts.iter().map(|&(a, b)| attention_weights(part(a), part(b), scale, bias.as_ref(), None).cast(dtype));
+            // softmax(scale a b^T + bias) in v's precision, summed over the
+            // kind's pairs (the reference adds the half softmaxes)
+            let weights = parts.iter().map(|&(a, b)| attention_weights(part(a), part(b), scale, bias.as_ref(), None));
             let mixed = match weights.reduce(|sum, w| sum + w) {
                 Some(weights) => matmul(ProductKind::Attention, weights, v.clone()),
                 None => v.clone(),

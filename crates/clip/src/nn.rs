@@ -3,7 +3,8 @@
 use burn::tensor::{activation, Bool, Device, FloatDType, Tensor, TensorData};
 
 use crate::config::Activation;
-use crate::gpu_attention;
+use crate::gpu_attention::{self, AttentionRoutine};
+use crate::gpu_softmax;
 use crate::gpu_matmul::{matmul, ProductKind};
 use crate::host::{self, AttentionSpec, HostValues, Part};
 
@@ -246,7 +247,7 @@ impl Attention {
             return merge_heads(heads);
         }
         let weights = attention_weights(q, k, self.scale(), None, future);
-        merge_heads(matmul(ProductKind::Attention, weights.cast(FloatDType::from(v.dtype())), v))
+        merge_heads(matmul(ProductKind::Attention, weights, v))
     }
 }
 
@@ -271,17 +272,26 @@ pub fn causal_mask(tokens: usize, device: &Device) -> Tensor<2, Bool> {
 }
 
 /// `softmax(scale a b^T + bias)` over the keys, with the keys where `future`
-/// is `true` masked out. The product is in `a`'s precision (accumulated in f32 at
-/// f16); the softmax is computed and returned in f32, as PyTorch's half
-/// softmax computes in f32.
+/// is `true` masked out. The product is in `a`'s precision (accumulated in
+/// f32 at f16); the softmax is computed in f32, as PyTorch's half softmax
+/// computes, and returned in `a`'s precision (the value product's). On a
+/// GPU the softmax is one kernel ([`gpu_softmax`]) unless
+/// [`AttentionRoutine::ScoresTensorOps`] asks for burn's operations.
 ///
 /// # Shapes
 /// - `a`, `b`: `[batch, heads, tokens, head_dim]`
 /// - `bias`: `[1, 1, tokens, tokens]`, f32
 /// - `future`: `[tokens, tokens]` ([`causal_mask`])
-/// - returns `[batch, heads, tokens, tokens]`, f32
+/// - returns `[batch, heads, tokens, tokens]`
 pub(crate) fn attention_weights(a: Tensor<4>, b: Tensor<4>, scale: f64, bias: Option<&Tensor<4>>, future: Option<&Tensor<2, Bool>>) -> Tensor<4> {
-    let scores = matmul(ProductKind::Attention, a, b.swap_dims(2, 3)).cast(FloatDType::F32) * scale;
+    let dtype = FloatDType::from(a.dtype());
+    let scores = matmul(ProductKind::Attention, a, b.swap_dims(2, 3));
+    if gpu_attention::gpu_attention() != AttentionRoutine::ScoresTensorOps {
+        if let Some(weights) = gpu_softmax::attention_softmax(&scores, scale as f32, bias, future.is_some()) {
+            return weights;
+        }
+    }
+    let scores = scores.cast(FloatDType::F32) * scale;
     let scores = match bias {
         Some(bias) => scores + bias.clone(),
         None => scores,
@@ -293,7 +303,7 @@ pub(crate) fn attention_weights(a: Tensor<4>, b: Tensor<4>, scale: f64, bias: Op
         }
         None => scores,
     };
-    activation::softmax(scores, 3)
+    activation::softmax(scores, 3).cast(dtype)
 }
 
 /// A pre-LN transformer block: `x + attn(ln_1(x))`, then `+ mlp(ln_2(.))`.

@@ -22,13 +22,14 @@ bench-matmul` compares them on the encoder's products alone and names the
 fastest for each kind); --gpu-matmul-f16 ROUTINE names
 another for the f16 column (the fastest at f16 may not be the fastest at f32). With --gpu-attention flash-unit,
 columns "ours f32, flash-unit" and "ours f16, flash-unit" run the towers'
-attention as cubek's flash attention instead of materialising the scores;
-with scores-tensor-ops (the two may be given, comma-separated), two columns
-make attention's softmax burn's tensor operations instead of the one kernel
-of crates/clip/src/gpu_softmax.rs (after the --gpu-matmul columns).
+attention as cubek's flash attention instead of materialising the scores.
 With --gpu-merge tensor-ops, a column "ours f32, tensor-op merge" (right
 after the defaults) makes the window merge and the class maps with burn's
 tensor operations instead of the two kernels of crates/segment/src/gpu_merge.rs.
+With --gpu-layers tensor-ops, columns "ours f32, tensor-ops layers" and "ours
+f16, tensor-ops layers" (after the --gpu-matmul ones) compute the towers'
+attention softmax, layer norms and QuickGELU with burn's tensor operations
+instead of the kernels of crates/clip/src/gpu_layers.rs.
 Every column of ours also writes its last run's probabilities
 (`bench --probs-out`), and a last table compares them, and PyTorch fp16's,
 with PyTorch fp32's on the same GPU: the largest difference of a probability
@@ -36,8 +37,8 @@ and the share of pixels whose label differs. A fast column that is wrong shows t
 
   python scripts/bench_gpu.py B16.safetensors [--runs 5] [--exe target/release/clearclip]
       [--exe-fused EXE] [--exe-spirv EXE] [--gpu-matmul ROUTINE] [--gpu-matmul-f16 ROUTINE]
-      [--gpu-attention flash-unit,scores-tensor-ops]
-      [--gpu-merge tensor-ops]
+      [--gpu-attention flash-unit]
+      [--gpu-merge tensor-ops] [--gpu-layers tensor-ops]
       [--column-timeout 180]
       # B16.safetensors is generated first if missing (gen_fixtures.py --vit-b16)
 """
@@ -133,13 +134,15 @@ def measure(a, exe, image_path, img, model, device, columns, parity):
     variants = [("ours f32", exe, "f32", ()), ("ours f16", exe, "f16", ())]
     if a.gpu_merge and a.gpu_merge != "kernels":
         variants.append((f"ours f32, {a.gpu_merge.replace('-ops', '-op')} merge", exe, "f32", ("--gpu-merge", a.gpu_merge)))
+    if a.gpu_attention and a.gpu_attention != "scores":
+        for precision in ("f32", "f16"):
+            variants.append((f"ours {precision}, {a.gpu_attention}", exe, precision, ("--gpu-attention", a.gpu_attention)))
     for precision, routine in (("f32", a.gpu_matmul), ("f16", matmul_f16(a))):
         if routine and routine != "burn":
             variants.append((f"ours {precision}, {routine}", exe, precision, ("--gpu-matmul", routine)))
-    for routine in (a.gpu_attention or "").split(","):
-        if routine and routine != "scores":
-            for precision in ("f32", "f16"):
-                variants.append((f"ours {precision}, {routine}", exe, precision, ("--gpu-attention", routine)))
+    if a.gpu_layers and a.gpu_layers != "kernels":
+        for precision in ("f32", "f16"):
+            variants.append((f"ours {precision}, {a.gpu_layers} layers", exe, precision, ("--gpu-layers", a.gpu_layers)))
     if a.exe_fused:
         variants.append(("ours f32, fusion", a.exe_fused, "f32", ()))
 
@@ -181,8 +184,10 @@ def main():
     ap.add_argument("--exe-spirv", help="a clearclip binary built with --features spirv: an f32 and an f16 column, last")
     ap.add_argument("--gpu-matmul", help="a --gpu-matmul routine (or routines for each kind) other than burn's: one more f32 and f16 column")
     ap.add_argument("--gpu-matmul-f16", help="the routine of that f16 column, where it differs [default: --gpu-matmul's]")
-    ap.add_argument("--gpu-attention", help="--gpu-attention routines other than scores, comma-separated: one more f32 and f16 column each")
+    ap.add_argument("--gpu-attention", help="a --gpu-attention routine other than scores: one more f32 and f16 column")
     ap.add_argument("--gpu-merge", help="tensor-ops: one more f32 column, the merge by burn's tensor operations")
+    ap.add_argument("--gpu-layers", help="tensor-ops: one more f32 and f16 column, the towers' softmax, layer norms "
+                                         "and QuickGELU by burn's tensor operations")
     ap.add_argument("--column-timeout", type=float, default=180, help="seconds one column of ours may take")
     a = ap.parse_args()
     stop_on_sigterm()

@@ -3,7 +3,7 @@
 # scripts/prepare_device.sh here: the GPU bench of issue 11 (the matrix-product
 # routines side by side, `clearclip bench-matmul`; then ours at f32 and f16,
 # with burn's routine, the window merge by tensor operations, the fastest
-# exact routine, attention's softmax by tensor operations and, last, cubecl's
+# exact routine, the towers' layers by tensor operations and, last, cubecl's
 # SPIR-V kernels, vs PyTorch fp32 and fp16, each checked against
 # PyTorch fp32's probabilities,
 # scripts/bench_gpu.py; then cubecl's per-kernel profile of one request,
@@ -29,8 +29,9 @@
 # routines as --gpu-matmul takes them, for the extra columns, burn's by
 # default, and GPU_MATMUL_F16 the f16 one's if it differs), PROFILE=0 the kernel profile (the
 # bench then runs up to GPU_SECONDS), and ALTERNATIVES lists the extra
-# columns, out of "merge matmul softmax flash fusion spirv" ("merge matmul softmax spirv" by
-# default; softmax: attention's softmax as burn's tensor operations), e.g.
+# columns, out of "merge matmul layers flash fusion spirv" ("merge matmul layers spirv" by
+# default; layers: the towers' softmax, layer norms and QuickGELU by burn's
+# tensor operations), e.g.
 #   MATMUL_BENCH=0 GPU_MATMUL=simple-unit PROFILE=0 ALTERNATIVES="matmul spirv" bash scripts/device_run.sh gpu
 # A dry run on a Debian 12 machine with lavapipe, as root (`dpkg -x` of the
 # packages that machine already has changes nothing; PyTorch runs on the CPU):
@@ -74,7 +75,7 @@ if [ "$part" != cpu ]; then
 # Flash attention and kernel fusion were slower or no faster on the H200
 # (docs/performance.md, "On an NVIDIA H200"): on request only, fusion with a
 # bundle that has it (VARIANTS in scripts/prepare_device.sh).
-alternatives=" ${ALTERNATIVES:-merge matmul softmax spirv} "
+alternatives=" ${ALTERNATIVES:-merge matmul layers spirv} "
 best=${GPU_MATMUL:-burn}
 best_f16=${GPU_MATMUL_F16:-$best}
 if [ "${MATMUL_BENCH:-1}" != 0 ]; then
@@ -97,10 +98,8 @@ fi
 extra=()
 [[ $alternatives == *" merge "* ]] && extra+=(--gpu-merge tensor-ops)
 [[ $alternatives == *" matmul "* ]] && extra+=(--gpu-matmul "$best" --gpu-matmul-f16 "$best_f16")
-attention=()
-[[ $alternatives == *" flash "* ]] && attention+=(flash-unit)
-[[ $alternatives == *" softmax "* ]] && attention+=(scores-tensor-ops)
-[ ${#attention[@]} -gt 0 ] && extra+=(--gpu-attention "$(IFS=,; echo "${attention[*]}")")
+[[ $alternatives == *" flash "* ]] && extra+=(--gpu-attention flash-unit)
+[[ $alternatives == *" layers "* ]] && extra+=(--gpu-layers tensor-ops)
 for variant in fusion spirv; do
   if [[ $alternatives == *" $variant "* ]] && [ ! -x "$gpu/clearclip-$variant" ]; then
     echo "no clearclip-$variant in the bundle (VARIANTS in scripts/prepare_device.sh): its columns are left out"

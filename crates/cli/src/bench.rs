@@ -66,6 +66,21 @@ struct PhaseStats {
     warm_max_ms: f64,
 }
 
+/// [`clearclip_model::gpu_layers::KernelCounts`] in the report.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LayerKernels {
+    softmax: usize,
+    layer_norm: usize,
+    quick_gelu: usize,
+}
+
+impl From<clearclip_model::gpu_layers::KernelCounts> for LayerKernels {
+    fn from(counts: clearclip_model::gpu_layers::KernelCounts) -> Self {
+        Self { softmax: counts.softmax, layer_norm: counts.layer_norm, quick_gelu: counts.quick_gelu }
+    }
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Report {
@@ -88,8 +103,11 @@ struct Report {
     gpu_attention: &'static str,
     gpu_attention_flashed: usize,
     gpu_attention_declined: usize,
-    /// How many attention softmaxes were one kernel (`clearclip_model::gpu_softmax`).
-    gpu_attention_softmax_kernels: usize,
+    /// How the GPU computed the towers' softmax, layer norms and QuickGELU
+    /// (`--gpu-layers`), and how many of each ran as one kernel
+    /// (`clearclip_model::gpu_layers`), over the warm-up and all runs.
+    gpu_layers: &'static str,
+    gpu_layer_kernels: LayerKernels,
     /// How the GPU made the window merge and the class maps (`--gpu-merge`).
     gpu_merge: &'static str,
     /// Windows, and class names, encoded together (`--window-batch`,
@@ -266,7 +284,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         gpu_attention: args.model.gpu_attention.name(),
         gpu_attention_flashed,
         gpu_attention_declined,
-        gpu_attention_softmax_kernels: clearclip_model::gpu_softmax::kernel_count(),
+        gpu_layers: args.model.gpu_layers.name(),
+        gpu_layer_kernels: LayerKernels::from(clearclip_model::gpu_layers::kernel_counts()),
         gpu_merge: args.model.gpu_merge.name(),
         window_batching: segmenter.window_batching().name(),
         name_batching: segmenter.name_batching().name(),
@@ -302,8 +321,8 @@ fn segment(
 
 fn print_table(r: &Report) {
     println!(
-        "{} ({}) on {} (matrix products: {}, attention: {}, merge: {}), {} threads, batches of {} windows and {} names; image {}x{} (model input {}x{}, {} windows); {} class names x {} prompts; load {:.0} ms; warm-up {}",
-        r.model, r.precision, r.device, r.gpu_matmul, r.gpu_attention, r.gpu_merge, r.threads, r.window_batching, r.name_batching, r.image[0], r.image[1], r.resized[0], r.resized[1], r.windows, r.class_names, r.prompts_per_name, r.load_ms,
+        "{} ({}) on {} (matrix products: {}, attention: {}, layers: {}, merge: {}), {} threads, batches of {} windows and {} names; image {}x{} (model input {}x{}, {} windows); {} class names x {} prompts; load {:.0} ms; warm-up {}",
+        r.model, r.precision, r.device, r.gpu_matmul, r.gpu_attention, r.gpu_layers, r.gpu_merge, r.threads, r.window_batching, r.name_batching, r.image[0], r.image[1], r.resized[0], r.resized[1], r.windows, r.class_names, r.prompts_per_name, r.load_ms,
         r.warm_up_ms.map_or("skipped".to_string(), |ms| format!("{ms:.0} ms"))
     );
     println!("| phase (ms) | cold | warm median | warm min | warm max |");

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::Device;
 use clap::{Parser, Subcommand, ValueEnum};
 use clearclip_model::gpu_attention::{self, gpu_attention, set_gpu_attention, AttentionRoutine};
-use clearclip_model::gpu_softmax;
+use clearclip_model::gpu_layers::{kernel_counts, set_gpu_layers, GpuLayers};
 use clearclip_model::gpu_matmul::{gpu_matmul, routine_counts, set_gpu_matmul, total_routine_counts, MatmulChoice, MatmulRoutine, ProductKind};
 use clearclip_model::{inspect_config, load_clip_from_reader, Activation, ClipConfig, Layout, AttentionKind, ClipTokenizer, DenseMode, LoadError, LoadOptions, Precision};
 use clearclip_segment::{
@@ -106,10 +106,8 @@ struct ModelArgs {
     #[arg(long, value_parser = parse_matmul_choice, default_value = "burn")]
     gpu_matmul: MatmulChoice,
     /// The GPU's attention in the towers' blocks: scores (materialised
-    /// between two products, the softmax one kernel), flash-unit (cubek's
-    /// flash attention with unit inner products, one kernel) or
-    /// scores-tensor-ops (the softmax as burn's operations, also in the
-    /// last block; to compare against).
+    /// between two products, burn's kernels without autotune) or flash-unit
+    /// (cubek's flash attention with unit inner products, one kernel).
     #[arg(long, value_parser = parse_attention_routine, default_value = "scores")]
     gpu_attention: AttentionRoutine,
     /// How the GPU makes the window merge, the class maps and PAMR: kernels
@@ -117,6 +115,11 @@ struct ModelArgs {
     /// and 30 kernels, PAMR some 10 an iteration; to compare against).
     #[arg(long, value_parser = parse_gpu_merge, default_value = "kernels")]
     gpu_merge: GpuMerge,
+    /// How the GPU computes the towers' attention softmax, layer norms and
+    /// QuickGELU: kernels (one each) or tensor-ops (burn's operations, five
+    /// to eleven kernels each; to compare against).
+    #[arg(long, value_parser = parse_gpu_layers, default_value = "kernels")]
+    gpu_layers: GpuLayers,
     /// Windows encoded together: a count, or memory (as many as keep the
     /// largest activation under 128 MiB) [default: memory].
     #[arg(long, value_parser = parse_batching)]
@@ -313,23 +316,31 @@ fn report_gpu_matmul() {
 }
 
 /// With --gpu-attention flash-unit, how many attentions it ran and how many
-/// it declined (the scores path ran those); with scores-tensor-ops, how many
-/// softmaxes were one kernel all the same (none).
+/// it declined (the scores path ran those).
 fn report_gpu_attention() {
-    match gpu_attention() {
-        AttentionRoutine::Scores => {}
-        AttentionRoutine::FlashUnit => {
-            let (flashed, declined) = gpu_attention::routine_counts();
-            eprintln!("--gpu-attention flash-unit: {flashed} attentions, {declined} declined (run with the scores materialised)");
-        }
-        AttentionRoutine::ScoresTensorOps => {
-            eprintln!("--gpu-attention scores-tensor-ops: {} softmaxes as one kernel", gpu_softmax::kernel_count());
-        }
+    if gpu_attention() != AttentionRoutine::Scores {
+        let (flashed, declined) = gpu_attention::routine_counts();
+        eprintln!("--gpu-attention {}: {flashed} attentions, {declined} declined (run with the scores materialised)", gpu_attention());
+    }
+}
+
+/// On --device gpu, how many of the towers' layers ran as one kernel each.
+fn report_gpu_layers(args: &ModelArgs) {
+    if matches!(args.device, DeviceArg::Gpu) {
+        let counts = kernel_counts();
+        eprintln!(
+            "--gpu-layers {}: {} softmaxes, {} layer norms, {} QuickGELUs as one kernel each",
+            args.gpu_layers, counts.softmax, counts.layer_norm, counts.quick_gelu
+        );
     }
 }
 
 fn parse_attention_routine(name: &str) -> Result<AttentionRoutine, String> {
     AttentionRoutine::from_name(name).ok_or_else(|| unknown_routine("attention routine", name, &AttentionRoutine::ALL.map(AttentionRoutine::name)))
+}
+
+fn parse_gpu_layers(name: &str) -> Result<GpuLayers, String> {
+    GpuLayers::from_name(name).ok_or_else(|| unknown_routine("way to compute the layers", name, &GpuLayers::ALL.map(GpuLayers::name)))
 }
 
 fn parse_gpu_merge(name: &str) -> Result<GpuMerge, String> {
@@ -491,6 +502,7 @@ fn segment(args: SegmentArgs) -> Result<()> {
     }
     report_gpu_matmul();
     report_gpu_attention();
+    report_gpu_layers(&args.model);
     Ok(())
 }
 
@@ -525,6 +537,14 @@ fn load_segmenter(args: &ModelArgs) -> Result<(Segmenter, std::time::Duration, S
         }
         if !set_gpu_attention(args.gpu_attention) {
             bail!("this build cannot choose the GPU's attention routine (it has burn's kernel fusion)");
+        }
+    }
+    if args.gpu_layers != GpuLayers::Kernels {
+        if !matches!(args.device, DeviceArg::Gpu) {
+            bail!("--gpu-layers chooses how --device gpu computes the layers");
+        }
+        if !set_gpu_layers(args.gpu_layers) {
+            bail!("this build cannot choose how the GPU computes the layers (it has burn's kernel fusion)");
         }
     }
     if args.gpu_merge != GpuMerge::Kernels && !matches!(args.device, DeviceArg::Gpu) {

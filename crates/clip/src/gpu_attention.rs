@@ -7,10 +7,7 @@
 //! materialised (`[batch, heads, tokens, tokens]`, 59 MB a block for two
 //! ViT-B/16 windows), scaled, a softmax of five passes over them, two
 //! products and three copies that make the heads contiguous for them: 11
-//! kernels (12 with the text tower's mask; cubecl's profiling log); now
-//! with the scaling, masking and softmax as one kernel
-//! ([`crate::gpu_softmax`]; [`AttentionRoutine::ScoresTensorOps`] keeps
-//! burn's operations, to compare). cubek
+//! kernels (12 with the text tower's mask; cubecl's profiling log). cubek
 //! also has flash attention, which never materialises the scores and is one
 //! kernel; its routine with unit inner products (`FlashUnit`, burn-cubecl's
 //! `AttentionStrategy::FlashUnit`) needs neither tensor cores nor subgroups,
@@ -30,26 +27,21 @@ use crate::routine_choice::RoutineChoice;
 /// A GPU attention routine for the towers' standard attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AttentionRoutine {
-    /// Scores materialised between two matrix products, softmax in f32 as
-    /// one kernel ([`crate::gpu_softmax`]).
+    /// Scores materialised between two matrix products, softmax in f32.
     #[default]
     Scores,
     /// cubek's flash attention with unit inner products, accumulated in f32.
     FlashUnit,
-    /// [`Self::Scores`] with the softmax as burn's tensor operations (five
-    /// to eight kernels), here and in the last block, to compare.
-    ScoresTensorOps,
 }
 
 impl AttentionRoutine {
-    pub const ALL: [AttentionRoutine; 3] = [AttentionRoutine::Scores, AttentionRoutine::FlashUnit, AttentionRoutine::ScoresTensorOps];
+    pub const ALL: [AttentionRoutine; 2] = [AttentionRoutine::Scores, AttentionRoutine::FlashUnit];
 
     /// The name the CLI takes and prints.
     pub fn name(self) -> &'static str {
         match self {
             AttentionRoutine::Scores => "scores",
             AttentionRoutine::FlashUnit => "flash-unit",
-            AttentionRoutine::ScoresTensorOps => "scores-tensor-ops",
         }
     }
 

@@ -50,7 +50,7 @@ mod config;
 mod dense;
 pub mod gpu_attention;
 pub mod gpu_matmul;
-pub mod gpu_softmax;
+pub mod gpu_layers;
 #[cfg(all(feature = "gpu-routines", not(feature = "fusion")))]
 mod tiled_matmul;
 pub mod host;

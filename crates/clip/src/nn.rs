@@ -3,8 +3,8 @@
 use burn::tensor::{activation, Bool, Device, FloatDType, Tensor, TensorData};
 
 use crate::config::Activation;
-use crate::gpu_attention::{self, AttentionRoutine};
-use crate::gpu_softmax;
+use crate::gpu_attention;
+use crate::gpu_layers;
 use crate::gpu_matmul::{matmul, ProductKind};
 use crate::host::{self, AttentionSpec, HostValues, Part};
 
@@ -22,14 +22,23 @@ impl Linear {
         if let Some(y) = self.forward_on_host(&x, None) {
             return y;
         }
-        let [batch, tokens, width] = x.dims();
+        let [batch, tokens, _] = x.dims();
         let out = self.weight.dims()[1];
-        let y = matmul(ProductKind::Projection, x.reshape([batch * tokens, width]), self.weight.clone());
+        let y = self.product(x);
         let y = match &self.bias {
             Some(bias) => y + bias.clone().unsqueeze::<2>(),
             None => y,
         };
         y.reshape([batch, tokens, out])
+    }
+
+    /// `x W`, the tokens of every batch as rows.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, tokens, in]` -> `[batch * tokens, out]`
+    fn product(&self, x: Tensor<3>) -> Tensor<2> {
+        let [batch, tokens, width] = x.dims();
+        matmul(ProductKind::Projection, x.reshape([batch * tokens, width]), self.weight.clone())
     }
 
     /// `residual + x W + b`. On the CPU backend the residual is where the
@@ -85,9 +94,12 @@ impl LayerNorm {
                 return Tensor::from_data(TensorData::new(y, x.shape()), &x.device());
             }
         }
-        // On a GPU each op is a kernel of its own: the variance as the mean of
-        // the centred squares takes 9 (`var_mean_bias` and a second centring
-        // took 11).
+        if let Some(y) = gpu_layers::layer_norm(&x, &self.gamma, &self.beta, LAYER_NORM_EPS as f32) {
+            return y;
+        }
+        // Else each op is a kernel of its own on a GPU: the variance as the
+        // mean of the centred squares takes 9 (`var_mean_bias` and a second
+        // centring took 11).
         let dtype = x.dtype();
         let x = x.cast(FloatDType::F32);
         let centred = x.clone() - x.mean_dim(D - 1);
@@ -126,12 +138,19 @@ impl Mlp {
     /// # Shapes
     /// - `x`: `[batch, tokens, width]` -> `[batch, tokens, hidden]`
     fn hidden(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = self.fc1.forward(x);
-        match self.activation {
+        let on_host = host::is_host(&x.device());
+        match (self.activation, &self.fc1.bias) {
+            // On a GPU the bias and QuickGELU as one kernel where it runs.
+            (Activation::QuickGelu, Some(bias)) if !on_host => {
+                let [batch, tokens, _] = x.dims();
+                let h = self.fc1.product(x);
+                let h = gpu_layers::bias_quick_gelu(&h, bias).unwrap_or_else(|| quick_gelu(h + bias.clone().unsqueeze::<2>()));
+                h.reshape([batch, tokens, bias.dims()[0]])
+            }
             // open_clip/transformer.py QuickGELU: x * sigmoid(1.702 * x)
-            Activation::QuickGelu if host::is_host(&h.device()) => host::quick_gelu_tensor(h),
-            Activation::QuickGelu => quick_gelu(h),
-            Activation::Gelu => activation::gelu(h),
+            (Activation::QuickGelu, _) if on_host => host::quick_gelu_tensor(self.fc1.forward(x)),
+            (Activation::QuickGelu, _) => quick_gelu(self.fc1.forward(x)),
+            (Activation::Gelu, _) => activation::gelu(self.fc1.forward(x)),
         }
     }
 }
@@ -275,8 +294,7 @@ pub fn causal_mask(tokens: usize, device: &Device) -> Tensor<2, Bool> {
 /// is `true` masked out. The product is in `a`'s precision (accumulated in
 /// f32 at f16); the softmax is computed in f32, as PyTorch's half softmax
 /// computes, and returned in `a`'s precision (the value product's). On a
-/// GPU the softmax is one kernel ([`gpu_softmax`]) unless
-/// [`AttentionRoutine::ScoresTensorOps`] asks for burn's operations.
+/// GPU the softmax is one kernel ([`gpu_layers::attention_softmax`]).
 ///
 /// # Shapes
 /// - `a`, `b`: `[batch, heads, tokens, head_dim]`
@@ -286,10 +304,8 @@ pub fn causal_mask(tokens: usize, device: &Device) -> Tensor<2, Bool> {
 pub(crate) fn attention_weights(a: Tensor<4>, b: Tensor<4>, scale: f64, bias: Option<&Tensor<4>>, future: Option<&Tensor<2, Bool>>) -> Tensor<4> {
     let dtype = FloatDType::from(a.dtype());
     let scores = matmul(ProductKind::Attention, a, b.swap_dims(2, 3));
-    if gpu_attention::gpu_attention() != AttentionRoutine::ScoresTensorOps {
-        if let Some(weights) = gpu_softmax::attention_softmax(&scores, scale as f32, bias, future.is_some()) {
-            return weights;
-        }
+    if let Some(weights) = gpu_layers::attention_softmax(&scores, scale as f32, bias, future.is_some()) {
+        return weights;
     }
     let scores = scores.cast(FloatDType::F32) * scale;
     let scores = match bias {

@@ -1,0 +1,465 @@
+//! The towers' layers between the matrix products on a GPU, each one kernel
+//! of ours where burn's tensor operations were several kernels, each a
+//! launch and a pass over memory:
+//!
+//! - [`attention_softmax`]: `softmax(scale * scores + bias)` over the keys,
+//!   causal in the text tower, in f32 (five to eight of burn's operations:
+//!   the scale, the bias or the mask, the row maximum, a subtraction, `exp`,
+//!   the row sum, a division, and at f16 a cast each way);
+//! - [`layer_norm`]: in f32, the variance as the mean of the centred
+//!   squares (nine operations, eleven at f16);
+//! - [`bias_quick_gelu`]: the MLP's first bias and QuickGELU,
+//!   `x / (1 + e^(-1.702 x))` in f32 (five operations, seven at f16).
+//!
+//! Each does the operations' arithmetic in their order, but for the order of
+//! a row's sums. They need cubecl tensors (`burn-cubecl`'s `CubeBackend`:
+//! wgpu on WebGPU, Vulkan or Metal) and answer `None` for any other (the CPU
+//! backend, a build with burn's kernel fusion, one without the `gpu-kernel`
+//! feature), or when [`set_gpu_layers`] chose [`GpuLayers::TensorOps`]; the
+//! caller then runs burn's operations.
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use burn::tensor::Tensor;
+
+use crate::routine_choice::RoutineChoice;
+
+/// How the GPU computes the towers' softmax, layer norms and QuickGELU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GpuLayers {
+    /// One kernel each (this module).
+    #[default]
+    Kernels,
+    /// burn's tensor operations, to compare against.
+    TensorOps,
+}
+
+impl GpuLayers {
+    pub const ALL: [GpuLayers; 2] = [GpuLayers::Kernels, GpuLayers::TensorOps];
+
+    /// The name the CLI takes and prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuLayers::Kernels => "kernels",
+            GpuLayers::TensorOps => "tensor-ops",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.name() == name)
+    }
+}
+
+impl fmt::Display for GpuLayers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+static CHOICE: RoutineChoice<GpuLayers> = RoutineChoice::new(&GpuLayers::ALL);
+
+/// Compute the towers' layers on a GPU as `layers` says from now on, in this
+/// process. `false` (and nothing changes) where this build cannot choose
+/// (see [`crate::gpu_matmul::set_gpu_matmul`]).
+pub fn set_gpu_layers(layers: GpuLayers) -> bool {
+    CHOICE.set(layers)
+}
+
+/// What [`set_gpu_layers`] chose ([`GpuLayers::Kernels`] unless it was called).
+pub fn gpu_layers() -> GpuLayers {
+    CHOICE.get()
+}
+
+/// How many times each kernel of this module ran in this process so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KernelCounts {
+    pub softmax: usize,
+    pub layer_norm: usize,
+    pub quick_gelu: usize,
+}
+
+static SOFTMAX: AtomicUsize = AtomicUsize::new(0);
+static LAYER_NORM: AtomicUsize = AtomicUsize::new(0);
+static QUICK_GELU: AtomicUsize = AtomicUsize::new(0);
+
+pub fn kernel_counts() -> KernelCounts {
+    let load = |count: &AtomicUsize| count.load(Ordering::Relaxed);
+    KernelCounts { softmax: load(&SOFTMAX), layer_norm: load(&LAYER_NORM), quick_gelu: load(&QUICK_GELU) }
+}
+
+/// `kernel()` where this build has the kernels and they are chosen, counted
+/// in `count` when it ran.
+fn counted<T>(count: &AtomicUsize, kernel: impl FnOnce() -> Option<T>) -> Option<T> {
+    if gpu_layers() != GpuLayers::Kernels || !cfg!(all(feature = "gpu-kernel", not(feature = "fusion"))) {
+        return None;
+    }
+    let out = kernel();
+    if out.is_some() {
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+    out
+}
+
+/// `softmax(scale * scores + bias)` over the last dimension, in f32, stored
+/// in the scores' precision; with `causal`, the keys after each query are
+/// left out (weight 0), as [`crate::nn::causal_mask`] masks them. `None`
+/// where the kernel does not run (see the module's doc; also scores that are
+/// not contiguous f32 or f16, or a bias that is not contiguous f32).
+///
+/// # Shapes
+/// - `scores`: `[batch, heads, tokens, tokens]`, queries by keys
+/// - `bias`: `[1, 1, tokens, tokens]`, f32
+/// - returns `[batch, heads, tokens, tokens]`
+pub fn attention_softmax(scores: &Tensor<4>, scale: f32, bias: Option<&Tensor<4>>, causal: bool) -> Option<Tensor<4>> {
+    counted(&SOFTMAX, || {
+        #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
+        return cube::attention_softmax(scores, scale, bias, causal);
+        #[allow(unreachable_code)]
+        {
+            let _ = (scores, scale, bias, causal);
+            None
+        }
+    })
+}
+
+/// Layer norm over the last dimension in f32, `(x - mean) / sqrt(var + eps)
+/// * gamma + beta` with the variance as the mean of the centred squares,
+/// stored in `x`'s precision. `None` where the kernel does not run (see the
+/// module's doc; also `x` not contiguous f32 or f16, or `gamma` and `beta`
+/// not f32 of `x`'s width).
+///
+/// # Shapes
+/// - `x`: `[..., width]`, `gamma`, `beta`: `[width]` -> `[..., width]`
+pub fn layer_norm<const D: usize>(x: &Tensor<D>, gamma: &Tensor<1>, beta: &Tensor<1>, eps: f32) -> Option<Tensor<D>> {
+    counted(&LAYER_NORM, || {
+        #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
+        return cube::layer_norm(x, gamma, beta, eps);
+        #[allow(unreachable_code)]
+        {
+            let _ = (x, gamma, beta, eps);
+            None
+        }
+    })
+}
+
+/// QuickGELU of `x + bias`: the sum in `x`'s precision (as burn's add), then
+/// `z / (1 + e^(-1.702 z))` in f32, stored in `x`'s precision. `None` where
+/// the kernel does not run (see the module's doc; also `x` not contiguous,
+/// or `bias` not of `x`'s precision and width).
+///
+/// # Shapes
+/// - `x`: `[rows, width]`, `bias`: `[width]` -> `[rows, width]`
+pub fn bias_quick_gelu(x: &Tensor<2>, bias: &Tensor<1>) -> Option<Tensor<2>> {
+    counted(&QUICK_GELU, || {
+        #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
+        return cube::bias_quick_gelu(x, bias);
+        #[allow(unreachable_code)]
+        {
+            let _ = (x, bias);
+            None
+        }
+    })
+}
+
+#[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
+mod cube {
+    use burn::backend::cubecl::dtype_to_storage_type;
+    use burn::tensor::{self as burn_tensor, DType, Shape};
+    use burn_cubecl::tensor::CubeTensor;
+    use burn_cubecl::CubeBackend;
+    use cubecl::prelude::*;
+
+    /// Units that share one row (each takes every `ROW_UNITS`-th value).
+    const ROW_UNITS: usize = 32;
+    /// Rows of a work group.
+    const CUBE_ROWS: usize = 8;
+    /// Work groups along a dispatch's x (WebGPU allows 65535).
+    const MAX_CUBES_X: usize = 65_535;
+    /// Units of a work group of the elementwise kernel.
+    const ELEMENT_UNITS: usize = 256;
+
+    /// The work group's index in a dispatch of [`cube_count`].
+    #[cube]
+    fn cube_index() -> usize {
+        CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize
+    }
+
+    /// `cubes` work groups as a dispatch: along x, and y when x is full.
+    fn cube_count(cubes: usize) -> CubeCount {
+        let x = cubes.clamp(1, MAX_CUBES_X);
+        CubeCount::Static(x as u32, cubes.div_ceil(x) as u32, 1)
+    }
+
+    /// The sum (`maximum` false) or the maximum of the `ROW_UNITS` partials
+    /// of this unit's row, each unit adding them in the same order; the
+    /// partials are `value` of each unit of the row.
+    #[cube]
+    fn row_total(partials: &mut Shared<[f32]>, value: f32, #[comptime] maximum: bool) -> f32 {
+        let first = UNIT_POS_Y as usize * ROW_UNITS;
+        partials[first + UNIT_POS_X as usize] = value;
+        sync_cube();
+        let mut total = partials[first];
+        for u in 1..ROW_UNITS {
+            if maximum {
+                total = max(total, partials[first + u]);
+            } else {
+                total += partials[first + u];
+            }
+        }
+        // The partials are written again only after every unit has read them.
+        sync_cube();
+        total
+    }
+
+    /// The row's weights before the softmax, in f32: `scale * score (+ bias)`.
+    #[cube]
+    fn logit<F: Float>(scores: &Tensor<F>, bias: &Tensor<f32>, at: usize, bias_at: usize, key: usize, scale: f32, #[comptime] has_bias: bool) -> f32 {
+        let x = f32::cast_from(scores[at + key]) * scale;
+        if has_bias {
+            x + bias[bias_at + key]
+        } else {
+            x
+        }
+    }
+
+    /// `ROW_UNITS` units a row, `CUBE_ROWS` rows a work group: each unit
+    /// takes every `ROW_UNITS`-th key of its row, and the row's maximum and
+    /// sum are combined through workgroup memory. Three passes over the row
+    /// (the maximum, the sum of `exp`, the weights), whose re-reads come from
+    /// the cache: a row of 785 keys is 3 kB.
+    #[cube(launch_unchecked)]
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_rows<F: Float>(
+        scores: &Tensor<F>,
+        bias: &Tensor<f32>,
+        out: &mut Tensor<F>,
+        scale: f32,
+        rows: u32,
+        #[comptime] has_bias: bool,
+        #[comptime] causal: bool,
+        #[define(F)] _dtype: ElemType,
+    ) {
+        let tokens = scores.shape(scores.rank() - 1);
+        let row = cube_index() * CUBE_ROWS + UNIT_POS_Y as usize;
+        let rows = rows as usize;
+        let query = row % tokens;
+        // The keys this row weighs (none past the last row); the rest get 0.
+        let mut attended = if row < rows { tokens } else { 0usize };
+        if causal {
+            attended = min(attended, query + 1);
+        }
+        let (at, bias_at) = (row * tokens, query * tokens);
+        let lane = UNIT_POS_X as usize;
+        let mut partials = Shared::<[f32]>::new_slice(comptime!(ROW_UNITS * CUBE_ROWS));
+
+        // Every unit takes as many steps as the row's keys need, whatever its
+        // row (a loop of the same length in every unit keeps the barriers in
+        // what WGSL's uniformity analysis accepts as uniform control flow).
+        #[allow(clippy::manual_div_ceil)] // kernel code has no div_ceil
+        let steps = (tokens + ROW_UNITS - 1) / ROW_UNITS;
+        let mut maximum = f32::min_value();
+        for step in 0..steps {
+            let key = lane + step * ROW_UNITS;
+            if key < attended {
+                maximum = max(maximum, logit(scores, bias, at, bias_at, key, scale, has_bias));
+            }
+        }
+        let row_max = row_total(&mut partials, maximum, true);
+        let mut sum = 0.0f32;
+        for step in 0..steps {
+            let key = lane + step * ROW_UNITS;
+            if key < attended {
+                sum += Exp::exp(logit(scores, bias, at, bias_at, key, scale, has_bias) - row_max);
+            }
+        }
+        let row_sum = row_total(&mut partials, sum, false);
+
+        for step in 0..steps {
+            let key = lane + step * ROW_UNITS;
+            if row < rows && key < tokens {
+                let weight = if key < attended { Exp::exp(logit(scores, bias, at, bias_at, key, scale, has_bias) - row_max) / row_sum } else { 0.0f32 };
+                out[at + key] = F::cast_from(weight);
+            }
+        }
+    }
+
+    /// Layer norm of rows of `width` values, laid out as [`softmax_rows`]:
+    /// the mean, the mean of the centred squares, then the normalised row.
+    #[cube(launch_unchecked)]
+    fn layer_norm_rows<F: Float>(x: &Tensor<F>, gamma: &Tensor<f32>, beta: &Tensor<f32>, out: &mut Tensor<F>, eps: f32, rows: u32, #[define(F)] _dtype: ElemType) {
+        let width = x.shape(x.rank() - 1);
+        let row = cube_index() * CUBE_ROWS + UNIT_POS_Y as usize;
+        let values = if row < rows as usize { width } else { 0usize };
+        let at = row * width;
+        let lane = UNIT_POS_X as usize;
+        let mut partials = Shared::<[f32]>::new_slice(comptime!(ROW_UNITS * CUBE_ROWS));
+        let count = f32::cast_from(width);
+        // As many steps in every unit, as in `softmax_rows`.
+        #[allow(clippy::manual_div_ceil)] // kernel code has no div_ceil
+        let steps = (width + ROW_UNITS - 1) / ROW_UNITS;
+
+        let mut sum = 0.0f32;
+        for step in 0..steps {
+            let i = lane + step * ROW_UNITS;
+            if i < values {
+                sum += f32::cast_from(x[at + i]);
+            }
+        }
+        let mean = row_total(&mut partials, sum, false) / count;
+        let mut squares = 0.0f32;
+        for step in 0..steps {
+            let i = lane + step * ROW_UNITS;
+            if i < values {
+                let centred = f32::cast_from(x[at + i]) - mean;
+                squares += centred * centred;
+            }
+        }
+        let deviation = Sqrt::sqrt(row_total(&mut partials, squares, false) / count + eps);
+        for step in 0..steps {
+            let i = lane + step * ROW_UNITS;
+            if i < values {
+                let normalised = (f32::cast_from(x[at + i]) - mean) / deviation;
+                out[at + i] = F::cast_from(normalised * gamma[i] + beta[i]);
+            }
+        }
+    }
+
+    /// One unit per value: QuickGELU of the value plus its column's bias.
+    #[cube(launch_unchecked)]
+    fn bias_quick_gelu_values<F: Float>(x: &Tensor<F>, bias: &Tensor<F>, out: &mut Tensor<F>, #[define(F)] _dtype: ElemType) {
+        let at = cube_index() * ELEMENT_UNITS + UNIT_POS as usize;
+        if at < x.len() {
+            let z = f32::cast_from(x[at] + bias[at % bias.len()]);
+            out[at] = F::cast_from(z / (Exp::exp(z * -1.702f32) + 1.0f32));
+        }
+    }
+
+    /// Whether `tensor` is stored row-major without gaps.
+    fn contiguous(tensor: &CubeTensor) -> bool {
+        let (shape, strides) = (tensor.meta.shape(), tensor.meta.strides());
+        let mut expected = 1;
+        for d in (0..shape.num_dims()).rev() {
+            if shape[d] != 1 && strides[d] != expected {
+                return false;
+            }
+            expected *= shape[d];
+        }
+        true
+    }
+
+    /// `tensor` as a contiguous cubecl tensor of f32 or f16, or `None`.
+    fn float_rows<const D: usize>(tensor: &burn_tensor::Tensor<D>) -> Option<CubeTensor> {
+        let tensor = tensor.clone().try_into_primitive::<CubeBackend>().ok()?;
+        (matches!(tensor.dtype, DType::F32 | DType::F16) && contiguous(&tensor)).then_some(tensor)
+    }
+
+    /// `values` as a contiguous cubecl tensor of `dtype` and `len` values, or `None`.
+    fn vector(values: &burn_tensor::Tensor<1>, dtype: DType, len: usize) -> Option<CubeTensor> {
+        let values = values.clone().try_into_primitive::<CubeBackend>().ok()?;
+        (values.dtype == dtype && contiguous(&values) && values.meta.num_elements() == len).then_some(values)
+    }
+
+    fn empty_like(like: &CubeTensor) -> CubeTensor {
+        let shape = like.meta.shape().clone();
+        let handle = like.client.empty(shape.num_elements() * like.dtype.size());
+        CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), shape, handle, like.dtype)
+    }
+
+    pub(super) fn attention_softmax(scores: &burn_tensor::Tensor<4>, scale: f32, bias: Option<&burn_tensor::Tensor<4>>, causal: bool) -> Option<burn_tensor::Tensor<4>> {
+        let scores = float_rows(scores)?;
+        let tokens = scores.meta.shape()[3];
+        let bias = match bias {
+            Some(bias) => {
+                let bias = bias.clone().try_into_primitive::<CubeBackend>().ok()?;
+                (bias.dtype == DType::F32 && contiguous(&bias) && bias.meta.num_elements() == tokens * tokens).then_some(())?;
+                Some(bias)
+            }
+            None => None,
+        };
+        let out = empty_like(&scores);
+        let rows = scores.meta.num_elements() / tokens.max(1);
+        if rows == 0 {
+            return Some(burn_tensor::Tensor::from_primitive::<CubeBackend>(out));
+        }
+        let (client, dtype, has_bias) = (scores.client.clone(), scores.dtype, bias.is_some());
+        // Without a bias the kernel reads none, but binds one value.
+        let bias = bias.unwrap_or_else(|| {
+            let handle = client.create_from_slice(&0f32.to_le_bytes());
+            CubeTensor::new_contiguous(client.clone(), scores.device.clone(), Shape::new([1]), handle, DType::F32)
+        });
+        // SAFETY: a unit reads its row's keys (`< tokens`) of a row that
+        // exists (`< rows`), and the bias at the same keys of its query's row
+        // (a `tokens x tokens` bias, checked above), and writes its own row
+        // of the output; workgroup memory is indexed within its length.
+        unsafe {
+            softmax_rows::launch_unchecked(
+                &client,
+                cube_count(rows.div_ceil(CUBE_ROWS)),
+                CubeDim::new_2d(ROW_UNITS as u32, CUBE_ROWS as u32),
+                scores.into_tensor_arg(),
+                bias.into_tensor_arg(),
+                out.clone().into_tensor_arg(),
+                scale,
+                rows as u32,
+                has_bias,
+                causal,
+                dtype_to_storage_type(dtype),
+            );
+        }
+        Some(burn_tensor::Tensor::from_primitive::<CubeBackend>(out))
+    }
+
+    pub(super) fn layer_norm<const D: usize>(x: &burn_tensor::Tensor<D>, gamma: &burn_tensor::Tensor<1>, beta: &burn_tensor::Tensor<1>, eps: f32) -> Option<burn_tensor::Tensor<D>> {
+        let x = float_rows(x)?;
+        let width = x.meta.shape()[D - 1];
+        let (gamma, beta) = (vector(gamma, DType::F32, width)?, vector(beta, DType::F32, width)?);
+        let out = empty_like(&x);
+        let rows = x.meta.num_elements() / width.max(1);
+        if rows > 0 {
+            let (client, dtype) = (x.client.clone(), x.dtype);
+            // SAFETY: a unit reads and writes the values of its own row (`<
+            // width`) of a row that exists (`< rows`), and gamma and beta at
+            // those columns (`width` values each, checked above).
+            unsafe {
+                layer_norm_rows::launch_unchecked(
+                    &client,
+                    cube_count(rows.div_ceil(CUBE_ROWS)),
+                    CubeDim::new_2d(ROW_UNITS as u32, CUBE_ROWS as u32),
+                    x.into_tensor_arg(),
+                    gamma.into_tensor_arg(),
+                    beta.into_tensor_arg(),
+                    out.clone().into_tensor_arg(),
+                    eps,
+                    rows as u32,
+                    dtype_to_storage_type(dtype),
+                );
+            }
+        }
+        Some(burn_tensor::Tensor::from_primitive::<CubeBackend>(out))
+    }
+
+    pub(super) fn bias_quick_gelu(x: &burn_tensor::Tensor<2>, bias: &burn_tensor::Tensor<1>) -> Option<burn_tensor::Tensor<2>> {
+        let x = float_rows(x)?;
+        let bias = vector(bias, x.dtype, x.meta.shape()[1])?;
+        let out = empty_like(&x);
+        let values = x.meta.num_elements();
+        if values > 0 {
+            let (client, dtype) = (x.client.clone(), x.dtype);
+            // SAFETY: each unit reads and writes one value below `x.len()`
+            // (checked in the kernel) and the bias at its column.
+            unsafe {
+                bias_quick_gelu_values::launch_unchecked(
+                    &client,
+                    cube_count(values.div_ceil(ELEMENT_UNITS)),
+                    CubeDim::new_1d(ELEMENT_UNITS as u32),
+                    x.into_tensor_arg(),
+                    bias.into_tensor_arg(),
+                    out.clone().into_tensor_arg(),
+                    dtype_to_storage_type(dtype),
+                );
+            }
+        }
+        Some(burn_tensor::Tensor::from_primitive::<CubeBackend>(out))
+    }
+}

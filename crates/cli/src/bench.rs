@@ -73,11 +73,12 @@ struct LayerKernels {
     softmax: usize,
     layer_norm: usize,
     quick_gelu: usize,
+    residual: usize,
 }
 
 impl From<clearclip_model::gpu_layers::KernelCounts> for LayerKernels {
     fn from(counts: clearclip_model::gpu_layers::KernelCounts) -> Self {
-        Self { softmax: counts.softmax, layer_norm: counts.layer_norm, quick_gelu: counts.quick_gelu }
+        Self { softmax: counts.softmax, layer_norm: counts.layer_norm, quick_gelu: counts.quick_gelu, residual: counts.residual }
     }
 }
 

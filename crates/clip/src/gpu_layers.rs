@@ -9,7 +9,9 @@
 //! - [`layer_norm`]: in f32, the variance as the mean of the centred
 //!   squares (nine operations, eleven at f16);
 //! - [`bias_quick_gelu`]: the MLP's first bias and QuickGELU,
-//!   `x / (1 + e^(-1.702 x))` in f32 (five operations, seven at f16).
+//!   `x / (1 + e^(-1.702 x))` in f32 (five operations, seven at f16);
+//! - [`bias_residual`]: a block's residual sums, the bias of the product
+//!   before them added on the way (two operations).
 //!
 //! Each does the operations' arithmetic in their order, but for the order of
 //! a row's sums. They need cubecl tensors (`burn-cubecl`'s `CubeBackend`:
@@ -25,7 +27,8 @@ use burn::tensor::Tensor;
 
 use crate::routine_choice::RoutineChoice;
 
-/// How the GPU computes the towers' softmax, layer norms and QuickGELU.
+/// How the GPU computes the towers' softmax, layer norms, QuickGELU and
+/// residual sums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GpuLayers {
     /// One kernel each (this module).
@@ -77,15 +80,17 @@ pub struct KernelCounts {
     pub softmax: usize,
     pub layer_norm: usize,
     pub quick_gelu: usize,
+    pub residual: usize,
 }
 
 static SOFTMAX: AtomicUsize = AtomicUsize::new(0);
 static LAYER_NORM: AtomicUsize = AtomicUsize::new(0);
 static QUICK_GELU: AtomicUsize = AtomicUsize::new(0);
+static RESIDUAL: AtomicUsize = AtomicUsize::new(0);
 
 pub fn kernel_counts() -> KernelCounts {
     let load = |count: &AtomicUsize| count.load(Ordering::Relaxed);
-    KernelCounts { softmax: load(&SOFTMAX), layer_norm: load(&LAYER_NORM), quick_gelu: load(&QUICK_GELU) }
+    KernelCounts { softmax: load(&SOFTMAX), layer_norm: load(&LAYER_NORM), quick_gelu: load(&QUICK_GELU), residual: load(&RESIDUAL) }
 }
 
 /// `kernel()` where this build has the kernels and they are chosen, counted
@@ -157,6 +162,25 @@ pub fn bias_quick_gelu(x: &Tensor<2>, bias: &Tensor<1>) -> Option<Tensor<2>> {
         #[allow(unreachable_code)]
         {
             let _ = (x, bias);
+            None
+        }
+    })
+}
+
+/// `residual + (x + bias)`, each sum in `x`'s precision, as burn's two
+/// additions. `None` where the kernel does not run (see the module's doc;
+/// also `x` or `residual` not contiguous, or not all three of one
+/// precision and `x`'s width).
+///
+/// # Shapes
+/// - `x`, `residual`: `[rows, width]`, `bias`: `[width]` -> `[rows, width]`
+pub fn bias_residual(x: &Tensor<2>, bias: &Tensor<1>, residual: &Tensor<2>) -> Option<Tensor<2>> {
+    counted(&RESIDUAL, || {
+        #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
+        return cube::bias_residual(x, bias, residual);
+        #[allow(unreachable_code)]
+        {
+            let _ = (x, bias, residual);
             None
         }
     })
@@ -335,6 +359,17 @@ mod cube {
         }
     }
 
+    /// One unit per value: the value plus its column's bias (rounded to the
+    /// precision, as burn's addition stores it), plus the residual.
+    #[cube(launch_unchecked)]
+    fn bias_residual_values<F: Float>(x: &Tensor<F>, bias: &Tensor<F>, residual: &Tensor<F>, out: &mut Tensor<F>, #[define(F)] _dtype: ElemType) {
+        let at = cube_index() * ELEMENT_UNITS + UNIT_POS as usize;
+        if at < x.len() {
+            let biased = x[at] + bias[at % bias.len()];
+            out[at] = residual[at] + biased;
+        }
+    }
+
     /// Whether `tensor` is stored row-major without gaps.
     fn contiguous(tensor: &CubeTensor) -> bool {
         let (shape, strides) = (tensor.meta.shape(), tensor.meta.strides());
@@ -432,6 +467,36 @@ mod cube {
                     out.clone().into_tensor_arg(),
                     eps,
                     rows as u32,
+                    dtype_to_storage_type(dtype),
+                );
+            }
+        }
+        Some(burn_tensor::Tensor::from_primitive::<CubeBackend>(out))
+    }
+
+    pub(super) fn bias_residual(x: &burn_tensor::Tensor<2>, bias: &burn_tensor::Tensor<1>, residual: &burn_tensor::Tensor<2>) -> Option<burn_tensor::Tensor<2>> {
+        let x = float_rows(x)?;
+        let bias = vector(bias, x.dtype, x.meta.shape()[1])?;
+        let residual = float_rows(residual)?;
+        if residual.dtype != x.dtype || residual.meta.shape() != x.meta.shape() {
+            return None;
+        }
+        let out = empty_like(&x);
+        let values = x.meta.num_elements();
+        if values > 0 {
+            let (client, dtype) = (x.client.clone(), x.dtype);
+            // SAFETY: each unit reads and writes one value below `x.len()`
+            // (checked in the kernel; the residual has x's shape) and the
+            // bias at its column.
+            unsafe {
+                bias_residual_values::launch_unchecked(
+                    &client,
+                    cube_count(values.div_ceil(ELEMENT_UNITS)),
+                    CubeDim::new_1d(ELEMENT_UNITS as u32),
+                    x.into_tensor_arg(),
+                    bias.into_tensor_arg(),
+                    residual.into_tensor_arg(),
+                    out.clone().into_tensor_arg(),
                     dtype_to_storage_type(dtype),
                 );
             }

@@ -47,10 +47,20 @@ impl Linear {
     /// # Shapes
     /// - `x`: `[batch, tokens, in]`, `residual`: `[batch, tokens, out]` -> `[batch, tokens, out]`
     pub fn forward_add(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
-        match self.forward_on_host(&x, Some(&residual)) {
-            Some(y) => y,
-            None => residual + self.forward(x),
+        if let Some(y) = self.forward_on_host(&x, Some(&residual)) {
+            return y;
         }
+        // On a GPU the bias and the residual in one kernel where it runs.
+        if let Some(bias) = self.bias.as_ref().filter(|_| !host::is_host(&x.device())) {
+            let [batch, tokens, out] = residual.dims();
+            let y = self.product(x);
+            let rows = residual.clone().reshape([batch * tokens, out]);
+            if let Some(sum) = gpu_layers::bias_residual(&y, bias, &rows) {
+                return sum.reshape([batch, tokens, out]);
+            }
+            return residual + (y + bias.clone().unsqueeze::<2>()).reshape([batch, tokens, out]);
+        }
+        residual + self.forward(x)
     }
 
     /// [`host::linear`] when every operand is contiguous f32 data of burn's

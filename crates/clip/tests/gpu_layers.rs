@@ -3,14 +3,15 @@
 //! and f16: attention's softmax in every shape class (rows that do not fill
 //! a work group, fewer keys than a row's units, many more), with NACLIP's
 //! kind of bias and with the text tower's causal mask; layer norm at the
-//! towers' widths; the MLP's bias and QuickGELU. Then the towers with them
+//! towers' widths; the MLP's bias and QuickGELU; the residual sums (against
+//! the same additions on the host, bit for bit). Then the towers with them
 //! against PyTorch.
 
 mod common;
 
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use clearclip_fixtures::{wgpu_device, SeededRng};
-use clearclip_model::gpu_layers::{attention_softmax, bias_quick_gelu, kernel_counts, layer_norm};
+use clearclip_model::gpu_layers::{attention_softmax, bias_quick_gelu, bias_residual, kernel_counts, layer_norm};
 use clearclip_model::Precision;
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -87,6 +88,10 @@ fn what_the_kernel_cannot_take_is_declined() {
     assert!(layer_norm(&x, &vector(4), &vector(4), 1e-5).is_some());
     assert!(layer_norm(&x, &vector(3), &vector(4), 1e-5).is_none());
     assert!(layer_norm(&x.clone().cast(FloatDType::F16), &vector(4), &vector(4).cast(FloatDType::F16), 1e-5).is_none());
+    // The residual of another shape or precision.
+    assert!(bias_residual(&x, &vector(4), &x).is_some());
+    assert!(bias_residual(&x, &vector(4), &x.clone().reshape([4, 3])).is_none());
+    assert!(bias_residual(&x, &vector(4), &x.clone().cast(FloatDType::F16)).is_none());
     // QuickGELU's bias of another width or precision.
     assert!(bias_quick_gelu(&x, &vector(4)).is_some());
     assert!(bias_quick_gelu(&x, &vector(3)).is_none());
@@ -176,21 +181,45 @@ fn the_quick_gelu_kernel_matches_an_f64_quick_gelu() {
     }
 }
 
+#[test]
+fn the_residual_kernel_adds_as_burns_additions_do() {
+    let Some(gpu) = wgpu_device() else { return };
+    for precision in common::precisions(&gpu) {
+        for (rows, width) in [(1, 3), (50, 64), (1570, 768)] {
+            let mut rng = SeededRng::new(width as u64 + 2);
+            let tensor = |values: Vec<f32>, rows: usize| Tensor::<2>::from_data(TensorData::new(values, [rows, width]), &gpu).cast(precision.dtype());
+            let x = tensor(rng.uniform(rows * width, -50.0, 50.0), rows);
+            let residual = tensor(rng.uniform(rows * width, -5.0, 5.0), rows);
+            let bias = Tensor::<1>::from_data(TensorData::new(rng.uniform(width, -1.0, 1.0), [width]), &gpu).cast(precision.dtype());
+            let what = format!("{} bias + residual of {rows} x {width}", precision.name());
+            let ours = bias_residual(&x, &bias, &residual).unwrap_or_else(|| panic!("{what}: the kernel declined"));
+            let (x, bias, residual, ours) = (values(x), values(bias), values(residual), values(ours));
+            for i in 0..ours.len() {
+                // Each sum rounded to the precision, as burn's two additions store them.
+                let round = |v: f32| if precision == Precision::F16 { half::f16::from_f32(v).to_f32() } else { v };
+                let expected = round(residual[i] + round(x[i] + bias[i % width]));
+                assert_eq!(ours[i], expected, "{what} at {i}: {} + ({} + {})", residual[i], x[i], bias[i % width]);
+            }
+        }
+    }
+}
+
 /// The towers with the kernels (the GPU backend's default) match PyTorch,
 /// and every block's layers went through them: each block of the text tower
 /// and of the image tower's first `L-1`, in every mode, has a softmax, two
-/// layer norms and a QuickGELU.
+/// layer norms, a QuickGELU and two residual sums.
 #[test]
 fn towers_with_the_layer_kernels_match_pytorch() {
     let Some(device) = wgpu_device() else { return };
     for precision in common::precisions(&device) {
-        for kind in ["softmax", "layer norm", "QuickGELU"] {
+        for kind in ["softmax", "layer norm", "QuickGELU", "residual sums"] {
             let count = move || {
                 let counts = kernel_counts();
                 (match kind {
                     "softmax" => counts.softmax,
                     "layer norm" => counts.layer_norm / 2,
-                    _ => counts.quick_gelu,
+                    "QuickGELU" => counts.quick_gelu,
+                    _ => counts.residual / 2,
                 }, 0)
             };
             for (config, (ran, _)) in common::assert_towers_match_pytorch(&device, kind, precision, count) {

@@ -66,22 +66,6 @@ struct PhaseStats {
     warm_max_ms: f64,
 }
 
-/// [`clearclip_model::gpu_layers::KernelCounts`] in the report.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LayerKernels {
-    softmax: usize,
-    layer_norm: usize,
-    quick_gelu: usize,
-    residual: usize,
-}
-
-impl From<clearclip_model::gpu_layers::KernelCounts> for LayerKernels {
-    fn from(counts: clearclip_model::gpu_layers::KernelCounts) -> Self {
-        Self { softmax: counts.softmax, layer_norm: counts.layer_norm, quick_gelu: counts.quick_gelu, residual: counts.residual }
-    }
-}
-
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Report {
@@ -104,11 +88,11 @@ struct Report {
     gpu_attention: &'static str,
     gpu_attention_flashed: usize,
     gpu_attention_declined: usize,
-    /// How the GPU computed the towers' softmax, layer norms and QuickGELU
-    /// (`--gpu-layers`), and how many of each ran as one kernel
+    /// How the GPU computed the towers' softmax, layer norms, QuickGELU and
+    /// residual sums (`--gpu-layers`), and how many of each ran as one kernel
     /// (`clearclip_model::gpu_layers`), over the warm-up and all runs.
     gpu_layers: &'static str,
-    gpu_layer_kernels: LayerKernels,
+    gpu_layer_kernels: clearclip_model::gpu_layers::KernelCounts,
     /// How the GPU made the window merge and the class maps (`--gpu-merge`).
     gpu_merge: &'static str,
     /// Windows, and class names, encoded together (`--window-batch`,
@@ -286,7 +270,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         gpu_attention_flashed,
         gpu_attention_declined,
         gpu_layers: args.model.gpu_layers.name(),
-        gpu_layer_kernels: LayerKernels::from(clearclip_model::gpu_layers::kernel_counts()),
+        gpu_layer_kernels: clearclip_model::gpu_layers::kernel_counts(),
         gpu_merge: args.model.gpu_merge.name(),
         window_batching: segmenter.window_batching().name(),
         name_batching: segmenter.name_batching().name(),

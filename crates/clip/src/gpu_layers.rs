@@ -74,8 +74,10 @@ pub fn gpu_layers() -> GpuLayers {
     CHOICE.get()
 }
 
-/// How many times each kernel of this module ran in this process so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How many times each kernel of this module ran in this process so far
+/// (serialised as the bench's JSON reports it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct KernelCounts {
     pub softmax: usize,
     pub layer_norm: usize,

@@ -88,8 +88,8 @@ struct Report {
     gpu_attention: &'static str,
     gpu_attention_flashed: usize,
     gpu_attention_declined: usize,
-    /// How the GPU computed the towers' softmax, layer norms, QuickGELU and
-    /// residual sums (`--gpu-layers`), and how many of each ran as one kernel
+    /// How the GPU computed the towers' softmax, layer norms, QuickGELU,
+    /// residual sums and head splits (`--gpu-layers`), and how many of each ran as one kernel
     /// (`clearclip_model::gpu_layers`), over the warm-up and all runs.
     gpu_layers: &'static str,
     gpu_layer_kernels: clearclip_model::gpu_layers::KernelCounts,

@@ -116,8 +116,9 @@ struct ModelArgs {
     #[arg(long, value_parser = parse_gpu_merge, default_value = "kernels")]
     gpu_merge: GpuMerge,
     /// How the GPU computes the towers' attention softmax, layer norms,
-    /// QuickGELU and residual sums: kernels (one each) or tensor-ops (burn's
-    /// operations, two to eleven kernels each; to compare against).
+    /// QuickGELU, residual sums and attention's split into heads: kernels
+    /// (one each) or tensor-ops (burn's operations, two to eleven kernels
+    /// each; to compare against).
     #[arg(long, value_parser = parse_gpu_layers, default_value = "kernels")]
     gpu_layers: GpuLayers,
     /// Windows encoded together: a count, or memory (as many as keep the
@@ -329,8 +330,8 @@ fn report_gpu_layers(args: &ModelArgs) {
     if matches!(args.device, DeviceArg::Gpu) {
         let counts = kernel_counts();
         eprintln!(
-            "--gpu-layers {}: {} softmaxes, {} layer norms, {} QuickGELUs, {} residual sums as one kernel each",
-            args.gpu_layers, counts.softmax, counts.layer_norm, counts.quick_gelu, counts.residual
+            "--gpu-layers {}: {} softmaxes, {} layer norms, {} QuickGELUs, {} residual sums, {} head splits as one kernel each",
+            args.gpu_layers, counts.softmax, counts.layer_norm, counts.quick_gelu, counts.residual, counts.split_heads
         );
     }
 }

@@ -11,7 +11,11 @@
 //! - [`bias_quick_gelu`]: the MLP's first bias and QuickGELU,
 //!   `x / (1 + e^(-1.702 x))` in f32 (five operations, seven at f16);
 //! - [`bias_residual`]: a block's residual sums, the bias of the product
-//!   before them added on the way (two operations).
+//!   before them added on the way (two operations);
+//! - [`split_heads`]: the fused q, k, v projection's bias, and its thirds
+//!   as three `[batch, heads, tokens, head_dim]` tensors stored in that
+//!   order (the bias's addition, then three copies by `reshape` and three or
+//!   six more where the matrix products cannot read a view of the heads).
 //!
 //! Each does the operations' arithmetic in their order, but for the order of
 //! a row's sums. They need cubecl tensors (`burn-cubecl`'s `CubeBackend`:
@@ -83,16 +87,37 @@ pub struct KernelCounts {
     pub layer_norm: usize,
     pub quick_gelu: usize,
     pub residual: usize,
+    pub split_heads: usize,
+}
+
+impl KernelCounts {
+    /// How many of each ran since `before` (an earlier [`kernel_counts`]).
+    pub fn since(self, before: KernelCounts) -> KernelCounts {
+        KernelCounts {
+            softmax: self.softmax - before.softmax,
+            layer_norm: self.layer_norm - before.layer_norm,
+            quick_gelu: self.quick_gelu - before.quick_gelu,
+            residual: self.residual - before.residual,
+            split_heads: self.split_heads - before.split_heads,
+        }
+    }
 }
 
 static SOFTMAX: AtomicUsize = AtomicUsize::new(0);
 static LAYER_NORM: AtomicUsize = AtomicUsize::new(0);
 static QUICK_GELU: AtomicUsize = AtomicUsize::new(0);
 static RESIDUAL: AtomicUsize = AtomicUsize::new(0);
+static SPLIT_HEADS: AtomicUsize = AtomicUsize::new(0);
 
 pub fn kernel_counts() -> KernelCounts {
     let load = |count: &AtomicUsize| count.load(Ordering::Relaxed);
-    KernelCounts { softmax: load(&SOFTMAX), layer_norm: load(&LAYER_NORM), quick_gelu: load(&QUICK_GELU), residual: load(&RESIDUAL) }
+    KernelCounts {
+        softmax: load(&SOFTMAX),
+        layer_norm: load(&LAYER_NORM),
+        quick_gelu: load(&QUICK_GELU),
+        residual: load(&RESIDUAL),
+        split_heads: load(&SPLIT_HEADS),
+    }
 }
 
 /// `kernel()` where this build has the kernels and they are chosen, counted
@@ -110,7 +135,7 @@ fn counted<T>(count: &AtomicUsize, kernel: impl FnOnce() -> Option<T>) -> Option
 
 /// `softmax(scale * scores + bias)` over the last dimension, in f32, stored
 /// in the scores' precision; with `causal`, the keys after each query are
-/// left out (weight 0), as [`crate::nn::causal_mask`] masks them. `None`
+/// left out (weight 0), as [`crate::nn::CausalMask`] masks them. `None`
 /// where the kernel does not run (see the module's doc; also scores that are
 /// not contiguous f32 or f16, or a bias that is not contiguous f32).
 ///
@@ -183,6 +208,31 @@ pub fn bias_residual(x: &Tensor<2>, bias: &Tensor<1>, residual: &Tensor<2>) -> O
         #[allow(unreachable_code)]
         {
             let _ = (x, bias, residual);
+            None
+        }
+    })
+}
+
+/// The heads of a fused q, k, v projection (`in_proj` of
+/// `torch.nn.MultiheadAttention`: the q, k, v thirds of each row in that
+/// order, each third `heads` runs of `head_dim` values), plus `bias` where
+/// given (the sum in `qkv`'s precision, as burn's addition), as three
+/// contiguous tensors: what the matrix products of attention read without
+/// copying (`q k^T` reads k's transposed view as it is). `None` where the
+/// kernel does not run (see the module's doc; also `qkv` not contiguous,
+/// its width not `3 * heads` equal parts, or `bias` not of its precision and
+/// width).
+///
+/// # Shapes
+/// - `qkv`: `[batch, tokens, 3 * heads * head_dim]`, `bias`: `[3 * heads * head_dim]`
+/// - returns q, k, v, each `[batch, heads, tokens, head_dim]`
+pub fn split_heads(qkv: &Tensor<3>, bias: Option<&Tensor<1>>, heads: usize) -> Option<[Tensor<4>; 3]> {
+    counted(&SPLIT_HEADS, || {
+        #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
+        return cube::split_heads(qkv, bias, heads);
+        #[allow(unreachable_code)]
+        {
+            let _ = (qkv, bias, heads);
             None
         }
     })
@@ -372,6 +422,42 @@ mod cube {
         }
     }
 
+    /// One unit per value of q: that value of q, k and v, read from the
+    /// token's row of the fused projection (three reads a `width` apart),
+    /// each plus its column's bias where `has_bias`.
+    #[cube(launch_unchecked)]
+    #[allow(clippy::too_many_arguments)]
+    fn split_heads_values<F: Float>(
+        qkv: &Tensor<F>,
+        bias: &Tensor<F>,
+        q: &mut Tensor<F>,
+        k: &mut Tensor<F>,
+        v: &mut Tensor<F>,
+        #[comptime] has_bias: bool,
+        #[define(F)] _dtype: ElemType,
+    ) {
+        let at = cube_index() * ELEMENT_UNITS + UNIT_POS as usize;
+        if at < q.len() {
+            let (heads, tokens, head_dim) = (q.shape(1), q.shape(2), q.shape(3));
+            let width = heads * head_dim;
+            let channel = at % head_dim;
+            let token = (at / head_dim) % tokens;
+            let head = (at / (head_dim * tokens)) % heads;
+            let image = at / (head_dim * tokens * heads);
+            let column = head * head_dim + channel;
+            let from = (image * tokens + token) * 3 * width + column;
+            if has_bias {
+                q[at] = qkv[from] + bias[column];
+                k[at] = qkv[from + width] + bias[width + column];
+                v[at] = qkv[from + 2 * width] + bias[2 * width + column];
+            } else {
+                q[at] = qkv[from];
+                k[at] = qkv[from + width];
+                v[at] = qkv[from + 2 * width];
+            }
+        }
+    }
+
     /// Whether `tensor` is stored row-major without gaps.
     fn contiguous(tensor: &CubeTensor) -> bool {
         let (shape, strides) = (tensor.meta.shape(), tensor.meta.strides());
@@ -528,5 +614,53 @@ mod cube {
             }
         }
         Some(burn_tensor::Tensor::from_primitive::<CubeBackend>(out))
+    }
+
+    pub(super) fn split_heads(qkv: &burn_tensor::Tensor<3>, bias: Option<&burn_tensor::Tensor<1>>, heads: usize) -> Option<[burn_tensor::Tensor<4>; 3]> {
+        let qkv = float_rows(qkv)?;
+        let [batch, tokens, width3] = qkv.meta.shape().dims::<3>();
+        if heads == 0 || width3 % (3 * heads) != 0 {
+            return None;
+        }
+        let head_dim = width3 / (3 * heads);
+        let (client, dtype, has_bias) = (qkv.client.clone(), qkv.dtype, bias.is_some());
+        let bias = match bias {
+            Some(bias) => vector(bias, dtype, width3)?,
+            // Without a bias the kernel reads none, but binds one value.
+            None => {
+                let handle = client.create_from_slice(&vec![0u8; dtype.size()]);
+                CubeTensor::new_contiguous(client.clone(), qkv.device.clone(), Shape::new([1]), handle, dtype)
+            }
+        };
+        let part = || {
+            let shape = Shape::new([batch, heads, tokens, head_dim]);
+            let handle = client.empty(shape.num_elements() * dtype.size());
+            CubeTensor::new_contiguous(client.clone(), qkv.device.clone(), shape, handle, dtype)
+        };
+        let (q, k, v) = (part(), part(), part());
+        let values = q.meta.num_elements();
+        if values > 0 {
+            // SAFETY: each unit writes one value of q, k and v below
+            // `q.len()` (checked in the kernel; all three have q's shape) and
+            // reads the three values of its token's row of qkv (`3 * heads *
+            // head_dim` values, checked above) and of the bias at their
+            // columns (`width3` values, checked by `vector`; without a bias,
+            // none).
+            unsafe {
+                split_heads_values::launch_unchecked(
+                    &client,
+                    cube_count(values.div_ceil(ELEMENT_UNITS)),
+                    CubeDim::new_1d(ELEMENT_UNITS as u32),
+                    qkv.into_tensor_arg(),
+                    bias.into_tensor_arg(),
+                    q.clone().into_tensor_arg(),
+                    k.clone().into_tensor_arg(),
+                    v.clone().into_tensor_arg(),
+                    has_bias,
+                    dtype_to_storage_type(dtype),
+                );
+            }
+        }
+        Some([q, k, v].map(burn_tensor::Tensor::from_primitive::<CubeBackend>))
     }
 }

@@ -1,5 +1,7 @@
 //! The few layers CLIP needs, as plain tensors (inference only).
 
+use std::cell::OnceCell;
+
 use burn::tensor::{activation, Bool, Device, FloatDType, Tensor, TensorData};
 
 use crate::config::Activation;
@@ -210,14 +212,36 @@ impl Attention {
     /// # Shapes
     /// - `x`: `[batch, tokens, width]` -> q, k, v each `[batch, heads, tokens, head_dim]`
     pub fn project(&self, x: Tensor<3>) -> HeadProjections {
+        // On a GPU the bias and the split as one kernel where it runs.
+        if let Some(bias) = self.qkv.bias.as_ref().filter(|_| !host::is_host(&x.device())) {
+            let [batch, tokens, _] = x.dims();
+            let product = self.qkv.product(x).reshape([batch, tokens, bias.dims()[0]]);
+            if let Some([q, k, v]) = gpu_layers::split_heads(&product, Some(bias), self.heads) {
+                return HeadProjections { q, k, v };
+            }
+            return self.head_views(product + bias.clone().unsqueeze::<3>());
+        }
         self.split_heads(self.qkv.forward(x))
     }
 
-    /// The heads of a fused projection (the output of [`Self::qkv`]).
+    /// The heads of a fused projection (the output of [`Self::qkv`]): on a
+    /// GPU stored apart by one kernel where it runs
+    /// ([`gpu_layers::split_heads`]), else views of `qkv`.
     ///
     /// # Shapes
     /// - `qkv`: `[batch, tokens, 3 * width]` -> q, k, v each `[batch, heads, tokens, head_dim]`
     pub fn split_heads(&self, qkv: Tensor<3>) -> HeadProjections {
+        match gpu_layers::split_heads(&qkv, None, self.heads) {
+            Some([q, k, v]) => HeadProjections { q, k, v },
+            None => self.head_views(qkv),
+        }
+    }
+
+    /// q, k and v as views of the fused projection's thirds.
+    ///
+    /// # Shapes
+    /// - `qkv`: `[batch, tokens, 3 * width]` -> q, k, v each `[batch, heads, tokens, head_dim]`
+    fn head_views(&self, qkv: Tensor<3>) -> HeadProjections {
         let [batch, tokens, width3] = qkv.dims();
         let width = width3 / 3;
         let split = |i: usize| {
@@ -238,7 +262,7 @@ impl Attention {
     }
 
     /// Standard scaled dot-product attention, `softmax(q k^T / sqrt(d)) v`;
-    /// causal for the text tower, which passes [`causal_mask`] (built once per
+    /// causal for the text tower, which passes a [`CausalMask`] (one per
     /// batch) as `future`.
     ///
     /// On the CPU backend [`host::attention`] (a vectorised softmax between two
@@ -249,7 +273,7 @@ impl Attention {
     ///
     /// # Shapes
     /// - `x`: `[batch, tokens, width]` -> same
-    pub fn forward(&self, x: Tensor<3>, future: Option<&Tensor<2, Bool>>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, future: Option<&CausalMask>) -> Tensor<3> {
         self.out.forward(self.attend(x, future))
     }
 
@@ -257,7 +281,7 @@ impl Attention {
     ///
     /// # Shapes
     /// - `x`, `residual`: `[batch, tokens, width]` -> same
-    pub fn forward_add(&self, x: Tensor<3>, future: Option<&Tensor<2, Bool>>, residual: Tensor<3>) -> Tensor<3> {
+    pub fn forward_add(&self, x: Tensor<3>, future: Option<&CausalMask>, residual: Tensor<3>) -> Tensor<3> {
         self.out.forward_add(self.attend(x, future), residual)
     }
 
@@ -265,7 +289,7 @@ impl Attention {
     ///
     /// # Shapes
     /// - `x`: `[batch, tokens, width]` -> same
-    fn attend(&self, x: Tensor<3>, future: Option<&Tensor<2, Bool>>) -> Tensor<3> {
+    fn attend(&self, x: Tensor<3>, future: Option<&CausalMask>) -> Tensor<3> {
         if host::is_host(&x.device()) {
             let causal = future.is_some();
             let spec = AttentionSpec { scores: &[(Part::Query, Part::Key)], scale: self.scale() as f32, bias: None, causal };
@@ -289,15 +313,34 @@ fn merge_heads(heads: Tensor<4>) -> Tensor<3> {
     heads.swap_dims(1, 2).reshape([batch, tokens, n_heads * head_dim])
 }
 
-/// `true` where key `j` comes after query `i`: the text tower's causal mask.
-/// Made on the host and uploaded: on a GPU, `tril_mask`'s index arithmetic
-/// over a few hundred elements compiles kernels whose size follows `tokens`.
-///
-/// # Shapes
-/// - returns `[tokens, tokens]`
-pub fn causal_mask(tokens: usize, device: &Device) -> Tensor<2, Bool> {
-    let future: Vec<bool> = (0..tokens).flat_map(|i| (0..tokens).map(move |j| j > i)).collect();
-    Tensor::from_data(TensorData::new(future, [tokens, tokens]), device)
+/// The text tower's causal mask: each query attends to itself and the keys
+/// before it. Its tensor is made only for burn's operations, the first time
+/// they need it: the CPU's attention and the GPU's softmax kernel
+/// ([`gpu_layers::attention_softmax`]) take the rule instead.
+pub struct CausalMask {
+    tokens: usize,
+    device: Device,
+    future: OnceCell<Tensor<2, Bool>>,
+}
+
+impl CausalMask {
+    pub fn new(tokens: usize, device: &Device) -> Self {
+        Self { tokens, device: device.clone(), future: OnceCell::new() }
+    }
+
+    /// `true` where key `j` comes after query `i`. Made on the host and
+    /// uploaded: on a GPU, `tril_mask`'s index arithmetic over a few hundred
+    /// elements compiles kernels whose size follows `tokens`.
+    ///
+    /// # Shapes
+    /// - returns `[tokens, tokens]`
+    pub fn future(&self) -> &Tensor<2, Bool> {
+        self.future.get_or_init(|| {
+            let tokens = self.tokens;
+            let future: Vec<bool> = (0..tokens).flat_map(|i| (0..tokens).map(move |j| j > i)).collect();
+            Tensor::from_data(TensorData::new(future, [tokens, tokens]), &self.device)
+        })
+    }
 }
 
 /// `softmax(scale a b^T + bias)` over the keys, with the keys where `future`
@@ -309,9 +352,9 @@ pub fn causal_mask(tokens: usize, device: &Device) -> Tensor<2, Bool> {
 /// # Shapes
 /// - `a`, `b`: `[batch, heads, tokens, head_dim]`
 /// - `bias`: `[1, 1, tokens, tokens]`, f32
-/// - `future`: `[tokens, tokens]` ([`causal_mask`])
+/// - `future`: a mask of `tokens` ([`CausalMask`])
 /// - returns `[batch, heads, tokens, tokens]`
-pub(crate) fn attention_weights(a: Tensor<4>, b: Tensor<4>, scale: f64, bias: Option<&Tensor<4>>, future: Option<&Tensor<2, Bool>>) -> Tensor<4> {
+pub(crate) fn attention_weights(a: Tensor<4>, b: Tensor<4>, scale: f64, bias: Option<&Tensor<4>>, future: Option<&CausalMask>) -> Tensor<4> {
     let dtype = FloatDType::from(a.dtype());
     let scores = matmul(ProductKind::Attention, a, b.swap_dims(2, 3));
     if let Some(weights) = gpu_layers::attention_softmax(&scores, scale as f32, bias, future.is_some()) {
@@ -324,7 +367,7 @@ pub(crate) fn attention_weights(a: Tensor<4>, b: Tensor<4>, scale: f64, bias: Op
     };
     let scores = match future {
         Some(future) => {
-            let future = future.clone().unsqueeze::<4>().expand(scores.dims());
+            let future = future.future().clone().unsqueeze::<4>().expand(scores.dims());
             scores.mask_fill(future, f32::NEG_INFINITY)
         }
         None => scores,
@@ -344,8 +387,8 @@ pub struct ResidualAttentionBlock {
 impl ResidualAttentionBlock {
     /// # Shapes
     /// - `x`: `[batch, tokens, width]` -> same
-    /// - `future`: `[tokens, tokens]`, see [`Attention::forward`]
-    pub fn forward(&self, x: Tensor<3>, future: Option<&Tensor<2, Bool>>) -> Tensor<3> {
+    /// - `future`: a mask of `tokens`, see [`Attention::forward`]
+    pub fn forward(&self, x: Tensor<3>, future: Option<&CausalMask>) -> Tensor<3> {
         let x = self.attn.forward_add(self.ln_1.forward(x.clone()), future, x);
         self.mlp.forward_add(self.ln_2.forward(x.clone()), x)
     }

@@ -7,7 +7,7 @@ use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use crate::config::TextConfig;
 use crate::gpu_matmul::{matmul, ProductKind};
 use crate::host::is_host;
-use crate::nn::{causal_mask, LayerNorm, ResidualAttentionBlock};
+use crate::nn::{CausalMask, LayerNorm, ResidualAttentionBlock};
 use crate::tokenizer::TokenBatch;
 use crate::InputError;
 
@@ -72,7 +72,7 @@ impl TextTransformer {
         let ids: Tensor<1, Int> = Tensor::from_data(TensorData::new(batch.ids.clone(), [rows * len]), &device);
         let x = self.token_embedding.clone().select(0, ids).reshape([rows, len, width]);
         let x = x + self.position_embedding.clone().narrow(0, 0, len).unsqueeze::<3>();
-        let future = causal_mask(len, &device);
+        let future = CausalMask::new(len, &device);
         let x = self.blocks.iter().fold(x, |x, block| block.forward(x, Some(&future)));
         let x = self.ln_final.forward(x).reshape([rows * len, width]);
         let mut eot: Vec<i64> = batch.eot.iter().enumerate().map(|(row, &pos)| (row * len + pos) as i64).collect();

@@ -4,14 +4,15 @@
 //! a work group, fewer keys than a row's units, many more), with NACLIP's
 //! kind of bias and with the text tower's causal mask; layer norm at the
 //! towers' widths; the MLP's bias and QuickGELU; the residual sums (against
-//! the same additions on the host, bit for bit). Then the towers with them
-//! against PyTorch.
+//! the same additions on the host, bit for bit); the split of the fused q, k,
+//! v projection into heads (bit for bit where the views put each value).
+//! Then the towers with them against PyTorch.
 
 mod common;
 
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use clearclip_fixtures::{wgpu_device, SeededRng};
-use clearclip_model::gpu_layers::{attention_softmax, bias_quick_gelu, bias_residual, kernel_counts, layer_norm};
+use clearclip_model::gpu_layers::{attention_softmax, bias_quick_gelu, bias_residual, kernel_counts, layer_norm, split_heads};
 use clearclip_model::Precision;
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -96,6 +97,58 @@ fn what_the_kernel_cannot_take_is_declined() {
     assert!(bias_quick_gelu(&x, &vector(4)).is_some());
     assert!(bias_quick_gelu(&x, &vector(3)).is_none());
     assert!(bias_quick_gelu(&x, &vector(4).cast(FloatDType::F16)).is_none());
+    // A fused projection that is not three equal parts of `heads` heads, or
+    // not contiguous, or a bias of another width.
+    let qkv = Tensor::<3>::from_data(TensorData::new(vec![0.5f32; 2 * 3 * 12], [2, 3, 12]), &gpu);
+    assert!(split_heads(&qkv, Some(&vector(12)), 2).is_some());
+    assert!(split_heads(&qkv, None, 3).is_none());
+    assert!(split_heads(&qkv, None, 0).is_none());
+    assert!(split_heads(&qkv, Some(&vector(6)), 2).is_none());
+    assert!(split_heads(&qkv.clone().swap_dims(0, 1), None, 2).is_none());
+}
+
+/// The split into heads moves each value where burn's views of the
+/// thirds put it (q, k, v as `narrow`, `reshape` and `swap_dims` of the
+/// fused projection), plus the bias as burn's addition rounds it: the same
+/// values bit for bit.
+#[test]
+fn the_head_split_kernel_moves_every_value_where_the_views_put_it() {
+    let Some(gpu) = wgpu_device() else { return };
+    for precision in common::precisions(&gpu) {
+        // A batch of one and of several, a head width that is not a power of
+        // two, the text tower's padded prompts and two ViT-B/16 windows.
+        for (batch, tokens, heads, head_dim) in [(1, 5, 2, 3), (3, 7, 4, 5), (4, 80, 8, 64), (2, 785, 12, 64)] {
+            let width = heads * head_dim;
+            let mut rng = SeededRng::new((tokens * heads) as u64);
+            let qkv = Tensor::<3>::from_data(TensorData::new(rng.uniform(batch * tokens * 3 * width, -20.0, 20.0), [batch, tokens, 3 * width]), &gpu).cast(precision.dtype());
+            let bias = Tensor::<1>::from_data(TensorData::new(rng.uniform(3 * width, -1.0, 1.0), [3 * width]), &gpu).cast(precision.dtype());
+            let (fused, bias_values) = (values(qkv.clone()), values(bias.clone()));
+            for with_bias in [false, true] {
+                let what = format!("{} [{batch}, {tokens}, 3 x {heads} x {head_dim}], bias {with_bias}", precision.name());
+                let parts = split_heads(&qkv, with_bias.then_some(&bias), heads).unwrap_or_else(|| panic!("{what}: the kernel declined"));
+                for (third, part) in parts.into_iter().enumerate() {
+                    assert_eq!(part.dims(), [batch, heads, tokens, head_dim], "{what}");
+                    assert_eq!(FloatDType::from(part.dtype()), precision.dtype(), "{what}: the projection's precision");
+                    let ours = values(part);
+                    let mut at = 0;
+                    for b in 0..batch {
+                        for h in 0..heads {
+                            for t in 0..tokens {
+                                for d in 0..head_dim {
+                                    let column = third * width + h * head_dim + d;
+                                    let value = fused[(b * tokens + t) * 3 * width + column];
+                                    let round = |v: f32| if precision == Precision::F16 { half::f16::from_f32(v).to_f32() } else { v };
+                                    let expected = if with_bias { round(value + bias_values[column]) } else { value };
+                                    assert_eq!(ours[at], expected, "{what}: part {third}, image {b}, head {h}, token {t}, channel {d}");
+                                    at += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `(x - mean) / sqrt(var + eps) * gamma + beta` over each row, in f64.
@@ -207,23 +260,21 @@ fn the_residual_kernel_adds_as_burns_additions_do() {
 /// The towers with the kernels (the GPU backend's default) match PyTorch,
 /// and every block's layers went through them: each block of the text tower
 /// and of the image tower's first `L-1`, in every mode, has a softmax, two
-/// layer norms, a QuickGELU and two residual sums.
+/// layer norms, a QuickGELU, two residual sums and a split into heads.
 #[test]
 fn towers_with_the_layer_kernels_match_pytorch() {
     let Some(device) = wgpu_device() else { return };
     for precision in common::precisions(&device) {
-        for kind in ["softmax", "layer norm", "QuickGELU", "residual sums"] {
-            let count = move || {
-                let counts = kernel_counts();
-                (match kind {
-                    "softmax" => counts.softmax,
-                    "layer norm" => counts.layer_norm / 2,
-                    "QuickGELU" => counts.quick_gelu,
-                    _ => counts.residual / 2,
-                }, 0)
-            };
-            for (config, (ran, _)) in common::assert_towers_match_pytorch(&device, kind, precision, count) {
-                let blocks = clearclip_model::DenseMode::ALL.len() * (config.vision.layers - 1) + config.text.layers;
+        for (config, ran) in common::assert_towers_match_pytorch(&device, "layer kernels", precision, kernel_counts) {
+            let blocks = clearclip_model::DenseMode::ALL.len() * (config.vision.layers - 1) + config.text.layers;
+            let per_block = [
+                ("softmax", ran.softmax),
+                ("layer norm", ran.layer_norm / 2),
+                ("QuickGELU", ran.quick_gelu),
+                ("residual sum", ran.residual / 2),
+                ("head split", ran.split_heads),
+            ];
+            for (kind, ran) in per_block {
                 assert!(ran >= blocks, "{} {kind}: {ran} as one kernel (per block), fewer than the {blocks} blocks", precision.name());
             }
         }

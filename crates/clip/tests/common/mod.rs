@@ -20,12 +20,30 @@ pub fn precisions(device: &Device) -> Vec<Precision> {
     }
 }
 
+/// Counts that only grow: how much they grew since an earlier reading.
+pub trait Counts: Copy {
+    fn since(self, before: Self) -> Self;
+}
+
+/// A routine's problems run and declined.
+impl Counts for (usize, usize) {
+    fn since(self, before: Self) -> Self {
+        (self.0 - before.0, self.1 - before.1)
+    }
+}
+
+impl Counts for clearclip_model::gpu_layers::KernelCounts {
+    fn since(self, before: Self) -> Self {
+        clearclip_model::gpu_layers::KernelCounts::since(self, before)
+    }
+}
+
 /// Both towers of every test checkpoint at `precision` on `device`
 /// against PyTorch: each mode's dense features of the 96x160 input, and the
 /// prompts' text embeddings; at f32 within [`FEATURE_TOLERANCE`], at f16
 /// like PyTorch's f16. Returns each checkpoint's configuration with what
-/// `counts` (a routine's problems run and declined) grew by over its checks.
-pub fn assert_towers_match_pytorch(device: &Device, what: &str, precision: Precision, counts: impl Fn() -> (usize, usize)) -> Vec<(ClipConfig, (usize, usize))> {
+/// `counts` grew by over its checks.
+pub fn assert_towers_match_pytorch<C: Counts>(device: &Device, what: &str, precision: Precision, counts: impl Fn() -> C) -> Vec<(ClipConfig, C)> {
     let reference = Reference::load();
     let (input, shape) = reference.f32("dense.input_96x160");
     let tokenizer = ClipTokenizer::from_json_bytes(&tokenizer_json(), 77).unwrap();
@@ -49,8 +67,7 @@ pub fn assert_towers_match_pytorch(device: &Device, what: &str, precision: Preci
             }
             let text = model.text.encode(&tokenizer.encode_batch(&prompts).unwrap()).unwrap();
             check(&format!("{what} {checkpoint} text {}", precision.name()), &text.into_data().try_into_vec::<f32>().unwrap(), "text.prompts");
-            let after = counts();
-            (model.config, (after.0 - before.0, after.1 - before.1))
+            (model.config, counts().since(before))
         })
         .collect()
 }

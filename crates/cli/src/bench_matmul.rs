@@ -25,7 +25,7 @@ use clearclip_model::gpu_matmul::{matmul_with, MatmulChoice, MatmulRoutine, Prod
 use clearclip_model::{Precision, VisionConfig};
 use serde::Serialize;
 
-use crate::{make_device, parse_matmul_routine, read_config, DeviceArg, PrecisionArg};
+use crate::{make_device, read_config, DeviceArg, PrecisionArg};
 
 #[derive(clap::Args)]
 pub struct BenchMatmulArgs {
@@ -33,7 +33,7 @@ pub struct BenchMatmulArgs {
     #[arg(long)]
     weights: PathBuf,
     /// Routines to compare, comma-separated [default: all].
-    #[arg(long, value_parser = parse_matmul_routine, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',')]
     routines: Vec<MatmulRoutine>,
     /// Crops in one batch (2 for a landscape photo at 448 px).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]

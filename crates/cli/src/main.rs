@@ -103,23 +103,23 @@ struct ModelArgs {
     /// (our own register-tiled kernel, two tile sizes); `bench-matmul` times
     /// them. One for all products, or one for each kind:
     /// projections=ROUTINE,attention=ROUTINE (a kind left out keeps burn's).
-    #[arg(long, value_parser = parse_matmul_choice, default_value = "burn")]
+    #[arg(long, default_value = "burn")]
     gpu_matmul: MatmulChoice,
     /// The GPU's attention in the towers' blocks: scores (materialised
     /// between two products, burn's kernels without autotune) or flash-unit
     /// (cubek's flash attention with unit inner products, one kernel).
-    #[arg(long, value_parser = parse_attention_routine, default_value = "scores")]
+    #[arg(long, default_value = "scores")]
     gpu_attention: AttentionRoutine,
     /// How the GPU makes the window merge, the class maps and PAMR: kernels
     /// (one each, three for PAMR) or tensor-ops (burn's operations, some 15
     /// and 30 kernels, PAMR some 10 an iteration; to compare against).
-    #[arg(long, value_parser = parse_gpu_merge, default_value = "kernels")]
+    #[arg(long, default_value = "kernels")]
     gpu_merge: GpuMerge,
     /// How the GPU computes the towers' attention softmax, layer norms,
     /// QuickGELU, residual sums and attention's split into heads: kernels
     /// (one each) or tensor-ops (burn's operations, two to eleven kernels
     /// each; to compare against).
-    #[arg(long, value_parser = parse_gpu_layers, default_value = "kernels")]
+    #[arg(long, default_value = "kernels")]
     gpu_layers: GpuLayers,
     /// Windows encoded together: a count, or memory (as many as keep the
     /// largest activation under 128 MiB) [default: memory].
@@ -336,33 +336,8 @@ fn report_gpu_layers(args: &ModelArgs) {
     }
 }
 
-fn parse_attention_routine(name: &str) -> Result<AttentionRoutine, String> {
-    AttentionRoutine::from_name(name).ok_or_else(|| unknown_routine("attention routine", name, &AttentionRoutine::ALL.map(AttentionRoutine::name)))
-}
-
-fn parse_gpu_layers(name: &str) -> Result<GpuLayers, String> {
-    GpuLayers::from_name(name).ok_or_else(|| unknown_routine("way to compute the layers", name, &GpuLayers::ALL.map(GpuLayers::name)))
-}
-
-fn parse_gpu_merge(name: &str) -> Result<GpuMerge, String> {
-    GpuMerge::from_name(name).ok_or_else(|| unknown_routine("merge", name, &GpuMerge::ALL.map(GpuMerge::name)))
-}
-
 fn parse_batching(name: &str) -> Result<Batching, String> {
     Batching::from_name(name).ok_or_else(|| format!("a batch is a count of at least 1 or \"memory\", not \"{name}\""))
-}
-
-fn parse_matmul_choice(text: &str) -> Result<MatmulChoice, String> {
-    text.parse()
-}
-
-fn parse_matmul_routine(name: &str) -> Result<MatmulRoutine, String> {
-    name.parse()
-}
-
-/// The message for a `--gpu-*` routine called `name`, which is none of `names`.
-fn unknown_routine(what: &str, name: &str, names: &[&str]) -> String {
-    format!("unknown {what} \"{name}\"; one of {}", names.join(", "))
 }
 
 fn print_presets() {

@@ -3,11 +3,13 @@
 //! The first `L-1` blocks of the image tower and every block of the text
 //! tower attend as CLIP does, `softmax(q k^T / sqrt(d)) v` (causal in the
 //! text tower). By default ([`AttentionRoutine::Scores`]) that is the
-//! kernels burn-cubecl's attention op runs without autotune: the scores
-//! materialised (`[batch, heads, tokens, tokens]`, 59 MB a block for two
-//! ViT-B/16 windows), scaled, a softmax of five passes over them, two
-//! products and three copies that make the heads contiguous for them: 11
-//! kernels (12 with the text tower's mask; cubecl's profiling log). cubek
+//! kernels burn-cubecl's attention op runs without autotune, with the
+//! scores materialised (`[batch, heads, tokens, tokens]`, 59 MB a block for
+//! two ViT-B/16 windows): two products, with our kernels of
+//! [`crate::gpu_layers`] for the softmax and for the split of q, k and v
+//! into heads that the products read, and a copy that merges the heads: 5
+//! kernels in cubecl's profiling log, where burn's operations in their
+//! place were 14 or more. cubek
 //! also has flash attention, which never materialises the scores and is one
 //! kernel; its routine with unit inner products (`FlashUnit`, burn-cubecl's
 //! `AttentionStrategy::FlashUnit`) needs neither tensor cores nor subgroups,
@@ -19,40 +21,17 @@
 //! attention kinds (q-q, k-k, NACLIP's bias, ...) keep their own path
 //! (`crate::dense`), and so do the CPU backend and builds with kernel fusion.
 
-use std::fmt;
 use burn::tensor::Tensor;
 
 use crate::routine_choice::RoutineChoice;
 
-/// A GPU attention routine for the towers' standard attention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AttentionRoutine {
-    /// Scores materialised between two matrix products, softmax in f32.
-    #[default]
-    Scores,
-    /// cubek's flash attention with unit inner products, accumulated in f32.
-    FlashUnit,
-}
-
-impl AttentionRoutine {
-    pub const ALL: [AttentionRoutine; 2] = [AttentionRoutine::Scores, AttentionRoutine::FlashUnit];
-
-    /// The name the CLI takes and prints.
-    pub fn name(self) -> &'static str {
-        match self {
-            AttentionRoutine::Scores => "scores",
-            AttentionRoutine::FlashUnit => "flash-unit",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.name() == name)
-    }
-}
-
-impl fmt::Display for AttentionRoutine {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+crate::named_choices! {
+    /// A GPU attention routine for the towers' standard attention.
+    pub enum AttentionRoutine: "attention routine" {
+        /// Scores materialised between two matrix products, softmax in f32.
+        Scores => "scores",
+        /// cubek's flash attention with unit inner products, accumulated in f32.
+        FlashUnit => "flash-unit",
     }
 }
 

@@ -24,43 +24,20 @@
 //! feature), or when [`set_gpu_layers`] chose [`GpuLayers::TensorOps`]; the
 //! caller then runs burn's operations.
 
-use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::tensor::Tensor;
 
 use crate::routine_choice::RoutineChoice;
 
-/// How the GPU computes the towers' softmax, layer norms, QuickGELU and
-/// residual sums.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum GpuLayers {
-    /// One kernel each (this module).
-    #[default]
-    Kernels,
-    /// burn's tensor operations, to compare against.
-    TensorOps,
-}
-
-impl GpuLayers {
-    pub const ALL: [GpuLayers; 2] = [GpuLayers::Kernels, GpuLayers::TensorOps];
-
-    /// The name the CLI takes and prints.
-    pub fn name(self) -> &'static str {
-        match self {
-            GpuLayers::Kernels => "kernels",
-            GpuLayers::TensorOps => "tensor-ops",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|l| l.name() == name)
-    }
-}
-
-impl fmt::Display for GpuLayers {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+crate::named_choices! {
+    /// How the GPU computes the towers' softmax, layer norms, QuickGELU,
+    /// residual sums and head splits.
+    pub enum GpuLayers: "way to compute the layers" {
+        /// One kernel each (this module).
+        Kernels => "kernels",
+        /// burn's tensor operations, to compare against.
+        TensorOps => "tensor-ops",
     }
 }
 
@@ -483,6 +460,13 @@ mod cube {
         (values.dtype == dtype && contiguous(&values) && values.meta.num_elements() == len).then_some(values)
     }
 
+    /// One zero of `dtype` on `like`'s device: what a kernel binds for an
+    /// operand it does not read (a bias it was launched without).
+    fn placeholder(like: &CubeTensor, dtype: DType) -> CubeTensor {
+        let handle = like.client.create_from_slice(&vec![0u8; dtype.size()]);
+        CubeTensor::new_contiguous(like.client.clone(), like.device.clone(), Shape::new([1]), handle, dtype)
+    }
+
     fn empty_like(like: &CubeTensor) -> CubeTensor {
         let shape = like.meta.shape().clone();
         let handle = like.client.empty(shape.num_elements() * like.dtype.size());
@@ -506,11 +490,7 @@ mod cube {
             return Some(burn_tensor::Tensor::from_primitive::<CubeBackend>(out));
         }
         let (client, dtype, has_bias) = (scores.client.clone(), scores.dtype, bias.is_some());
-        // Without a bias the kernel reads none, but binds one value.
-        let bias = bias.unwrap_or_else(|| {
-            let handle = client.create_from_slice(&0f32.to_le_bytes());
-            CubeTensor::new_contiguous(client.clone(), scores.device.clone(), Shape::new([1]), handle, DType::F32)
-        });
+        let bias = bias.unwrap_or_else(|| placeholder(&scores, DType::F32));
         // SAFETY: a unit reads its row's keys (`< tokens`) of a row that
         // exists (`< rows`), and the bias at the same keys of its query's row
         // (a `tokens x tokens` bias, checked above), and writes its own row
@@ -626,11 +606,7 @@ mod cube {
         let (client, dtype, has_bias) = (qkv.client.clone(), qkv.dtype, bias.is_some());
         let bias = match bias {
             Some(bias) => vector(bias, dtype, width3)?,
-            // Without a bias the kernel reads none, but binds one value.
-            None => {
-                let handle = client.create_from_slice(&vec![0u8; dtype.size()]);
-                CubeTensor::new_contiguous(client.clone(), qkv.device.clone(), Shape::new([1]), handle, dtype)
-            }
+            None => placeholder(&qkv, dtype),
         };
         let part = || {
             let shape = Shape::new([batch, heads, tokens, head_dim]);

@@ -28,77 +28,29 @@ use burn::tensor::Tensor;
 
 use crate::routine_choice::RoutineChoice;
 
-/// A routine for the GPU backend's matrix products: one of cubek's, or our own kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MatmulRoutine {
-    /// burn's choice without autotune: cubek's `Auto` (tensor cores where the
-    /// shader language has them, else `SimpleUnit` with the largest tile).
-    #[default]
-    Burn,
-    /// `SimpleUnit`, the largest register tile: `Auto`'s fallback, called
-    /// directly (no tensor-core attempt first).
-    SimpleUnit,
-    /// `SimpleUnit`, the smallest register tile.
-    SimpleUnitSmall,
-    /// `DoubleUnit` (operands double-buffered in workgroup memory), the largest tile.
-    DoubleUnit,
-    /// `DoubleUnit`, the smallest tile.
-    DoubleUnitSmall,
-    /// cubek's `Gemm` routine without stages (autotune's "gemm" candidate in
-    /// the unit group).
-    Gemm,
-    /// Our own register-tiled kernel (`src/tiled_matmul.rs`), sums in f32:
-    /// 128 x 64 output tiles, 8 x 4 a unit.
-    Tiled,
-    /// The same with 64 x 64 tiles, 4 x 4 a unit.
-    TiledSmall,
-}
-
-impl MatmulRoutine {
-    pub const ALL: [MatmulRoutine; 8] = [
-        MatmulRoutine::Burn,
-        MatmulRoutine::SimpleUnit,
-        MatmulRoutine::SimpleUnitSmall,
-        MatmulRoutine::DoubleUnit,
-        MatmulRoutine::DoubleUnitSmall,
-        MatmulRoutine::Gemm,
-        MatmulRoutine::Tiled,
-        MatmulRoutine::TiledSmall,
-    ];
-
-    /// The name the CLI takes and prints.
-    pub fn name(self) -> &'static str {
-        match self {
-            MatmulRoutine::Burn => "burn",
-            MatmulRoutine::SimpleUnit => "simple-unit",
-            MatmulRoutine::SimpleUnitSmall => "simple-unit-small",
-            MatmulRoutine::DoubleUnit => "double-unit",
-            MatmulRoutine::DoubleUnitSmall => "double-unit-small",
-            MatmulRoutine::Gemm => "gemm",
-            MatmulRoutine::Tiled => "tiled",
-            MatmulRoutine::TiledSmall => "tiled-small",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.name() == name)
-    }
-}
-
-impl FromStr for MatmulRoutine {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        Self::from_name(name).ok_or_else(|| {
-            let names: Vec<_> = Self::ALL.iter().map(|r| r.name()).collect();
-            format!("unknown routine \"{name}\"; one of {}", names.join(", "))
-        })
-    }
-}
-
-impl fmt::Display for MatmulRoutine {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+crate::named_choices! {
+    /// A routine for the GPU backend's matrix products: one of cubek's, or our own kernel.
+    pub enum MatmulRoutine: "routine" {
+        /// burn's choice without autotune: cubek's `Auto` (tensor cores where the
+        /// shader language has them, else `SimpleUnit` with the largest tile).
+        Burn => "burn",
+        /// `SimpleUnit`, the largest register tile: `Auto`'s fallback, called
+        /// directly (no tensor-core attempt first).
+        SimpleUnit => "simple-unit",
+        /// `SimpleUnit`, the smallest register tile.
+        SimpleUnitSmall => "simple-unit-small",
+        /// `DoubleUnit` (operands double-buffered in workgroup memory), the largest tile.
+        DoubleUnit => "double-unit",
+        /// `DoubleUnit`, the smallest tile.
+        DoubleUnitSmall => "double-unit-small",
+        /// cubek's `Gemm` routine without stages (autotune's "gemm" candidate in
+        /// the unit group).
+        Gemm => "gemm",
+        /// Our own register-tiled kernel (`src/tiled_matmul.rs`), sums in f32:
+        /// 128 x 64 output tiles, 8 x 4 a unit.
+        Tiled => "tiled",
+        /// The same with 64 x 64 tiles, 4 x 4 a unit.
+        TiledSmall => "tiled-small",
     }
 }
 

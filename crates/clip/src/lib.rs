@@ -56,6 +56,7 @@ mod tiled_matmul;
 pub mod host;
 pub mod kernel_times;
 mod loader;
+mod named;
 mod routine_choice;
 mod nn;
 mod pos_embed;

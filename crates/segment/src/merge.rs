@@ -37,33 +37,19 @@ use crate::windows::Window;
 /// below it whatever the image size and class count.
 pub(crate) const BAND_BYTES: usize = 32 << 20;
 
-/// How a GPU makes the window merge, the class maps and PAMR.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum GpuMerge {
-    /// One kernel each ([`crate::gpu_merge`]) and three for PAMR
-    /// ([`crate::gpu_pamr`]) where the device runs them.
-    #[default]
-    Kernels,
-    /// burn's tensor operations (some 15 kernels a batch of windows and 30
-    /// a band of rows, PAMR some 10 an iteration), to compare against.
-    TensorOps,
+clearclip_model::named_choices! {
+    /// How a GPU makes the window merge, the class maps and PAMR.
+    pub enum GpuMerge: "merge" {
+        /// One kernel each ([`crate::gpu_merge`]) and three for PAMR
+        /// ([`crate::gpu_pamr`]) where the device runs them.
+        Kernels => "kernels",
+        /// burn's tensor operations (some 15 kernels a batch of windows and 30
+        /// a band of rows, PAMR some 10 an iteration), to compare against.
+        TensorOps => "tensor-ops",
+    }
 }
 
 impl GpuMerge {
-    pub const ALL: [GpuMerge; 2] = [GpuMerge::Kernels, GpuMerge::TensorOps];
-
-    /// The name the CLI takes and prints.
-    pub fn name(self) -> &'static str {
-        match self {
-            GpuMerge::Kernels => "kernels",
-            GpuMerge::TensorOps => "tensor-ops",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|m| m.name() == name)
-    }
-
     fn kernels(self) -> bool {
         self == GpuMerge::Kernels
     }

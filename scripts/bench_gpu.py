@@ -28,8 +28,9 @@ after the defaults) makes the window merge and the class maps with burn's
 tensor operations instead of the two kernels of crates/segment/src/gpu_merge.rs.
 With --gpu-layers tensor-ops, columns "ours f32, tensor-ops layers" and "ours
 f16, tensor-ops layers" (after the --gpu-matmul ones) compute the towers'
-attention softmax, layer norms, QuickGELU, residual sums and head splits with
-burn's tensor operations instead of the kernels of crates/clip/src/gpu_layers.rs.
+attention softmax, layer norms, QuickGELU, residual sums, head splits and
+merges with burn's tensor operations instead of the kernels of
+crates/clip/src/gpu_layers.rs.
 Every column of ours also writes its last run's probabilities
 (`bench --probs-out`), and a last table compares them, and PyTorch fp16's,
 with PyTorch fp32's on the same GPU: the largest difference of a probability

@@ -89,7 +89,7 @@ struct Report {
     gpu_attention_flashed: usize,
     gpu_attention_declined: usize,
     /// How the GPU computed the towers' softmax, layer norms, QuickGELU,
-    /// residual sums and head splits (`--gpu-layers`), and how many of each ran as one kernel
+    /// residual sums, head splits and merges (`--gpu-layers`), and how many of each ran as one kernel
     /// (`clearclip_model::gpu_layers`), over the warm-up and all runs.
     gpu_layers: &'static str,
     gpu_layer_kernels: clearclip_model::gpu_layers::KernelCounts,

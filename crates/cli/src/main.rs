@@ -116,9 +116,9 @@ struct ModelArgs {
     #[arg(long, default_value = "kernels")]
     gpu_merge: GpuMerge,
     /// How the GPU computes the towers' attention softmax, layer norms,
-    /// QuickGELU, residual sums and attention's split into heads: kernels
-    /// (one each) or tensor-ops (burn's operations, two to eleven kernels
-    /// each; to compare against).
+    /// QuickGELU, residual sums, attention's split into heads and its value
+    /// product into merged heads: kernels (one each) or tensor-ops (burn's
+    /// operations, two to eleven kernels each; to compare against).
     #[arg(long, default_value = "kernels")]
     gpu_layers: GpuLayers,
     /// Windows encoded together: a count, or memory (as many as keep the
@@ -330,8 +330,8 @@ fn report_gpu_layers(args: &ModelArgs) {
     if matches!(args.device, DeviceArg::Gpu) {
         let counts = kernel_counts();
         eprintln!(
-            "--gpu-layers {}: {} softmaxes, {} layer norms, {} QuickGELUs, {} residual sums, {} head splits as one kernel each",
-            args.gpu_layers, counts.softmax, counts.layer_norm, counts.quick_gelu, counts.residual, counts.split_heads
+            "--gpu-layers {}: {} softmaxes, {} layer norms, {} QuickGELUs, {} residual sums, {} head splits, {} value products into merged heads as one kernel each",
+            args.gpu_layers, counts.softmax, counts.layer_norm, counts.quick_gelu, counts.residual, counts.split_heads, counts.merged_heads
         );
     }
 }

@@ -438,7 +438,7 @@ fn flash_attention_segments_like_the_reference() {
     assert_refused(&[&args[..], &unknown].concat(), "unknown attention routine \"flash\"; one of scores, flash-unit", &out);
 }
 
-/// The towers' softmax, layer norms, QuickGELU, residual sums and head splits as one kernel each (the
+/// The towers' softmax, layer norms, QuickGELU, residual sums, head splits and merges as one kernel each (the
 /// default) and as burn's operations (`--gpu-layers tensor-ops`) segment
 /// alike, and like the reference; each reports how many ran as kernels.
 #[test]
@@ -460,7 +460,7 @@ fn gpu_layer_kernels_segment_like_tensor_ops() {
     };
     let (Some((kernels, counts)), Some((tensor_ops, none))) = (probs("kernels"), probs("tensor-ops")) else { return };
     assert!(!counts.starts_with("0 ") && !counts.contains(", 0 "), "every kind ran as a kernel: {counts}");
-    assert_eq!(none, "0 softmaxes, 0 layer norms, 0 QuickGELUs, 0 residual sums, 0 head splits as one kernel each");
+    assert_eq!(none, "0 softmaxes, 0 layer norms, 0 QuickGELUs, 0 residual sums, 0 head splits, 0 value products into merged heads as one kernel each");
     let (expected, _) = reference.f32("pipeline.default.probs");
     assert_close("CLI --gpu-layers kernels vs reference", &kernels, &expected, 1e-4);
     // The two differ in the order of each row's sums only (5.7e-7 on one
@@ -616,7 +616,7 @@ fn bench_reports_every_phase_cold_and_warm_as_json() {
     assert_eq!(report["device"], "cpu (flex)");
     assert_eq!(report["threads"], 1);
     assert_eq!(report["gpuLayers"], "kernels");
-    let none = serde_json::json!({"softmax": 0, "layerNorm": 0, "quickGelu": 0, "residual": 0, "splitHeads": 0});
+    let none = serde_json::json!({"softmax": 0, "layerNorm": 0, "quickGelu": 0, "residual": 0, "splitHeads": 0, "mergedHeads": 0});
     assert_eq!(report["gpuLayerKernels"], none, "the CPU backend computes its layers on the host");
     assert_eq!((&report["windowBatching"], &report["nameBatching"]), (&"memory".into(), &"1".into()), "the CPU's defaults");
     assert!(report["warmUpMs"].as_f64().unwrap() > 0.0, "the warm-up runs after the load");

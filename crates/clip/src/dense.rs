@@ -12,9 +12,8 @@ use std::fmt;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::gpu_matmul::{matmul, ProductKind};
 use crate::host::{self, AttentionSpec, Part};
-use crate::nn::{attention_weights, HeadProjections, ResidualAttentionBlock};
+use crate::nn::{attention_weights, merge_heads, value_product, HeadProjections, ResidualAttentionBlock};
 
 /// Which similarity the last block's attention weights come from.
 /// Serialised as its [`name`](Self::name).
@@ -307,10 +306,10 @@ impl LastBlock {
             // kind's pairs (the reference adds the half softmaxes)
             let weights = parts.iter().map(|&(a, b)| attention_weights(part(a), part(b), scale, bias.as_ref(), None));
             let mixed = match weights.reduce(|sum, w| sum + w) {
-                Some(weights) => matmul(ProductKind::Attention, weights, v.clone()),
-                None => v.clone(),
+                Some(weights) => value_product(weights, v.clone()),
+                None => merge_heads(v.clone()),
             };
-            attn.merge(mixed)
+            attn.out.forward(mixed)
         };
         let y = match self.residual {
             Residual::Skip => a,

@@ -15,7 +15,10 @@
 //! - [`split_heads`]: the fused q, k, v projection's bias, and its thirds
 //!   as three `[batch, heads, tokens, head_dim]` tensors stored in that
 //!   order (the bias's addition, then three copies by `reshape` and three or
-//!   six more where the matrix products cannot read a view of the heads).
+//!   six more where the matrix products cannot read a view of the heads);
+//! - [`value_product_merged`]: attention's value product written with the
+//!   heads side by side in each token's row, as the output projection reads
+//!   them (the product, then a copy).
 //!
 //! Each does the operations' arithmetic in their order, but for the order of
 //! a row's sums. They need cubecl tensors (`burn-cubecl`'s `CubeBackend`:
@@ -32,7 +35,7 @@ use crate::routine_choice::RoutineChoice;
 
 crate::named_choices! {
     /// How the GPU computes the towers' softmax, layer norms, QuickGELU,
-    /// residual sums and head splits.
+    /// residual sums, head splits and merges.
     pub enum GpuLayers: "way to compute the layers" {
         /// One kernel each (this module).
         Kernels => "kernels",
@@ -65,6 +68,7 @@ pub struct KernelCounts {
     pub quick_gelu: usize,
     pub residual: usize,
     pub split_heads: usize,
+    pub merged_heads: usize,
 }
 
 impl KernelCounts {
@@ -76,6 +80,7 @@ impl KernelCounts {
             quick_gelu: self.quick_gelu - before.quick_gelu,
             residual: self.residual - before.residual,
             split_heads: self.split_heads - before.split_heads,
+            merged_heads: self.merged_heads - before.merged_heads,
         }
     }
 }
@@ -85,6 +90,7 @@ static LAYER_NORM: AtomicUsize = AtomicUsize::new(0);
 static QUICK_GELU: AtomicUsize = AtomicUsize::new(0);
 static RESIDUAL: AtomicUsize = AtomicUsize::new(0);
 static SPLIT_HEADS: AtomicUsize = AtomicUsize::new(0);
+static MERGED_HEADS: AtomicUsize = AtomicUsize::new(0);
 
 pub fn kernel_counts() -> KernelCounts {
     let load = |count: &AtomicUsize| count.load(Ordering::Relaxed);
@@ -94,6 +100,7 @@ pub fn kernel_counts() -> KernelCounts {
         quick_gelu: load(&QUICK_GELU),
         residual: load(&RESIDUAL),
         split_heads: load(&SPLIT_HEADS),
+        merged_heads: load(&MERGED_HEADS),
     }
 }
 
@@ -215,10 +222,38 @@ pub fn split_heads(qkv: &Tensor<3>, bias: Option<&Tensor<1>>, heads: usize) -> O
     })
 }
 
+/// Attention's value product `weights @ v` with the heads side by side in
+/// each token's row, as the output projection reads them: burn's product
+/// (cubek's routine, chosen as burn chooses it) writing through a view of
+/// that layout, so no copy merges the heads after it (cubek writes where
+/// the output's strides say). The same values as the product then the
+/// copy. `None` where the kernel does not run (see the module's doc; also
+/// where [`crate::gpu_matmul`] chose another routine for attention's
+/// products, or cubek declines).
+///
+/// # Shapes
+/// - `weights`: `[batch, heads, tokens, keys]`, `v`: `[batch, heads, keys, head_dim]`
+/// - returns `[batch, tokens, heads * head_dim]`
+pub fn value_product_merged(weights: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor<3>> {
+    if crate::gpu_matmul::gpu_matmul().attention != crate::gpu_matmul::MatmulRoutine::Burn {
+        return None;
+    }
+    counted(&MERGED_HEADS, || {
+        #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
+        return cube::value_product_merged(weights, v);
+        #[allow(unreachable_code)]
+        {
+            let _ = (weights, v);
+            None
+        }
+    })
+}
+
 #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
 mod cube {
     use burn::backend::cubecl::dtype_to_storage_type;
     use burn::tensor::{self as burn_tensor, DType, Shape};
+    use burn_cubecl::kernel::matmul;
     use burn_cubecl::tensor::CubeTensor;
     use burn_cubecl::CubeBackend;
     use cubecl::prelude::*;
@@ -638,5 +673,26 @@ mod cube {
             }
         }
         Some([q, k, v].map(burn_tensor::Tensor::from_primitive::<CubeBackend>))
+    }
+
+    pub(super) fn value_product_merged(weights: &burn_tensor::Tensor<4>, v: &burn_tensor::Tensor<4>) -> Option<burn_tensor::Tensor<3>> {
+        let weights = weights.clone().try_into_primitive::<CubeBackend>().ok()?;
+        let v = v.clone().try_into_primitive::<CubeBackend>().ok()?;
+        let [batch, heads, tokens, keys] = weights.meta.shape().dims::<4>();
+        let [v_batch, v_heads, v_keys, head_dim] = v.meta.shape().dims::<4>();
+        if (v_batch, v_heads, v_keys) != (batch, heads, keys) || v.dtype != weights.dtype {
+            return None;
+        }
+        let dtype = weights.dtype;
+        let shape = Shape::new([batch, tokens, heads, head_dim]);
+        let handle = weights.client.empty(shape.num_elements() * dtype.size());
+        let merged = CubeTensor::new_contiguous(weights.client.clone(), weights.device.clone(), shape, handle, dtype);
+        // `[batch, heads, tokens, head_dim]` over the merged layout: each
+        // head's rows `heads * head_dim` apart, its columns at its offset.
+        let mut by_head = merged.clone();
+        by_head.meta.swap(1, 2);
+        matmul::matmul(weights, v, Some(by_head), matmul::MatmulStrategy::Cube, dtype).ok()?;
+        let merged = burn_tensor::Tensor::<4>::from_primitive::<CubeBackend>(merged);
+        Some(merged.reshape([batch, tokens, heads * head_dim]))
     }
 }

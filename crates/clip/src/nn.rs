@@ -253,14 +253,6 @@ impl Attention {
         HeadProjections { q: split(0), k: split(1), v: split(2) }
     }
 
-    /// Merge heads and apply the output projection.
-    ///
-    /// # Shapes
-    /// - `heads`: `[batch, heads, tokens, head_dim]` -> `[batch, tokens, width]`
-    pub fn merge(&self, heads: Tensor<4>) -> Tensor<3> {
-        self.out.forward(merge_heads(heads))
-    }
-
     /// Standard scaled dot-product attention, `softmax(q k^T / sqrt(d)) v`;
     /// causal for the text tower, which passes a [`CausalMask`] (one per
     /// batch) as `future`.
@@ -300,15 +292,26 @@ impl Attention {
             return merge_heads(heads);
         }
         let weights = attention_weights(q, k, self.scale(), None, future);
-        merge_heads(matmul(ProductKind::Attention, weights, v))
+        value_product(weights, v)
     }
+}
+
+/// `weights @ v`, the heads side by side in each token's row: on a GPU
+/// written so by the product where it can ([`gpu_layers::value_product_merged`]),
+/// else the product then [`merge_heads`].
+///
+/// # Shapes
+/// - `weights`: `[batch, heads, tokens, keys]`, `v`: `[batch, heads, keys, head_dim]`
+/// - returns `[batch, tokens, heads * head_dim]`
+pub(crate) fn value_product(weights: Tensor<4>, v: Tensor<4>) -> Tensor<3> {
+    gpu_layers::value_product_merged(&weights, &v).unwrap_or_else(|| merge_heads(matmul(ProductKind::Attention, weights, v)))
 }
 
 /// The heads side by side in each token's row.
 ///
 /// # Shapes
 /// - `heads`: `[batch, heads, tokens, head_dim]` -> `[batch, tokens, heads * head_dim]`
-fn merge_heads(heads: Tensor<4>) -> Tensor<3> {
+pub(crate) fn merge_heads(heads: Tensor<4>) -> Tensor<3> {
     let [batch, n_heads, tokens, head_dim] = heads.dims();
     heads.swap_dims(1, 2).reshape([batch, tokens, n_heads * head_dim])
 }

@@ -12,7 +12,7 @@ mod common;
 
 use burn::tensor::{Device, FloatDType, Tensor, TensorData};
 use clearclip_fixtures::{wgpu_device, SeededRng};
-use clearclip_model::gpu_layers::{attention_softmax, bias_quick_gelu, bias_residual, kernel_counts, layer_norm, split_heads};
+use clearclip_model::gpu_layers::{attention_softmax, bias_quick_gelu, bias_residual, kernel_counts, layer_norm, split_heads, value_product_merged};
 use clearclip_model::Precision;
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -105,6 +105,36 @@ fn what_the_kernel_cannot_take_is_declined() {
     assert!(split_heads(&qkv, None, 0).is_none());
     assert!(split_heads(&qkv, Some(&vector(6)), 2).is_none());
     assert!(split_heads(&qkv.clone().swap_dims(0, 1), None, 2).is_none());
+    // A value product whose operands do not pair up.
+    let weights = Tensor::<4>::from_data(TensorData::new(vec![0.25f32; 2 * 3 * 4 * 4], [2, 3, 4, 4]), &gpu);
+    let v = |keys: usize| Tensor::<4>::from_data(TensorData::new(vec![1.0f32; 2 * 3 * keys * 5], [2, 3, keys, 5]), &gpu);
+    assert!(value_product_merged(&weights, &v(4)).is_some());
+    assert!(value_product_merged(&weights, &v(3)).is_none());
+    assert!(value_product_merged(&weights, &v(4).cast(FloatDType::F16)).is_none());
+}
+
+/// The value product written with the heads side by side gives, bit for
+/// bit, burn's product followed by the copy that merges the heads (the same
+/// kernel, writing elsewhere), with weights and values made as attention
+/// makes them (a softmax's rows, the split's contiguous heads).
+#[test]
+fn the_merged_value_product_is_the_product_then_the_merge() {
+    let Some(gpu) = wgpu_device() else { return };
+    for precision in common::precisions(&gpu) {
+        for (batch, heads, tokens, head_dim) in [(1, 2, 5, 3), (3, 4, 80, 64), (2, 12, 785, 64)] {
+            let mut rng = SeededRng::new((tokens + heads) as u64);
+            let tensor = |values: Vec<f32>, shape: [usize; 4]| Tensor::<4>::from_data(TensorData::new(values, shape), &gpu).cast(precision.dtype());
+            let weights = tensor(rng.uniform(batch * heads * tokens * tokens, 0.0, 2.0 / tokens as f32), [batch, heads, tokens, tokens]);
+            let v = tensor(rng.uniform(batch * heads * tokens * head_dim, -3.0, 3.0), [batch, heads, tokens, head_dim]);
+            let what = format!("{} [{batch}, {heads}, {tokens}, {head_dim}]", precision.name());
+            let ours = value_product_merged(&weights, &v).unwrap_or_else(|| panic!("{what}: declined"));
+            assert_eq!(ours.dims(), [batch, tokens, heads * head_dim], "{what}");
+            let expected = weights.matmul(v).swap_dims(1, 2).reshape([batch, tokens, heads * head_dim]);
+            let (ours, expected) = (values(ours), values(expected));
+            let differ = ours.iter().zip(&expected).position(|(a, b)| a.to_bits() != b.to_bits());
+            assert!(differ.is_none(), "{what}: at {differ:?}");
+        }
+    }
 }
 
 /// The split into heads moves each value where burn's views of the
@@ -273,6 +303,7 @@ fn towers_with_the_layer_kernels_match_pytorch() {
                 ("QuickGELU", ran.quick_gelu),
                 ("residual sum", ran.residual / 2),
                 ("head split", ran.split_heads),
+                ("value product into merged heads", ran.merged_heads),
             ];
             for (kind, ran) in per_block {
                 assert!(ran >= blocks, "{} {kind}: {ran} as one kernel (per block), fewer than the {blocks} blocks", precision.name());

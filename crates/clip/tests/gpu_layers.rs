@@ -19,6 +19,14 @@ fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.cast(FloatDType::F32).into_data().try_into_vec::<f32>().unwrap()
 }
 
+/// `v` as `precision` stores it (f16 rounds to nearest, as the GPU's store does).
+fn stored(precision: Precision, v: f32) -> f32 {
+    match precision {
+        Precision::F32 => v,
+        Precision::F16 => half::f16::from_f32(v).to_f32(),
+    }
+}
+
 /// `softmax(scale * scores + bias)` over each row of `tokens` keys, in f64;
 /// with `causal`, the keys after the row's query weigh 0.
 fn reference(scores: &[f32], tokens: usize, scale: f32, bias: Option<&[f32]>, causal: bool) -> Vec<f32> {
@@ -167,8 +175,7 @@ fn the_head_split_kernel_moves_every_value_where_the_views_put_it() {
                                 for d in 0..head_dim {
                                     let column = third * width + h * head_dim + d;
                                     let value = fused[(b * tokens + t) * 3 * width + column];
-                                    let round = |v: f32| if precision == Precision::F16 { half::f16::from_f32(v).to_f32() } else { v };
-                                    let expected = if with_bias { round(value + bias_values[column]) } else { value };
+                                    let expected = if with_bias { stored(precision, value + bias_values[column]) } else { value };
                                     assert_eq!(ours[at], expected, "{what}: part {third}, image {b}, head {h}, token {t}, channel {d}");
                                     at += 1;
                                 }
@@ -247,8 +254,7 @@ fn the_quick_gelu_kernel_matches_an_f64_quick_gelu() {
             let (x, bias, ours) = (values(x), values(bias), values(ours));
             for (i, &v) in x.iter().enumerate() {
                 // The sum in x's precision, as burn's add, then QuickGELU in f64.
-                let z = v + bias[i % width];
-                let z = if precision == Precision::F16 { half::f16::from_f32(z).to_f32() } else { z };
+                let z = stored(precision, v + bias[i % width]);
                 let expected = (f64::from(z) / (1.0 + (-1.702 * f64::from(z)).exp())) as f32;
                 // f32's `1.702 z` is off by up to 2^-24 of itself, which the
                 // exponential turns into that much relative error times
@@ -279,8 +285,7 @@ fn the_residual_kernel_adds_as_burns_additions_do() {
             let (x, bias, residual, ours) = (values(x), values(bias), values(residual), values(ours));
             for i in 0..ours.len() {
                 // Each sum rounded to the precision, as burn's two additions store them.
-                let round = |v: f32| if precision == Precision::F16 { half::f16::from_f32(v).to_f32() } else { v };
-                let expected = round(residual[i] + round(x[i] + bias[i % width]));
+                let expected = stored(precision, residual[i] + stored(precision, x[i] + bias[i % width]));
                 assert_eq!(ours[i], expected, "{what} at {i}: {} + ({} + {})", residual[i], x[i], bias[i % width]);
             }
         }

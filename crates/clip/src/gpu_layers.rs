@@ -117,6 +117,22 @@ fn counted<T>(count: &AtomicUsize, kernel: impl FnOnce() -> Option<T>) -> Option
     out
 }
 
+/// `cube::$kernel(args)`, [`counted`] in `$count`; `None` in a build
+/// without the kernels (which has no `cube` module).
+macro_rules! run_kernel {
+    ($count:expr, $kernel:ident($($arg:expr),*)) => {
+        counted($count, || {
+            #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
+            return cube::$kernel($($arg),*);
+            #[allow(unreachable_code)]
+            {
+                let _ = ($($arg,)*);
+                None
+            }
+        })
+    };
+}
+
 /// `softmax(scale * scores + bias)` over the last dimension, in f32, stored
 /// in the scores' precision; with `causal`, the keys after each query are
 /// left out (weight 0), as [`crate::nn::CausalMask`] masks them. `None`
@@ -128,15 +144,7 @@ fn counted<T>(count: &AtomicUsize, kernel: impl FnOnce() -> Option<T>) -> Option
 /// - `bias`: `[1, 1, tokens, tokens]`, f32
 /// - returns `[batch, heads, tokens, tokens]`
 pub fn attention_softmax(scores: &Tensor<4>, scale: f32, bias: Option<&Tensor<4>>, causal: bool) -> Option<Tensor<4>> {
-    counted(&SOFTMAX, || {
-        #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
-        return cube::attention_softmax(scores, scale, bias, causal);
-        #[allow(unreachable_code)]
-        {
-            let _ = (scores, scale, bias, causal);
-            None
-        }
-    })
+    run_kernel!(&SOFTMAX, attention_softmax(scores, scale, bias, causal))
 }
 
 /// Layer norm over the last dimension in f32, `(x - mean) / sqrt(var + eps)
@@ -148,15 +156,7 @@ pub fn attention_softmax(scores: &Tensor<4>, scale: f32, bias: Option<&Tensor<4>
 /// # Shapes
 /// - `x`: `[..., width]`, `gamma`, `beta`: `[width]` -> `[..., width]`
 pub fn layer_norm<const D: usize>(x: &Tensor<D>, gamma: &Tensor<1>, beta: &Tensor<1>, eps: f32) -> Option<Tensor<D>> {
-    counted(&LAYER_NORM, || {
-        #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
-        return cube::layer_norm(x, gamma, beta, eps);
-        #[allow(unreachable_code)]
-        {
-            let _ = (x, gamma, beta, eps);
-            None
-        }
-    })
+    run_kernel!(&LAYER_NORM, layer_norm(x, gamma, beta, eps))
 }
 
 /// QuickGELU of `x + bias`: the sum in `x`'s precision (as burn's add), then
@@ -167,15 +167,7 @@ pub fn layer_norm<const D: usize>(x: &Tensor<D>, gamma: &Tensor<1>, beta: &Tenso
 /// # Shapes
 /// - `x`: `[rows, width]`, `bias`: `[width]` -> `[rows, width]`
 pub fn bias_quick_gelu(x: &Tensor<2>, bias: &Tensor<1>) -> Option<Tensor<2>> {
-    counted(&QUICK_GELU, || {
-        #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
-        return cube::bias_quick_gelu(x, bias);
-        #[allow(unreachable_code)]
-        {
-            let _ = (x, bias);
-            None
-        }
-    })
+    run_kernel!(&QUICK_GELU, bias_quick_gelu(x, bias))
 }
 
 /// `residual + (x + bias)`, each sum in `x`'s precision, as burn's two
@@ -186,15 +178,7 @@ pub fn bias_quick_gelu(x: &Tensor<2>, bias: &Tensor<1>) -> Option<Tensor<2>> {
 /// # Shapes
 /// - `x`, `residual`: `[rows, width]`, `bias`: `[width]` -> `[rows, width]`
 pub fn bias_residual(x: &Tensor<2>, bias: &Tensor<1>, residual: &Tensor<2>) -> Option<Tensor<2>> {
-    counted(&RESIDUAL, || {
-        #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
-        return cube::bias_residual(x, bias, residual);
-        #[allow(unreachable_code)]
-        {
-            let _ = (x, bias, residual);
-            None
-        }
-    })
+    run_kernel!(&RESIDUAL, bias_residual(x, bias, residual))
 }
 
 /// The heads of a fused q, k, v projection (`in_proj` of
@@ -211,15 +195,7 @@ pub fn bias_residual(x: &Tensor<2>, bias: &Tensor<1>, residual: &Tensor<2>) -> O
 /// - `qkv`: `[batch, tokens, 3 * heads * head_dim]`, `bias`: `[3 * heads * head_dim]`
 /// - returns q, k, v, each `[batch, heads, tokens, head_dim]`
 pub fn split_heads(qkv: &Tensor<3>, bias: Option<&Tensor<1>>, heads: usize) -> Option<[Tensor<4>; 3]> {
-    counted(&SPLIT_HEADS, || {
-        #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
-        return cube::split_heads(qkv, bias, heads);
-        #[allow(unreachable_code)]
-        {
-            let _ = (qkv, bias, heads);
-            None
-        }
-    })
+    run_kernel!(&SPLIT_HEADS, split_heads(qkv, bias, heads))
 }
 
 /// Attention's value product `weights @ v` with the heads side by side in
@@ -238,15 +214,7 @@ pub fn value_product_merged(weights: &Tensor<4>, v: &Tensor<4>) -> Option<Tensor
     if crate::gpu_matmul::gpu_matmul().attention != crate::gpu_matmul::MatmulRoutine::Burn {
         return None;
     }
-    counted(&MERGED_HEADS, || {
-        #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
-        return cube::value_product_merged(weights, v);
-        #[allow(unreachable_code)]
-        {
-            let _ = (weights, v);
-            None
-        }
-    })
+    run_kernel!(&MERGED_HEADS, value_product_merged(weights, v))
 }
 
 #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]

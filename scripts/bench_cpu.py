@@ -17,6 +17,13 @@ encoded one at a time (`--window-batch 1`; by default both go through the
 encoder as one batch), at those thread counts, in a column of its own
 (`--templates single` there: only its image phase is read).
 
+With --rounds N (for a noisy, shared machine) each thread count is timed N
+times, the two sides alternating (ours then PyTorch in odd rounds, PyTorch
+then ours in even ones), and the row gives the median of the N warm medians
+and of the N ratios, with the ratios' range: a slow spell of the machine
+then lands on both sides of some round instead of on one side of the only
+one. PyTorch's text is timed in the first round only.
+
 With --profile the tables end with where each side's image phase went at
 each thread count: ours by CPU kernel and shape (the bench's `cpuKernels`,
 means of the warm runs, and what is left: burn's ops and copies), PyTorch's
@@ -30,7 +37,7 @@ device run: 1,16,2,4,8). The speed-up column is against the first count.
 
   python scripts/gen_fixtures.py --vit-b16 /tmp/b16.safetensors
   cargo build --release -p clearclip-cli
-  python scripts/bench_cpu.py /tmp/b16.safetensors --threads 1,2 [--runs 4] [--torch-text-runs 1]
+  python scripts/bench_cpu.py /tmp/b16.safetensors --threads 1,2 [--runs 4] [--rounds 1] [--torch-text-runs 1]
       [--one-by-one 2] [--profile] [--exe target/release/clearclip]
 """
 import argparse
@@ -50,7 +57,8 @@ CLASSES = "cat;grass;wall;sky;tree"
 
 def torch_runs(model, img, threads, runs, text_runs, profile=False):
     """(text, image, operators) in seconds: the median of `text_runs` text
-    encodings after a warm-up on one prompt, the warm median of `runs` image
+    encodings after a warm-up on one prompt (None with `text_runs` 0: the
+    class embeddings are then made untimed), the warm median of `runs` image
     runs, the first dropped, and with `profile` {operator: self CPU ms} of one
     more image run."""
     torch.set_num_threads(threads)
@@ -59,7 +67,7 @@ def torch_runs(model, img, threads, runs, text_runs, profile=False):
     text, image = [], []
     with torch.no_grad():
         ref.class_embeddings(model, names[:1], templates[:1])
-        for _ in range(text_runs):
+        for _ in range(max(text_runs, 1)):
             t0 = time.perf_counter()
             q = ref.class_embeddings(model, names, templates)
             text.append(time.perf_counter() - t0)
@@ -72,7 +80,7 @@ def torch_runs(model, img, threads, runs, text_runs, profile=False):
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                 ref.segment(model, img, q, idx)
             operators = {e.key: e.self_cpu_time_total / 1e3 for e in prof.key_averages()}
-    return statistics.median(text), statistics.median(image[1:]), operators
+    return (statistics.median(text) if text_runs else None), statistics.median(image[1:]), operators
 
 
 def ours(exe, weights, image_path, threads, runs, extra=()):
@@ -83,6 +91,24 @@ def ours(exe, weights, image_path, threads, runs, extra=()):
     phases = {p["phase"]: p["warmMedianMs"] / 1e3 for p in report["phases"]}
     kernels = {k["kernel"]: k["ms"] for k in report.get("cpuKernels", []) if k["phase"] == "image"}
     return phases["text (all prompts, uncached)"], phases["image (total)"], kernels
+
+
+def alternating_rounds(a, exe, image_path, img, model, threads):
+    """Our (text, image, kernels) and PyTorch's (text, image, operators) at
+    `threads`, each time the median over `a.rounds` rounds (kernels and
+    operators from the first), and each round's image ratio, ours / PyTorch.
+    The side that goes first alternates from round to round."""
+    mine, theirs = [], []
+    for r in range(a.rounds):
+        time_ours = lambda: mine.append(ours(exe, a.weights, image_path, threads, a.runs))  # noqa: E731
+        time_torch = lambda: theirs.append(torch_runs(model, img, threads, a.runs,  # noqa: E731
+                                                      a.torch_text_runs if r == 0 else 0, a.profile and r == 0))
+        for side in ((time_ours, time_torch) if r % 2 == 0 else (time_torch, time_ours)):
+            side()
+    median = lambda xs: statistics.median(x for x in xs if x is not None)  # noqa: E731
+    o = (median(m[0] for m in mine), median(m[1] for m in mine), mine[0][2])
+    p = (theirs[0][0], median(t[1] for t in theirs), theirs[0][2])
+    return o, p, [m[1] / t[1] for m, t in zip(mine, theirs)]
 
 
 def print_profiles(rows):
@@ -113,17 +139,20 @@ def main():
     ap.add_argument("weights")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts, run in this order")
     ap.add_argument("--runs", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=1, help="times each thread count is timed, the two sides "
+                    "alternating; the row gives medians over the rounds and the ratios' range")
     ap.add_argument("--torch-text-runs", type=int, default=1, help="timed text encodings in PyTorch (after a warm-up)")
     ap.add_argument("--one-by-one", default="", help="comma-separated thread counts at which our image phase is "
                     "also timed with the windows encoded one at a time")
     ap.add_argument("--profile", action="store_true", help="end with each side's image phase by kernel / operator")
     ap.add_argument("--exe", help="the clearclip binary [default: target/release/clearclip]")
     a = ap.parse_args()
-    if a.torch_text_runs < 1 or a.runs < 2:
-        ap.error("--torch-text-runs must be at least 1 and --runs at least 2 (the first run is the cold one)")
+    if a.torch_text_runs < 1 or a.runs < 2 or a.rounds < 1:
+        ap.error("--torch-text-runs and --rounds must be at least 1 and --runs at least 2 (the first run is the cold one)")
     stop_on_sigterm()
     exe, image_path, img, model = prepare(ref, a.weights, a.exe, (672, 448))
-    print(f"torch {torch.__version__}; {os.cpu_count()} cores; image (and our text): warm medians of runs 2..{a.runs}; "
+    print(f"torch {torch.__version__}; {os.cpu_count()} cores; image (and our text): warm medians of runs 2..{a.runs}"
+          f"{f', median over {a.rounds} alternating rounds' if a.rounds > 1 else ''}; "
           f"PyTorch text: median of {a.torch_text_runs}", flush=True)
 
     counts = [int(x) for x in a.threads.split(",")]
@@ -135,16 +164,17 @@ def main():
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
     try:
         for threads in counts:
-            o = ours(exe, a.weights, image_path, threads, a.runs)
-            p = torch_runs(model, img, threads, a.runs, a.torch_text_runs, a.profile)
+            o, p, image_ratios = alternating_rounds(a, exe, image_path, img, model, threads)
             alone = " | "
             if threads in one_by_one:
                 b = ours(exe, a.weights, image_path, threads, a.runs, ["--window-batch", "1", "--templates", "single"])[1]
                 alone = f"{b:.2f} s | {b / p[1]:.2f}"
             rows.append((threads, o, p))
             one = rows[0]
+            ratio = statistics.median(image_ratios)
+            spread = f" ({min(image_ratios):.2f}-{max(image_ratios):.2f})" if len(image_ratios) > 1 else ""
             print(f"| {threads} | {o[0]:.2f} s | {p[0]:.2f} s | {o[0] / p[0]:.2f} | {o[1]:.2f} s | {p[1]:.2f} s | "
-                  f"{o[1] / p[1]:.2f} | {one[1][1] / o[1]:.2f}x | {one[2][1] / p[1]:.2f}x | {alone} |", flush=True)
+                  f"{ratio:.2f}{spread} | {one[1][1] / o[1]:.2f}x | {one[2][1] / p[1]:.2f}x | {alone} |", flush=True)
     except Stopped:
         print(f"stopped by SIGTERM after {len(rows)} of {len(counts)} thread counts", flush=True)
     if a.profile:

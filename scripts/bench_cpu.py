@@ -95,19 +95,20 @@ def ours(exe, weights, image_path, threads, runs, extra=()):
 
 def alternating_rounds(a, exe, image_path, img, model, threads):
     """Our (text, image, kernels) and PyTorch's (text, image, operators) at
-    `threads`, each time the median over `a.rounds` rounds (kernels and
-    operators from the first), and each round's image ratio, ours / PyTorch.
-    The side that goes first alternates from round to round."""
+    `threads`, each time the median over `a.rounds` rounds (kernels,
+    operators and PyTorch's text from the first), and each round's image
+    ratio, ours / PyTorch. The side that goes first alternates from round to
+    round."""
     mine, theirs = [], []
     for r in range(a.rounds):
-        time_ours = lambda: mine.append(ours(exe, a.weights, image_path, threads, a.runs))  # noqa: E731
-        time_torch = lambda: theirs.append(torch_runs(model, img, threads, a.runs,  # noqa: E731
-                                                      a.torch_text_runs if r == 0 else 0, a.profile and r == 0))
-        for side in ((time_ours, time_torch) if r % 2 == 0 else (time_torch, time_ours)):
-            side()
-    median = lambda xs: statistics.median(x for x in xs if x is not None)  # noqa: E731
-    o = (median(m[0] for m in mine), median(m[1] for m in mine), mine[0][2])
-    p = (theirs[0][0], median(t[1] for t in theirs), theirs[0][2])
+        for side in ("ours", "torch") if r % 2 == 0 else ("torch", "ours"):
+            if side == "ours":
+                mine.append(ours(exe, a.weights, image_path, threads, a.runs))
+            else:
+                first = r == 0
+                theirs.append(torch_runs(model, img, threads, a.runs, a.torch_text_runs if first else 0, a.profile and first))
+    o = (statistics.median(m[0] for m in mine), statistics.median(m[1] for m in mine), mine[0][2])
+    p = (theirs[0][0], statistics.median(t[1] for t in theirs), theirs[0][2])
     return o, p, [m[1] / t[1] for m, t in zip(mine, theirs)]
 
 

@@ -82,7 +82,7 @@ if [ "${MATMUL_BENCH:-1}" != 0 ]; then
 stamp "GPU: the matrix-product routines on one block's products (bench-matmul)"
 for precision in f32 f16; do
   # MATMUL_ARGS: more arguments, e.g. "--crop 64 --runs 2 --repeat 2" for a dry run on lavapipe,
-  # where the default (two 448 windows, 5 x 10 runs of 8 routines) takes longer than the 60 s.
+  # where the default (two 448 windows, 5 x 10 runs of 9 routines) takes longer than the 60 s.
   timeout 60 "$gpu/clearclip" bench-matmul --weights "$weights" --precision $precision ${MATMUL_ARGS:-} \
     --json-out "$out/matmul_$precision.json" 2>&1 | tee -a "$out/matmul.txt"
 done

@@ -99,8 +99,8 @@ struct ModelArgs {
     precision: PrecisionArg,
     /// The GPU's matrix-product routine: burn (burn's own without autotune),
     /// simple-unit, simple-unit-small, double-unit, double-unit-small or gemm
-    /// (cubek's routines that need no tensor cores), or tiled and tiled-small
-    /// (our own register-tiled kernel, two tile sizes); `bench-matmul` times
+    /// (cubek's routines that need no tensor cores), or tiled, tiled-small and
+    /// tiled-wide (our own register-tiled kernel, three tile shapes); `bench-matmul` times
     /// them. One for all products, or one for each kind:
     /// projections=ROUTINE,attention=ROUTINE (a kind left out keeps burn's).
     #[arg(long, default_value = "burn")]

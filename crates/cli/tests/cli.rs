@@ -302,7 +302,7 @@ fn every_gpu_matmul_routine_segments_like_the_reference() {
     let DefaultRequest { weights, image, labels, reference } = default_request(CHECKPOINTS[1]);
     let tmp = tempfile::tempdir().unwrap();
     let (expected, _) = reference.f32("pipeline.default.probs");
-    for routine in ["simple-unit", "simple-unit-small", "double-unit", "double-unit-small", "gemm", "tiled", "tiled-small"] {
+    for routine in ["simple-unit", "simple-unit-small", "double-unit", "double-unit-small", "gemm", "tiled", "tiled-small", "tiled-wide"] {
         let out = tmp.path().join(routine);
         let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
         args.extend(["--device", "gpu", "--gpu-matmul", routine]);
@@ -493,7 +493,7 @@ fn bench_matmul_runs_and_checks_every_routine() {
     assert_eq!(products.len(), 6, "{products:?}");
     let routines = report["routines"].as_array().unwrap();
     let names: Vec<_> = routines.iter().map(|r| r["routine"].as_str().unwrap()).collect();
-    assert_eq!(names, ["burn", "simple-unit", "simple-unit-small", "double-unit", "double-unit-small", "gemm", "tiled", "tiled-small"]);
+    assert_eq!(names, ["burn", "simple-unit", "simple-unit-small", "double-unit", "double-unit-small", "gemm", "tiled", "tiled-small", "tiled-wide"]);
     for r in routines {
         // Every routine takes every product of the model (none falls back to burn's).
         assert_eq!(r["errors"].as_array().unwrap().len(), 0, "{r}");

@@ -51,6 +51,8 @@ crate::named_choices! {
         Tiled => "tiled",
         /// The same with 64 x 64 tiles, 4 x 4 a unit.
         TiledSmall => "tiled-small",
+        /// The same with 128 x 128 tiles, 8 x 8 a unit.
+        TiledWide => "tiled-wide",
     }
 }
 
@@ -239,8 +241,9 @@ pub fn matmul_with<const D: usize>(routine: MatmulRoutine, lhs: Tensor<D>, rhs: 
     }
     #[cfg(all(feature = "gpu-routines", not(feature = "fusion")))]
     return match routine {
-        MatmulRoutine::Tiled => crate::tiled_matmul::matmul(lhs, rhs, 8),
-        MatmulRoutine::TiledSmall => crate::tiled_matmul::matmul(lhs, rhs, 4),
+        MatmulRoutine::Tiled => crate::tiled_matmul::matmul(lhs, rhs, crate::tiled_matmul::TileShape::TALL),
+        MatmulRoutine::TiledSmall => crate::tiled_matmul::matmul(lhs, rhs, crate::tiled_matmul::TileShape::SMALL),
+        MatmulRoutine::TiledWide => crate::tiled_matmul::matmul(lhs, rhs, crate::tiled_matmul::TileShape::WIDE),
         _ => cube::matmul(&cube::strategy(routine), lhs, rhs),
     };
     #[cfg(not(all(feature = "gpu-routines", not(feature = "fusion"))))]
@@ -304,7 +307,7 @@ mod cube {
         let double = |tile_size| MultiLevel::DoubleUnit(BlueprintStrategy::Inferred(DoubleUnitSelectionArgs { tile_size }));
         match routine {
             MatmulRoutine::Burn => Strategy::default(),
-            MatmulRoutine::Tiled | MatmulRoutine::TiledSmall => unreachable!("ours, not cubek's: `matmul_with` runs crate::tiled_matmul"),
+            MatmulRoutine::Tiled | MatmulRoutine::TiledSmall | MatmulRoutine::TiledWide => unreachable!("ours, not cubek's: `matmul_with` runs crate::tiled_matmul"),
             MatmulRoutine::SimpleUnit => simple(TileSizeSelection::MaxTileSize).into(),
             MatmulRoutine::SimpleUnitSmall => simple(TileSizeSelection::MinTileSize).into(),
             MatmulRoutine::DoubleUnit => double(TileSizeSelection::MaxTileSize).into(),

@@ -1,5 +1,5 @@
-//! Our own matrix-product kernel on the GPU (`--gpu-matmul tiled` and
-//! `tiled-small`, `src/tiled_matmul.rs`): products of every shape class
+//! Our own matrix-product kernel on the GPU (`--gpu-matmul tiled`,
+//! `tiled-small` and `tiled-wide`, `src/tiled_matmul.rs`): products of every shape class
 //! the model gives it against the CPU backend, then the towers with it
 //! against PyTorch at f32 and f16, and each kind of product with a routine
 //! of its own. The choice is process-wide, so these tests have a process of
@@ -56,11 +56,12 @@ fn tiled_products_equal_the_cpu_in_every_layout() {
             Precision::F32 => 1e-5,
             Precision::F16 => 5e-4,
         };
-        for routine in [MatmulRoutine::Tiled, MatmulRoutine::TiledSmall] {
+        for routine in [MatmulRoutine::Tiled, MatmulRoutine::TiledSmall, MatmulRoutine::TiledWide] {
             let what = |shape: &str| format!("{routine} {} {shape}", precision.name());
-            // 2-D, as the linear layers: a tile and a part, one row, edges
-            // in every dimension (k not a multiple of the 16 staged).
-            for (m, k, n) in [(128, 16, 64), (1, 40, 7), (130, 33, 70), (197, 96, 288), (77, 3, 5)] {
+            // 2-D, as the linear layers: a tile of each shape and a part,
+            // one row, edges in every dimension (k not a multiple of the 8
+            // or 16 staged).
+            for (m, k, n) in [(128, 16, 64), (128, 8, 128), (1, 40, 7), (130, 33, 70), (197, 96, 288), (77, 3, 5)] {
                 let operands = |device: &Device| (tensor(random(m * k, 1), [m, k], device, precision), tensor(random(k * n, 2), [k, n], device, precision));
                 let error = relative_error(routine, operands, &gpu);
                 assert!(error <= tolerance, "{}: {error:e}", what(&format!("{m}x{k} @ {k}x{n}")));
@@ -101,7 +102,7 @@ fn more_batches_than_a_dispatch_allows_are_declined() {
     // WebGPU dispatches along a dimension. (65535 of them run, but take a
     // minute on lavapipe.)
     let ones = |batches: usize| tensor(vec![1.0; batches], [batches, 1, 1], &gpu, Precision::F32);
-    for routine in [MatmulRoutine::Tiled, MatmulRoutine::TiledSmall] {
+    for routine in [MatmulRoutine::Tiled, MatmulRoutine::TiledSmall, MatmulRoutine::TiledWide] {
         let declined = matmul_with(routine, ones(65_536), ones(65_536)).err().unwrap_or_default();
         assert!(declined.contains("more work groups than a dispatch allows"), "{routine}: {declined:?}");
     }
@@ -111,7 +112,7 @@ fn more_batches_than_a_dispatch_allows_are_declined() {
 fn towers_with_the_tiled_kernel_match_pytorch_at_both_precisions() {
     let Some(device) = wgpu_device() else { return };
     let _turn = CHOICE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    for routine in [MatmulRoutine::Tiled, MatmulRoutine::TiledSmall] {
+    for routine in [MatmulRoutine::Tiled, MatmulRoutine::TiledSmall, MatmulRoutine::TiledWide] {
         assert!(set_gpu_matmul(MatmulChoice::uniform(routine)), "this build has kernel fusion");
         for precision in common::precisions(&device) {
             for (_, (ran, declined)) in common::assert_towers_match_pytorch(&device, routine.name(), precision, total_routine_counts) {

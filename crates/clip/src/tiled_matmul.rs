@@ -46,34 +46,57 @@ const LANES: usize = 4;
 /// A work group's share of a product: [`UNITS_Y`] x [`UNITS_X`] units, each
 /// computing `unit_rows` rows by `unit_vectors` vectors of [`LANES`]
 /// columns, with `depth` products staged in workgroup memory at a time.
+/// Built only by [`TileShape::new`], which checks the shape; the shapes
+/// the model runs are constants, so an invalid one fails to compile.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TileShape {
-    pub unit_rows: usize,
-    pub unit_vectors: usize,
-    pub depth: usize,
+    unit_rows: usize,
+    unit_vectors: usize,
+    depth: usize,
 }
+
+/// WebGPU's default `maxComputeWorkgroupStorageSize`, what every adapter has.
+const WORKGROUP_BYTES: usize = 16384;
 
 impl TileShape {
     /// 128 x 64 output tiles, 8 x 4 a unit (`--gpu-matmul tiled`).
-    pub(crate) const TALL: TileShape = TileShape { unit_rows: 8, unit_vectors: 1, depth: 16 };
+    pub(crate) const TALL: TileShape = TileShape::new(8, 1, 16);
     /// 64 x 64, 4 x 4 a unit (`tiled-small`).
-    pub(crate) const SMALL: TileShape = TileShape { unit_rows: 4, unit_vectors: 1, depth: 16 };
+    pub(crate) const SMALL: TileShape = TileShape::new(4, 1, 16);
     /// 128 x 128, 8 x 8 a unit, 8 products deep (`tiled-wide`): the staged
     /// operands take 8.3 KiB, within WebGPU's default 16 KiB of workgroup
     /// memory (16 products deep would not be).
-    pub(crate) const WIDE: TileShape = TileShape { unit_rows: 8, unit_vectors: 2, depth: 8 };
+    pub(crate) const WIDE: TileShape = TileShape::new(8, 2, 8);
 
-    fn rows(self) -> usize {
+    /// A unit of `unit_rows` rows (one or two vectors) by `unit_vectors`
+    /// vectors of columns (one or two), `depth` products staged at a time.
+    /// Panics, at compile time for a constant, where a unit would stage a
+    /// part of a vector or the staged operands would not fit in
+    /// [`WORKGROUP_BYTES`].
+    const fn new(unit_rows: usize, unit_vectors: usize, depth: usize) -> TileShape {
+        assert!(unit_rows == 4 || unit_rows == 8, "a unit's rows are one or two vectors");
+        assert!(unit_vectors == 1 || unit_vectors == 2, "a unit's columns are one or two vectors");
+        let shape = TileShape { unit_rows, unit_vectors, depth };
+        let units = UNITS_X * UNITS_Y;
+        assert!(
+            depth > 0 && (depth * shape.rows()) % (LANES * units) == 0 && (depth * shape.columns()) % (LANES * units) == 0,
+            "every unit stages whole vectors of both operands"
+        );
+        assert!(shape.workgroup_bytes() <= WORKGROUP_BYTES, "the staged operands exceed 16 KiB of workgroup memory");
+        shape
+    }
+
+    const fn rows(self) -> usize {
         UNITS_Y * self.unit_rows
     }
 
-    fn columns(self) -> usize {
+    const fn columns(self) -> usize {
         UNITS_X * LANES * self.unit_vectors
     }
 
     /// Bytes of workgroup memory (f32) for the staged lhs and rhs, each
     /// padded by a vector a product.
-    fn workgroup_bytes(self) -> usize {
+    const fn workgroup_bytes(self) -> usize {
         self.depth * (self.rows() / LANES + 1 + self.columns() / LANES + 1) * LANES * 4
     }
 }
@@ -285,15 +308,6 @@ pub(crate) fn matmul<const D: usize>(lhs: burn_tensor::Tensor<D>, rhs: burn_tens
     let lhs = lhs.try_into_primitive::<CubeBackend>().map_err(on_gpu)?;
     let rhs = rhs.try_into_primitive::<CubeBackend>().map_err(on_gpu)?;
     let TileShape { unit_rows, unit_vectors, depth } = tile;
-    assert!(unit_rows == 4 || unit_rows == 8, "a unit's rows are one or two vectors");
-    assert!(unit_vectors == 1 || unit_vectors == 2, "a unit's columns are one or two vectors");
-    let units = UNITS_X * UNITS_Y;
-    assert!(
-        (depth * tile.rows()) % (LANES * units) == 0 && (depth * tile.columns()) % (LANES * units) == 0,
-        "every unit stages whole vectors of both operands"
-    );
-    // WebGPU's default maxComputeWorkgroupStorageSize, what every adapter has.
-    assert!(tile.workgroup_bytes() <= 16384, "{tile:?} needs {} bytes of workgroup memory", tile.workgroup_bytes());
     let dtype = lhs.dtype;
     if rhs.dtype != dtype || !matches!(dtype, DType::F32 | DType::F16) {
         return Err(format!("operands of {dtype:?} and {:?}", rhs.dtype));
@@ -337,4 +351,37 @@ pub(crate) fn matmul<const D: usize>(lhs: burn_tensor::Tensor<D>, rhs: burn_tens
         );
     }
     Ok(burn_tensor::Tensor::from_primitive::<CubeBackend>(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_shapes_fit_in_workgroup_memory() {
+        assert_eq!((TileShape::TALL.rows(), TileShape::TALL.columns()), (128, 64));
+        assert_eq!((TileShape::SMALL.rows(), TileShape::SMALL.columns()), (64, 64));
+        assert_eq!((TileShape::WIDE.rows(), TileShape::WIDE.columns()), (128, 128));
+        // 8 products x (33 + 33 vectors) x 16 bytes.
+        assert_eq!(TileShape::WIDE.workgroup_bytes(), 8448);
+    }
+
+    #[test]
+    #[should_panic(expected = "workgroup memory")]
+    fn a_wide_unit_sixteen_products_deep_is_refused() {
+        TileShape::new(8, 2, 16);
+    }
+
+    #[test]
+    #[should_panic(expected = "whole vectors")]
+    fn a_unit_staging_part_of_a_vector_is_refused() {
+        // 4 products x 64 rows = 64 vectors for 256 units.
+        TileShape::new(4, 1, 4);
+    }
+
+    #[test]
+    #[should_panic(expected = "one or two vectors")]
+    fn three_vectors_a_unit_are_refused() {
+        TileShape::new(8, 3, 8);
+    }
 }

@@ -10,7 +10,7 @@
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
-use crate::segmenter::MAX_IMAGE_PIXELS;
+use crate::segmenter::{megapixels, MAX_IMAGE_PIXELS};
 
 /// Largest side decoded; larger files are refused before allocating.
 pub const MAX_DECODE_SIDE: u32 = 16384;
@@ -19,7 +19,9 @@ pub const MAX_DECODE_SIDE: u32 = 16384;
 pub enum DecodeError {
     #[error("not an image this app can read (PNG, JPEG, WebP, BMP, GIF)")]
     UnknownFormat,
-    #[error("the image is {width}x{height} ({} megapixels); the limit is {} megapixels and {} px a side: downscale it first", (*.width as u64 * *.height as u64) / 1_000_000, MAX_IMAGE_PIXELS / 1_000_000, MAX_DECODE_SIDE)]
+    /// Over [`MAX_DECODE_SIDE`] or [`MAX_IMAGE_PIXELS`]; the message names
+    /// the limits it is over.
+    #[error("{}", too_large_message(*.width, *.height))]
     TooLarge { width: u32, height: u32 },
     #[error("cannot decode the JPEG: {0}")]
     Jpeg(clearclip_jpeg::JpegError),
@@ -61,6 +63,22 @@ fn to_rgb8_like_opencv(image: DynamicImage) -> RgbImage {
     image.to_rgb8()
 }
 
+/// "the image is WxH; the limit is L: downscale it first", where L is the
+/// limits the size is over: 16384 px a side, or 40 megapixels (then the
+/// image's own megapixels are given too), or both.
+fn too_large_message(width: u32, height: u32) -> String {
+    let pixels = width as u64 * height as u64;
+    let (mut size, mut limits) = (format!("{width}x{height}"), Vec::new());
+    if pixels > MAX_IMAGE_PIXELS {
+        size += &format!(" ({} megapixels)", megapixels(pixels));
+        limits.push(format!("{} megapixels", MAX_IMAGE_PIXELS / 1_000_000));
+    }
+    if width.max(height) > MAX_DECODE_SIDE {
+        limits.push(format!("{MAX_DECODE_SIDE} px a side"));
+    }
+    format!("the image is {size}; the limit is {}: downscale it first", limits.join(" and "))
+}
+
 fn check_size(width: u32, height: u32) -> Result<(), DecodeError> {
     if width.max(height) > MAX_DECODE_SIDE || width as u64 * height as u64 > MAX_IMAGE_PIXELS {
         return Err(DecodeError::TooLarge { width, height });
@@ -75,7 +93,7 @@ fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
         other => DecodeError::Jpeg(other),
     })?;
     let (width, height) = (decoded.width, decoded.height);
-    let image = RgbImage::from_raw(width, height, decoded.rgb).ok_or(DecodeError::TooLarge { width, height })?;
+    let image = RgbImage::from_raw(width, height, decoded.rgb).ok_or_else(|| DecodeError::Other(format!("the decoded pixels do not fill {width}x{height}")))?;
     let mut image = DynamicImage::ImageRgb8(image);
     // OpenCV's `ApplyExifOrientation` and image's `apply_orientation` are the
     // same eight transforms (checked against cv2.imread in the tests).

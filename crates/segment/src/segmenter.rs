@@ -126,6 +126,13 @@ pub const MAX_IMAGE_PIXELS: u64 = 40_000_000;
 /// PAMR keeps 8 affinities per pixel and dilation: it is refused above this.
 pub const MAX_PAMR_PIXELS: u64 = 16_000_000;
 
+/// `pixels` as megapixels for a message about a limit: one decimal, rounded
+/// up, so that an image over a limit never reads as the limit itself
+/// (6325 x 6325 = 40,005,625 pixels is "40.1", not "40.0").
+pub(crate) fn megapixels(pixels: u64) -> String {
+    format!("{:.1}", (pixels as f64 / 100_000.0).ceil() / 10.0)
+}
+
 /// Settings that cannot be run. Each message names the one setting at
 /// fault, for the CLI's flags and the page's controls alike.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -154,9 +161,9 @@ pub enum SettingsError {
 pub enum SegmentError {
     #[error("the image is {width}x{height}; it must be at least one patch ({patch} px) on each side")]
     TooSmall { width: u32, height: u32, patch: usize },
-    #[error("the image is {width}x{height} ({} megapixels); the limit is {} megapixels: downscale it first", (*.width as u64 * *.height as u64) / 1_000_000, MAX_IMAGE_PIXELS / 1_000_000)]
+    #[error("the image is {width}x{height} ({} megapixels); the limit is {} megapixels: downscale it first", megapixels(*.width as u64 * *.height as u64), MAX_IMAGE_PIXELS / 1_000_000)]
     TooLarge { width: u32, height: u32 },
-    #[error("PAMR is limited to {} megapixels; this image has {}: downscale it or turn PAMR off", MAX_PAMR_PIXELS / 1_000_000, *.0 / 1_000_000)]
+    #[error("PAMR is limited to {} megapixels; this image has {}: downscale it or turn PAMR off", MAX_PAMR_PIXELS / 1_000_000, megapixels(*.0))]
     PamrTooLarge(u64),
     #[error(transparent)]
     Settings(#[from] SettingsError),

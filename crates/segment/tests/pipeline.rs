@@ -344,7 +344,12 @@ fn bad_images_and_settings_are_refused() {
     assert!(err.to_string().contains("stride"), "{err}");
     let huge = RgbImage::new(6400, 6400);
     let err = pollster::block_on(seg.segment(&huge, &classes, &SegmentParams::default(), &mut |_: Progress| {})).unwrap_err();
-    assert!(err.to_string().contains("the limit is 40 megapixels"), "{err}");
+    // 40.96 megapixels, rounded up to a tenth.
+    assert_eq!(err.to_string(), "the image is 6400x6400 (41.0 megapixels); the limit is 40 megapixels: downscale it first");
+    let large = RgbImage::new(4100, 4000);
+    let pamr = SegmentParams { pamr: Some(Pamr::default()), ..SegmentParams::default() };
+    let err = pollster::block_on(seg.segment(&large, &classes, &pamr, &mut |_: Progress| {})).unwrap_err();
+    assert_eq!(err.to_string(), "PAMR is limited to 16 megapixels; this image has 16.4: downscale it or turn PAMR off");
 }
 
 #[test]

@@ -174,7 +174,13 @@ struct Huffman {
 const LOOKAHEAD: u32 = 9;
 
 impl Huffman {
-    fn new(spec: &HuffmanSpec) -> Result<Self, JpegError> {
+    /// A DC table's symbols are magnitude categories, which must be at most
+    /// 15 (`jpeg_make_d_derived_tbl` refuses others: "Bogus Huffman table
+    /// definition"); an AC table's are any byte.
+    fn new(spec: &HuffmanSpec, dc: bool) -> Result<Self, JpegError> {
+        if dc && spec.symbols.iter().any(|&symbol| symbol > 15) {
+            return Err(JpegError::Corrupt("a DC Huffman table with a symbol over 15".into()));
+        }
         let mut lookup = vec![(0u8, 0u8); 1 << LOOKAHEAD];
         let mut max_code = [-1i32; 18];
         let mut val_offset = [0i32; 18];
@@ -389,19 +395,20 @@ fn decode_scan(
         (true, false, true) => Pass::AcFirst,
         (true, false, false) => Pass::AcRefine,
     };
-    let table = |specs: &[Option<HuffmanSpec>; 4], slot: usize, kind: &str| -> Result<Huffman, JpegError> {
+    let table = |specs: &[Option<HuffmanSpec>; 4], slot: usize, dc: bool| -> Result<Huffman, JpegError> {
+        let kind = if dc { "DC" } else { "AC" };
         specs[slot]
             .as_ref()
             .ok_or_else(|| JpegError::Corrupt(format!("{kind} Huffman table {slot} is used before it is defined")))
-            .and_then(Huffman::new)
+            .and_then(|spec| Huffman::new(spec, dc))
     };
     let needs_dc = matches!(pass, Pass::Sequential | Pass::DcFirst);
     let needs_ac = matches!(pass, Pass::Sequential | Pass::AcFirst | Pass::AcRefine);
     let mut dc_tables = Vec::new();
     let mut ac_tables = Vec::new();
     for sc in &scan.components {
-        dc_tables.push(if needs_dc { Some(table(&tables.dc, sc.dc_table, "DC")?) } else { None });
-        ac_tables.push(if needs_ac { Some(table(&tables.ac, sc.ac_table, "AC")?) } else { None });
+        dc_tables.push(if needs_dc { Some(table(&tables.dc, sc.dc_table, true)?) } else { None });
+        ac_tables.push(if needs_ac { Some(table(&tables.ac, sc.ac_table, false)?) } else { None });
     }
 
     // The blocks of one MCU, in coding order: (scan component, block index).

@@ -101,6 +101,95 @@ fn bad_input_gives_a_clear_error_and_never_panics() {
     assert!(err.to_string().contains("123x77"), "{err}");
 }
 
+/// A small seeded generator (xorshift64) for the mutations below.
+struct Mutator(u64);
+
+impl Mutator {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    /// One to four edits of `file`, half of them within its first 700 bytes
+    /// (the markers and tables): a bit flipped, a byte set to a random or a
+    /// marker-like value, bytes cut or inserted, a 16-bit field (a length, a
+    /// size, a table count) set to an extreme, or bytes of `other` spliced in.
+    fn mutate(&mut self, file: &[u8], other: &[u8]) -> Vec<u8> {
+        let mut bad = file.to_vec();
+        for _ in 0..1 + self.below(4) {
+            let span = if self.below(2) == 0 { bad.len().min(700) } else { bad.len() };
+            if span < 4 {
+                break;
+            }
+            let at = 2 + self.below(span - 2);
+            match self.below(7) {
+                0 => bad[at] ^= 1 << self.below(8),
+                1 => bad[at] = self.next() as u8,
+                2 => bad[at] = [0x00, 0x01, 0x7F, 0x80, 0xFE, 0xFF][self.below(6)],
+                3 => drop(bad.drain(at..(at + 1 + self.below(16)).min(bad.len()))),
+                4 => {
+                    let inserted: Vec<u8> = (0..1 + self.below(16)).map(|_| self.next() as u8).collect();
+                    bad.splice(at..at, inserted);
+                }
+                5 => {
+                    let value = [0u16, 1, 2, 3, 8, 16, 0x7FFF, 0x8000, 0xFFFF][self.below(9)];
+                    bad[at - 1..=at].copy_from_slice(&value.to_be_bytes());
+                }
+                _ => {
+                    let from = self.below(other.len());
+                    let piece = &other[from..(from + 1 + self.below(64)).min(other.len())];
+                    let end = (at + piece.len()).min(bad.len());
+                    bad.splice(at..end, piece.iter().copied());
+                }
+            }
+        }
+        bad
+    }
+}
+
+/// Damaged copies of every small fixture decode to an error or to a whole
+/// image, never a panic (in the page a panic would take the worker down).
+/// `CLEARCLIP_JPEG_MUTATIONS` (mutations per fixture, 150 by default) and
+/// `CLEARCLIP_JPEG_SEED` make it a longer fuzzing run, e.g.
+/// `CLEARCLIP_JPEG_MUTATIONS=30000 cargo test --release -p clearclip-jpeg --test opencv damaged`.
+#[test]
+fn damaged_files_of_every_kind_decode_to_an_error_or_an_image_never_a_panic() {
+    let env = |name: &str, default: u64| std::env::var(name).map_or(default, |v| v.parse().expect(name));
+    let (mutations, seed) = (env("CLEARCLIP_JPEG_MUTATIONS", 150), env("CLEARCLIP_JPEG_SEED", 1));
+    let files: Vec<(String, Vec<u8>)> = fixtures().into_iter().filter(|f| f.png.is_some()).map(|f| (f.name.clone(), f.bytes())).collect();
+    assert!(files.len() >= 20, "{} small fixtures", files.len());
+    let limits = Limits { max_side: 16384, max_pixels: 8 << 20 };
+    let (mut images, mut errors) = (0, 0);
+    for (k, (name, file)) in files.iter().enumerate() {
+        let mut mutator = Mutator((seed << 8 | k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        for i in 0..mutations {
+            let other = &files[mutator.below(files.len())].1;
+            let bad = mutator.mutate(file, other);
+            let what = format!("{name}, mutation {i} (seed {seed})");
+            let decoded = std::panic::catch_unwind(|| decode(&bad, &limits)).unwrap_or_else(|_| panic!("decode panicked: {what}"));
+            let _ = std::panic::catch_unwind(|| read_info(&bad)).unwrap_or_else(|_| panic!("read_info panicked: {what}"));
+            match decoded {
+                Ok(image) => {
+                    assert_eq!(image.rgb.len(), 3 * image.width as usize * image.height as usize, "{what}");
+                    images += 1;
+                }
+                Err(e) => {
+                    assert!(e.to_string().len() > 12, "{what}: an unclear message: {e}");
+                    errors += 1;
+                }
+            }
+        }
+    }
+    // Both outcomes occur, so the edits neither all break nor all miss the files.
+    assert!(images > 0 && errors > 0, "{images} images, {errors} errors");
+}
+
 #[test]
 fn a_sequential_file_without_its_end_marker_still_decodes() {
     let f = fixtures().into_iter().find(|f| f.name == "baseline_420_q90").unwrap();

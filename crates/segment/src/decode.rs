@@ -10,7 +10,7 @@
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
-use crate::segmenter::{megapixels, MAX_IMAGE_PIXELS};
+use crate::segmenter::{too_large_message, MAX_IMAGE_PIXELS};
 
 /// Largest side decoded; larger files are refused before allocating.
 pub const MAX_DECODE_SIDE: u32 = 16384;
@@ -21,7 +21,7 @@ pub enum DecodeError {
     UnknownFormat,
     /// Over [`MAX_DECODE_SIDE`] or [`MAX_IMAGE_PIXELS`]; the message names
     /// the limits it is over.
-    #[error("{}", too_large_message(*.width, *.height))]
+    #[error("{}", too_large_message(*.width, *.height, Some(MAX_DECODE_SIDE)))]
     TooLarge { width: u32, height: u32 },
     #[error("cannot decode the JPEG: {0}")]
     Jpeg(clearclip_jpeg::JpegError),
@@ -61,22 +61,6 @@ fn to_rgb8_like_opencv(image: DynamicImage) -> RgbImage {
         return out;
     }
     image.to_rgb8()
-}
-
-/// "the image is WxH; the limit is L: downscale it first", where L is the
-/// limits the size is over: 16384 px a side, or 40 megapixels (then the
-/// image's own megapixels are given too), or both.
-fn too_large_message(width: u32, height: u32) -> String {
-    let pixels = width as u64 * height as u64;
-    let (mut size, mut limits) = (format!("{width}x{height}"), Vec::new());
-    if pixels > MAX_IMAGE_PIXELS {
-        size += &format!(" ({} megapixels)", megapixels(pixels));
-        limits.push(format!("{} megapixels", MAX_IMAGE_PIXELS / 1_000_000));
-    }
-    if width.max(height) > MAX_DECODE_SIDE {
-        limits.push(format!("{MAX_DECODE_SIDE} px a side"));
-    }
-    format!("the image is {size}; the limit is {}: downscale it first", limits.join(" and "))
 }
 
 fn check_size(width: u32, height: u32) -> Result<(), DecodeError> {

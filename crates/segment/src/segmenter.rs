@@ -129,8 +129,25 @@ pub const MAX_PAMR_PIXELS: u64 = 16_000_000;
 /// `pixels` as megapixels for a message about a limit: one decimal, rounded
 /// up, so that an image over a limit never reads as the limit itself
 /// (6325 x 6325 = 40,005,625 pixels is "40.1", not "40.0").
-pub(crate) fn megapixels(pixels: u64) -> String {
+fn megapixels(pixels: u64) -> String {
     format!("{:.1}", (pixels as f64 / 100_000.0).ceil() / 10.0)
+}
+
+/// "the image is WxH (N megapixels); the limit is L: downscale it first",
+/// naming only the limits the size is over: [`MAX_IMAGE_PIXELS`] (then with
+/// the image's own megapixels) and, where one is given, `max_side` pixels a
+/// side. One sentence for the decoder's refusal and the pipeline's.
+pub(crate) fn too_large_message(width: u32, height: u32, max_side: Option<u32>) -> String {
+    let pixels = width as u64 * height as u64;
+    let (mut size, mut limits) = (format!("{width}x{height}"), Vec::new());
+    if pixels > MAX_IMAGE_PIXELS {
+        size += &format!(" ({} megapixels)", megapixels(pixels));
+        limits.push(format!("{} megapixels", MAX_IMAGE_PIXELS / 1_000_000));
+    }
+    if let Some(side) = max_side.filter(|&side| width.max(height) > side) {
+        limits.push(format!("{side} px a side"));
+    }
+    format!("the image is {size}; the limit is {}: downscale it first", limits.join(" and "))
 }
 
 /// Settings that cannot be run. Each message names the one setting at
@@ -161,7 +178,8 @@ pub enum SettingsError {
 pub enum SegmentError {
     #[error("the image is {width}x{height}; it must be at least one patch ({patch} px) on each side")]
     TooSmall { width: u32, height: u32, patch: usize },
-    #[error("the image is {width}x{height} ({} megapixels); the limit is {} megapixels: downscale it first", megapixels(*.width as u64 * *.height as u64), MAX_IMAGE_PIXELS / 1_000_000)]
+    /// Over [`MAX_IMAGE_PIXELS`].
+    #[error("{}", too_large_message(*.width, *.height, None))]
     TooLarge { width: u32, height: u32 },
     #[error("PAMR is limited to {} megapixels; this image has {}: downscale it or turn PAMR off", MAX_PAMR_PIXELS / 1_000_000, megapixels(*.0))]
     PamrTooLarge(u64),

@@ -59,3 +59,9 @@ pub use request::{Catalog, LastBlockOverrides, SegmentRequest};
 pub use segmenter::{
     Batching, Clock, ImagePhases, Observer, ProbabilityMaps, Progress, SegmentError, SegmentParams, Segmentation, Segmenter, SettingsError, Timings, MAX_IMAGE_PIXELS, MAX_PAMR_PIXELS,
 };
+
+/// Whether this build runs its own GPU kernels (the `gpu-kernel` feature
+/// without `fusion`): the window merge, the class maps and PAMR, and the
+/// check of a window's size against the GPU's largest buffer
+/// ([`Segmenter::max_tensor_bytes`]).
+pub const GPU_KERNELS: bool = cfg!(all(feature = "gpu-kernel", not(feature = "fusion")));

@@ -30,7 +30,7 @@ use std::ops::ControlFlow;
 use std::pin::Pin;
 
 use burn::tensor::{Tensor, TensorData};
-use clearclip_model::{Clip, ClipConfig, ClipTokenizer, DenseMode, InputError, LastBlock, LastBlockError, LastBlockInput, TokenBatch, TokenizerError};
+use clearclip_model::{Clip, ClipConfig, ClipTokenizer, DenseMode, InputError, LastBlock, LastBlockError, LastBlockInput, TokenBatch, TokenizerError, VisionConfig};
 use clearclip_model::host::is_host;
 use clearclip_model::gpu_matmul::{matmul, ProductKind};
 use image::RgbImage;
@@ -183,6 +183,14 @@ pub enum SegmentError {
     TooLarge { width: u32, height: u32 },
     #[error("PAMR is limited to {} megapixels; this image has {}: downscale it or turn PAMR off", MAX_PAMR_PIXELS / 1_000_000, megapixels(*.0))]
     PamrTooLarge(u64),
+    /// One window's largest activation is more than the GPU holds in one
+    /// buffer, and windows cannot be split further.
+    #[error(
+        "a window of {width}x{height} px is {tokens} tokens, whose attention scores would take {} MiB, more than the {} MiB this GPU holds in one buffer: use a smaller crop or short side",
+        bytes.div_ceil(1 << 20),
+        limit >> 20
+    )]
+    WindowTooLarge { width: usize, height: usize, tokens: usize, bytes: u64, limit: u64 },
     #[error(transparent)]
     Settings(#[from] SettingsError),
     #[error(transparent)]
@@ -391,6 +399,9 @@ pub struct Segmenter {
     probability_maps: ProbabilityMaps,
     window_batching: Batching,
     name_batching: Batching,
+    /// The most bytes one tensor may take on the model's device
+    /// ([`max_tensor_bytes`]).
+    max_tensor_bytes: Option<u64>,
 }
 
 /// The largest activation of a batch of windows or prompts, in bytes (the
@@ -503,6 +514,7 @@ async fn read_back<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, Segmen
 impl Segmenter {
     pub fn new(model: Clip, tokenizer: ClipTokenizer) -> Self {
         let name_batching = if is_host(&model.vision.device()) { Batching::AtMost(1) } else { Batching::Memory };
+        let max_tensor_bytes = max_tensor_bytes(&model.vision.device());
         Self {
             model,
             tokenizer,
@@ -514,7 +526,15 @@ impl Segmenter {
             probability_maps: ProbabilityMaps::Full,
             window_batching: Batching::Memory,
             name_batching,
+            max_tensor_bytes,
         }
+    }
+
+    /// The most bytes one tensor may take on the model's device, where
+    /// there is such a limit (a GPU): windows whose attention would need more
+    /// are refused ([`SegmentError::WindowTooLarge`]).
+    pub fn max_tensor_bytes(&self) -> Option<u64> {
+        self.max_tensor_bytes
     }
 
     /// Which probability maps the results carry (full size by default).
@@ -710,7 +730,7 @@ impl Segmenter {
         observer: &mut dyn Observer,
     ) -> Result<Segmentation, SegmentError> {
         let (width, height) = image.dimensions();
-        validate(width, height, self.model.config.vision.patch_size, params)?;
+        validate(width, height, &self.model.config.vision, self.max_tensor_bytes, params)?;
         let started = (self.clock)();
         let mut warnings = Vec::new();
         let (names, class_of_query) = classes.queries();
@@ -897,12 +917,7 @@ impl Segmenter {
     fn windows_per_batch(&self, window: &Window) -> usize {
         match self.window_batching {
             Batching::AtMost(n) => n,
-            Batching::Memory => {
-                let vision = &self.model.config.vision;
-                let tokens = 1 + (window.padded_height() / vision.patch_size) * (window.padded_width() / vision.patch_size);
-                let largest = 4 * tokens * (vision.heads * tokens).max(vision.mlp_width).max(1);
-                (BATCH_BYTES / largest).max(1)
-            }
+            Batching::Memory => (BATCH_BYTES as u64 / largest_window_activation(&self.model.config.vision, window).1).max(1) as usize,
         }
     }
 
@@ -973,7 +988,37 @@ impl Segmenter {
     }
 }
 
-fn validate(width: u32, height: u32, patch: usize, params: &SegmentParams) -> Result<(), SegmentError> {
+/// The tokens of one window (its patches and the class token) and the
+/// bytes of its largest activation as f32: the attention scores (`heads x
+/// tokens x tokens`) or the MLP's hidden layer.
+fn largest_window_activation(vision: &VisionConfig, window: &Window) -> (usize, u64) {
+    let tokens = 1 + (window.padded_height() / vision.patch_size) * (window.padded_width() / vision.patch_size);
+    (tokens, 4 * tokens as u64 * (vision.heads * tokens).max(vision.mlp_width).max(1) as u64)
+}
+
+/// The most bytes one tensor may take on `device`: cubecl's largest
+/// allocation there, which is the smaller of the device's
+/// `maxStorageBufferBindingSize` and `maxBufferSize` on WebGPU. `None` on
+/// the CPU backend, and in builds whose GPU tensors are not cubecl's (kernel
+/// fusion): no limit is checked there.
+fn max_tensor_bytes(device: &burn::tensor::Device) -> Option<u64> {
+    if is_host(device) {
+        return None;
+    }
+    #[cfg(all(feature = "gpu-kernel", not(feature = "fusion")))]
+    return Tensor::<1>::zeros([1], device)
+        .try_into_primitive::<burn_cubecl::CubeBackend>()
+        .ok()
+        .map(|t| t.client.properties().memory.max_page_size);
+    #[cfg(not(all(feature = "gpu-kernel", not(feature = "fusion"))))]
+    None
+}
+
+/// Refuses what cannot run before any work: bad settings, an image too
+/// small or too large, and windows too large for one of the GPU's buffers
+/// (`max_tensor_bytes`), which batching cannot split.
+fn validate(width: u32, height: u32, vision: &VisionConfig, max_tensor_bytes: Option<u64>, params: &SegmentParams) -> Result<(), SegmentError> {
+    let patch = vision.patch_size;
     params.validate()?;
     if params.crop < patch {
         return Err(SettingsError::CropBelowPatch { crop: params.crop, patch }.into());
@@ -986,6 +1031,17 @@ fn validate(width: u32, height: u32, patch: usize, params: &SegmentParams) -> Re
     }
     if params.pamr.is_some() && width as u64 * height as u64 > MAX_PAMR_PIXELS {
         return Err(SegmentError::PamrTooLarge(width as u64 * height as u64));
+    }
+    if let Some(limit) = max_tensor_bytes {
+        // Every window has the size of the first (the last ones are flush
+        // with the border), whatever the stride.
+        let (rw, rh) = rescaled_size(width, height, params.short_side, params.long_side_cap);
+        if let Some(window) = sliding_windows(rw as usize, rh as usize, params.crop, params.crop, patch).first() {
+            let (tokens, bytes) = largest_window_activation(vision, window);
+            if bytes > limit {
+                return Err(SegmentError::WindowTooLarge { width: window.width, height: window.height, tokens, bytes, limit });
+            }
+        }
     }
     Ok(())
 }

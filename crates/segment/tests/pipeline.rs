@@ -392,3 +392,44 @@ fn hostile_labels_give_a_result_or_a_clear_message() {
     assert_eq!(result.class_names.len(), 2);
     assert!(warnings.iter().any(|w| w.contains("appears twice in class 1")), "{warnings:?}");
 }
+
+#[test]
+fn a_window_too_large_for_one_gpu_buffer_is_refused_before_any_work() {
+    for (device_name, device) in test_devices() {
+        let model = load_fixture_model(CHECKPOINTS[1], &device);
+        let vision = model.config.vision.clone();
+        let mut seg = Segmenter::new(model, ClipTokenizer::from_json_bytes(&tokenizer_json(), 77).unwrap());
+        let Some(limit) = seg.max_tensor_bytes() else {
+            // The workspace's tests build the kernels (the CLI asks for them);
+            // `cargo test -p clearclip-segment` alone does not.
+            assert!(device_name == "cpu (flex)" || !clearclip_segment::GPU_KERNELS, "{device_name}: no limit");
+            println!("{device_name}: no limit in this build (GPU kernels: {})", clearclip_segment::GPU_KERNELS);
+            continue;
+        };
+        // The smallest square window, in whole patches, whose attention
+        // scores ([1, heads, tokens, tokens] f32) are over the limit.
+        let bytes = |side: usize| {
+            let tokens = 1 + (side / vision.patch_size).pow(2);
+            4 * (vision.heads * tokens * tokens).max(tokens * vision.mlp_width) as u64
+        };
+        let side = (1..).map(|n| n * vision.patch_size).find(|&side| bytes(side) > limit).unwrap();
+        // chelsea is 451x300: with the short side at `side` (and room for the
+        // long one), a crop of `side` is a side x side window.
+        let params = SegmentParams { short_side: side as u32, long_side_cap: 2 * side as u32, crop: side, stride: side, templates: Templates::Single, ..SegmentParams::default() };
+        let (classes, _) = ClassList::parse("cat; sky").unwrap();
+        let err = pollster::block_on(seg.segment(&chelsea(), &classes, &params, &mut |_: Progress| {})).unwrap_err();
+        let tokens = 1 + (side / vision.patch_size).pow(2);
+        let expected = format!(
+            "a window of {side}x{side} px is {tokens} tokens, whose attention scores would take {} MiB, more than the {} MiB this GPU holds in one buffer: use a smaller crop or short side",
+            bytes(side).div_ceil(1 << 20),
+            limit >> 20
+        );
+        assert_eq!(err.to_string(), expected, "{device_name}");
+        assert!(!err.is_fatal(), "{device_name}: a refusal leaves the model usable");
+        // Refused before any work: the model still segments at the defaults.
+        let params = SegmentParams { short_side: 112, crop: 112, stride: 112, templates: Templates::Single, ..SegmentParams::default() };
+        let result = pollster::block_on(seg.segment(&chelsea(), &classes, &params, &mut |_: Progress| {})).unwrap();
+        assert_eq!(result.labels.len(), 451 * 300);
+        println!("{device_name}: limit {limit} bytes; refused {side}x{side} windows ({tokens} tokens)");
+    }
+}

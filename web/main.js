@@ -50,6 +50,7 @@ const state = {
   result: null, // {id, result, compare?: {mode, result}, totalMs}
   error: null,
   recovered: null, // the last fatal error the app restarted after, kept as a note
+  holdRun: false, // after a run failed twice across a restart: wait for the user's next change
 };
 
 let worker = null;
@@ -68,6 +69,13 @@ const POOL_START_MS = 20_000;
 let poolWatchdog = null;
 let poolStalls = 0;
 let requestStarted = 0;
+/**
+ * Fatal errors since the last result. A second one means the run that
+ * followed a restart failed the same way (a failure the settings cause, not
+ * a passing one): the page then reloads the model without running again, so
+ * that it never restarts in a loop.
+ */
+let fatalsSinceResult = 0;
 let renderedResult = null;
 let classEditor = null;
 
@@ -90,9 +98,15 @@ function startWorker() {
   if (!state.preferGpu) url.searchParams.set('webgpu', '0');
   for (const key of ['threads', 'relaxed']) if (params.get(key)) url.searchParams.set(key, params.get(key));
   if (poolStalls >= 2) url.searchParams.set('pool', '0');
-  worker = new Worker(url, { type: 'module' });
-  worker.onmessage = ({ data }) => onWorkerMessage(data);
-  worker.onerror = (e) => {
+  const started = new Worker(url, { type: 'module' });
+  worker = started;
+  // A replaced worker may still have messages on their way (the error that
+  // follows a lost device's): only the current one is heard.
+  started.onmessage = ({ data }) => {
+    if (started === worker) onWorkerMessage(data);
+  };
+  started.onerror = (e) => {
+    if (started !== worker) return;
     state.error = `the worker failed: ${e.message}`;
     render();
   };
@@ -248,7 +262,7 @@ function onWorkerMessage(msg) {
       // Windows and strides in whole patches of this model (16 px for B/16,
       // 32 for B/32, 14 for L/14): the smallest the segmenter accepts.
       for (const id of ['crop', 'stride']) Object.assign($(id), { min: msg.patch, step: msg.patch });
-      requestSegment(true);
+      if (!state.holdRun) requestSegment(true);
       break;
     case MSG.RESULT:
       // The worker skips requests replaced before their turn: an older
@@ -271,6 +285,7 @@ function onWorkerMessage(msg) {
 }
 
 function onResult(msg) {
+  fatalsSinceResult = 0;
   const before = state.result?.result.classNames.join('\n');
   state.result = { ...msg, totalMs: performance.now() - requestStarted };
   state.heatmaps = new Map();
@@ -305,6 +320,12 @@ function onError(msg) {
     state.recovered = msg.message;
     state.model = null;
     state.running = false;
+    fatalsSinceResult += 1;
+    state.holdRun = fatalsSinceResult >= 2;
+    if (state.holdRun) {
+      state.runNotice = `The run failed again after a restart (${msg.message.split('\n')[0]}), so it is not run again: `
+        + 'change the settings, the image or the classes to try again.';
+    }
     startWorker();
     // No warm-up: the user's run follows at once and compiles the same
     // kernels; a warm-up would only delay it by a run on a blank image.
@@ -330,6 +351,7 @@ function segmentRequest() {
 let debounce = 0;
 function requestSegment(now = false) {
   clearTimeout(debounce);
+  state.holdRun = false; // a change by the user: run again
   syncUrl();
   if (!state.model || !state.image || !state.catalog) return;
   const run = () => {

@@ -274,6 +274,25 @@ test('a lost GPU device, twice in a row, is reported and the app recovers with i
     const diff = maxAbsDiff(await pageProbs(page), before);
     assert.ok(diff <= TOLERANCE, `after restart ${round}: max abs diff ${diff}`);
   }
+  // A run that fails again right after the restart (the device lost while
+  // the restarted page's run goes): the model is reloaded, but the run is
+  // not repeated in a loop; it waits for the user's next change.
+  const lastRequest = await page.evaluate(() => window.__clearclip.requestId);
+  await page.evaluate(() => window.__clearclipDebug.loseDevice());
+  await page.waitForFunction((last) => window.__clearclip.requestId > last && window.__clearclip.running, lastRequest, { timeout: RESULT_TIMEOUT, polling: 100 });
+  const heldRequest = await page.evaluate(() => window.__clearclip.requestId);
+  await page.evaluate(() => window.__clearclipDebug.loseDevice());
+  await page.waitForFunction((held) => {
+    const s = window.__clearclip;
+    return s.holdRun && s.model?.source === 'cache' && !s.running && s.requestId === held;
+  }, heldRequest, { timeout: RESULT_TIMEOUT, polling: 250 });
+  await page.waitForTimeout(3000);
+  assert.equal(await page.evaluate(() => window.__clearclip.requestId), heldRequest, 'no run after the second failure');
+  assert.match(await page.textContent('#run-status'), /failed again after a restart \((the GPU device was lost|the GPU\/CPU device failed)[^\n]*\), so it is not run again/);
+  assert.equal(await pageLabels(page), 'cat; sky');
+  await nextResult(page, () => setLabels(page, 'cat; sky; grass'));
+  assert.equal(await page.evaluate(() => window.__clearclip.holdRun), false);
+  assert.equal(await page.evaluate(() => window.__clearclip.result.result.classNames.length), 3);
   await page.close();
 });
 

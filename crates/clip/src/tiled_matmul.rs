@@ -79,7 +79,7 @@ impl TileShape {
         let shape = TileShape { unit_rows, unit_vectors, depth };
         let units = UNITS_X * UNITS_Y;
         assert!(
-            depth > 0 && (depth * shape.rows()) % (LANES * units) == 0 && (depth * shape.columns()) % (LANES * units) == 0,
+            depth > 0 && (depth * shape.rows()).is_multiple_of(LANES * units) && (depth * shape.columns()).is_multiple_of(LANES * units),
             "every unit stages whole vectors of both operands"
         );
         assert!(shape.workgroup_bytes() <= WORKGROUP_BYTES, "the staged operands exceed 16 KiB of workgroup memory");

@@ -351,7 +351,10 @@ function segmentRequest() {
 let debounce = 0;
 function requestSegment(now = false) {
   clearTimeout(debounce);
-  state.holdRun = false; // a change by the user: run again
+  // Only a change by the user reaches here while a run is held: it runs,
+  // and gets the same one retry after a restart as any other run.
+  if (state.holdRun) fatalsSinceResult = 0;
+  state.holdRun = false;
   syncUrl();
   if (!state.model || !state.image || !state.catalog) return;
   const run = () => {

@@ -255,7 +255,7 @@ test('f16 asked for: f16 where the GPU has shader-f16, else f32 and a note sayin
   webgpuPage = page;
 });
 
-test('a lost GPU device, twice in a row, is reported and the app recovers with its image and labels', async () => {
+test('a lost GPU device, twice in a row, is reported and the app recovers with its image and labels; a run that fails again after a restart is held', async () => {
   const { page } = await takeWebgpuPage('');
   await nextResult(page, () => setLabels(page, 'cat; sky'));
   const before = await pageProbs(page);
@@ -290,7 +290,14 @@ test('a lost GPU device, twice in a row, is reported and the app recovers with i
   assert.equal(await page.evaluate(() => window.__clearclip.requestId), heldRequest, 'no run after the second failure');
   assert.match(await page.textContent('#run-status'), /failed again after a restart \((the GPU device was lost|the GPU\/CPU device failed)[^\n]*\), so it is not run again/);
   assert.equal(await pageLabels(page), 'cat; sky');
-  await nextResult(page, () => setLabels(page, 'cat; sky; grass'));
+  // The user's next change runs, and gets the one retry any run gets: the
+  // device lost during it restarts the page and runs it again, not held.
+  await setLabels(page, 'cat; sky; grass');
+  await page.waitForFunction((held) => window.__clearclip.requestId > held && window.__clearclip.running, heldRequest, { timeout: RESULT_TIMEOUT, polling: 100 });
+  const userRequest = await page.evaluate(() => window.__clearclip.requestId);
+  await page.evaluate(() => window.__clearclipDebug.loseDevice());
+  await page.waitForFunction((last) => window.__clearclip.requestId > last, userRequest, { timeout: RESULT_TIMEOUT, polling: 250 });
+  await waitForResult(page);
   assert.equal(await page.evaluate(() => window.__clearclip.holdRun), false);
   assert.equal(await page.evaluate(() => window.__clearclip.result.result.classNames.length), 3);
   await page.close();

@@ -76,6 +76,15 @@ let requestStarted = 0;
  * that it never restarts in a loop.
  */
 let fatalsSinceResult = 0;
+/**
+ * Fatal errors while loading, since the last model was ready or the user
+ * last asked for a load. A second one means the load that followed a
+ * restart failed too: the page then waits for the user (Retry), so that it
+ * never reloads in a loop either.
+ */
+let fatalLoads = 0;
+/** Test hook (?debug=1): how many of the next loads lose their GPU device. */
+let debugDeviceLosingLoads = 0;
 let renderedResult = null;
 let classEditor = null;
 
@@ -84,7 +93,11 @@ const labels = () => labelText(state.classes, state.pendingClass);
 // Test hooks, only when the tests ask for them (?debug=1).
 if (params.get('debug') === '1') {
   window.__clearclip = state;
-  window.__clearclipDebug = { loseDevice: () => worker.postMessage({ type: MSG.LOSE_DEVICE }), poolWorkers: poolWorkerCount };
+  window.__clearclipDebug = {
+    loseDevice: () => worker.postMessage({ type: MSG.LOSE_DEVICE }),
+    loseDeviceInLoads: (count) => { debugDeviceLosingLoads = count; },
+    poolWorkers: poolWorkerCount,
+  };
 }
 
 function startWorker() {
@@ -119,14 +132,18 @@ function onPoolStalled() {
     + `a new worker${poolStalls >= 2 ? ', on one thread' : ''}`);
   const wasLoading = !!state.loading;
   startWorker();
-  if (wasLoading) loadModel();
+  if (wasLoading) loadModel({ pageRetry: true });
 }
 
 /**
  * Load the weights now: cached ones, a dropped file, or after the user agreed
  * to download. `warmUp: false` skips the GPU kernels' warm-up run.
+ * `pageRetry`: the page's own reload (after a fatal error or a stalled
+ * pool), which keeps the count of fatal loads; a load the user asks for
+ * starts it again.
  */
-function loadModel({ warmUp = true } = {}) {
+function loadModel({ warmUp = true, pageRetry = false } = {}) {
+  if (!pageRetry) fatalLoads = 0;
   $('weights-url').value = state.weightsFile ? '' : state.weightsUrl;
   $('weights-url').placeholder = state.weightsFile ? `local file: ${state.weightsFile.name}` : '';
   // The current model (if any) keeps serving until the new one is ready.
@@ -135,7 +152,8 @@ function loadModel({ warmUp = true } = {}) {
   state.error = null;
   state.loadNotice = null;
   worker.postMessage({ type: MSG.LOAD, url: state.weightsUrl, file: state.weightsFile,
-    gelu: state.gelu, half: state.half, warmUp });
+    gelu: state.gelu, half: state.half, warmUp, loseDevice: debugDeviceLosingLoads > 0 });
+  debugDeviceLosingLoads = Math.max(0, debugDeviceLosingLoads - 1);
   render();
 }
 
@@ -257,6 +275,7 @@ function onWorkerMessage(msg) {
       else state.progress = msg;
       break;
     case MSG.READY:
+      fatalLoads = 0;
       state.model = msg;
       state.loading = null;
       // Windows and strides in whole patches of this model (16 px for B/16,
@@ -297,6 +316,7 @@ function onResult(msg) {
 }
 
 function onError(msg) {
+  const whileLoading = msg.stage === 'load' || !!state.loading;
   if (msg.stage === 'load') state.loading = null;
   if (msg.stage === 'segment') {
     state.running = msg.id !== state.requestId;
@@ -320,16 +340,28 @@ function onError(msg) {
     state.recovered = msg.message;
     state.model = null;
     state.running = false;
-    fatalsSinceResult += 1;
-    state.holdRun = fatalsSinceResult >= 2;
-    if (state.holdRun) {
-      state.runNotice = `The run failed again after a restart (${msg.message.split('\n')[0]}), so it is not run again: `
-        + 'change the settings, the image or the classes to try again.';
+    if (whileLoading) {
+      fatalLoads += 1;
+    } else {
+      fatalsSinceResult += 1;
+      state.holdRun = fatalsSinceResult >= 2;
+      if (state.holdRun) {
+        state.runNotice = `The run failed again after a restart (${msg.message.split('\n')[0]}), so it is not run again: `
+          + 'change the settings, the image or the classes to try again.';
+      }
     }
     startWorker();
+    if (fatalLoads >= 2) {
+      // The reload after a restart failed too: a new worker, but no load
+      // until the user asks (Retry, other weights).
+      state.loading = null;
+      state.error = `${msg.message} — loading failed again after a restart, so it is not retried automatically: `
+        + 'press Retry, or choose other weights.';
+      return;
+    }
     // No warm-up: the user's run follows at once and compiles the same
     // kernels; a warm-up would only delay it by a run on a blank image.
-    loadModel({ warmUp: false });
+    loadModel({ warmUp: false, pageRetry: true });
   }
 }
 
@@ -691,7 +723,8 @@ function wireModel() {
     });
   }
   $('load-model').addEventListener('click', () => loadModel());
-  $('retry').addEventListener('click', () => loadModel());
+  // Where an image is shown its run follows at once, and is the warm-up.
+  $('retry').addEventListener('click', () => loadModel({ warmUp: !state.image }));
   $('cancel-load').addEventListener('click', () => worker.postMessage({ type: MSG.CANCEL, what: 'load' }));
 }
 

@@ -114,7 +114,7 @@ function fail(stage, error, id) {
   post({ type: MSG.ERROR, stage, id, message: String(error?.message ?? error), fatal, cancelled });
 }
 
-async function load({ url, file, gelu, half, warmUp }) {
+async function load({ url, file, gelu, half, warmUp, loseDevice }) {
   const started = performance.now();
   let weights = null; // the loader, until the segmenter takes it over
   loadAbort?.abort(); // a newer load replaces one under way
@@ -123,6 +123,12 @@ async function load({ url, file, gelu, half, warmUp }) {
   try {
     await ready;
     weights = await wasm.WeightsLoader.create(wantsGpu, !!gelu, !!half);
+    if (loseDevice && wasm.loseGpuDevice()) {
+      // Test hook (the page's ?debug=1): the device lost mid-load. The loss
+      // is reported as fatal and the page replaces this worker; until then
+      // this load goes no further.
+      await new Promise(() => {});
+    }
     const { source, warning } = file
       ? await loadWeightsFromFile(file, weights, progress, abort.signal)
       : await loadWeightsFromUrl(url, weights, progress, abort.signal);

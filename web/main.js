@@ -50,7 +50,15 @@ const state = {
   result: null, // {id, result, compare?: {mode, result}, totalMs}
   error: null,
   recovered: null, // the last fatal error the app restarted after, kept as a note
-  holdRun: false, // after a run failed twice across a restart: wait for the user's next change
+  /**
+   * Fatal errors since the last result. A second one means the run that
+   * followed a restart failed the same way (a failure the settings cause,
+   * not a passing one): the page then reloads the model without running
+   * again, so that it never restarts in a loop.
+   */
+  fatalsSinceResult: 0,
+  /** After a run failed twice across a restart: wait for the user's next change. */
+  get holdRun() { return this.fatalsSinceResult >= 2; },
 };
 
 let worker = null;
@@ -69,13 +77,6 @@ const POOL_START_MS = 20_000;
 let poolWatchdog = null;
 let poolStalls = 0;
 let requestStarted = 0;
-/**
- * Fatal errors since the last result. A second one means the run that
- * followed a restart failed the same way (a failure the settings cause, not
- * a passing one): the page then reloads the model without running again, so
- * that it never restarts in a loop.
- */
-let fatalsSinceResult = 0;
 /**
  * Fatal errors while loading, since the last model was ready or the user
  * last asked for a load. A second one means the load that followed a
@@ -304,7 +305,7 @@ function onWorkerMessage(msg) {
 }
 
 function onResult(msg) {
-  fatalsSinceResult = 0;
+  state.fatalsSinceResult = 0;
   const before = state.result?.result.classNames.join('\n');
   state.result = { ...msg, totalMs: performance.now() - requestStarted };
   state.heatmaps = new Map();
@@ -343,8 +344,7 @@ function onError(msg) {
     if (whileLoading) {
       fatalLoads += 1;
     } else {
-      fatalsSinceResult += 1;
-      state.holdRun = fatalsSinceResult >= 2;
+      state.fatalsSinceResult += 1;
       if (state.holdRun) {
         state.runNotice = `The run failed again after a restart (${msg.message.split('\n')[0]}), so it is not run again: `
           + 'change the settings, the image or the classes to try again.';
@@ -385,8 +385,7 @@ function requestSegment(now = false) {
   clearTimeout(debounce);
   // Only a change by the user reaches here while a run is held: it runs,
   // and gets the same one retry after a restart as any other run.
-  if (state.holdRun) fatalsSinceResult = 0;
-  state.holdRun = false;
+  if (state.holdRun) state.fatalsSinceResult = 0;
   syncUrl();
   if (!state.model || !state.image || !state.catalog) return;
   const run = () => {

@@ -96,6 +96,7 @@ if (params.get('debug') === '1') {
   window.__clearclip = state;
   window.__clearclipDebug = {
     loseDevice: () => worker.postMessage({ type: MSG.LOSE_DEVICE }),
+    panic: () => worker.postMessage({ type: MSG.PANIC }),
     loseDeviceInLoads: (count) => { debugDeviceLosingLoads = count; },
     poolWorkers: poolWorkerCount,
   };

@@ -16,6 +16,7 @@
 //                                                         two class names or two windows); answered by an error
 //                                                         with `cancelled: true`
 //   {type: 'lose-device'}                                 destroy the GPU device (tests of the recovery path)
+//   {type: 'panic'}                                       panic in wasm, in a later task (the same tests)
 //   {type: 'wasm_bindgen_rayon_spawn_failed', id, message}  the pool worker `id` asked for did not load its script
 // worker -> page
 //   {type: 'wasm_bindgen_rayon_spawn', id, url, name, port}   create a worker of the pool from `url` and hand it
@@ -36,8 +37,9 @@
 //                                                         compare: {mode, result} of the second mode
 //   {type: 'heatmap', resultId, index, rgba}             probsWidth x probsHeight RGBA
 //   {type: 'exported', what, bytes}
-//   {type: 'error', id?, stage: 'load'|'segment'|'heatmap'|'export'|'device', message, fatal, cancelled?}
-//      fatal: the wasm instance is unusable (e.g. lost GPU device); the page restarts the worker.
+//   {type: 'error', id?, stage: 'load'|'segment'|'heatmap'|'export'|'device'|'internal', message, fatal, cancelled?}
+//      fatal: the wasm instance is unusable (a lost GPU device; a panic, stage 'internal', which may come
+//      while any call is under way); the page restarts the worker.
 
 export const MSG = Object.freeze({
   LOAD: 'load',
@@ -46,6 +48,7 @@ export const MSG = Object.freeze({
   EXPORT: 'export',
   CANCEL: 'cancel',
   LOSE_DEVICE: 'lose-device',
+  PANIC: 'panic',
   THREAD_SPAWN_FAILED: 'wasm_bindgen_rayon_spawn_failed',
   THREAD_SPAWN: 'wasm_bindgen_rayon_spawn',
   POOL: 'pool',

@@ -85,6 +85,12 @@ const ready = (hasSimd()
   self.addEventListener(wasm.deviceLostEvent(), (e) => {
     post({ type: MSG.ERROR, stage: 'device', message: `the GPU device was lost (${e.detail})`, fatal: true });
   });
+  // A panic (a bug) traps the instance. In an async call the trap comes from
+  // a task of the call's future, and the call's promise never settles: the
+  // panic hook (crates/web: PANIC_EVENT) reports it at once, with its message.
+  self.addEventListener(wasm.panicEvent(), (e) => {
+    post({ type: MSG.ERROR, stage: 'internal', message: e.detail, fatal: true });
+  });
   const list = wasm.catalog();
   modeBlocks = Object.fromEntries(list.modes.map((m) => [m.id, m.lastBlock]));
   post({ type: MSG.CATALOG, catalog: list });
@@ -247,6 +253,9 @@ self.onmessage = ({ data }) => {
       break;
     case MSG.LOSE_DEVICE:
       if (!wasm?.loseGpuDevice()) post({ type: MSG.ERROR, stage: 'device', message: 'no GPU device to lose (CPU backend)', fatal: false });
+      break;
+    case MSG.PANIC:
+      wasm?.panicForTest(); // its promise never settles: the panic event reports it
       break;
     case MSG.THREAD_SPAWN_FAILED:
       break; // the pool's start listens for it (vendor/wasm-bindgen-rayon)

@@ -325,6 +325,37 @@ test('a lost GPU device, twice in a row, is reported and the app recovers with i
   await page.close();
 });
 
+test('a panic in wasm (a bug) during a run is reported with its own message, and the app recovers with its image and labels', async () => {
+  // The CPU backend on one thread: the recovery path is the backend's
+  // neither; this is the quickest page to reload.
+  const page = await openApp(`weights=${WEIGHTS}&webgpu=0&threads=1`);
+  await waitForResult(page);
+  const before = await pageProbs(page);
+  const labels = await pageLabels(page);
+  // A change that runs at once (its message goes to the worker in this
+  // task), then the panic: it comes in a later task, inside the run, whose
+  // promise then never settles; only the panic hook's event says why.
+  const lastRequest = await page.evaluate(() => {
+    document.querySelector('#single-template').click();
+    window.__clearclipDebug.panic();
+    return window.__clearclip.requestId;
+  });
+  await page.waitForFunction((last) => window.__clearclip.requestId > last, lastRequest, { timeout: RESULT_TIMEOUT, polling: 250 });
+  await waitForResult(page);
+  const recovered = await page.evaluate(() => window.__clearclip.recovered);
+  assert.match(recovered, /^internal error: a deliberate panic, asked for by the page's test hook \(at crates\/web\/src\/lib\.rs:\d+\)$/);
+  assert.match(await page.textContent('#notes'), /restarted after: internal error: a deliberate panic/);
+  assert.equal(await page.evaluate(() => window.__clearclip.model.source), 'cache');
+  assert.equal(await page.evaluate(() => window.__clearclip.holdRun), false);
+  assert.equal(await pageLabels(page), labels);
+  assert.equal(await page.isChecked('#single-template'), true);
+  // The restarted model gives what the first did.
+  await nextResult(page, () => page.click('#single-template'));
+  const diff = maxAbsDiff(await pageProbs(page), before);
+  assert.ok(diff <= TOLERANCE, `after the restart: max abs diff ${diff}`);
+  await page.close();
+});
+
 test('weights switched while a segmentation runs: the new model takes over, image and labels stay', async () => {
   const page = await openApp(`weights=${WEIGHTS}&webgpu=0`);
   await waitForResult(page);

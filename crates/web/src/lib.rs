@@ -30,9 +30,60 @@ use js_sys::{Float32Array, Function, Object, Reflect, Uint8Array};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
+/// The event the panic hook dispatches on the worker's global scope; its
+/// `detail` is [`panic_report`]'s sentence. A panic (a bug, here or in a
+/// crate below) traps the wasm instance, and in an async call (every WebGPU
+/// run) the trap comes from a task of the call's future, so the call's
+/// promise never settles: this event is how the worker hears of it at once,
+/// and with the panic's own message rather than the trap's "unreachable".
+pub const PANIC_EVENT: &str = "wasm-panic";
+
 #[wasm_bindgen(start)]
 pub fn start() {
-    console_error_panic_hook::set_once();
+    std::panic::set_hook(Box::new(|info| {
+        console_error_panic_hook::hook(info); // the message and the stack in the console, as before
+        dispatch_global_event(PANIC_EVENT, &panic_report(info));
+    }));
+}
+
+/// "internal error: MESSAGE (at FILE:LINE)": what the page shows of a panic.
+fn panic_report(info: &std::panic::PanicHookInfo) -> String {
+    let message = info.payload_as_str().unwrap_or("a panic without a message");
+    match info.location() {
+        Some(at) => format!("internal error: {message} (at {}:{})", at.file(), at.line()),
+        None => format!("internal error: {message}"),
+    }
+}
+
+/// Dispatch a `CustomEvent` named `name`, with `detail`, on the global scope
+/// (the worker's), where `web/worker.js` listens.
+fn dispatch_global_event(name: &str, detail: &str) {
+    let init = web_sys::CustomEventInit::new();
+    init.set_detail(&JsValue::from_str(detail));
+    if let Ok(event) = web_sys::CustomEvent::new_with_event_init_dict(name, &init) {
+        let global: web_sys::EventTarget = js_sys::global().unchecked_into();
+        let _ = global.dispatch_event(&event);
+    }
+}
+
+/// The name of the event that reports a panic ([`PANIC_EVENT`]).
+#[wasm_bindgen(js_name = panicEvent)]
+pub fn panic_event() -> String {
+    PANIC_EVENT.to_string()
+}
+
+/// Panic in a later task, as a bug inside an async call would (the tests of
+/// the recovery path, through the page's `?debug=1` hook): the returned
+/// promise never settles; the worker hears of the panic by [`PANIC_EVENT`].
+#[wasm_bindgen(js_name = panicForTest)]
+pub fn panic_for_test() -> js_sys::Promise {
+    fn deliberate_panic() -> Result<JsValue, JsValue> {
+        panic!("a deliberate panic, asked for by the page's test hook")
+    }
+    wasm_bindgen_futures::future_to_promise(async {
+        let _ = wasm_bindgen_futures::JsFuture::from(next_task()).await;
+        deliberate_panic()
+    })
 }
 
 /// What the worker receives when a call fails: `{kind, message, fatal}`.
@@ -226,12 +277,7 @@ async fn init_webgpu() -> Result<(Device, GpuDevice), String> {
         .map_err(|e| format!("{e:?}"))?;
     setup.device.set_device_lost_callback(|reason, message| {
         let message = if message.is_empty() { format!("{reason:?}") } else { message };
-        let init = web_sys::CustomEventInit::new();
-        init.set_detail(&JsValue::from_str(&message));
-        if let Ok(event) = web_sys::CustomEvent::new_with_event_init_dict(DEVICE_LOST_EVENT, &init) {
-            let global: web_sys::EventTarget = js_sys::global().unchecked_into();
-            let _ = global.dispatch_event(&event);
-        }
+        dispatch_global_event(DEVICE_LOST_EVENT, &message);
     });
     Ok((device, setup.device))
 }

@@ -76,6 +76,7 @@ let worker = null;
 const POOL_START_MS = 20_000;
 let poolWatchdog = null;
 let poolStalls = 0;
+let poolStarting = false; // between the worker's MSG.POOL `starting` and `settled`
 let requestStarted = 0;
 /**
  * Fatal errors while loading, since the last model was ready or the user
@@ -96,7 +97,7 @@ if (params.get('debug') === '1') {
   window.__clearclip = state;
   window.__clearclipDebug = {
     loseDevice: () => worker.postMessage({ type: MSG.LOSE_DEVICE }),
-    panic: () => worker.postMessage({ type: MSG.PANIC }),
+    trap: ({ abort = false, inPool = false } = {}) => worker.postMessage({ type: MSG.TRAP, abort, inPool }),
     loseDeviceInLoads: (count) => { debugDeviceLosingLoads = count; },
     poolWorkers: poolWorkerCount,
   };
@@ -106,6 +107,7 @@ function startWorker() {
   worker?.terminate();
   terminatePoolWorkers();
   clearTimeout(poolWatchdog);
+  poolStarting = false;
   // What the worker needs before its first message: which wasm module to
   // start (worker.js), from whether WebGPU is wanted, how many threads and
   // whether relaxed SIMD may be used.
@@ -125,6 +127,16 @@ function startWorker() {
     state.error = `the worker failed: ${e.message}`;
     render();
   };
+}
+
+/**
+ * A thread of the worker's pool trapped (web/pool-threads.js): the module
+ * they share is unusable, and the worker may wait on that thread forever.
+ * The same as a fatal error from the worker: a new worker, a reload.
+ */
+function onPoolThreadStopped(message) {
+  onError({ stage: 'internal', message, fatal: true });
+  render();
 }
 
 /** The worker's pool did not start in time: a new worker, which loads what this one was loading. */
@@ -263,11 +275,12 @@ function syncUrl() {
 function onWorkerMessage(msg) {
   switch (msg.type) {
     case MSG.THREAD_SPAWN:
-      spawnPoolWorker(worker, msg);
+      spawnPoolWorker(worker, msg, { starting: () => poolStarting, onStopped: onPoolThreadStopped });
       return;
     case MSG.POOL:
       clearTimeout(poolWatchdog);
-      if (msg.phase === 'starting') poolWatchdog = setTimeout(onPoolStalled, POOL_START_MS);
+      poolStarting = msg.phase === 'starting';
+      if (poolStarting) poolWatchdog = setTimeout(onPoolStalled, POOL_START_MS);
       return;
     case MSG.CATALOG:
       onCatalog(msg.catalog);

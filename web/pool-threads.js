@@ -7,18 +7,21 @@
 // The page keeps them, which also roots them (Firefox collects workers with a
 // shared memory that no `Worker` object references), and ends them with the
 // worker that owns them.
-import { MSG } from './protocol.js';
+import { MSG, TRAP_WITHOUT_PANIC } from './protocol.js';
 
 /** The pool's workers, for the one worker that owns the module. */
 let poolWorkers = [];
 
 /**
  * Create the pool worker that `owner` asked for (`msg`: MSG.THREAD_SPAWN,
- * {id, url, name, port}) and hand it its port. One that fails (its script
- * does not load) is ended and reported back to `owner`
- * (MSG.THREAD_SPAWN_FAILED), which then runs on one thread.
+ * {id, url, name, port}) and hand it its port. One that fails while the
+ * pool starts (`starting()`: its script does not load) is ended and
+ * reported back to `owner` (MSG.THREAD_SPAWN_FAILED), which then runs on
+ * one thread. One that stops later has trapped (a panic, or an allocation
+ * that failed) inside the shared module, which `owner` may be blocked on:
+ * it goes to `onStopped(message)`, once, and the page starts over.
  */
-export function spawnPoolWorker(owner, { id, url, name, port }) {
+export function spawnPoolWorker(owner, { id, url, name, port }, { starting, onStopped }) {
   const scriptUrl = new URL(url, location.href);
   if (scriptUrl.origin !== location.origin) {
     owner.postMessage({ type: MSG.THREAD_SPAWN_FAILED, id, message: `its script is not on this page's origin: ${url}` });
@@ -26,7 +29,23 @@ export function spawnPoolWorker(owner, { id, url, name, port }) {
   }
   const thread = new Worker(scriptUrl, { type: 'module', name });
   poolWorkers.push(thread);
+  const stopped = (message) => {
+    if (!poolWorkers.includes(thread)) return; // ended, or already reported
+    thread.terminate();
+    poolWorkers = poolWorkers.filter((t) => t !== thread);
+    onStopped(message);
+  };
+  const what = 'a thread of the CPU pool stopped';
+  // A trap, after the panic's own message where there was a panic (vendor/wasm-bindgen-rayon).
+  thread.addEventListener('message', ({ data }) => {
+    if (data?.type === 'wasm_bindgen_worker_panic') stopped(`${what}: ${data.message}`);
+    if (data?.type === 'wasm_bindgen_worker_stopped') stopped(`${what} (${data.message}), ${TRAP_WITHOUT_PANIC}`);
+  });
   thread.addEventListener('error', (e) => {
+    if (!starting()) {
+      stopped(`${what}: ${e.message || 'an error'}`);
+      return;
+    }
     thread.terminate();
     poolWorkers = poolWorkers.filter((t) => t !== thread);
     owner.postMessage({ type: MSG.THREAD_SPAWN_FAILED, id, message: e.message || 'its script did not load' });

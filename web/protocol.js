@@ -16,7 +16,9 @@
 //                                                         two class names or two windows); answered by an error
 //                                                         with `cancelled: true`
 //   {type: 'lose-device'}                                 destroy the GPU device (tests of the recovery path)
-//   {type: 'panic'}                                       panic in wasm, in a later task (the same tests)
+//   {type: 'trap', abort, inPool}                         trap the wasm instance in a later task, by a panic or
+//                                                         (abort) as a failed allocation does; inPool: on a thread of
+//                                                         the pool (the same tests)
 //   {type: 'wasm_bindgen_rayon_spawn_failed', id, message}  the pool worker `id` asked for did not load its script
 // worker -> page
 //   {type: 'wasm_bindgen_rayon_spawn', id, url, name, port}   create a worker of the pool from `url` and hand it
@@ -38,7 +40,7 @@
 //   {type: 'heatmap', resultId, index, rgba}             probsWidth x probsHeight RGBA
 //   {type: 'exported', what, bytes}
 //   {type: 'error', id?, stage: 'load'|'segment'|'heatmap'|'export'|'device'|'internal', message, fatal, cancelled?}
-//      fatal: the wasm instance is unusable (a lost GPU device; a panic, stage 'internal', which may come
+//      fatal: the wasm instance is unusable (a lost GPU device; a trap, stage 'internal', which may come
 //      while any call is under way); the page restarts the worker.
 
 export const MSG = Object.freeze({
@@ -48,7 +50,7 @@ export const MSG = Object.freeze({
   EXPORT: 'export',
   CANCEL: 'cancel',
   LOSE_DEVICE: 'lose-device',
-  PANIC: 'panic',
+  TRAP: 'trap',
   THREAD_SPAWN_FAILED: 'wasm_bindgen_rayon_spawn_failed',
   THREAD_SPAWN: 'wasm_bindgen_rayon_spawn',
   POOL: 'pool',
@@ -59,6 +61,13 @@ export const MSG = Object.freeze({
   EXPORTED: 'exported',
   ERROR: 'error',
 });
+
+/**
+ * What the page says of a wasm trap that came without a panic's message. In
+ * Rust that is an abort, and the abort a program meets is an allocation
+ * that failed.
+ */
+export const TRAP_WITHOUT_PANIC = 'most likely out of memory: try a smaller image or fewer classes';
 
 /** The default model: OpenAI CLIP ViT-B/16 in open_clip layout, from the Hugging Face hub. */
 export const DEFAULT_WEIGHTS_URL =

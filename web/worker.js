@@ -1,7 +1,7 @@
 // The one worker that owns the wasm module and the GPU. See protocol.js.
 // Work runs one task at a time on a promise queue; a segment request that a
 // newer one has replaced before its turn is skipped (latest wins).
-import { MSG, TOKENIZER_URL } from './protocol.js';
+import { MSG, TOKENIZER_URL, TRAP_WITHOUT_PANIC } from './protocol.js';
 import { hasRelaxedSimd, hasSimd } from './wasm-features.js';
 import { loadWeightsFromFile, loadWeightsFromUrl } from './weights.js';
 
@@ -13,6 +13,7 @@ let decoded = null; // {id, image: DecodedImage}: the page's current image, deco
 let modeBlocks = {}; // mode id -> its last block, from the catalog
 let loadAbort = null; // AbortController of the weights transfer under way
 let cancelledRun = null; // id of the run the page cancelled
+let panicked = null; // the panic hook's report of the panic that trapped the instance, if one did
 const post = (message, transfer = []) => self.postMessage(message, transfer);
 let wasmMemory = null; // to report its size: wasm memory grows and never shrinks
 
@@ -89,7 +90,13 @@ const ready = (hasSimd()
   // a task of the call's future, and the call's promise never settles: the
   // panic hook (crates/web: PANIC_EVENT) reports it at once, with its message.
   self.addEventListener(wasm.panicEvent(), (e) => {
+    panicked = e.detail;
     post({ type: MSG.ERROR, stage: 'internal', message: e.detail, fatal: true });
+  });
+  // A trap without a panic (Rust aborts when an allocation fails) in an
+  // async call is uncaught here, in the future's task: fatal too.
+  self.addEventListener('error', (e) => {
+    if (e.error instanceof WebAssembly.RuntimeError) post({ type: MSG.ERROR, stage: 'internal', message: trapMessage(e.error), fatal: true });
   });
   const list = wasm.catalog();
   modeBlocks = Object.fromEntries(list.modes.map((m) => [m.id, m.lastBlock]));
@@ -110,14 +117,20 @@ function enqueue(task) {
 
 const progress = (phase, done, total) => post({ type: MSG.PROGRESS, phase, done, total });
 
+/** What the page shows of a trap: the panic's own message where the panic hook gave one. */
+function trapMessage(error) {
+  return panicked ?? `the wasm module stopped (${error.message}), ${TRAP_WITHOUT_PANIC}`;
+}
+
 /**
  * Errors from wasm are `{kind, message, fatal}` reports (see `ErrorReport`
  * in crates/web); a trap (a panic) leaves the instance unusable.
  */
 function fail(stage, error, id) {
-  const fatal = error instanceof WebAssembly.RuntimeError || error?.fatal === true;
+  const trapped = error instanceof WebAssembly.RuntimeError;
+  const fatal = trapped || error?.fatal === true;
   const cancelled = error?.cancelled === true || error?.kind === 'cancelled';
-  post({ type: MSG.ERROR, stage, id, message: String(error?.message ?? error), fatal, cancelled });
+  post({ type: MSG.ERROR, stage, id, message: trapped ? trapMessage(error) : String(error?.message ?? error), fatal, cancelled });
 }
 
 async function load({ url, file, gelu, half, warmUp, loseDevice }) {
@@ -254,8 +267,8 @@ self.onmessage = ({ data }) => {
     case MSG.LOSE_DEVICE:
       if (!wasm?.loseGpuDevice()) post({ type: MSG.ERROR, stage: 'device', message: 'no GPU device to lose (CPU backend)', fatal: false });
       break;
-    case MSG.PANIC:
-      wasm?.panicForTest(); // its promise never settles: the panic event reports it
+    case MSG.TRAP:
+      wasm?.trapForTest(!!data.abort, !!data.inPool); // its promise never settles: the trap is reported as it happens
       break;
     case MSG.THREAD_SPAWN_FAILED:
       break; // the pool's start listens for it (vendor/wasm-bindgen-rayon)

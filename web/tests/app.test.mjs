@@ -325,35 +325,54 @@ test('a lost GPU device, twice in a row, is reported and the app recovers with i
   await page.close();
 });
 
-test('a panic in wasm (a bug) during a run is reported with its own message, and the app recovers with its image and labels', async () => {
-  // The CPU backend on one thread: the recovery path is the backend's
-  // neither; this is the quickest page to reload.
-  const page = await openApp(`weights=${WEIGHTS}&webgpu=0&threads=1`);
-  await waitForResult(page);
-  const before = await pageProbs(page);
-  const labels = await pageLabels(page);
-  // A change that runs at once (its message goes to the worker in this
-  // task), then the panic: it comes in a later task, inside the run, whose
-  // promise then never settles; only the panic hook's event says why.
-  const lastRequest = await page.evaluate(() => {
-    document.querySelector('#single-template').click();
-    window.__clearclipDebug.panic();
-    return window.__clearclip.requestId;
-  });
-  await page.waitForFunction((last) => window.__clearclip.requestId > last, lastRequest, { timeout: RESULT_TIMEOUT, polling: 250 });
-  await waitForResult(page);
-  const recovered = await page.evaluate(() => window.__clearclip.recovered);
-  assert.match(recovered, /^internal error: a deliberate panic, asked for by the page's test hook \(at crates\/web\/src\/lib\.rs:\d+\)$/);
-  assert.match(await page.textContent('#notes'), /restarted after: internal error: a deliberate panic/);
-  assert.equal(await page.evaluate(() => window.__clearclip.model.source), 'cache');
-  assert.equal(await page.evaluate(() => window.__clearclip.holdRun), false);
-  assert.equal(await pageLabels(page), labels);
-  assert.equal(await page.isChecked('#single-template'), true);
-  // The restarted model gives what the first did.
-  await nextResult(page, () => page.click('#single-template'));
-  const diff = maxAbsDiff(await pageProbs(page), before);
-  assert.ok(diff <= TOLERANCE, `after the restart: max abs diff ${diff}`);
-  await page.close();
+test('a trap in wasm during a run (a panic, or an abort as a failed allocation gives; in the worker or on a thread of its pool) is reported with what caused it, and the app recovers with its image and labels', async () => {
+  const panic = String.raw`internal error: a deliberate panic, asked for by the page's test hook \(at crates/web/src/lib\.rs:\d+\)`;
+  const oom = 'most likely out of memory: try a smaller image or fewer classes';
+  // The CPU backend, whose pages reload quickest (the recovery path is
+  // neither backend's): on one thread, then on a pool of two.
+  const pages = {
+    'threads=1': [
+      { trap: {}, says: new RegExp(`^${panic}$`) },
+      { trap: { abort: true }, says: new RegExp(String.raw`^the wasm module stopped \([^)]+\), ${oom}$`) },
+    ],
+    'threads=2': [
+      { trap: { inPool: true }, says: new RegExp(`^a thread of the CPU pool stopped: ${panic}$`) },
+      { trap: { inPool: true, abort: true }, says: new RegExp(String.raw`^a thread of the CPU pool stopped \([^)]+\), ${oom}$`) },
+    ],
+  };
+  for (const [query, rounds] of Object.entries(pages)) {
+    const page = await openApp(`weights=${WEIGHTS}&webgpu=0&${query}`);
+    await waitForResult(page);
+    if (query === 'threads=2') assert.match(await page.textContent('#model-status'), /CPU on 2 threads/);
+    const before = await pageProbs(page);
+    const labels = await pageLabels(page);
+    for (const { trap, says } of rounds) {
+      // A change that runs at once (its message goes to the worker in this
+      // task), then the trap: it comes in a later task, inside the run, whose
+      // promise then never settles (on a pool thread, the worker may wait on
+      // it for good); only the panic hook's event or the uncaught trap says why.
+      const lastRequest = await page.evaluate((how) => {
+        document.querySelector('#single-template').click();
+        window.__clearclipDebug.trap(how);
+        return window.__clearclip.requestId;
+      }, trap);
+      await page.waitForFunction((last) => window.__clearclip.requestId > last, lastRequest, { timeout: RESULT_TIMEOUT, polling: 250 });
+      await waitForResult(page);
+      const recovered = await page.evaluate(() => window.__clearclip.recovered);
+      console.log(`${query}, trap ${JSON.stringify(trap)}: the page says "${recovered}"`);
+      assert.match(recovered, says);
+      assert.match(await page.textContent('#notes'), /restarted after: (internal error: a deliberate panic|the wasm module stopped|a thread of the CPU pool stopped)/);
+      assert.equal(await page.evaluate(() => window.__clearclip.model.source), 'cache');
+      assert.equal(await page.evaluate(() => window.__clearclip.holdRun), false);
+      assert.equal(await pageLabels(page), labels);
+    }
+    // Two clicks on the single-template box: back to all templates, where
+    // the twice restarted model gives what the first did.
+    assert.equal(await page.isChecked('#single-template'), false);
+    const diff = maxAbsDiff(await pageProbs(page), before);
+    assert.ok(diff <= TOLERANCE, `${query}, after the restarts: max abs diff ${diff}`);
+    await page.close();
+  }
 });
 
 test('weights switched while a segmentation runs: the new model takes over, image and labels stay', async () => {

@@ -72,18 +72,36 @@ pub fn panic_event() -> String {
     PANIC_EVENT.to_string()
 }
 
-/// Panic in a later task, as a bug inside an async call would (the tests of
-/// the recovery path, through the page's `?debug=1` hook): the returned
-/// promise never settles; the worker hears of the panic by [`PANIC_EVENT`].
-#[wasm_bindgen(js_name = panicForTest)]
-pub fn panic_for_test() -> js_sys::Promise {
-    fn deliberate_panic() -> Result<JsValue, JsValue> {
-        panic!("a deliberate panic, asked for by the page's test hook")
+/// Trap the instance in a later task, as a bug or a failed allocation inside
+/// an async call would (the tests of the recovery path, through the page's
+/// `?debug=1` hook): `abort` aborts without a panic, as Rust does when an
+/// allocation fails; otherwise it panics. `in_pool`: on a thread of the
+/// threaded module's pool, as a kernel would (elsewhere, on this thread).
+/// The returned promise never settles; the worker hears of a panic by
+/// [`PANIC_EVENT`], of an abort by the uncaught trap, and the page of a pool
+/// thread's by the thread's `error` (`web/pool-threads.js`).
+#[wasm_bindgen(js_name = trapForTest)]
+pub fn trap_for_test(abort: bool, in_pool: bool) -> js_sys::Promise {
+    #[cfg(feature = "threads")]
+    if in_pool {
+        rayon::spawn(move || {
+            let _ = deliberate_trap(abort);
+        });
+        return js_sys::Promise::new(&mut |_, _| {});
     }
-    wasm_bindgen_futures::future_to_promise(async {
+    #[cfg(not(feature = "threads"))]
+    let _ = in_pool; // no pool: the trap comes on this thread
+    wasm_bindgen_futures::future_to_promise(async move {
         let _ = wasm_bindgen_futures::JsFuture::from(next_task()).await;
-        deliberate_panic()
+        deliberate_trap(abort)
     })
+}
+
+fn deliberate_trap(abort: bool) -> Result<JsValue, JsValue> {
+    if abort {
+        std::process::abort()
+    }
+    panic!("a deliberate panic, asked for by the page's test hook")
 }
 
 /// What the worker receives when a call fails: `{kind, message, fatal}`.

@@ -46,7 +46,20 @@ waitForMsgType(self, 'wasm_bindgen_worker_port').then(async ({ port }) => {
     return;
   }
   port.postMessage({ type: 'wasm_bindgen_worker_ready' });
-  pkg.wbg_rayon_start_worker(data.receiver);
+  // Changed (vendor/README.md): a trap on this thread (a panic, or an
+  // allocation that failed) is told to whoever created this worker (the
+  // page), which would otherwise hear nothing: this runs in a promise's
+  // callback, so the trap is an unhandled rejection here, not an `error`
+  // there. A panic's own message goes first: the module's panic hook
+  // dispatches it on this global, as the event `pkg.panicEvent()` names.
+  if (pkg.panicEvent) {
+    self.addEventListener(pkg.panicEvent(), (e) => self.postMessage({ type: 'wasm_bindgen_worker_panic', message: e.detail }));
+  }
+  try {
+    pkg.wbg_rayon_start_worker(data.receiver);
+  } catch (e) {
+    self.postMessage({ type: 'wasm_bindgen_worker_stopped', message: String(e?.message ?? e) });
+  }
 });
 
 // Note: this is never used, but necessary to prevent a bug in Firefox

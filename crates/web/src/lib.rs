@@ -79,7 +79,8 @@ pub fn panic_event() -> String {
 /// threaded module's pool, as a kernel would (elsewhere, on this thread).
 /// The returned promise never settles; the worker hears of a panic by
 /// [`PANIC_EVENT`], of an abort by the uncaught trap, and the page of a pool
-/// thread's by the thread's `error` (`web/pool-threads.js`).
+/// thread's trap by the thread's messages (vendor/wasm-bindgen-rayon,
+/// `web/pool-threads.js`).
 #[wasm_bindgen(js_name = trapForTest)]
 pub fn trap_for_test(abort: bool, in_pool: bool) -> js_sys::Promise {
     #[cfg(feature = "threads")]

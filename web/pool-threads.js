@@ -29,11 +29,15 @@ export function spawnPoolWorker(owner, { id, url, name, port }, { starting, onSt
   }
   const thread = new Worker(scriptUrl, { type: 'module', name });
   poolWorkers.push(thread);
-  const stopped = (message) => {
-    if (!poolWorkers.includes(thread)) return; // ended, or already reported
+  /** End this thread; false if it was ended already (or reported). */
+  const end = () => {
+    if (!poolWorkers.includes(thread)) return false;
     thread.terminate();
     poolWorkers = poolWorkers.filter((t) => t !== thread);
-    onStopped(message);
+    return true;
+  };
+  const stopped = (message) => {
+    if (end()) onStopped(message);
   };
   const what = 'a thread of the CPU pool stopped';
   // A trap, after the panic's own message where there was a panic (vendor/wasm-bindgen-rayon).
@@ -46,8 +50,7 @@ export function spawnPoolWorker(owner, { id, url, name, port }, { starting, onSt
       stopped(`${what}: ${e.message || 'an error'}`);
       return;
     }
-    thread.terminate();
-    poolWorkers = poolWorkers.filter((t) => t !== thread);
+    end();
     owner.postMessage({ type: MSG.THREAD_SPAWN_FAILED, id, message: e.message || 'its script did not load' });
   });
   thread.postMessage({ type: 'wasm_bindgen_worker_port', port }, [port]);

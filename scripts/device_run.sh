@@ -63,7 +63,10 @@ export PYTHONPATH=$gpu/py${PYTHONPATH:+:$PYTHONPATH}
 # The CPU's model, vector extensions and caches say which of gemm's kernels
 # and blockings the CPU part ran (its 1-thread ratio to PyTorch differs by
 # machine: 1.23 there, 0.85-0.95 on this project's 2-core machines).
+# Whether OpenCV is there says which resize the PyTorch side ran (its own, or
+# scripts/bench_support.py's exact numpy port of it).
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc; python3 -c 'import torch; print(torch.__version__)'
+  python3 -c 'import cv2; print("opencv", cv2.__version__)' 2>/dev/null || echo "no opencv (the benches use bench_support's port of its resize)"
   lscpu 2>/dev/null | grep -E "^(Model name|Thread|Core|Socket|NUMA node\(s\)|L1d|L2|L3)" || grep -m1 "model name" /proc/cpuinfo
   grep -m1 -o -w -E "avx512f|avx2" /proc/cpuinfo | sort -u | tr '\n' ' '; echo; } 2>&1 | tee "$out/machine.txt"
 

@@ -31,53 +31,73 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     (shape, data)
 }
 
-/// A request of the official pipeline's: chelsea.png and the classes of one
-/// of the reference's requests, on `checkpoint`, with the reference to hold
-/// the results to.
+/// One of the official pipeline's requests in the reference: chelsea.png
+/// with its classes and settings, on `checkpoint`, and the reference's
+/// results for it.
 struct Request {
     weights: String,
     image: String,
     labels: String,
+    /// The settings, as the CLI's flags.
+    flags: &'static [&'static str],
+    /// Its key under `pipeline` in the reference.
+    name: &'static str,
     reference: Reference,
 }
 
-/// The reference's default request: three windows of 448 px.
-fn default_request(checkpoint: &str) -> Request {
-    request(checkpoint, "default")
-}
+impl Request {
+    /// The reference's default request: three windows of 448 px.
+    fn default(checkpoint: &str) -> Request {
+        Request::load(checkpoint, "default", &[])
+    }
 
-/// The flags of the reference's "padded" request: six windows of 72 px,
-/// which the patch grid pads, and a background threshold.
-const PADDED_FLAGS: [&str; 8] = ["--short-side", "100", "--crop", "72", "--stride", "40", "--background-threshold", "0.4"];
+    /// The reference's "padded" request: six windows of 72 px, which the
+    /// patch grid pads, a class with a synonym, and a background threshold.
+    /// The tests that run one GPU routine after another take it: a process
+    /// on lavapipe segments it in 5.4 s against the default's 13.3 with
+    /// burn's matrix products, 11-13 s against 20 with cubek's double-unit.
+    fn padded(checkpoint: &str) -> Request {
+        let flags = &["--short-side", "100", "--crop", "72", "--stride", "40", "--background-threshold", "0.4"];
+        Request::load(checkpoint, "padded", flags)
+    }
 
-/// The reference's "padded" request (with [`PADDED_FLAGS`]; one class has a
-/// synonym). The tests that run one GPU routine after another take it: a
-/// process on lavapipe segments it in 5.4 s against the default's 13.3 with
-/// burn's matrix products, 11-13 s against 20 with cubek's double-unit.
-fn padded_request(checkpoint: &str) -> Request {
-    request(checkpoint, "padded")
-}
+    fn load(checkpoint: &str, name: &'static str, flags: &'static [&'static str]) -> Request {
+        let reference = Reference::load();
+        let labels = reference.meta["pipeline"][name]["classes"].as_str().unwrap().to_string();
+        Request { weights: fixture(checkpoint), image: fixture("chelsea.png"), labels, flags, name, reference }
+    }
 
-fn request(checkpoint: &str, name: &str) -> Request {
-    let reference = Reference::load();
-    let labels = reference.meta["pipeline"][name]["classes"].as_str().unwrap().to_string();
-    Request { weights: fixture(checkpoint), image: fixture("chelsea.png"), labels, reference }
+    /// `segment`'s arguments for this request, writing to `out`.
+    fn args<'a>(&'a self, out: &'a str) -> Vec<&'a str> {
+        let mut args = segment_args(&self.weights, &self.image, &self.labels, out);
+        args.extend(self.flags);
+        args
+    }
+
+    /// The reference's probabilities (classes x height x width).
+    fn expected_probs(&self) -> Vec<f32> {
+        self.reference.f32(&format!("pipeline.{}.probs", self.name)).0
+    }
+
+    /// The reference's label map (height x width).
+    fn expected_labels(&self) -> Vec<u8> {
+        self.reference.u8(&format!("pipeline.{}.labels", self.name)).0
+    }
 }
 
 #[test]
 fn segments_the_bundled_photo_and_writes_every_file() {
-    let Request { weights, image, labels, reference } = default_request(CHECKPOINTS[0]);
+    let request = Request::default(CHECKPOINTS[0]);
     let out = tempfile::tempdir().unwrap();
     let out_dir: PathBuf = out.path().join("result");
-    let output = clearclip(&segment_args(&weights, &image, &labels, out_dir.to_str().unwrap()));
+    let output = clearclip(&request.args(out_dir.to_str().unwrap()));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("3 windows") && stderr.contains("text ") && stderr.contains("total"), "{stderr}");
 
     let (shape, probs) = read_npy(&out_dir.join("probs.npy"));
     assert_eq!(shape, vec![4, 300, 451]);
-    let (expected, _) = reference.f32("pipeline.default.probs");
-    assert_close("CLI probs.npy vs reference", &probs, &expected, 1e-4);
+    assert_close("CLI probs.npy vs reference", &probs, &request.expected_probs(), 1e-4);
 
     let labels_png = image::open(out_dir.join("labels.png")).unwrap();
     assert_eq!(labels_png.color(), image::ColorType::L8);
@@ -96,17 +116,14 @@ fn segments_the_bundled_photo_and_writes_every_file() {
 
 #[test]
 fn synonyms_threshold_and_mode_flags_are_applied() {
-    let Request { weights, image, labels, reference } = padded_request(CHECKPOINTS[1]);
+    let request = Request::padded(CHECKPOINTS[1]);
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("r");
-    let mut args = segment_args(&weights, &image, &labels, dir.to_str().unwrap());
-    args.extend(PADDED_FLAGS);
-    let output = clearclip(&args);
+    let output = clearclip(&request.args(dir.to_str().unwrap()));
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let (shape, probs) = read_npy(&dir.join("probs.npy"));
     assert_eq!(shape, vec![3, 300, 451]);
-    let (expected, _) = reference.f32("pipeline.padded.probs");
-    assert_close("CLI padded/synonyms/threshold", &probs, &expected, 1e-4);
+    assert_close("CLI padded/synonyms/threshold", &probs, &request.expected_probs(), 1e-4);
 }
 
 #[test]
@@ -297,10 +314,10 @@ fn inspect_prints_the_architecture() {
 
 #[test]
 fn gpu_device_gives_the_same_numbers_as_cpu() {
-    let Request { weights, image, labels, reference } = default_request(CHECKPOINTS[1]);
+    let request = Request::default(CHECKPOINTS[1]);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("gpu");
-    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    let mut args = request.args(out.to_str().unwrap());
     args.extend(["--device", "gpu"]);
     let output = clearclip(&args);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -309,19 +326,17 @@ fn gpu_device_gives_the_same_numbers_as_cpu() {
     }
     assert!(output.status.success(), "{stderr}");
     let (_, probs) = read_npy(&out.join("probs.npy"));
-    let (expected, _) = reference.f32("pipeline.default.probs");
-    assert_close("CLI --device gpu vs reference", &probs, &expected, 1e-4);
+    assert_close("CLI --device gpu vs reference", &probs, &request.expected_probs(), 1e-4);
 }
 
 #[test]
 fn every_gpu_matmul_routine_segments_like_the_reference() {
-    let Request { weights, image, labels, reference } = padded_request(CHECKPOINTS[1]);
+    let request = Request::padded(CHECKPOINTS[1]);
     let tmp = tempfile::tempdir().unwrap();
-    let (expected, _) = reference.f32("pipeline.padded.probs");
+    let expected = request.expected_probs();
     for routine in ["simple-unit", "simple-unit-small", "double-unit", "double-unit-small", "gemm", "tiled", "tiled-small", "tiled-wide"] {
         let out = tmp.path().join(routine);
-        let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
-        args.extend(PADDED_FLAGS);
+        let mut args = request.args(out.to_str().unwrap());
         args.extend(["--device", "gpu", "--gpu-matmul", routine]);
         let output = clearclip(&args);
         if skip_without_gpu(&output) {
@@ -339,8 +354,7 @@ fn every_gpu_matmul_routine_segments_like_the_reference() {
     }
     // A routine for each kind of product: each kind's products went through its own.
     let out = tmp.path().join("mixed");
-    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
-    args.extend(PADDED_FLAGS);
+    let mut args = request.args(out.to_str().unwrap());
     args.extend(["--device", "gpu", "--gpu-matmul", "attention=simple-unit,projections=tiled"]);
     let output = clearclip(&args);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -354,7 +368,7 @@ fn every_gpu_matmul_routine_segments_like_the_reference() {
     assert_close("CLI --gpu-matmul projections=tiled,attention=simple-unit vs reference", &probs, &expected, 1e-4);
 
     let out = tmp.path().join("cpu");
-    let args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    let args = segment_args(&request.weights, &request.image, &request.labels, out.to_str().unwrap());
     assert_refused(&[&args[..], &["--gpu-matmul", "gemm"]].concat(), "--gpu-matmul chooses a routine of --device gpu", &out);
     let unknown = ["--device", "gpu", "--gpu-matmul", "fastest"];
     assert_refused(&[&args[..], &unknown].concat(), "unknown routine \"fastest\"; one of burn, simple-unit", &out);
@@ -364,16 +378,16 @@ fn every_gpu_matmul_routine_segments_like_the_reference() {
 
 /// `--gpu-merge tensor-ops` (burn's operations) and the default kernels give
 /// the same maps on the GPU, with PAMR and without; on the CPU the flag is refused.
+/// The padded request's settings, with classes of its own: the two are
+/// compared with each other, not with the reference.
 #[test]
 fn gpu_merge_kernels_equal_tensor_ops() {
     let tmp = tempfile::tempdir().unwrap();
-    let (weights, image) = (fixture(CHECKPOINTS[1]), fixture("chelsea.png"));
-    let labels = "cat; grass, lawn; sky";
+    let request = Request { labels: "cat; grass, lawn; sky".into(), ..Request::padded(CHECKPOINTS[1]) };
     for pamr in [false, true] {
         let maps = |merge: &str| {
             let out = tmp.path().join(format!("{merge}-{pamr}"));
-            let mut args = segment_args(&weights, &image, labels, out.to_str().unwrap());
-            args.extend(PADDED_FLAGS);
+            let mut args = request.args(out.to_str().unwrap());
             args.extend(["--device", "gpu", "--gpu-merge", merge]);
             if pamr {
                 args.extend(["--mode", "naclip", "--pamr", "--pamr-iterations", "2"]);
@@ -391,7 +405,7 @@ fn gpu_merge_kernels_equal_tensor_ops() {
         assert!(kernel_labels == ops_labels, "labels differ (PAMR: {pamr})");
     }
     let out = tmp.path().join("refused");
-    let args = segment_args(&weights, &image, labels, out.to_str().unwrap());
+    let args = segment_args(&request.weights, &request.image, &request.labels, out.to_str().unwrap());
     assert_refused(&[&args[..], &["--gpu-merge", "tensor-ops"]].concat(), "--gpu-merge chooses how --device gpu merges", &out);
     let unknown = ["--device", "gpu", "--gpu-merge", "tensor"];
     assert_refused(&[&args[..], &unknown].concat(), "unknown merge \"tensor\"; one of kernels, tensor-ops", &out);
@@ -402,12 +416,12 @@ fn gpu_merge_kernels_equal_tensor_ops() {
 /// default).
 #[test]
 fn batched_windows_segment_like_the_reference() {
-    let Request { weights, image, labels, reference } = default_request(CHECKPOINTS[1]);
+    let request = Request::default(CHECKPOINTS[1]);
     let tmp = tempfile::tempdir().unwrap();
-    let (expected, _) = reference.f32("pipeline.default.probs");
+    let expected = request.expected_probs();
     let probs = |batch: &str, batches: usize| {
         let out = tmp.path().join(format!("batch-{batch}"));
-        let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+        let mut args = request.args(out.to_str().unwrap());
         args.extend(["--window-batch", batch]);
         let output = clearclip(&args);
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -421,7 +435,7 @@ fn batched_windows_segment_like_the_reference() {
         assert_close(&format!("CLI --window-batch {batch} vs 1"), &batched, &one_by_one, 1e-5);
     }
     let out = tmp.path().join("refused");
-    let args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    let args = request.args(out.to_str().unwrap());
     for (flag, bad) in [("--window-batch", "0"), ("--name-batch", "many")] {
         assert_refused(&[&args[..], &[flag, bad]].concat(), &format!("a batch is a count of at least 1 or \"memory\", not \"{bad}\""), &out);
     }
@@ -429,11 +443,10 @@ fn batched_windows_segment_like_the_reference() {
 
 #[test]
 fn flash_attention_segments_like_the_reference() {
-    let Request { weights, image, labels, reference } = padded_request(CHECKPOINTS[1]);
+    let request = Request::padded(CHECKPOINTS[1]);
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("flash");
-    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
-    args.extend(PADDED_FLAGS);
+    let mut args = request.args(out.to_str().unwrap());
     args.extend(["--device", "gpu", "--gpu-attention", "flash-unit"]);
     let output = clearclip(&args);
     if skip_without_gpu(&output) {
@@ -447,12 +460,11 @@ fn flash_attention_segments_like_the_reference() {
     let (flashed, declined) = counts.split_once(" attentions, ").unwrap();
     assert!(flashed.parse::<usize>().unwrap() > 0 && declined.starts_with("0 declined"), "{counts}");
     let (_, probs) = read_npy(&out.join("probs.npy"));
-    let (expected, _) = reference.f32("pipeline.padded.probs");
     // The tolerance of --device gpu with the scores materialised.
-    assert_close("CLI --gpu-attention flash-unit vs reference", &probs, &expected, 1e-4);
+    assert_close("CLI --gpu-attention flash-unit vs reference", &probs, &request.expected_probs(), 1e-4);
 
     let out = tmp.path().join("refused");
-    let args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    let args = segment_args(&request.weights, &request.image, &request.labels, out.to_str().unwrap());
     assert_refused(&[&args[..], &["--gpu-attention", "flash-unit"]].concat(), "--gpu-attention chooses a routine of --device gpu", &out);
     let unknown = ["--device", "gpu", "--gpu-attention", "flash"];
     assert_refused(&[&args[..], &unknown].concat(), "unknown attention routine \"flash\"; one of scores, flash-unit", &out);
@@ -463,12 +475,11 @@ fn flash_attention_segments_like_the_reference() {
 /// alike, and like the reference; each reports how many ran as kernels.
 #[test]
 fn gpu_layer_kernels_segment_like_tensor_ops() {
-    let Request { weights, image, labels, reference } = padded_request(CHECKPOINTS[1]);
+    let request = Request::padded(CHECKPOINTS[1]);
     let tmp = tempfile::tempdir().unwrap();
     let probs = |layers: &str| {
         let out = tmp.path().join(layers);
-        let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
-        args.extend(PADDED_FLAGS);
+        let mut args = request.args(out.to_str().unwrap());
         args.extend(["--device", "gpu", "--gpu-layers", layers]);
         let output = clearclip(&args);
         if skip_without_gpu(&output) {
@@ -482,14 +493,13 @@ fn gpu_layer_kernels_segment_like_tensor_ops() {
     let (Some((kernels, counts)), Some((tensor_ops, none))) = (probs("kernels"), probs("tensor-ops")) else { return };
     assert!(!counts.starts_with("0 ") && !counts.contains(", 0 "), "every kind ran as a kernel: {counts}");
     assert_eq!(none, "0 softmaxes, 0 layer norms, 0 QuickGELUs, 0 residual sums, 0 head splits, 0 value products into merged heads as one kernel each");
-    let (expected, _) = reference.f32("pipeline.padded.probs");
-    assert_close("CLI --gpu-layers kernels vs reference", &kernels, &expected, 1e-4);
+    assert_close("CLI --gpu-layers kernels vs reference", &kernels, &request.expected_probs(), 1e-4);
     // The two differ in the order of each row's sums only (5.7e-7 on one
     // machine's lavapipe, whose code follows the CPU's vector units).
     assert_close("CLI --gpu-layers kernels vs tensor-ops", &kernels, &tensor_ops, 2e-6);
 
     let out = tmp.path().join("refused");
-    let args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    let args = segment_args(&request.weights, &request.image, &request.labels, out.to_str().unwrap());
     assert_refused(&[&args[..], &["--gpu-layers", "tensor-ops"]].concat(), "--gpu-layers chooses how --device gpu computes the layers", &out);
     let unknown = ["--device", "gpu", "--gpu-layers", "fused"];
     assert_refused(&[&args[..], &unknown].concat(), "unknown way to compute the layers \"fused\"; one of kernels, tensor-ops", &out);
@@ -571,11 +581,11 @@ fn skip_without_gpu(output: &Output) -> bool {
 
 #[test]
 fn half_precision_segments_like_the_f32_reference_on_the_gpu_and_is_refused_on_the_cpu() {
-    let Request { weights, image, labels, reference } = default_request(CHECKPOINTS[1]);
+    let request = Request::default(CHECKPOINTS[1]);
     let tmp = tempfile::tempdir().unwrap();
 
     let out = tmp.path().join("cpu");
-    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    let mut args = request.args(out.to_str().unwrap());
     args.extend(["--precision", "f16"]);
     let output = clearclip(&args);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -583,7 +593,7 @@ fn half_precision_segments_like_the_f32_reference_on_the_gpu_and_is_refused_on_t
     assert!(!out.exists(), "nothing is written when the model is refused");
 
     let out = tmp.path().join("gpu");
-    let mut args = segment_args(&weights, &image, &labels, out.to_str().unwrap());
+    let mut args = request.args(out.to_str().unwrap());
     args.extend(["--device", "gpu", "--precision", "f16"]);
     let output = clearclip(&args);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -593,13 +603,11 @@ fn half_precision_segments_like_the_f32_reference_on_the_gpu_and_is_refused_on_t
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains(", f16) on gpu (wgpu<wgsl>): "), "{stderr}");
     let (_, probs) = read_npy(&out.join("probs.npy"));
-    let (expected, _) = reference.f32("pipeline.default.probs");
-    let (expected_labels, _) = reference.u8("pipeline.default.labels");
     let labels = image::open(out.join("labels.png")).unwrap().to_luma8().into_raw();
     // Measured 5.7e-4 on lavapipe: f16 features move the cosines, and the
     // logits are 50 times those.
-    assert_close("CLI --precision f16 vs the f32 reference", &probs, &expected, 5e-3);
-    let agreement = label_agreement(&labels, &expected_labels);
+    assert_close("CLI --precision f16 vs the f32 reference", &probs, &request.expected_probs(), 5e-3);
+    let agreement = label_agreement(&labels, &request.expected_labels());
     eprintln!("f16 labels agree with the f32 reference on {:.2}%", 100.0 * agreement);
     assert!(agreement > 0.98, "{agreement}");
 }

@@ -368,7 +368,7 @@ fn every_gpu_matmul_routine_segments_like_the_reference() {
     assert_close("CLI --gpu-matmul projections=tiled,attention=simple-unit vs reference", &probs, &expected, 1e-4);
 
     let out = tmp.path().join("cpu");
-    let args = segment_args(&request.weights, &request.image, &request.labels, out.to_str().unwrap());
+    let args = request.args(out.to_str().unwrap());
     assert_refused(&[&args[..], &["--gpu-matmul", "gemm"]].concat(), "--gpu-matmul chooses a routine of --device gpu", &out);
     let unknown = ["--device", "gpu", "--gpu-matmul", "fastest"];
     assert_refused(&[&args[..], &unknown].concat(), "unknown routine \"fastest\"; one of burn, simple-unit", &out);
@@ -405,7 +405,7 @@ fn gpu_merge_kernels_equal_tensor_ops() {
         assert!(kernel_labels == ops_labels, "labels differ (PAMR: {pamr})");
     }
     let out = tmp.path().join("refused");
-    let args = segment_args(&request.weights, &request.image, &request.labels, out.to_str().unwrap());
+    let args = request.args(out.to_str().unwrap());
     assert_refused(&[&args[..], &["--gpu-merge", "tensor-ops"]].concat(), "--gpu-merge chooses how --device gpu merges", &out);
     let unknown = ["--device", "gpu", "--gpu-merge", "tensor"];
     assert_refused(&[&args[..], &unknown].concat(), "unknown merge \"tensor\"; one of kernels, tensor-ops", &out);
@@ -464,7 +464,7 @@ fn flash_attention_segments_like_the_reference() {
     assert_close("CLI --gpu-attention flash-unit vs reference", &probs, &request.expected_probs(), 1e-4);
 
     let out = tmp.path().join("refused");
-    let args = segment_args(&request.weights, &request.image, &request.labels, out.to_str().unwrap());
+    let args = request.args(out.to_str().unwrap());
     assert_refused(&[&args[..], &["--gpu-attention", "flash-unit"]].concat(), "--gpu-attention chooses a routine of --device gpu", &out);
     let unknown = ["--device", "gpu", "--gpu-attention", "flash"];
     assert_refused(&[&args[..], &unknown].concat(), "unknown attention routine \"flash\"; one of scores, flash-unit", &out);
@@ -499,7 +499,7 @@ fn gpu_layer_kernels_segment_like_tensor_ops() {
     assert_close("CLI --gpu-layers kernels vs tensor-ops", &kernels, &tensor_ops, 2e-6);
 
     let out = tmp.path().join("refused");
-    let args = segment_args(&request.weights, &request.image, &request.labels, out.to_str().unwrap());
+    let args = request.args(out.to_str().unwrap());
     assert_refused(&[&args[..], &["--gpu-layers", "tensor-ops"]].concat(), "--gpu-layers chooses how --device gpu computes the layers", &out);
     let unknown = ["--device", "gpu", "--gpu-layers", "fused"];
     assert_refused(&[&args[..], &unknown].concat(), "unknown way to compute the layers \"fused\"; one of kernels, tensor-ops", &out);

@@ -41,7 +41,43 @@ echo "== Rust tests (CPU backend and wgpu on lavapipe)"
 rust_tests=(cargo test --workspace --exclude clearclip-web --locked)
 # lavapipe is installed above, so a test that finds no wgpu adapter fails
 # rather than skipping its wgpu half.
-CLEARCLIP_REQUIRE_WGPU=1 "${rust_tests[@]}"
+export CLEARCLIP_REQUIRE_WGPU=1
+"${rust_tests[@]}" --no-run
+# Then the CLI's tests (--test cli) run beside all the others, each half
+# selecting the same packages, so that both run what the one build made.
+# On lavapipe most of the others' time is compiling kernels, which a test
+# process does on one thread however many tests it runs (flash_attention
+# left one core idle for 230 s; two threads for its two precisions took as
+# long), while the CLI's tests keep both cores busy running processes. With
+# Mesa's shader cache off, as CI's starts empty: 899 s side by side against
+# 990 s one after the other (docs/performance.md, "Test time (CI)").
+other_tests=()
+while read -r name; do
+  other_tests+=(--test "$name")
+done < <(cargo metadata --format-version 1 --no-deps --locked | node -e '
+  let json = "";
+  process.stdin.on("data", (d) => { json += d; }).on("end", () => {
+    for (const p of JSON.parse(json).packages) {
+      if (p.name === "clearclip-web") continue;
+      for (const t of p.targets) if (t.kind.includes("test") && t.name !== "cli") console.log(t.name);
+    }
+  });')
+[ ${#other_tests[@]} -gt 0 ] || { echo "error: cargo metadata listed no test targets" >&2; exit 1; }
+cli_log=$(mktemp)
+"${rust_tests[@]}" --test cli >"$cli_log" 2>&1 &
+cli_tests=$!
+rust_status=0
+"${rust_tests[@]}" --lib --bins "${other_tests[@]}" || rust_status=$?
+"${rust_tests[@]}" --doc || rust_status=$?
+cli_status=0
+wait "$cli_tests" || cli_status=$?
+echo "== Rust tests: the CLI's (run beside the others)"
+cat "$cli_log"
+rm -f "$cli_log"
+if [ "$rust_status" != 0 ] || [ "$cli_status" != 0 ]; then
+  echo "error: Rust tests failed (the others: exit $rust_status; the CLI's: exit $cli_status)" >&2
+  exit 1
+fi
 
 echo "== wasm build"
 status=0

@@ -31,19 +31,22 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     (shape, data)
 }
 
-/// One of the official pipeline's requests in the reference: chelsea.png
-/// with its classes and settings, on `checkpoint`, and the reference's
-/// results for it.
+/// A request for chelsea.png on `checkpoint`: one of the official pipeline's
+/// requests in the reference (its classes and settings, and its results), or
+/// a reference request's settings with classes of its own.
 struct Request {
     weights: String,
     image: String,
     labels: String,
     /// The settings, as the CLI's flags.
     flags: &'static [&'static str],
-    /// Its key under `pipeline` in the reference.
-    name: &'static str,
-    reference: Reference,
+    /// Its key under `pipeline` in the reference, and the reference; `None`
+    /// for classes of its own, which the reference has no results for.
+    expected: Option<(&'static str, Reference)>,
 }
+
+/// The settings of the reference's "padded" request, as the CLI's flags.
+const PADDED_FLAGS: &[&str] = &["--short-side", "100", "--crop", "72", "--stride", "40", "--background-threshold", "0.4"];
 
 impl Request {
     /// The reference's default request: three windows of 448 px.
@@ -57,14 +60,19 @@ impl Request {
     /// on lavapipe segments it in 5.4 s against the default's 13.3 with
     /// burn's matrix products, 11-13 s against 20 with cubek's double-unit.
     fn padded(checkpoint: &str) -> Request {
-        let flags = &["--short-side", "100", "--crop", "72", "--stride", "40", "--background-threshold", "0.4"];
-        Request::load(checkpoint, "padded", flags)
+        Request::load(checkpoint, "padded", PADDED_FLAGS)
+    }
+
+    /// The padded request's settings with `labels` for classes: for tests
+    /// that compare two runs with each other, not with the reference.
+    fn padded_with_labels(checkpoint: &str, labels: &str) -> Request {
+        Request { weights: fixture(checkpoint), image: fixture("chelsea.png"), labels: labels.into(), flags: PADDED_FLAGS, expected: None }
     }
 
     fn load(checkpoint: &str, name: &'static str, flags: &'static [&'static str]) -> Request {
         let reference = Reference::load();
         let labels = reference.meta["pipeline"][name]["classes"].as_str().unwrap().to_string();
-        Request { weights: fixture(checkpoint), image: fixture("chelsea.png"), labels, flags, name, reference }
+        Request { weights: fixture(checkpoint), image: fixture("chelsea.png"), labels, flags, expected: Some((name, reference)) }
     }
 
     /// `segment`'s arguments for this request, writing to `out`.
@@ -74,14 +82,22 @@ impl Request {
         args
     }
 
+    /// The reference's key for this request, and the reference.
+    fn expected(&self) -> (&'static str, &Reference) {
+        let (name, reference) = self.expected.as_ref().expect("a request with classes of its own has no reference results");
+        (name, reference)
+    }
+
     /// The reference's probabilities (classes x height x width).
     fn expected_probs(&self) -> Vec<f32> {
-        self.reference.f32(&format!("pipeline.{}.probs", self.name)).0
+        let (name, reference) = self.expected();
+        reference.f32(&format!("pipeline.{name}.probs")).0
     }
 
     /// The reference's label map (height x width).
     fn expected_labels(&self) -> Vec<u8> {
-        self.reference.u8(&format!("pipeline.{}.labels", self.name)).0
+        let (name, reference) = self.expected();
+        reference.u8(&format!("pipeline.{name}.labels")).0
     }
 }
 
@@ -383,7 +399,7 @@ fn every_gpu_matmul_routine_segments_like_the_reference() {
 #[test]
 fn gpu_merge_kernels_equal_tensor_ops() {
     let tmp = tempfile::tempdir().unwrap();
-    let request = Request { labels: "cat; grass, lawn; sky".into(), ..Request::padded(CHECKPOINTS[1]) };
+    let request = Request::padded_with_labels(CHECKPOINTS[1], "cat; grass, lawn; sky");
     for pamr in [false, true] {
         let maps = |merge: &str| {
             let out = tmp.path().join(format!("{merge}-{pamr}"));

@@ -8,9 +8,9 @@ import { ISOLATION, serve } from './serve.mjs';
 // BACKENDS is a comma list (default cpu,webgpu) of
 //   cpu     the page on its wasm CPU backend, with its default thread count (the server sends
 //           the cross-origin isolation headers; see web/worker.js); `cpu:N` on N threads
-//           (?threads=N: 1 is the one-thread module, in its relaxed-SIMD build; more the threaded
-//           one, which needs relaxed SIMD; `cpu:N:plain`, ?relaxed=0, plays a browser without it:
-//           the one-thread module without relaxed SIMD),
+//           (?threads=N: 1 is the one-thread module, more the threaded one, each with relaxed
+//           SIMD; `cpu:N:plain`, ?relaxed=0, plays a browser without it: the same modules
+//           without relaxed SIMD),
 //   webgpu  the page on WebGPU,
 //   onnx    the peer: onnxruntime-web's wasm backend running MODEL, the ClearCLIP dense encoder
 //           for one 448x448 window (`scripts/gen_fixtures.py --dense-onnx`), on 1 thread

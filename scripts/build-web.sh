@@ -4,7 +4,7 @@
 # pool of web workers, with relaxed SIMD):
 # cargo (wasm32, profile wasm-release),
 # wasm-bindgen (installed at the exact version in Cargo.lock if missing),
-# then wasm-opt from npm's binaryen when node_modules has it. WASM_NAMES=1 keeps the
+# then wasm-opt from npm's binaryen. WASM_NAMES=1 keeps the
 # functions' names in the module (wasm-opt -g), for a profile (scripts/bench_browser.mjs v8prof).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,38 +27,48 @@ fi
 if [ ! -x node_modules/.bin/wasm-opt ] && command -v npm >/dev/null; then
   npm ci --no-audit --no-fund
 fi
+if [ ! -x node_modules/.bin/wasm-opt ]; then
+  echo "error: node_modules/.bin/wasm-opt is missing: run \`npm ci\` (web/pkg is made with it)" >&2
+  exit 1
+fi
 
-# wasm-bindgen, then wasm-opt: `bind OUT_DIR WASM [wasm-opt flags]`.
-# wasm-opt is npm's binaryen: compiled to wasm, it runs on one thread, so it
-# runs in the background while cargo builds the next module (whose long serial
-# stretches leave a core idle), and `finish` waits for all of them. -O1, not
-# -Oz: on web/pkg -Oz took 8 minutes in a clean-clone CI run here and made the
-# gzipped module (what is downloaded) no smaller: 3.34 MB against -O1's
-# 3.19 MB in about 3 minutes (raw 11.4 against 14.4 MB; 16.1 MB with no wasm-opt).
-optimising=()
+# wasm-bindgen: `bind OUT_DIR WASM`.
 bind() {
-  local out=$1 wasm=$2
-  shift 2
-  rm -rf "$out"
-  wasm-bindgen --target web --no-typescript --out-dir "$out" "$wasm"
-  if [ -x node_modules/.bin/wasm-opt ]; then
-    optimise "$out" "$@" &
-    optimising+=($!)
-  else
-    report "$out"
-  fi
+  rm -rf "$1"
+  wasm-bindgen --target web --no-typescript --out-dir "$1" "$2"
 }
+# wasm-opt, in the background: `optimise OUT_DIR RELAXED [wasm-opt flags]`,
+# where RELAXED says whether the module should have relaxed SIMD (yes, no).
+# wasm-opt is npm's binaryen: compiled to wasm, it runs on one thread, so it
+# runs while cargo builds the next module (whose long serial stretches leave
+# a core idle), and `finish` waits for all of them. -O1, not -Oz: on web/pkg
+# -Oz took 8 minutes in a clean-clone CI run here and made the gzipped module
+# (what is downloaded) no smaller: 3.34 MB against -O1's 3.19 MB in about 3
+# minutes (raw 11.4 against 14.4 MB; 16.1 MB with no wasm-opt).
+optimising=()
 optimise() {
-  local out=$1
-  shift
-  node_modules/.bin/wasm-opt -O1 ${WASM_NAMES:+-g} --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
-    --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue "$@" \
+  optimise_now "$@" &
+  optimising+=($!)
+}
+optimise_now() {
+  local out=$1 relaxed=$2
+  shift 2
+  node_modules/.bin/wasm-opt ${WASM_NAMES:+-g} --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int \
+    --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue "$@" -O1 \
     "$out/clearclip_web_bg.wasm" -o "$out/clearclip_web_bg.opt.wasm"
   mv "$out/clearclip_web_bg.opt.wasm" "$out/clearclip_web_bg.wasm"
-  report "$out"
-}
-report() {
-  echo "$1/clearclip_web_bg.wasm: $(wc -c <"$1/clearclip_web_bg.wasm") bytes, gzipped $(gzip -9 -c "$1/clearclip_web_bg.wasm" | wc -c) bytes"
+  # Whether V8 validates the module with relaxed SIMD turned off, as a
+  # browser without it does (Node 20's V8 has it behind this flag).
+  local plain=no
+  if node --no-experimental-wasm-relaxed-simd -e \
+    'process.exit(WebAssembly.validate(require("fs").readFileSync(process.argv[1])) ? 0 : 1)' "$out/clearclip_web_bg.wasm"; then
+    plain=yes
+  fi
+  if [ "$relaxed" = "$plain" ]; then
+    echo "error: $out/clearclip_web_bg.wasm should $([ "$relaxed" = no ] && echo "validate without" || echo "need") relaxed SIMD" >&2
+    return 1
+  fi
+  echo "$out/clearclip_web_bg.wasm: $(wc -c <"$out/clearclip_web_bg.wasm") bytes, gzipped $(gzip -9 -c "$out/clearclip_web_bg.wasm" | wc -c) bytes"
 }
 finish() {
   local pid failed=0
@@ -76,28 +86,30 @@ target=${CARGO_TARGET_DIR:-target}
 # web/pkg: WebGPU, and the CPU backend on the worker's one thread (the CPU
 # path of pages that are not cross-origin isolated, as on a static host that
 # cannot send COOP/COEP), for every browser with WebAssembly SIMD.
-# web/pkg-relaxed: the same with gemm's register blocks multiplying and adding
-# in one `f32x4.relaxed_madd` (the `relaxed-simd` feature, as web/pkg-threads
-# below), which the worker takes where relaxed SIMD validates. The two share a
-# target directory: the second build compiles again only gemm and the crates
-# above it. Each is bound before the next build replaces the cargo output.
-rm -rf web/pkg-threads-relaxed # left by earlier versions of this script
-single=(cargo build -p clearclip-web --target wasm32-unknown-unknown --profile wasm-release --locked)
-"${single[@]}"
-bind web/pkg "$target/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm"
-"${single[@]}" --features relaxed-simd
-bind web/pkg-relaxed "$target/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm" --enable-relaxed-simd
+# web/pkg-relaxed: the same, where gemm's register blocks multiply and add in
+# one `f32x4.relaxed_madd` (vendor/gemm-f32), which the worker takes where
+# relaxed SIMD validates and then turns on (`useRelaxedSimd()`).
+# One cargo build makes both: it has both sets of gemm's register blocks (the
+# `relaxed-simd` feature), and web/pkg is that module with the relaxed-SIMD
+# ones removed (wasm-opt --remove-relaxed-simd turns their relaxed SIMD
+# instructions into traps), which then validates without relaxed SIMD
+# (checked above). Built apart, the second build compiled gemm and every
+# crate above it again (226 CPU-seconds here).
+cargo build -p clearclip-web --target wasm32-unknown-unknown --profile wasm-release --locked --features relaxed-simd
+bind web/pkg-relaxed "$target/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm"
+rm -rf web/pkg
+cp -r web/pkg-relaxed web/pkg
+optimise web/pkg-relaxed yes --enable-relaxed-simd
+optimise web/pkg no --enable-relaxed-simd --remove-relaxed-simd
 
 # web/pkg-threads: the CPU backend on a pool of web workers (the `threads`
 # feature), for cross-origin isolated pages without WebGPU (web/worker.js),
 # with gemm's register blocks multiplying and adding in one
-# `f32x4.relaxed_madd` (the `relaxed-simd` feature; vendor/gemm-f32;
-# docs/performance.md: 0.84-0.87x the time of the module without it).
-# Chromium and Firefox ESR 153 have relaxed SIMD; a browser without it
-# (Safari, Firefox ESR 140, Chromium before 114), where such a module does not
-# validate, gets the one-thread module and a note saying why (web/worker.js).
-# A second pool module without relaxed SIMD for those was dropped: it cost CI
-# a cargo build and a wasm-opt.
+# `f32x4.relaxed_madd` (the `relaxed-simd` feature, turned on as in
+# web/pkg-relaxed; docs/performance.md: 0.84-0.87x the time of the module
+# without it). web/pkg-threads-plain is that module without relaxed SIMD,
+# made as web/pkg is, for browsers without it (Safari, Firefox ESR 140,
+# Chromium before 114).
 # Threads in wasm need atomics in every crate, std included, so std is rebuilt
 # from the rust-src component (-Z build-std, allowed on this stable toolchain
 # by RUSTC_BOOTSTRAP=1). The link makes the memory shared and imported (the
@@ -111,15 +123,13 @@ fi
 # RUSTFLAGS replaces .cargo/config.toml's flags, so +simd128 is named again.
 shared_memory=(--shared-memory --import-memory --max-memory=4294967296
   --export=__wasm_init_tls --export=__tls_size --export=__tls_align --export=__tls_base)
-# `threaded OUT_DIR FEATURES [wasm-opt flags]`
-threaded() {
-  local out=$1 features=$2
-  shift 2
-  RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$target/wasm-threads" \
-    RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals" \
-    cargo rustc -p clearclip-web --lib --crate-type cdylib --target wasm32-unknown-unknown --profile wasm-release --locked \
-    --no-default-features --features "$features" -Z build-std=panic_abort,std -- "${shared_memory[@]/#/-Clink-arg=}"
-  bind "$out" "$target/wasm-threads/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm" --enable-threads "$@"
-}
-threaded web/pkg-threads threads,relaxed-simd --enable-relaxed-simd
+RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$target/wasm-threads" \
+  RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals" \
+  cargo rustc -p clearclip-web --lib --crate-type cdylib --target wasm32-unknown-unknown --profile wasm-release --locked \
+  --no-default-features --features threads,relaxed-simd -Z build-std=panic_abort,std -- "${shared_memory[@]/#/-Clink-arg=}"
+bind web/pkg-threads "$target/wasm-threads/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm"
+rm -rf web/pkg-threads-plain
+cp -r web/pkg-threads web/pkg-threads-plain
+optimise web/pkg-threads yes --enable-threads --enable-relaxed-simd
+optimise web/pkg-threads-plain no --enable-threads --enable-relaxed-simd --remove-relaxed-simd
 finish

@@ -17,18 +17,18 @@ let panicked = null; // the panic hook's report of the panic that trapped the in
 const post = (message, transfer = []) => self.postMessage(message, transfer);
 let wasmMemory = null; // to report its size: wasm memory grows and never shrinks
 
-// Three builds of the module (scripts/build-web.sh). pkg/ has WebGPU and a
-// CPU backend on this worker's one thread; pkg-relaxed/ is the same built with
-// relaxed SIMD (fused multiply-adds in the matrix products: 0.88x the time on
-// one thread, docs/performance.md), taken where the browser has that.
+// Four modules (scripts/build-web.sh). pkg/ has WebGPU and a CPU backend
+// on this worker's one thread; pkg-relaxed/ is the same with relaxed SIMD
+// (fused multiply-adds in the matrix products, turned on by
+// `useRelaxedSimd()`: 0.88x the time on one thread, docs/performance.md),
+// taken where the browser has that.
 // pkg-threads/ has only the CPU backend, on a pool of web workers sharing its
 // memory (wasm-bindgen-rayon), which needs a cross-origin isolated page (the
-// COOP and COEP headers that scripts/serve.mjs sends). It is built with
-// relaxed SIMD only, so it runs only where the browser has that; elsewhere the
-// worker takes the one-thread module and says why. The page says in this
-// worker's URL whether it wants WebGPU (`webgpu=0`: no), how many threads
-// (`threads=N`; 1 is the one-thread module) and whether relaxed SIMD may be
-// used (`relaxed=0`: no, as in a browser without it: pkg/ then).
+// COOP and COEP headers that scripts/serve.mjs sends), with relaxed SIMD;
+// pkg-threads-plain/ is the same without it, for browsers that lack it. The
+// page says in this worker's URL whether it wants WebGPU (`webgpu=0`: no),
+// how many threads (`threads=N`; 1 is the one-thread module) and whether
+// relaxed SIMD may be used (`relaxed=0`: no, as in a browser without it).
 //
 // Without WebGPU the pool is the default on a cross-origin isolated page, one
 // thread per core the browser reports (at most 16); `threads=1` asks for the
@@ -45,11 +45,10 @@ const relaxed = workerParams.get('relaxed') !== '0' && hasRelaxedSimd();
 // `pool=0`: the page saw this worker's pool fail to start twice (main.js,
 // POOL_START_MS) and asks for one thread.
 const poolStalled = workerParams.get('pool') === '0';
-const threads = relaxed && !poolStalled ? poolThreads : 1;
+const threads = poolStalled ? 1 : poolThreads;
 /** Said with the model's description where the pool was wanted but cannot run. */
 let threadsNote = '';
-if (poolThreads > 1 && !relaxed) threadsNote = ' (one thread: the pool needs relaxed SIMD, which this browser lacks)';
-else if (poolThreads > 1 && poolStalled) threadsNote = ' (one thread: the pool of threads did not start, twice)';
+if (poolThreads > 1 && poolStalled) threadsNote = ' (one thread: the pool of threads did not start, twice)';
 
 /** The threaded module with its pool started, or the one-thread module where that cannot be. */
 async function instantiate() {
@@ -57,8 +56,10 @@ async function instantiate() {
     // The page restarts this worker if `settled` does not follow in time.
     post({ type: MSG.POOL, threads, phase: 'starting' });
     try {
-      const threaded = await import('./pkg-threads/clearclip_web.js');
+      const threaded = await (relaxed ? import('./pkg-threads/clearclip_web.js') : import('./pkg-threads-plain/clearclip_web.js'));
       const exports = await threaded.default();
+      // pkg-threads-plain/ is pkg-threads/ with the relaxed-SIMD blocks removed: they trap there.
+      if (relaxed) threaded.useRelaxedSimd();
       await threaded.initThreadPool(threads);
       return { module: threaded, exports };
     } catch (e) {
@@ -70,7 +71,10 @@ async function instantiate() {
     }
   }
   const single = await (relaxed ? import('./pkg-relaxed/clearclip_web.js') : import('./pkg/clearclip_web.js'));
-  return { module: single, exports: await single.default() };
+  const exports = await single.default();
+  // pkg/ is pkg-relaxed/ with the relaxed-SIMD blocks removed: they trap there.
+  if (relaxed) single.useRelaxedSimd();
+  return { module: single, exports };
 }
 
 // Every module is built with WebAssembly SIMD (.cargo/config.toml).

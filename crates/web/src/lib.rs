@@ -201,6 +201,17 @@ pub fn catalog() -> Result<JsValue, JsValue> {
     to_js(&Catalog::new())
 }
 
+/// Makes the CPU backend's matrix products multiply and add with relaxed
+/// SIMD's `f32x4.relaxed_madd` (gemm's register blocks, vendor/gemm-f32).
+/// The worker calls it in web/pkg-relaxed and web/pkg-threads, before a
+/// model loads. web/pkg is the same build as web/pkg-relaxed with those
+/// blocks removed (scripts/build-web.sh), so it must not: they trap there.
+#[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+#[wasm_bindgen(js_name = useRelaxedSimd)]
+pub fn use_relaxed_simd() {
+    gemm_f32::use_relaxed_simd();
+}
+
 /// Which backend the model runs on.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -372,7 +383,8 @@ impl WeightsLoader {
             let mut build: Vec<String> = Vec::new();
             #[cfg(feature = "threads")]
             build.push(format!("CPU on {} threads", rayon::current_num_threads()));
-            if cfg!(feature = "relaxed-simd") {
+            #[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+            if gemm_f32::uses_relaxed_simd() {
                 build.push("relaxed SIMD".into());
             }
             if !build.is_empty() {

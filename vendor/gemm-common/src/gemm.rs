@@ -1038,6 +1038,14 @@ macro_rules! gemm_def {
 
             #[cfg(target_arch = "wasm32")]
             {
+                // Changed for this repository (vendor/README.md): a crate
+                // with the `wasm-relaxed-simd` feature (gemm-f32) also has
+                // register blocks with relaxed SIMD, taken once its
+                // `use_relaxed_simd()` has been called.
+                #[cfg(feature = "wasm-relaxed-simd")]
+                if crate::RELAXED_SIMD.load(::core::sync::atomic::Ordering::Relaxed) {
+                    return simd128_relaxed::gemm_basic;
+                }
                 if $crate::feature_detected!("simd128") {
                     simd128::gemm_basic
                 } else {
@@ -1090,6 +1098,9 @@ macro_rules! gemm_def {
 
         #[cfg(target_arch = "wasm32")]
         $crate::__inject_mod!(simd128, $ty, 2 * $multiplier, Scalar, false);
+        // Changed for this repository: see `init_gemm_fn` above.
+        #[cfg(all(target_arch = "wasm32", feature = "wasm-relaxed-simd"))]
+        $crate::__inject_mod!(simd128_relaxed, $ty, 2 * $multiplier, Scalar, false);
     };
 }
 

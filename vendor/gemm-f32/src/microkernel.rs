@@ -497,6 +497,35 @@ pub mod amx {
     }
 }
 
+// Changed for this repository (vendor/README.md): register blocks of at most
+// 8x4 (was 12x4) and no unrolling over k (was 2). The 12x4 block with both k
+// steps interleaved keeps 12 accumulators, 6 lhs vectors and 2 broadcasts
+// live, more than the 15 vector registers V8 allocates on x86-64; 8x4 needs
+// 12. Measured 20-25 % faster in Chromium 156 on the model's products.
+#[cfg(target_arch = "wasm32")]
+macro_rules! simd128_blocks {
+    ($target: tt) => {
+        microkernel!([$target], 1, x1x1, 1, 1);
+        microkernel!([$target], 1, x1x2, 1, 2);
+        microkernel!([$target], 1, x1x3, 1, 3);
+        microkernel!([$target], 1, x1x4, 1, 4);
+
+        microkernel!([$target], 1, x2x1, 2, 1);
+        microkernel!([$target], 1, x2x2, 2, 2);
+        microkernel!([$target], 1, x2x3, 2, 3);
+        microkernel!([$target], 1, x2x4, 2, 4);
+
+        microkernel_fn_array! {
+            [x1x1, x1x2, x1x3, x1x4,],
+            [x2x1, x2x2, x2x3, x2x4,],
+        }
+
+        pub const H_M: usize = 0;
+        pub const H_N: usize = 0;
+        pub const H_UKR: [[gemm_common::microkernel::HMicroKernelFn<T>; H_N]; H_M] = [];
+    };
+}
+
 #[cfg(target_arch = "wasm32")]
 pub mod simd128 {
     pub mod f32 {
@@ -514,22 +543,6 @@ pub mod simd128 {
             transmute(f32x4_add(transmute(lhs), transmute(rhs)))
         }
 
-        // Changed for this repository (vendor/README.md): with the
-        // `wasm-relaxed-simd` feature (web/pkg*-relaxed) the register
-        // blocks multiply and add in one `f32x4.relaxed_madd`, a fused
-        // multiply-add on CPUs with FMA (rounded once or twice, as the CPU
-        // does it), and are compiled with relaxed SIMD. Measured 15-35 %
-        // faster in Chromium 148 on the model's products.
-        // `#[inline]`: `#[inline(always)]` cannot go with `#[target_feature]`;
-        // the blocks, compiled with the same feature, inline it.
-        #[cfg(feature = "wasm-relaxed-simd")]
-        #[inline]
-        #[target_feature(enable = "relaxed-simd")]
-        pub unsafe fn mul_add(a: Pack, b: Pack, c: Pack) -> Pack {
-            transmute(f32x4_relaxed_madd(transmute(a), transmute(b), transmute(c)))
-        }
-
-        #[cfg(not(feature = "wasm-relaxed-simd"))]
         #[inline(always)]
         pub unsafe fn mul_add(a: Pack, b: Pack, c: Pack) -> Pack {
             add(c, mul(a, b))
@@ -550,37 +563,35 @@ pub mod simd128 {
             a * b + c
         }
 
-        // Changed for this repository (vendor/README.md): register blocks of
-        // at most 8x4 (was 12x4) and no unrolling over k (was 2). The 12x4
-        // block with both k steps interleaved keeps 12 accumulators, 6 lhs
-        // vectors and 2 broadcasts live, more than the 15 vector registers
-        // V8 allocates on x86-64; 8x4 needs 12. Measured 20-25 % faster in
-        // Chromium 156 on the model's products.
-        macro_rules! blocks {
-            ($target: tt) => {
-                microkernel!([$target], 1, x1x1, 1, 1);
-                microkernel!([$target], 1, x1x2, 1, 2);
-                microkernel!([$target], 1, x1x3, 1, 3);
-                microkernel!([$target], 1, x1x4, 1, 4);
+        simd128_blocks!("simd128");
+    }
+}
 
-                microkernel!([$target], 1, x2x1, 2, 1);
-                microkernel!([$target], 1, x2x2, 2, 2);
-                microkernel!([$target], 1, x2x3, 2, 3);
-                microkernel!([$target], 1, x2x4, 2, 4);
-            };
+// Changed for this repository (vendor/README.md): with the
+// `wasm-relaxed-simd` feature, a second set of the register blocks that
+// multiply and add in one `f32x4.relaxed_madd`, a fused multiply-add on CPUs
+// with FMA (rounded once or twice, as the CPU does it), compiled with relaxed
+// SIMD; gemm takes them once `use_relaxed_simd()` has been called (lib.rs).
+// Measured 15-35 % faster in Chromium 148 on the model's products. Only
+// these functions have relaxed SIMD instructions, so a module built with the
+// feature still runs without relaxed SIMD once they are removed
+// (scripts/build-web.sh: wasm-opt --remove-relaxed-simd).
+#[cfg(all(target_arch = "wasm32", feature = "wasm-relaxed-simd"))]
+pub mod simd128_relaxed {
+    pub mod f32 {
+        pub use super::super::simd128::f32::{add, mul, scalar_add, scalar_mul, scalar_mul_add};
+        use super::super::v128_common::f32::*;
+        use core::arch::wasm32::*;
+        use core::mem::transmute;
+
+        // `#[inline]`: `#[inline(always)]` cannot go with `#[target_feature]`;
+        // the blocks, compiled with the same feature, inline it.
+        #[inline]
+        #[target_feature(enable = "relaxed-simd")]
+        pub unsafe fn mul_add(a: Pack, b: Pack, c: Pack) -> Pack {
+            transmute(f32x4_relaxed_madd(transmute(a), transmute(b), transmute(c)))
         }
-        #[cfg(not(feature = "wasm-relaxed-simd"))]
-        blocks!("simd128");
-        #[cfg(feature = "wasm-relaxed-simd")]
-        blocks!("simd128,relaxed-simd");
 
-        microkernel_fn_array! {
-            [x1x1, x1x2, x1x3, x1x4,],
-            [x2x1, x2x2, x2x3, x2x4,],
-        }
-
-        pub const H_M: usize = 0;
-        pub const H_N: usize = 0;
-        pub const H_UKR: [[gemm_common::microkernel::HMicroKernelFn<T>; H_N]; H_M] = [];
+        simd128_blocks!("simd128,relaxed-simd");
     }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the wasm modules: web/pkg (WebGPU, and the CPU on one thread), the
-# same with relaxed SIMD (web/pkg-relaxed), and web/pkg-threads (the CPU on a
-# pool of web workers, with relaxed SIMD):
+# same with relaxed SIMD (web/pkg-relaxed), web/pkg-threads (the CPU on a
+# pool of web workers, with relaxed SIMD) and the same without it
+# (web/pkg-threads-plain):
 # cargo (wasm32, profile wasm-release),
 # wasm-bindgen (installed at the exact version in Cargo.lock if missing),
 # then wasm-opt from npm's binaryen. WASM_NAMES=1 keeps the
@@ -70,6 +71,19 @@ optimise_now() {
   fi
   echo "$out/clearclip_web_bg.wasm: $(wc -c <"$out/clearclip_web_bg.wasm") bytes, gzipped $(gzip -9 -c "$out/clearclip_web_bg.wasm" | wc -c) bytes"
 }
+# Two modules from one build: `pair RELAXED_OUT PLAIN_OUT WASM [wasm-opt
+# flags]`, the second without relaxed SIMD: wasm-opt --remove-relaxed-simd
+# turns the instructions of gemm's relaxed-SIMD register blocks (the only
+# ones) into traps, and the worker never turns those blocks on there.
+pair() {
+  local relaxed=$1 plain=$2 wasm=$3
+  shift 3
+  bind "$relaxed" "$wasm"
+  rm -rf "$plain"
+  cp -r "$relaxed" "$plain"
+  optimise "$relaxed" yes --enable-relaxed-simd "$@"
+  optimise "$plain" no --enable-relaxed-simd --remove-relaxed-simd "$@"
+}
 finish() {
   local pid failed=0
   for pid in "${optimising[@]}"; do
@@ -91,24 +105,19 @@ target=${CARGO_TARGET_DIR:-target}
 # relaxed SIMD validates and then turns on (`useRelaxedSimd()`).
 # One cargo build makes both: it has both sets of gemm's register blocks (the
 # `relaxed-simd` feature), and web/pkg is that module with the relaxed-SIMD
-# ones removed (wasm-opt --remove-relaxed-simd turns their relaxed SIMD
-# instructions into traps), which then validates without relaxed SIMD
-# (checked above). Built apart, the second build compiled gemm and every
+# ones removed (`pair`), which then validates without relaxed SIMD (checked
+# in `optimise`). Built apart, the second build compiled gemm and every
 # crate above it again (226 CPU-seconds here).
 cargo build -p clearclip-web --target wasm32-unknown-unknown --profile wasm-release --locked --features relaxed-simd
-bind web/pkg-relaxed "$target/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm"
-rm -rf web/pkg
-cp -r web/pkg-relaxed web/pkg
-optimise web/pkg-relaxed yes --enable-relaxed-simd
-optimise web/pkg no --enable-relaxed-simd --remove-relaxed-simd
+pair web/pkg-relaxed web/pkg "$target/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm"
 
 # web/pkg-threads: the CPU backend on a pool of web workers (the `threads`
 # feature), for cross-origin isolated pages without WebGPU (web/worker.js),
 # with gemm's register blocks multiplying and adding in one
 # `f32x4.relaxed_madd` (the `relaxed-simd` feature, turned on as in
 # web/pkg-relaxed; docs/performance.md: 0.84-0.87x the time of the module
-# without it). web/pkg-threads-plain is that module without relaxed SIMD,
-# made as web/pkg is, for browsers without it (Safari, Firefox ESR 140,
+# without it). web/pkg-threads-plain is that module without relaxed SIMD
+# (`pair`), for browsers without it (Safari, Firefox ESR 140,
 # Chromium before 114).
 # Threads in wasm need atomics in every crate, std included, so std is rebuilt
 # from the rust-src component (-Z build-std, allowed on this stable toolchain
@@ -127,9 +136,5 @@ RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$target/wasm-threads" \
   RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals" \
   cargo rustc -p clearclip-web --lib --crate-type cdylib --target wasm32-unknown-unknown --profile wasm-release --locked \
   --no-default-features --features threads,relaxed-simd -Z build-std=panic_abort,std -- "${shared_memory[@]/#/-Clink-arg=}"
-bind web/pkg-threads "$target/wasm-threads/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm"
-rm -rf web/pkg-threads-plain
-cp -r web/pkg-threads web/pkg-threads-plain
-optimise web/pkg-threads yes --enable-threads --enable-relaxed-simd
-optimise web/pkg-threads-plain no --enable-threads --enable-relaxed-simd --remove-relaxed-simd
+pair web/pkg-threads web/pkg-threads-plain "$target/wasm-threads/wasm32-unknown-unknown/wasm-release/clearclip_web.wasm" --enable-threads
 finish

@@ -57,9 +57,7 @@ async function instantiate() {
     post({ type: MSG.POOL, threads, phase: 'starting' });
     try {
       const threaded = await (relaxed ? import('./pkg-threads/clearclip_web.js') : import('./pkg-threads-plain/clearclip_web.js'));
-      const exports = await threaded.default();
-      // pkg-threads-plain/ is pkg-threads/ with the relaxed-SIMD blocks removed: they trap there.
-      if (relaxed) threaded.useRelaxedSimd();
+      const exports = await start(threaded);
       await threaded.initThreadPool(threads);
       return { module: threaded, exports };
     } catch (e) {
@@ -71,10 +69,18 @@ async function instantiate() {
     }
   }
   const single = await (relaxed ? import('./pkg-relaxed/clearclip_web.js') : import('./pkg/clearclip_web.js'));
-  const exports = await single.default();
-  // pkg/ is pkg-relaxed/ with the relaxed-SIMD blocks removed: they trap there.
-  if (relaxed) single.useRelaxedSimd();
-  return { module: single, exports };
+  return { module: single, exports: await start(single) };
+}
+
+/**
+ * Instantiates a module, and turns its relaxed-SIMD register blocks on where
+ * it is the build with them: pkg/ and pkg-threads-plain/ are pkg-relaxed/ and
+ * pkg-threads/ with those blocks removed, and they trap there.
+ */
+async function start(module) {
+  const exports = await module.default();
+  if (relaxed) module.useRelaxedSimd();
+  return exports;
 }
 
 // Every module is built with WebAssembly SIMD (.cargo/config.toml).
